@@ -1,0 +1,4 @@
+"""`python -m litestage_bench` == `litestage-bench`."""
+from .cli import main
+
+raise SystemExit(main())

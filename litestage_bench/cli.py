@@ -1,0 +1,195 @@
+"""`litestage-bench` command line: models, data, run, search, report, compare.
+
+Bad input exits with status 2 and one line `litestage-bench: error: PROBLEM -- fix: FIX`.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+from .errors import UserError
+
+EXIT_USAGE = 2
+EXIT_REGRESSION = 1
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import describe_models
+    print(tabulate(describe_models(), headers="keys"))
+    print("\nAlso accepted: any local model folder, a local .gguf file, or a Hugging Face id (online).")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .benchmarks import load_split
+    from .prompts import question_block
+    items = load_split(args.bench, args.split, limit=args.limit, data_dir=args.data_dir, seed=args.seed)
+    print(f"{args.bench} {args.split}: {len(items)} items")
+    if items:
+        q = items[0]
+        print(f"example id={q.id} answer={q.answer}\n{question_block(q)}")
+    return 0
+
+
+def _stage_caps(text: str | None) -> dict[str, int] | None:
+    if text is None:
+        return None
+    try:
+        r, a, s = (int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--max-new-tokens '{text}' is not three whole numbers", "write it as RECALL,ANALYZE,SUMMARIZE, e.g. 48,32,16")
+    return {"recall": r, "analyze": a, "summarize": s}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .benchmarks import check_bench, check_split, resolve_data_dir
+    from .methods import load_policy, make_method
+    from .models import MODELS, resolve_dtype
+    from .results import write_record
+    from .runner import Session, default_config, run_benchmark
+
+    # Validate every cheap argument before the (slow) model load.
+    check_bench(args.bench)
+    check_split(args.split)
+    resolve_data_dir(args.data_dir)
+    resolve_dtype(args.dtype, MODELS.get(args.model))
+    method = make_method(args.method, load_policy(args.policy))
+    if args.answer_rule:
+        from .answers import check_rule
+        check_rule(args.answer_rule)
+    out = Path(args.out) if args.out else Path("results") / f"{args.model}_{args.bench}_{method.name}.json"
+    session = Session.open(args.model, dtype=args.dtype, device=args.device)
+    config = default_config(session.loaded, shots=args.shots, answer_rule=args.answer_rule,
+                            max_new_tokens=_stage_caps(args.max_new_tokens))
+    record = run_benchmark(session, args.bench, method, split=args.split, limit=args.limit, config=config,
+                           data_dir=args.data_dir, command=_command_line(), seed=args.seed, one_step=args.one_step)
+    write_record(out, record)
+    from .report import results_table
+    print(results_table([record]))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .methods import make_method
+    method = make_method(args.method)
+    if not method.needs_search:
+        raise UserError(f"method '{args.method}' has no offline search", "run it directly with `litestage-bench run`")
+    raise UserError(f"method '{args.method}' has no search implemented in this version", "update litestage-bench")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import pareto_plot, results_table
+    from .results import load_record, write_text_atomic
+    records = [load_record(p) for p in args.results]
+    table = results_table(records)
+    print(table)
+    if args.markdown:
+        commands = "\n".join(f"- `{r.command}`" for r in records if r.command)
+        write_text_atomic(args.markdown, f"{table}\n\nProduced by:\n{commands}\n\nRendered with: `{_command_line()}`\n")
+        print(f"wrote {args.markdown}")
+    if args.plot:
+        pareto_plot(records, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare_records
+    from .results import load_record
+    report, regressed = compare_records([load_record(args.baseline)], [load_record(args.current)],
+                                        acc_tol=args.acc_tol, speed_tol=args.speed_tol)
+    print(report)
+    return EXIT_REGRESSION if regressed else 0
+
+
+def _command_line() -> str:
+    return "litestage-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .benchmarks import BENCHMARKS
+    from .models import DEFAULT_MODEL
+    ap = argparse.ArgumentParser(prog="litestage-bench", description="Layer skipping for multi-stage reasoning, benchmarked.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="known model aliases and where each comes from").set_defaults(func=cmd_models)
+
+    data = sub.add_parser("data", help="load a benchmark split: count and one item")
+    data.add_argument("bench", help=f"one of {', '.join(BENCHMARKS)}")
+    data.add_argument("--split", default="eval", help="eval (default) or calib")
+    data.add_argument("--limit", type=_positive)
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--data-dir", help="folder with the original files (default: $LITESTAGE_DATA_DIR, else the hub)")
+    data.set_defaults(func=cmd_data)
+
+    run = sub.add_parser("run", help="run the multi-stage reasoner with a method; write one result record")
+    run.add_argument("--model", default=DEFAULT_MODEL)
+    run.add_argument("--bench", required=True)
+    run.add_argument("--method", default="dense")
+    run.add_argument("--policy", help="policy / plan JSON file for methods that take one")
+    run.add_argument("--split", default="eval")
+    run.add_argument("--limit", type=_positive, help="seeded subset of N items (the same N every time)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--dtype", help="float32 or bfloat16 (default: the model's CPU default)")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--shots", type=int, help="few-shot demos (default 2)")
+    run.add_argument("--answer-rule", help="regex, letter, cloze, regex+letter, regex+cloze (default: per model)")
+    run.add_argument("--max-new-tokens", help="per-stage caps RECALL,ANALYZE,SUMMARIZE")
+    run.add_argument("--one-step", action="store_true", help="also score a one-step (no reasoning) answer")
+    run.add_argument("--data-dir")
+    run.add_argument("--out", help="result JSON (default results/MODEL_BENCH_METHOD.json)")
+    run.set_defaults(func=cmd_run)
+
+    search = sub.add_parser("search", help="offline calibration/search for methods that need it")
+    search.add_argument("--model", default=DEFAULT_MODEL)
+    search.add_argument("--bench", required=True)
+    search.add_argument("--method", required=True)
+    search.add_argument("--limit", type=_positive)
+    search.add_argument("--out", required=True)
+    search.set_defaults(func=cmd_search)
+
+    report = sub.add_parser("report", help="comparative table (and Pareto plot) of result records")
+    report.add_argument("results", nargs="+")
+    report.add_argument("--plot", help="write a Pareto plot PNG")
+    report.add_argument("--markdown", help="also write the table as markdown")
+    report.set_defaults(func=cmd_report)
+
+    compare = sub.add_parser("compare", help="regression report; exit 1 on a regression")
+    compare.add_argument("baseline")
+    compare.add_argument("current")
+    compare.add_argument("--acc-tol", type=float, default=0.02)
+    compare.add_argument("--speed-tol", type=float, default=0.10)
+    compare.set_defaults(func=cmd_compare)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"litestage-bench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("litestage-bench: interrupted; no result file was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,264 @@
+"""The skip executor: one layer loop that runs every method (dense included).
+
+Methods differ only in the ``StagePlan`` they hand in. The executor runs prefill and greedy decode
+with its own KV cache (``SkipKVCache``), skips the planned attention / FFN sub-layers (replacing
+each by identity or by its input times a factor), counts the executed fraction of sub-layer FLOPs,
+and calls a per-token callback with the token's logits so that a method can end a sequence early.
+
+KV policy for skipped attention: a skipped attention sub-layer writes no keys/values ("gap"). That
+is exact whenever the layer is never read again in this generation (static sets, SkipDecode's
+monotone schedule). If the plan re-activates a layer's attention later in the same generation,
+the executor instead writes the keys/values the skipped token would have produced ("fill"), which
+equals a no-cache run where skipping only drops the sub-layer's output. Stages never share a cache:
+each stage re-prefills its prompt under its own plan, as the LiteStage paper does.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .arch import ArchAdapter
+from .kvcache import SkipKVCache
+from .plan import PREFILL_STEP, DynamicFFN, SkipSet, StagePlan
+
+# on_token(step, logits [rows, vocab], tokens [rows], row_ids [rows]) -> bool tensor [rows]: stop these rows
+TokenCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CostMeter:
+    """Executed vs. total sub-layer FLOPs (2 x weight parameters per token processed)."""
+
+    executed: float = 0.0
+    total: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return self.executed / self.total if self.total else 1.0
+
+    def add(self, other: "CostMeter") -> None:
+        self.executed += other.executed
+        self.total += other.total
+
+
+@dataclass
+class Generation:
+    """Greedy continuations of a batch, with timing and cost."""
+
+    tokens: list[list[int]]  # generated ids per input row (the stop token included when one was hit)
+    stopped: list[str]  # per row: "stop" (stop/EOS token), "length", or "callback"
+    seconds: float
+    cost: CostMeter
+    cache: SkipKVCache | None = None  # rows still present at the end (batch-1: the row itself)
+    last_logits: torch.Tensor | None = None
+    steps: int = 0
+
+    def content_tokens(self, row: int) -> list[int]:
+        """Generated ids without a trailing stop token."""
+        ids = self.tokens[row]
+        return ids[:-1] if self.stopped[row] == "stop" and ids else ids
+
+    def unfed_tokens(self, row: int) -> list[int]:
+        """Content ids not yet in the cache (the last token of a length-capped row)."""
+        return self.tokens[row][-1:] if self.stopped[row] == "length" else []
+
+
+@dataclass
+class _DynamicState:
+    rule: DynamicFFN
+    sims: torch.Tensor  # [rows, layers] running sum of cos(h, y)
+    steps: int = 0
+    skip_rows: torch.Tensor | None = field(default=None)  # [rows, layers] after warm-up
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued device work, so that a timer reads real elapsed time."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+class SkipExecutor:
+    """Runs prefill and greedy decode of a causal LM under a skip plan."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.arch = ArchAdapter(model)
+        self.device = next(model.parameters()).device
+        self.num_layers = self.arch.num_layers
+
+    # --- one forward over a block of tokens -------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, cache: SkipKVCache, input_ids: torch.Tensor, valid: torch.Tensor, skip: SkipSet,
+                plan: StagePlan, meter: CostMeter, logits: str = "last", fill: frozenset[int] = frozenset(),
+                dynamic: _DynamicState | None = None) -> torch.Tensor | None:
+        """Process [rows, q] tokens, appending them to the cache. `fill`: attention layers whose
+        keys/values must be written even when skipped. Returns logits of the last (or all) slots."""
+        arch = self.arch
+        positions = cache.begin(valid)
+        q = input_ids.shape[1]
+        hidden = arch.embed(input_ids)
+        ropes = arch.rope(hidden, positions)
+        full_mask = cache.mask(q)
+        sliding_mask = None
+        real_tokens = float(valid.sum())
+        for i in range(self.num_layers):
+            mask = full_mask
+            if arch.is_sliding(i) and cache.next_pos.max() > arch.sliding_window:
+                if sliding_mask is None:
+                    sliding_mask = cache.mask(q, arch.sliding_window)
+                mask = sliding_mask
+            meter.total += real_tokens * (arch.attn_flops[i] + arch.ffn_flops[i])
+            if i in skip.attn:
+                if i in fill:
+                    key, value = arch.kv_only(i, hidden, ropes[i])
+                    cache.write(i, key, value)
+                    meter.executed += real_tokens * arch.kv_flops[i]
+                factor = plan.attn_scale.get(i)
+                if factor is not None:
+                    hidden = hidden * factor
+            else:
+                hidden = hidden + arch.attn_delta(i, hidden, ropes[i], mask, cache)
+                meter.executed += real_tokens * arch.attn_flops[i]
+            if i in skip.ffn:
+                factor = plan.ffn_scale.get(i)
+                if factor is not None:
+                    hidden = hidden * factor
+            elif dynamic is not None and i in dynamic.rule.candidates:
+                hidden = self._dynamic_ffn(i, hidden, dynamic, plan, meter)
+            else:
+                hidden = hidden + arch.ffn_delta(i, hidden)
+                meter.executed += real_tokens * arch.ffn_flops[i]
+        if logits == "none":
+            return None
+        if logits == "last":
+            hidden = hidden[:, -1:]
+        return arch.lm_head(arch.norm(hidden)).float()
+
+    def _dynamic_ffn(self, i: int, hidden: torch.Tensor, dyn: _DynamicState, plan: StagePlan,
+                     meter: CostMeter) -> torch.Tensor:
+        """AdaSkip decode extension: per-row FFN skipping decided from warm-up similarities."""
+        rows = hidden.shape[0]
+        if dyn.skip_rows is not None:
+            skip_rows = dyn.skip_rows[:, i]
+            n_skip = int(skip_rows.sum())
+            factor = plan.ffn_scale.get(i, 1.0)
+            if n_skip == rows:
+                return hidden * factor
+            out = hidden + self.arch.ffn_delta(i, hidden)
+            meter.executed += (rows - n_skip) * self.arch.ffn_flops[i]
+            if n_skip:
+                out = torch.where(skip_rows[:, None, None], hidden * factor, out)
+            return out
+        out = hidden + self.arch.ffn_delta(i, hidden)
+        meter.executed += rows * self.arch.ffn_flops[i]
+        dyn.sims[:, i] += F.cosine_similarity(hidden[:, -1].float(), out[:, -1].float(), dim=-1)
+        return out
+
+    # --- generation ------------------------------------------------------------------------------
+    def new_cache(self, batch: int, capacity: int = 0) -> SkipKVCache:
+        return SkipKVCache(self.num_layers, batch, self.device, capacity)
+
+    def _fill_layers(self, plan: StagePlan, max_new_tokens: int) -> frozenset[int]:
+        """Attention layers skipped at some step and active at a later one (need keys/values)."""
+        fill: set[int] = set()
+        skipped_before: set[int] = set()
+        for step in range(PREFILL_STEP, max_new_tokens):
+            attn = plan.skip_at(step).attn
+            fill |= skipped_before - attn
+            skipped_before |= attn
+        return frozenset(fill)
+
+    @torch.inference_mode()
+    def generate(self, inputs: list[list[int]], plan: StagePlan, max_new_tokens: int,
+                 stop_ids: frozenset[int] | set[int] = frozenset(), prefix: list[int] | None = None,
+                 on_token: TokenCallback | None = None, pad_id: int = 0) -> Generation:
+        """Greedy-decode each input row (rows of unequal length are left-padded). With `prefix`,
+        the prefix is prefilled once and every row continues it (stage 2's options)."""
+        start = time.perf_counter()
+        rows = len(inputs)
+        room = max(len(x) for x in inputs) + max_new_tokens + 1
+        plan_layers = self._fill_layers(plan, max_new_tokens)
+        meter = CostMeter()
+        if prefix:
+            cache = self.new_cache(1, len(prefix) + room)
+            shared = torch.tensor([prefix], device=self.device)
+            self.forward(cache, shared, torch.ones_like(shared, dtype=torch.bool), plan.skip_at(PREFILL_STEP),
+                         plan, meter, logits="none", fill=plan_layers)
+            cache = cache.repeat(rows)
+        else:
+            cache = self.new_cache(rows, room)
+        width = max(len(x) for x in inputs)
+        ids = torch.full((rows, width), pad_id, dtype=torch.long, device=self.device)
+        valid = torch.zeros(rows, width, dtype=torch.bool, device=self.device)
+        for r, seq in enumerate(inputs):
+            if seq:
+                ids[r, width - len(seq):] = torch.tensor(seq, device=self.device)
+                valid[r, width - len(seq):] = True
+        prefill_skip = plan.skip_at(PREFILL_STEP)
+        logits = self.forward(cache, ids, valid, prefill_skip, plan, meter, fill=plan_layers)[:, -1]
+        dynamic = None
+        if plan.dynamic_ffn is not None:
+            dynamic = _DynamicState(plan.dynamic_ffn, torch.zeros(rows, self.num_layers, device=self.device))
+
+        out: list[list[int]] = [[] for _ in range(rows)]
+        stopped = ["length"] * rows
+        alive = torch.arange(rows, device=self.device)  # original row index of each cache row
+        stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=self.device)
+        step = 0
+        while True:
+            token = logits.argmax(-1)
+            finished = torch.isin(token, stop_tensor) if len(stop_tensor) else torch.zeros_like(token, dtype=torch.bool)
+            halted = on_token(step, logits, token, alive) if on_token is not None else None
+            for r, t in zip(alive.tolist(), token.tolist()):
+                out[r].append(t)
+            if halted is not None and bool(halted.any()):
+                for r in alive[halted & ~finished].tolist():
+                    out[r].pop()  # early exit emits EOS instead of this token
+                    stopped[r] = "callback"
+                finished = finished | halted
+            for r in alive[finished].tolist():
+                if stopped[r] == "length":
+                    stopped[r] = "stop"
+            step += 1
+            if step >= max_new_tokens or bool(finished.all()):
+                break
+            if bool(finished.any()):
+                keep = (~finished).nonzero().squeeze(1)
+                cache = cache.select(keep)
+                alive, token = alive[keep], token[keep]
+                if dynamic is not None:
+                    dynamic.sims = dynamic.sims[keep]
+                    if dynamic.skip_rows is not None:
+                        dynamic.skip_rows = dynamic.skip_rows[keep]
+            if dynamic is not None and dynamic.skip_rows is None and dynamic.steps >= dynamic.rule.warmup_steps:
+                mean = dynamic.sims / max(dynamic.steps, 1)
+                cand = torch.zeros(self.num_layers, dtype=torch.bool, device=self.device)
+                cand[list(dynamic.rule.candidates)] = True
+                dynamic.skip_rows = (mean >= dynamic.rule.threshold) & cand
+            # decode forward k processes generated token k (token 0 came from the prefill)
+            logits = self.forward(cache, token[:, None], torch.ones(len(alive), 1, dtype=torch.bool,
+                                  device=self.device), plan.skip_at(step - 1),
+                                  plan, meter, fill=plan_layers, dynamic=dynamic)[:, -1]
+            if dynamic is not None and dynamic.skip_rows is None:
+                dynamic.steps += 1
+        synchronize(self.device)
+        return Generation(tokens=out, stopped=stopped, seconds=time.perf_counter() - start, cost=meter,
+                          cache=cache, last_logits=logits, steps=step)
+
+    @torch.inference_mode()
+    def extend(self, cache: SkipKVCache, inputs: list[list[int]], plan: StagePlan, meter: CostMeter,
+               logits: str = "all", pad_id: int = 0) -> torch.Tensor:
+        """Append tokens to existing rows under the plan's decode set (answer scoring after a
+        stage); returns [rows, width, vocab] logits of the left-padded block (or the last slot)."""
+        rows, width = len(inputs), max(len(x) for x in inputs)
+        ids = torch.full((rows, width), pad_id, dtype=torch.long, device=self.device)
+        valid = torch.zeros(rows, width, dtype=torch.bool, device=self.device)
+        for r, seq in enumerate(inputs):
+            ids[r, width - len(seq):] = torch.tensor(seq, device=self.device)
+            valid[r, width - len(seq):] = True
+        cache.reserve(width)
+        return self.forward(cache, ids, valid, plan.decode, plan, meter, logits=logits)

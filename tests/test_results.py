@@ -1,0 +1,371 @@
+"""Fast tests for metrics, result records, tables, plots and regression comparison (no models)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from litestage_bench import metrics, results
+from litestage_bench.errors import UserError
+from litestage_bench.report import STAGES, compare_records, pareto_plot, policy_name, results_table
+from litestage_bench.results import (
+    SCHEMA_VERSION,
+    ItemResult,
+    ResultRecord,
+    build_record,
+    load_record,
+    record_from_dict,
+    record_to_dict,
+    write_record,
+    write_text_atomic,
+)
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_wilson_hand_checked_case():
+    acc, (lo, hi) = metrics.accuracy_ci95([True] * 50 + [False] * 50)
+    assert acc == 0.5
+    assert lo == pytest.approx(0.404, abs=1e-3)
+    assert hi == pytest.approx(0.596, abs=1e-3)
+
+
+def test_wilson_narrows_with_n():
+    widths = []
+    for n in (10, 100, 1000):
+        _, (lo, hi) = metrics.accuracy_ci95([True] * (n // 2) + [False] * (n - n // 2))
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_wilson_extremes_and_empty():
+    acc, (lo, hi) = metrics.accuracy_ci95([True] * 20)
+    assert acc == 1.0 and hi == 1.0 and 0.8 < lo < 1.0
+    acc, (lo, hi) = metrics.accuracy_ci95([False] * 20)
+    assert acc == 0.0 and lo == 0.0 and 0.0 < hi < 0.2
+    acc, (lo, hi) = metrics.accuracy_ci95([])
+    assert math.isnan(acc) and math.isnan(lo) and math.isnan(hi)
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=500))
+def test_wilson_contains_estimate(correct):
+    acc, (lo, hi) = metrics.accuracy_ci95(correct)
+    assert acc == sum(correct) / len(correct)
+    assert 0.0 <= lo <= acc <= hi <= 1.0
+
+
+def test_paired_difference_counts_and_ci():
+    a = [True, True, True, False, True, False, True, True]
+    b = [True, False, False, False, True, True, False, True]
+    d = metrics.paired_difference(a, b)
+    assert d["n"] == 8
+    assert d["a_only"] == 3 and d["b_only"] == 1
+    assert d["mean_diff"] == pytest.approx(2 / 8)
+    lo, hi = d["ci95"]
+    assert lo < d["mean_diff"] < hi
+    # hand check: diffs = [0,1,1,0,0,-1,1,0], sample sd = sqrt(((3*.75^2)+(1.25^2)+4*.25^2)/7)
+    sd = math.sqrt((3 * 0.75**2 + 1.25**2 + 4 * 0.25**2) / 7)
+    assert hi - d["mean_diff"] == pytest.approx(metrics.Z95 * sd / math.sqrt(8))
+
+
+def test_paired_difference_identical_and_length_mismatch():
+    d = metrics.paired_difference([True, False, True], [True, False, True])
+    assert d["mean_diff"] == 0 and d["ci95"] == (0.0, 0.0) and d["a_only"] == d["b_only"] == 0
+    with pytest.raises(ValueError):
+        metrics.paired_difference([True], [True, False])
+
+
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=2, max_size=200))
+def test_paired_difference_ci_contains_mean(pairs):
+    a, b = zip(*pairs)
+    d = metrics.paired_difference(a, b)
+    lo, hi = d["ci95"]
+    assert -1.0 <= lo <= d["mean_diff"] <= hi <= 1.0
+    assert d["mean_diff"] == pytest.approx((d["a_only"] - d["b_only"]) / d["n"])
+
+
+def test_median_and_speedup():
+    assert metrics.median([3.0, 1.0, 2.0]) == 2.0
+    assert metrics.median([1.0, 2.0, 3.0, 4.0]) == 2.5
+    assert math.isnan(metrics.median([]))
+    assert metrics.speedup([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        metrics.speedup([1.0, 2.0], [1.0])
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def make_item(i: int, correct: bool, latency: float = 1.0, rule: str = "letter") -> ItemResult:
+    return ItemResult(
+        id=f"q{i}",
+        answer="A",
+        prediction="A" if correct else "B",
+        rule=rule,
+        correct=correct,
+        latency_s=latency,
+        stage_latency_s={"recall": latency * 0.5, "analyze": latency * 0.3, "summarize": latency * 0.2},
+        tokens={"recall": 10 + i, "analyze": 20, "summarize": 5},
+        outputs={"recall": "facts", "analyze": "thoughts", "summarize": "A"},
+        predictions_by_rule={"regex": "A" if correct else None, "letter": "A" if correct else "B"},
+        executed_cost_fraction={"recall": 1.0, "analyze": 0.5 + 0.1 * (i % 2), "summarize": 0.8},
+    )
+
+
+def make_record(
+    method: str = "litestage",
+    correct: list[bool] | None = None,
+    speedup: float | None = 1.5,
+    cost: float | None = None,
+    model: str = "smollm2-135m",
+    benchmark: str = "obqa",
+    policy: dict | str | None = None,
+) -> ResultRecord:
+    correct = correct if correct is not None else [True, False, True, True]
+    items = [make_item(i, c, latency=1.0 + i) for i, c in enumerate(correct)]
+    if cost is not None:
+        for it in items:
+            it.executed_cost_fraction = {s: cost for s in STAGES}
+    return build_record(
+        model=model,
+        benchmark=benchmark,
+        split="eval",
+        method=method,
+        policy=policy if policy is not None else {"name": f"{method}-p"},
+        answer_rule="letter",
+        items=items,
+        command="litestage-bench run --model smollm2-135m --bench obqa --method " + method,
+        config={"limit": len(items)},
+        speedup=speedup,
+    )
+
+
+def test_build_record_aggregates():
+    rec = make_record(correct=[True, False, True, True])
+    assert rec.schema_version == SCHEMA_VERSION
+    assert rec.n == 4
+    assert rec.accuracy == 0.75
+    assert rec.accuracy_ci95 == metrics.accuracy_ci95([True, False, True, True])[1]
+    assert rec.latency_s == pytest.approx(2.5)  # median of 1, 2, 3, 4
+    assert list(rec.stage_latency_s) == list(STAGES)
+    assert rec.stage_latency_s["recall"] == pytest.approx(1.25)
+    assert rec.tokens["recall"] == pytest.approx(11.5)  # mean of 10..13
+    assert rec.tokens["analyze"] == 20
+    assert rec.executed_cost_fraction["analyze"] == pytest.approx(0.55)
+    assert rec.executed_cost_fraction["summarize"] == pytest.approx(0.8)
+    assert rec.answer_rule_counts == {"letter": 4}
+    assert rec.accuracy_by_rule == {"regex": 0.75, "letter": 0.75}
+    assert rec.speedup == 1.5
+    assert rec.machine["python"] and "torch" in rec.machine and "cpu" in rec.machine
+    assert rec.created.endswith("+00:00")
+
+
+def test_build_record_rule_counts_and_by_rule():
+    items = [make_item(0, True, rule="regex"), make_item(1, False, rule="none"), make_item(2, True)]
+    items[1].predictions_by_rule = {"regex": None, "letter": " a "}  # letter rule would have been right
+    rec = build_record(
+        model="m", benchmark="csqa", split="eval", method="dense", policy=None, answer_rule="regex",
+        items=items, command="cmd", config={},
+    )
+    assert rec.answer_rule_counts == {"regex": 1, "letter": 1, "none": 1}
+    assert list(rec.answer_rule_counts) == ["regex", "letter", "none"]
+    assert rec.accuracy_by_rule["regex"] == pytest.approx(2 / 3)
+    assert rec.accuracy_by_rule["letter"] == pytest.approx(1.0)
+
+
+def test_build_record_empty_items_is_nan():
+    rec = build_record(
+        model="m", benchmark="obqa", split="eval", method="dense", policy=None, answer_rule="letter",
+        items=[], command="cmd", config={},
+    )
+    assert rec.n == 0 and math.isnan(rec.accuracy) and math.isnan(rec.latency_s)
+
+
+def test_json_round_trip(tmp_path: Path):
+    rec = make_record()
+    path = write_record(tmp_path / "sub" / "dir" / "rec.json", rec)
+    assert path.exists()
+    back = load_record(path)
+    assert back == rec
+    assert isinstance(back.accuracy_ci95, tuple)
+    assert isinstance(back.items[0], ItemResult)
+    assert record_from_dict(record_to_dict(rec)) == rec
+
+
+def test_json_nan_is_strict_null(tmp_path: Path):
+    rec = build_record(
+        model="m", benchmark="obqa", split="eval", method="dense", policy=None, answer_rule="letter",
+        items=[], command="cmd", config={},
+    )
+    path = write_record(tmp_path / "empty.json", rec)
+    text = path.read_text()
+    assert "NaN" not in text
+    data = json.loads(text)
+    assert data["accuracy"] is None
+    back = load_record(path)
+    assert math.isnan(back.accuracy) and math.isnan(back.accuracy_ci95[0])
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path: Path, monkeypatch):
+    target = tmp_path / "rec.json"
+
+    def broken_dump(obj, fh, **kw):
+        fh.write('{"schema_version": 1, "model": ')  # half a record, then fail
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(results.json, "dump", broken_dump)
+    with pytest.raises(RuntimeError):
+        write_record(target, make_record())
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+    # an existing file keeps its old content
+    target.write_text("old content")
+    with pytest.raises(RuntimeError):
+        write_record(target, make_record())
+    assert target.read_text() == "old content"
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.json"]
+
+
+def test_write_text_atomic(tmp_path: Path):
+    path = write_text_atomic(tmp_path / "t" / "table.md", "| a |\n")
+    assert path.read_text() == "| a |\n"
+    write_text_atomic(path, "new\n")
+    assert path.read_text() == "new\n"
+    assert [p.name for p in path.parent.iterdir()] == ["table.md"]
+
+
+def test_load_record_missing_file(tmp_path: Path):
+    path = tmp_path / "nope.json"
+    with pytest.raises(UserError) as err:
+        load_record(path)
+    assert str(path) in str(err.value) and "--out" in str(err.value)
+
+
+def test_load_record_bad_json(tmp_path: Path):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(UserError) as err:
+        load_record(path)
+    assert str(path) in str(err.value) and "JSON" in str(err.value)
+
+
+def test_load_record_missing_key(tmp_path: Path):
+    data = record_to_dict(make_record())
+    del data["accuracy"]
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as err:
+        load_record(path)
+    assert str(path) in str(err.value) and "'accuracy'" in str(err.value)
+
+
+def test_load_record_missing_item_key_and_wrong_schema(tmp_path: Path):
+    data = record_to_dict(make_record())
+    del data["items"][1]["correct"]
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"'correct' in items\[1\]"):
+        load_record(path)
+
+    data = record_to_dict(make_record())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="schema_version 99"):
+        load_record(path)
+
+    path.write_text("[1, 2]")
+    with pytest.raises(UserError, match="JSON object"):
+        load_record(path)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_policy_name():
+    assert policy_name({"name": "ls-0.9"}) == "ls-0.9"
+    assert policy_name("policies/obqa_smol.json") == "obqa_smol"
+    assert policy_name(None) == "-"
+    assert policy_name({"threshold": 0.9}) == "-"
+
+
+def test_results_table_rows():
+    recs = [make_record("litestage", speedup=1.4), make_record("dense", speedup=None, cost=1.0)]
+    table = results_table(recs)
+    lines = table.splitlines()
+    assert len(lines) == 4  # header, separator, two rows
+    assert "dense" in lines[2] and "litestage" in lines[3]  # sorted by method
+    assert "0.750 [" in table
+    assert "1.40x" in table and " - " in lines[2]
+    assert "1.00/0.55/0.80" in table and "1.00/1.00/1.00" in table
+    assert "letter (letter 4)" in table
+    assert "litestage-p" in table
+
+
+def test_pareto_plot_writes_png(tmp_path: Path):
+    recs = [
+        make_record("dense", speedup=None),
+        make_record("litestage", speedup=1.4),
+        make_record("flexidepth", speedup=None),  # skipped: no speedup and not dense
+        make_record("litestage", speedup=1.2, benchmark="csqa"),
+    ]
+    path = pareto_plot(recs, tmp_path / "plots" / "pareto.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in path.parent.iterdir()] == ["pareto.png"]
+
+
+def test_pareto_plot_nothing_to_plot(tmp_path: Path):
+    with pytest.raises(UserError):
+        pareto_plot([make_record("flexidepth", speedup=None)], tmp_path / "p.png")
+
+
+def test_compare_identical_passes():
+    recs = [make_record("dense", speedup=None), make_record("litestage")]
+    report, regressed = compare_records(recs, recs)
+    assert not regressed
+    assert "REGRESSION" not in report and "no regression" in report
+    assert "+0.000 [+0.000, +0.000]" in report  # paired CI on the same ids
+
+
+def test_compare_flags_accuracy_drop():
+    base = [make_record(correct=[True] * 8)]
+    cur = [make_record(correct=[True] * 4 + [False] * 4)]
+    report, regressed = compare_records(base, cur)
+    assert regressed
+    assert "REGRESSION: accuracy" in report
+    assert "-0.500" in report and "(+0/-4)" in report
+
+
+def test_compare_flags_speed_drop_and_tolerates_small_change():
+    report, regressed = compare_records([make_record(speedup=2.0)], [make_record(speedup=1.7)])
+    assert regressed and "REGRESSION: speed" in report and "-15.0%" in report
+    report, regressed = compare_records([make_record(speedup=2.0)], [make_record(speedup=1.9)])
+    assert not regressed
+
+
+def test_compare_plan_change_and_unmatched():
+    base = [make_record(cost=1.0), make_record("dense", speedup=None)]
+    cur = [make_record(cost=0.6), make_record("flexidepth")]
+    report, regressed = compare_records(base, cur)
+    assert not regressed
+    assert "plan changed" in report and "analyze 1.00->0.60" in report
+    assert "Only in baseline:" in report and "/dense/" in report
+    assert "Only in current:" in report and "/flexidepth/" in report
+
+
+def test_compare_duplicate_records_is_user_error():
+    with pytest.raises(UserError):
+        compare_records([make_record(), make_record()], [])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=40))
+def test_compare_with_itself_never_regresses(correct):
+    rec = make_record(correct=correct)
+    _, regressed = compare_records([rec], [dataclasses.replace(rec)])
+    assert not regressed
