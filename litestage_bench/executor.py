@@ -56,6 +56,12 @@ class Generation:
     cache: SkipKVCache | None = None  # rows still present at the end (batch-1: the row itself)
     last_logits: torch.Tensor | None = None
     steps: int = 0
+    prefix_cache: SkipKVCache | None = None  # batch-1 cache holding exactly the shared prefix
+
+    def fed_tokens(self, row: int) -> list[int]:
+        """Generated ids that were fed back, i.e. that the cache holds (all but the last sampled)."""
+        content = self.content_tokens(row)
+        return content[:-1] if self.stopped[row] == "length" else content
 
     def content_tokens(self, row: int) -> list[int]:
         """Generated ids without a trailing stop token."""
@@ -175,22 +181,34 @@ class SkipExecutor:
     @torch.inference_mode()
     def generate(self, inputs: list[list[int]], plan: StagePlan, max_new_tokens: int,
                  stop_ids: frozenset[int] | set[int] = frozenset(), prefix: list[int] | None = None,
-                 on_token: TokenCallback | None = None, pad_id: int = 0) -> Generation:
-        """Greedy-decode each input row (rows of unequal length are left-padded). With `prefix`,
-        the prefix is prefilled once and every row continues it (stage 2's options)."""
+                 cache: SkipKVCache | None = None, on_token: TokenCallback | None = None,
+                 pad_id: int = 0) -> Generation:
+        """Greedy-decode each input row (rows of unequal length are left-padded).
+
+        `prefix`: prefilled once (batch 1), then every row continues it (stage 2's options).
+        `cache`: a cache to continue instead of starting empty. With `prefix` it must hold the
+        first `cache.length` prefix tokens (computed under this plan's prefill set) and keeps
+        holding exactly the prefix afterwards; without `prefix` its rows are the input rows.
+        """
         start = time.perf_counter()
         rows = len(inputs)
         room = max(len(x) for x in inputs) + max_new_tokens + 1
         plan_layers = self._fill_layers(plan, max_new_tokens)
         meter = CostMeter()
+        prefix_cache = None
         if prefix:
-            cache = self.new_cache(1, len(prefix) + room)
-            shared = torch.tensor([prefix], device=self.device)
-            self.forward(cache, shared, torch.ones_like(shared, dtype=torch.bool), plan.skip_at(PREFILL_STEP),
-                         plan, meter, logits="none", fill=plan_layers)
-            cache = cache.repeat(rows)
-        else:
+            base = cache if cache is not None else self.new_cache(1, len(prefix) + room)
+            rest = prefix[base.length:]
+            if rest:
+                shared = torch.tensor([rest], device=self.device)
+                self.forward(base, shared, torch.ones_like(shared, dtype=torch.bool), plan.skip_at(PREFILL_STEP),
+                             plan, meter, logits="none", fill=plan_layers)
+            cache = base.repeat(rows)
+            prefix_cache = base
+        elif cache is None:
             cache = self.new_cache(rows, room)
+        else:
+            cache.reserve(room)
         width = max(len(x) for x in inputs)
         ids = torch.full((rows, width), pad_id, dtype=torch.long, device=self.device)
         valid = torch.zeros(rows, width, dtype=torch.bool, device=self.device)
@@ -247,7 +265,7 @@ class SkipExecutor:
                 dynamic.steps += 1
         synchronize(self.device)
         return Generation(tokens=out, stopped=stopped, seconds=time.perf_counter() - start, cost=meter,
-                          cache=cache, last_logits=logits, steps=step)
+                          cache=cache, last_logits=logits, steps=step, prefix_cache=prefix_cache)
 
     @torch.inference_mode()
     def extend(self, cache: SkipKVCache, inputs: list[list[int]], plan: StagePlan, meter: CostMeter,

@@ -57,6 +57,14 @@ class SkipKVCache:
         self.length = start + q
         return positions
 
+    @torch.inference_mode()
+    def truncate(self, length: int) -> None:
+        """Forget every slot from `length` on (their buffers are overwritten by later writes)."""
+        assert 0 <= length <= self.length
+        self.length = length
+        self.valid[:, length:] = False
+        self.next_pos = self.valid[:, :length].long().sum(1)
+
     def mask(self, q: int, window: int | None = None) -> torch.Tensor:
         """Boolean [batch, 1, q, length] mask for the last q slots: causal, valid keys only,
         optionally a sliding window; every query may see itself (so padding rows never give NaN)."""

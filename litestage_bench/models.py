@@ -34,8 +34,8 @@ class ModelSpec:
     sha256: str | None  # of the assembled GGUF file
     size: int | None
     # Suite decisions, chosen by measurement (see README "Choosing the defaults").
-    default_dtype: str = "float32"
-    default_answer_rule: str = "letter"
+    default_dtype: str = "bfloat16"
+    default_answer_rule: str = "cloze"
     use_chat_template: bool = True
 
     @property

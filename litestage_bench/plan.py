@@ -101,6 +101,13 @@ class StagePlan:
                 break
         return chosen
 
+    def uniform_signature(self) -> tuple | None:
+        """A hashable description if every token (prompt and generated) sees the same skips and
+        replacements, else None. Stages with equal signatures compute identical KV entries."""
+        if self.prefill != self.decode or self.schedule or self.dynamic_ffn:
+            return None
+        return (self.prefill, tuple(sorted(self.attn_scale.items())), tuple(sorted(self.ffn_scale.items())))
+
     def is_dense(self) -> bool:
         return not (self.prefill or self.decode or any(s for _, s in self.schedule) or self.dynamic_ffn)
 

@@ -28,15 +28,25 @@ DEFAULT_MAX_NEW_TOKENS = {"recall": 48, "analyze": 32, "summarize": 16}
 class ReasonerConfig:
     """Everything that shapes the reasoner's prompts and decoding."""
 
-    shots: int = 2
+    shots: int = 1
     chat: bool = True
     max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
     answer_rule: str = "letter"
     share_prefix: bool = True  # stage 2: prefill question+recall once, decode options as a batch
+    reuse_kv: bool = True  # continue the previous stage's cache when both stages skip the same
     one_step: bool = False  # also score a one-step (no reasoning) letter/cloze answer, untimed
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class _HeldCache:
+    """A batch-1 cache from an earlier stage, the token ids it holds, and how they were computed."""
+
+    ids: list[int]
+    cache: object
+    signature: tuple | None
 
 
 def select_demos(demos: list[Demo], shots: int, exclude_stems: set[str]) -> list[Demo]:
@@ -56,9 +66,27 @@ class Reasoner:
         self.stops = StopTokens.for_tokenizer(tokenizer)
         self.pad_id = tokenizer.pad_token_id or 0
 
-    def _generate(self, inputs, plan: StagePlan, stage: str, on_token, prefix=None) -> Generation:
-        return self.ex.generate(inputs, plan, self.cfg.max_new_tokens[stage], self.stops.for_stage(stage), prefix=prefix,
-                                on_token=on_token, pad_id=self.pad_id)
+    def _generate(self, inputs, plan: StagePlan, stage: str, on_token, prefix=None, cache=None) -> Generation:
+        return self.ex.generate(inputs, plan, self.cfg.max_new_tokens[stage], self.stops.for_stage(stage),
+                                prefix=prefix, cache=cache, on_token=on_token, pad_id=self.pad_id)
+
+    def _reuse(self, held: "_HeldCache | None", plan: StagePlan, ids: list[int], need_one: bool):
+        """The previous stage's cache cut back to its common prefix with `ids`, when exact.
+
+        Exact when every token in it was computed with this stage's skips (equal uniform
+        signatures: dense, or a static plan shared by the stages); otherwise re-prefill (None)."""
+        sig = plan.uniform_signature()
+        if not self.cfg.reuse_kv or held is None or sig is None or sig != held.signature:
+            return None
+        n = 0
+        for a, b in zip(held.ids, ids):
+            if a != b:
+                break
+            n += 1
+        if need_one:  # at least one token must be fed to get next-token logits
+            n = min(n, len(ids) - 1)
+        held.cache.truncate(n)
+        return held.cache
 
     def solve(self, q: Question, plan: SkipPlan,
               callbacks: dict[str, TokenCallback | None] | None = None) -> ItemResult:
@@ -68,23 +96,31 @@ class Reasoner:
         start = time.perf_counter()
         header = P.header(q)
 
-        g1 = self._generate([P.recall(header)], plan.for_stage("recall"), "recall", callbacks.get("recall"))
+        recall_plan = plan.for_stage("recall")
+        prompt1 = P.recall(header)
+        g1 = self._generate([prompt1], recall_plan, "recall", callbacks.get("recall"))
         recall = P.as_sentence(g1.content_tokens(0))
+        held = _HeldCache(prompt1 + g1.fed_tokens(0), g1.cache, recall_plan.uniform_signature())
         t1 = time.perf_counter()
 
         analyze_plan = plan.for_stage("analyze")
         prefix = P.analyze_prefix(header, recall)
         suffixes = [P.analyze_suffix(label) for label in q.labels]
         if self.cfg.share_prefix:
-            g2 = self._generate(suffixes, analyze_plan, "analyze", callbacks.get("analyze"), prefix=prefix)
+            g2 = self._generate(suffixes, analyze_plan, "analyze", callbacks.get("analyze"), prefix=prefix,
+                                cache=self._reuse(held, analyze_plan, prefix, need_one=False))
+            held = _HeldCache(prefix, g2.prefix_cache, analyze_plan.uniform_signature())
         else:
             g2 = self._generate([prefix + s for s in suffixes], analyze_plan, "analyze", callbacks.get("analyze"))
+            held = None
         analyses = {label: P.as_sentence(g2.content_tokens(i)) for i, label in enumerate(q.labels)}
         t2 = time.perf_counter()
 
         summarize_plan = plan.for_stage("summarize")
-        g3 = self._generate([P.summarize(header, recall, analyses, q.labels)], summarize_plan, "summarize",
-                            callbacks.get("summarize"))
+        prompt3 = P.summarize(header, recall, analyses, q.labels)
+        reused = self._reuse(held, summarize_plan, prompt3, need_one=True)
+        start3 = reused.length if reused is not None else 0
+        g3 = self._generate([prompt3[start3:]], summarize_plan, "summarize", callbacks.get("summarize"), cache=reused)
         summary = g3.content_tokens(0)
         summary_text = self.tok.decode(summary)
         scoring = CostMeter()

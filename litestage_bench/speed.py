@@ -1,0 +1,164 @@
+"""Executor speed measurements (results/executor.json), each a ratio measured side by side in one run.
+
+1. dense decode tokens/s: executor vs `model.generate`, same model, prompt and token count, batch 1;
+2. static plans skipping 25% / 50% of sub-layer FLOPs: measured decode speedup / ideal speedup,
+   where ideal = per-token FLOPs of the dense model (layers + LM head) / those of the plan;
+3. dense reasoner questions/minute: executor reasoner vs the naive pipeline, same items, with the
+   fraction of identical predictions.
+Timings: warm-up excluded, device synchronised, median over repetitions, runs interleaved.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from .benchmarks import load_split
+from .executor import SkipExecutor, synchronize
+from .methods import make_method
+from .naive import NaiveReasoner
+from .plan import SkipSet, StagePlan
+from .results import machine_info, write_text_atomic
+from .runner import Session, default_config, log, model_facts, run_items
+
+
+def timed(fn: Callable[[], object], device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def side_by_side(fns: dict[str, Callable[[], object]], device, repeats: int) -> dict[str, float]:
+    """Median seconds of each callable; one warm-up each, then interleaved repetitions."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def even_layers(num_layers: int, count: int) -> list[int]:
+    """`count` layers spread evenly over the inner layers (first and last kept)."""
+    inner = list(range(1, num_layers - 1))
+    step = len(inner) / count
+    return sorted({inner[int(i * step + step / 2)] for i in range(count)})
+
+
+def decode_tokens_per_second(session: Session, prompt: list[int], new_tokens: int, repeats: int) -> dict:
+    model, ex = session.loaded.model, session.executor
+    ids = torch.tensor([prompt], device=ex.device)
+
+    def hf():
+        with torch.inference_mode():
+            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           pad_token_id=session.loaded.tokenizer.pad_token_id)
+
+    def executor():
+        ex.generate([prompt], StagePlan(), new_tokens)
+
+    secs = side_by_side({"executor": executor, "generate": hf}, ex.device, repeats)
+    return {"prompt_tokens": len(prompt), "new_tokens": new_tokens, "repeats": repeats,
+            "executor_tokens_per_s": new_tokens / secs["executor"],
+            "generate_tokens_per_s": new_tokens / secs["generate"],
+            "ratio": secs["generate"] / secs["executor"]}
+
+
+def skip_plan_speedups(session: Session, prompt: list[int], new_tokens: int, repeats: int) -> list[dict]:
+    ex: SkipExecutor = session.executor
+    arch = ex.arch
+    layer_flops = [a + f for a, f in zip(arch.attn_flops, arch.ffn_flops)]
+    plans = {"dense": StagePlan()}
+    for frac in (0.25, 0.5):
+        layers = even_layers(arch.num_layers, round(frac * arch.num_layers))
+        plans[f"skip{int(frac * 100)}"] = StagePlan.static(SkipSet.layers(layers))
+    secs = side_by_side({k: (lambda p=p: ex.generate([prompt], p, new_tokens)) for k, p in plans.items()},
+                        ex.device, repeats)
+    rows = []
+    for name, plan in plans.items():
+        if name == "dense":
+            continue
+        skipped = sum(layer_flops[i] for i in plan.decode.attn)
+        executed_fraction = 1 - skipped / sum(layer_flops)
+        total = sum(layer_flops) + arch.head_flops
+        ideal = total / (total - skipped)
+        measured = secs["dense"] / secs[name]
+        rows.append({"plan": name, "skipped_layers": sorted(plan.decode.attn),
+                     "executed_sublayer_flop_fraction": executed_fraction,
+                     "ideal_speedup": ideal, "ideal_speedup_layers_only": 1 / executed_fraction,
+                     "measured_speedup": measured, "efficiency": measured / ideal,
+                     "dense_s": secs["dense"], "plan_s": secs[name]})
+    return rows
+
+
+def reasoner_vs_naive(session: Session, bench: str, limit: int) -> dict:
+    cfg = default_config(session.loaded)
+    reasoner = session.reasoner(bench, cfg)
+    naive = NaiveReasoner(session.loaded.model, session.loaded.tokenizer, reasoner.prompts, cfg)
+    items = load_split(bench, "eval", limit=limit)
+    method = make_method("dense")
+    facts = model_facts(session.executor, session.loaded.name)
+    run_items(reasoner, method, facts, items[:1], progress=False, warmup=0)  # warm-up
+    naive.solve(items[0])
+    fast, slow, same = [], [], 0
+    for q in items:  # interleaved, question by question
+        res = run_items(reasoner, method, facts, [q], warmup=0, progress=False)[0]
+        preds, secs = naive.solve(q)
+        fast.append(res.latency_s)
+        slow.append(secs)
+        same += preds == res.predictions_by_rule
+    return {"bench": bench, "n": len(items), "answer_rules_compared": ["regex", "letter", "cloze"],
+            "executor_questions_per_min": 60 * len(items) / sum(fast),
+            "naive_questions_per_min": 60 * len(items) / sum(slow),
+            "ratio": sum(slow) / sum(fast), "same_predictions_fraction": same / len(items)}
+
+
+def measure_model(model: str, dtype: str | None, bench: str, limit: int, repeats: int, new_tokens: int) -> dict:
+    session = Session.open(model, dtype=dtype)
+    reasoner = session.reasoner(bench, default_config(session.loaded))
+    prompt = reasoner.prompts.recall(reasoner.prompts.header(load_split(bench, "calib", limit=1)[0]))
+    log(f"[speed] {model} {session.loaded.dtype}: decode tokens/s")
+    out = {"model": model, "dtype": session.loaded.dtype,
+           "decode": decode_tokens_per_second(session, prompt, new_tokens, repeats)}
+    log(f"[speed] {model}: static skip plans")
+    out["skip_plans"] = skip_plan_speedups(session, prompt, new_tokens, repeats)
+    if limit:
+        log(f"[speed] {model}: reasoner vs naive pipeline on {limit} items")
+        out["reasoner_vs_naive"] = reasoner_vs_naive(session, bench, limit)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m litestage_bench.speed", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b")
+    ap.add_argument("--dtypes", default="default", help="comma-separated: default, float32, bfloat16")
+    ap.add_argument("--bench", default="obqa")
+    ap.add_argument("--limit", type=int, default=10, help="reasoner items (0: skip that measurement)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--out", default="results/executor.json")
+    args = ap.parse_args(argv)
+    runs = []
+    for model in args.models.split(","):
+        for dtype in args.dtypes.split(","):
+            runs.append(measure_model(model, None if dtype == "default" else dtype, args.bench, args.limit,
+                                      args.repeats, args.new_tokens))
+            log(json.dumps(runs[-1], indent=1))
+    doc = {"command": "python -m litestage_bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
+           "machine": machine_info(), "torch_threads": torch.get_num_threads(), "runs": runs}
+    write_text_atomic(args.out, json.dumps(doc, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
