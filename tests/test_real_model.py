@@ -1,0 +1,83 @@
+"""A few checks on the embedded default model (SmolLM2-135M, float32 for exact comparisons)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from litestage_bench.benchmarks import load_split
+from litestage_bench.cli import main
+from litestage_bench.executor import CostMeter, SkipExecutor
+from litestage_bench.models import load_model
+from litestage_bench.naive import NaiveReasoner
+from litestage_bench.plan import DENSE, StagePlan
+from litestage_bench.runner import Session, default_config
+
+pytestmark = pytest.mark.slow
+needs_data = pytest.mark.skipif(not os.environ.get("LITESTAGE_DATA_DIR"), reason="no LITESTAGE_DATA_DIR")
+
+
+@pytest.fixture(scope="module")
+def session():
+    return Session.open("smollm2-135m", dtype="float32")
+
+
+def test_second_load_comes_from_the_cache(session):
+    again = load_model("smollm2-135m", dtype="float32")
+    assert again.from_cache
+    a = dict(session.loaded.model.named_parameters())
+    for name, p in list(again.model.named_parameters())[:5]:
+        assert torch.equal(p, a[name])
+
+
+def test_empty_plan_equals_plain_transformers(session):
+    model, tok = session.loaded.model, session.loaded.tokenizer
+    ids = tok("Question: Which of these would let the most heat travel through?\nRecall:").input_ids
+    with torch.inference_mode():
+        ref_logits = model(torch.tensor([ids])).logits[0, -1]
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=24, min_new_tokens=24, do_sample=False,
+                             pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+    ex = SkipExecutor(model)
+    cache = ex.new_cache(1)
+    x = torch.tensor([ids])
+    prefill = ex.forward(cache, x, torch.ones_like(x, dtype=torch.bool), StagePlan().prefill, StagePlan(), CostMeter())
+    assert torch.allclose(prefill[0, -1], ref_logits, atol=1e-4)  # float32; observed ~3e-5
+    assert ex.generate([ids], StagePlan(), 24).tokens[0] == ref
+
+
+@needs_data
+def test_kv_reuse_and_shared_prefix_change_nothing(session):
+    items = load_split("obqa", limit=2)
+    outputs = []
+    for fast in (True, False):
+        cfg = default_config(session.loaded, reuse_kv=fast, share_prefix=fast)
+        reasoner = session.reasoner("obqa", cfg)
+        outputs.append([(r.outputs, r.predictions_by_rule) for r in (reasoner.solve(q, DENSE) for q in items)])
+    assert outputs[0] == outputs[1]
+
+
+@needs_data
+def test_executor_reasoner_agrees_with_the_naive_pipeline(session):
+    cfg = default_config(session.loaded)
+    reasoner = session.reasoner("strategyqa", cfg)
+    naive = NaiveReasoner(session.loaded.model, session.loaded.tokenizer, reasoner.prompts, cfg)
+    for q in load_split("strategyqa", limit=2):
+        assert reasoner.solve(q, DENSE).predictions_by_rule == naive.solve(q)[0]
+
+
+@needs_data
+def test_run_writes_a_complete_record(tmp_path):
+    out = tmp_path / "rec.json"
+    assert main(["run", "--bench", "strategyqa", "--limit", "2", "--dtype", "float32", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    for key in ("schema_version", "model", "benchmark", "split", "n", "method", "policy", "accuracy", "accuracy_ci95",
+                "latency_s", "stage_latency_s", "tokens", "speedup", "executed_cost_fraction", "answer_rule_counts",
+                "machine", "created", "command"):
+        assert key in rec, key
+    assert rec["n"] == 2 and rec["method"] == "dense" and rec["speedup"] == 1.0
+    assert set(rec["stage_latency_s"]) == {"recall", "analyze", "summarize"}
+    assert rec["executed_cost_fraction"] == {"recall": 1.0, "analyze": 1.0, "summarize": 1.0}
+    assert sum(rec["answer_rule_counts"].values()) == 2
+    assert rec["machine"]["torch"] and rec["machine"]["transformers"]
