@@ -75,10 +75,29 @@ class Generation:
 
 @dataclass
 class _DynamicState:
+    """Per-row state of AdaSkip's decode extension during one generation."""
+
     rule: DynamicFFN
-    sims: torch.Tensor  # [rows, layers] running sum of cos(h, y)
-    steps: int = 0
-    skip_rows: torch.Tensor | None = field(default=None)  # [rows, layers] after warm-up
+    sims: torch.Tensor  # [rows, layers] running sum of cos(h, h + FFN(h)) over warm-up steps
+    steps: int = 0  # warm-up decode steps seen
+    skip_rows: torch.Tensor | None = field(default=None)  # [rows, layers], decided after warm-up
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.sims = self.sims[rows]
+        if self.skip_rows is not None:
+            self.skip_rows = self.skip_rows[rows]
+
+    def decide_after_warmup(self) -> None:
+        """Count a warm-up step, or once warm-up is over fix which FFNs each row skips."""
+        if self.skip_rows is not None:
+            return
+        if self.steps < self.rule.warmup_steps:
+            self.steps += 1
+            return
+        mean = self.sims / max(self.steps, 1)
+        candidates = torch.zeros(self.sims.shape[1], dtype=torch.bool, device=self.sims.device)
+        candidates[list(self.rule.candidates)] = True
+        self.skip_rows = (mean >= self.rule.threshold) & candidates
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -209,15 +228,8 @@ class SkipExecutor:
             cache = self.new_cache(rows, room)
         else:
             cache.reserve(room)
-        width = max(len(x) for x in inputs)
-        ids = torch.full((rows, width), pad_id, dtype=torch.long, device=self.device)
-        valid = torch.zeros(rows, width, dtype=torch.bool, device=self.device)
-        for r, seq in enumerate(inputs):
-            if seq:
-                ids[r, width - len(seq):] = torch.tensor(seq, device=self.device)
-                valid[r, width - len(seq):] = True
-        prefill_skip = plan.skip_at(PREFILL_STEP)
-        logits = self.forward(cache, ids, valid, prefill_skip, plan, meter, fill=plan_layers)[:, -1]
+        ids, valid = self._left_padded(inputs, pad_id)
+        logits = self.forward(cache, ids, valid, plan.skip_at(PREFILL_STEP), plan, meter, fill=plan_layers)[:, -1]
         dynamic = None
         if plan.dynamic_ffn is not None:
             dynamic = _DynamicState(plan.dynamic_ffn, torch.zeros(rows, self.num_layers, device=self.device))
@@ -244,25 +256,18 @@ class SkipExecutor:
             step += 1
             if step >= max_new_tokens or bool(finished.all()):
                 break
-            if bool(finished.any()):
+            if bool(finished.any()):  # drop finished rows so that they cost nothing more
                 keep = (~finished).nonzero().squeeze(1)
                 cache = cache.select(keep)
                 alive, token = alive[keep], token[keep]
                 if dynamic is not None:
-                    dynamic.sims = dynamic.sims[keep]
-                    if dynamic.skip_rows is not None:
-                        dynamic.skip_rows = dynamic.skip_rows[keep]
-            if dynamic is not None and dynamic.skip_rows is None and dynamic.steps >= dynamic.rule.warmup_steps:
-                mean = dynamic.sims / max(dynamic.steps, 1)
-                cand = torch.zeros(self.num_layers, dtype=torch.bool, device=self.device)
-                cand[list(dynamic.rule.candidates)] = True
-                dynamic.skip_rows = (mean >= dynamic.rule.threshold) & cand
+                    dynamic.keep(keep)
+            if dynamic is not None:
+                dynamic.decide_after_warmup()
             # decode forward k processes generated token k (token 0 came from the prefill)
-            logits = self.forward(cache, token[:, None], torch.ones(len(alive), 1, dtype=torch.bool,
-                                  device=self.device), plan.skip_at(step - 1),
-                                  plan, meter, fill=plan_layers, dynamic=dynamic)[:, -1]
-            if dynamic is not None and dynamic.skip_rows is None:
-                dynamic.steps += 1
+            one = torch.ones(len(alive), 1, dtype=torch.bool, device=self.device)
+            logits = self.forward(cache, token[:, None], one, plan.skip_at(step - 1), plan, meter,
+                                  fill=plan_layers, dynamic=dynamic)[:, -1]
         synchronize(self.device)
         return Generation(tokens=out, stopped=stopped, seconds=time.perf_counter() - start, cost=meter,
                           cache=cache, last_logits=logits, steps=step, prefix_cache=prefix_cache)
@@ -272,11 +277,17 @@ class SkipExecutor:
                logits: str = "all", pad_id: int = 0) -> torch.Tensor:
         """Append tokens to existing rows under the plan's decode set (answer scoring after a
         stage); returns [rows, width, vocab] logits of the left-padded block (or the last slot)."""
-        rows, width = len(inputs), max(len(x) for x in inputs)
-        ids = torch.full((rows, width), pad_id, dtype=torch.long, device=self.device)
-        valid = torch.zeros(rows, width, dtype=torch.bool, device=self.device)
-        for r, seq in enumerate(inputs):
-            ids[r, width - len(seq):] = torch.tensor(seq, device=self.device)
-            valid[r, width - len(seq):] = True
-        cache.reserve(width)
+        ids, valid = self._left_padded(inputs, pad_id)
+        cache.reserve(ids.shape[1])
         return self.forward(cache, ids, valid, plan.decode, plan, meter, logits=logits)
+
+    def _left_padded(self, inputs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[rows, width] ids and validity, each row right-aligned (left padding)."""
+        width = max(len(x) for x in inputs)
+        ids = torch.full((len(inputs), width), pad_id, dtype=torch.long, device=self.device)
+        valid = torch.zeros(len(inputs), width, dtype=torch.bool, device=self.device)
+        for r, seq in enumerate(inputs):
+            if seq:
+                ids[r, width - len(seq):] = torch.tensor(seq, device=self.device)
+                valid[r, width - len(seq):] = True
+        return ids, valid
