@@ -34,6 +34,36 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    """Load a model (converting and caching it when needed) and report the time it took."""
+    import os
+    import tempfile
+    from .models import CACHE_ENV, load_model
+    if args.fresh_cache:
+        # measure a first load: convert into a throw-away cache, then load again from it
+        with tempfile.TemporaryDirectory(prefix="litestage-cache-") as tmp:
+            old = os.environ.get(CACHE_ENV)
+            os.environ[CACHE_ENV] = tmp
+            try:
+                first = load_model(args.model, dtype=args.dtype)
+                del first.model
+                second = load_model(args.model, dtype=args.dtype)
+            finally:
+                if old is None:
+                    os.environ.pop(CACHE_ENV)
+                else:
+                    os.environ[CACHE_ENV] = old
+        rows = [("first (convert + cache)", first.load_seconds, first.from_cache),
+                ("second (from cache)", second.load_seconds, second.from_cache)]
+        print(tabulate(rows, headers=["load", "seconds", "from cache"], floatfmt=".2f"))
+        print(f"speed-up of the cached load: {first.load_seconds / second.load_seconds:.1f}x")
+    else:
+        loaded = load_model(args.model, dtype=args.dtype)
+        print(f"{args.model}: {loaded.load_seconds:.2f} s ({'from cache' if loaded.from_cache else 'converted'}) "
+              f"dtype={loaded.dtype} source={loaded.source}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from .benchmarks import load_split
     from .prompts import question_block
@@ -128,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     sub.add_parser("models", help="known model aliases and where each comes from").set_defaults(func=cmd_models)
+
+    load = sub.add_parser("load", help="load (and cache) a model; report the load time")
+    load.add_argument("--model", default=DEFAULT_MODEL)
+    load.add_argument("--dtype")
+    load.add_argument("--fresh-cache", action="store_true", help="time a first load into a temporary cache, then a cached one")
+    load.set_defaults(func=cmd_load)
 
     data = sub.add_parser("data", help="load a benchmark split: count and one item")
     data.add_argument("bench", help=f"one of {', '.join(BENCHMARKS)}")
