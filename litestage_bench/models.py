@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -162,6 +163,8 @@ def _convert_embedded(spec: ModelSpec, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     parts = chunk_files(spec)
+    print(f"[litestage-bench] first load of {spec.alias}: assembling, checking and de-quantising the GGUF "
+          f"into {target} (later loads read that cache)", file=sys.stderr, flush=True)
     work = Path(tempfile.mkdtemp(prefix=f".{spec.alias}-", dir=target.parent))
     try:
         if len(parts) == 1 and spec.sha256 is None:
