@@ -100,25 +100,34 @@ def skip_plan_speedups(session: Session, prompt: list[int], new_tokens: int, rep
 
 
 def reasoner_vs_naive(session: Session, bench: str, limit: int) -> dict:
+    """Executor reasoner (shared prefix + KV reuse), the same without them, and the naive pipeline."""
     cfg = default_config(session.loaded)
     reasoner = session.reasoner(bench, cfg)
+    unshared = session.reasoner(bench, default_config(session.loaded, share_prefix=False, reuse_kv=False))
     naive = NaiveReasoner(session.loaded.model, session.loaded.tokenizer, reasoner.prompts, cfg)
     items = load_split(bench, "eval", limit=limit)
     method = make_method("dense")
     facts = model_facts(session.executor, session.loaded.name)
-    run_items(reasoner, method, facts, items[:1], progress=False, warmup=0)  # warm-up
+    for r in (reasoner, unshared):
+        run_items(r, method, facts, items[:1], progress=False, warmup=0)  # warm-up
     naive.solve(items[0])
-    fast, slow, same = [], [], 0
+    secs: dict[str, list[float]] = {"executor": [], "executor_no_prefix_reuse": [], "naive": []}
+    same = same_unshared = 0
     for q in items:  # interleaved, question by question
         res = run_items(reasoner, method, facts, [q], warmup=0, progress=False)[0]
-        preds, secs = naive.solve(q)
-        fast.append(res.latency_s)
-        slow.append(secs)
+        res_unshared = run_items(unshared, method, facts, [q], warmup=0, progress=False)[0]
+        preds, naive_secs = naive.solve(q)
+        secs["executor"].append(res.latency_s)
+        secs["executor_no_prefix_reuse"].append(res_unshared.latency_s)
+        secs["naive"].append(naive_secs)
         same += preds == res.predictions_by_rule
-    return {"bench": bench, "n": len(items), "answer_rules_compared": ["regex", "letter", "cloze"],
-            "executor_questions_per_min": 60 * len(items) / sum(fast),
-            "naive_questions_per_min": 60 * len(items) / sum(slow),
-            "ratio": sum(slow) / sum(fast), "same_predictions_fraction": same / len(items)}
+        same_unshared += res_unshared.predictions_by_rule == res.predictions_by_rule
+    per_min = {f"{k}_questions_per_min": 60 * len(items) / sum(v) for k, v in secs.items()}
+    return {"bench": bench, "n": len(items), "answer_rules_compared": ["regex", "letter", "cloze"], **per_min,
+            "ratio": sum(secs["naive"]) / sum(secs["executor"]),
+            "prefix_reuse_ratio": sum(secs["executor_no_prefix_reuse"]) / sum(secs["executor"]),
+            "same_predictions_fraction": same / len(items),
+            "same_predictions_with_and_without_prefix_reuse": same_unshared / len(items)}
 
 
 def measure_model(model: str, dtype: str | None, bench: str, limit: int, repeats: int, new_tokens: int) -> dict:
