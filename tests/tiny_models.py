@@ -24,7 +24,8 @@ def tiny_model(arch: str, layers: int = 4, seed: int = 0) -> torch.nn.Module:
                                                    query_pre_attn_scalar=16))
     else:
         raise ValueError(arch)
-    # random init leaves logits nearly flat; scale the head up so that greedy choices are well separated
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20.0) if not model.config.tie_word_embeddings else None
+    # random init leaves logits nearly flat; scale an untied head up so that greedy choices are well separated
+    if not model.config.tie_word_embeddings:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(20.0)
     return model.eval()
