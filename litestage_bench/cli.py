@@ -123,10 +123,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import pareto_plot, results_table
+    from .report import pareto_plot, results_table, rules_table
     from .results import load_record, write_text_atomic
     records = [load_record(p) for p in args.results]
-    table = results_table(records)
+    table = f"{results_table(records)}\n\nAnswer rules (accuracy on the same generations):\n\n{rules_table(records)}"
     print(table)
     if args.markdown:
         commands = "\n".join(f"- `{r.command}`" for r in records if r.command)

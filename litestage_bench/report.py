@@ -76,6 +76,20 @@ def results_table(records: list[ResultRecord], fmt: str = "github") -> str:
     return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
+def rules_table(records: list[ResultRecord], fmt: str = "github") -> str:
+    """Accuracy of every answer rule on the same generations, beside a one-step (no reasoning)
+    answer on the same items when the record has one (`run --one-step`)."""
+    rows = []
+    for r in sorted(records, key=_sort_key):
+        one_step = r.extra.get("one_step_accuracy", {})
+        rows.append([r.model, r.benchmark, r.method, r.n,
+                     *(_num(r.accuracy_by_rule.get(rule), ".3f") for rule in ("regex", "letter", "cloze")),
+                     *(_num(one_step.get(rule, {}).get("accuracy"), ".3f") for rule in ("letter", "cloze"))])
+    headers = ["model", "bench", "method", "n", "3-stage regex", "3-stage letter", "3-stage cloze",
+               "one-step letter", "one-step cloze"]
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
 def pareto_plot(records: list[ResultRecord], path: str | os.PathLike) -> Path:
     """Accuracy (with 95% CI) against speedup, one panel per (model, benchmark), saved as PNG.
 
