@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import metrics
-from .methods import METHODS, Method, _load_plugins, make_method
+from .methods import METHODS, Method, load_plugins, make_method
 from .plan import SkipPlan
 from .report import results_table
 from .results import ItemResult, ResultRecord, build_record, write_record, write_text_atomic
@@ -21,7 +21,7 @@ NEEDS_POLICY = {"plan"}
 
 def grid_methods(selection: str) -> list[str]:
     """Method names for the grid: 'all' = every registered method that runs without a policy."""
-    _load_plugins()
+    load_plugins()
     names = sorted(METHODS) if selection == "all" else [m.strip() for m in selection.split(",") if m.strip()]
     names = [n for n in names if not (selection == "all" and n in NEEDS_POLICY)]
     # dense first: every other method's speedup is measured against it

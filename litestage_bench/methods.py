@@ -79,13 +79,13 @@ def load_policy(path: str | Path | None) -> dict[str, Any] | None:
 
 def make_method(name: str, policy: dict[str, Any] | None = None) -> Method:
     """Instantiate a registered method by name."""
-    _load_plugins()
+    load_plugins()
     if name not in METHODS:
         raise UserError(f"unknown method '{name}'", f"use one of: {', '.join(sorted(METHODS))}")
     return METHODS[name](policy)
 
 
-def _load_plugins() -> None:
+def load_plugins() -> None:
     # The baselines package registers its methods on import.
     import baselines  # noqa: F401
 
