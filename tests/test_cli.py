@@ -23,11 +23,12 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert code == EXIT_USAGE
     lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("litestage-bench: error:") and "fix:" in lines[0]
+    # progress lines ("[litestage-bench] ...") may come first; the error is one line, the last one
+    assert all(l.startswith("[litestage-bench]") for l in lines[:-1]), err
+    assert lines[-1].startswith("litestage-bench: error:") and "fix:" in lines[-1]
     assert "Traceback" not in err
     for needle in needles:
-        assert needle in lines[0]
+        assert needle in lines[-1]
 
 
 @pytest.mark.parametrize("args, needles", [
