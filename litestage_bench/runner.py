@@ -113,5 +113,5 @@ def one_step_accuracy(reasoner: Reasoner, items: list[Question]) -> dict:
     for q in items:
         for rule, pred in reasoner.one_step(q).items():
             hits[rule].append(pred == q.answer)
-    return {rule: {"accuracy": metrics.accuracy_ci95(v)[0], "ci95": metrics.accuracy_ci95(v)[1]}
-            for rule, v in hits.items()}
+    scored = {rule: metrics.accuracy_ci95(v) for rule, v in hits.items()}
+    return {rule: {"accuracy": acc, "ci95": ci} for rule, (acc, ci) in scored.items()}
