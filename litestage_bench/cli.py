@@ -27,6 +27,10 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive(text)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import describe_models
     print(tabulate(describe_models(), headers="keys"))
@@ -98,6 +102,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolve_data_dir(args.data_dir)
     resolve_dtype(args.dtype, MODELS.get(args.model))
     method = make_method(args.method, load_policy(args.policy))
+    if args.dense_record:
+        from .results import load_record
+        load_record(args.dense_record)  # a missing or malformed file fails now, not after the run
     if args.answer_rule:
         from .answers import check_rule
         check_rule(args.answer_rule)
@@ -106,7 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = default_config(session.loaded, shots=args.shots, answer_rule=args.answer_rule,
                             max_new_tokens=_stage_caps(args.max_new_tokens))
     record = run_benchmark(session, args.bench, method, split=args.split, limit=args.limit, config=config,
-                           data_dir=args.data_dir, command=_command_line(), seed=args.seed, one_step=args.one_step)
+                           data_dir=args.data_dir, command=_command_line(), seed=args.seed, one_step=args.one_step,
+                           batch_size=args.batch_size, timed=args.timed or None, dense_record=args.dense_record)
     write_record(out, record)
     from .report import results_table
     print(results_table([record]))
@@ -154,6 +162,7 @@ def _command_line() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from .benchmarks import BENCHMARKS
     from .models import DEFAULT_MODEL
+    from .runner import DEFAULT_BATCH_SIZE, DEFAULT_TIMED
     ap = argparse.ArgumentParser(prog="litestage-bench", description="Layer skipping for multi-stage reasoning, benchmarked.")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -183,10 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--dtype", help="float32 or bfloat16 (default: the model's CPU default)")
     run.add_argument("--device", default="cpu")
-    run.add_argument("--shots", type=int, help="few-shot demos (default 2)")
+    run.add_argument("--shots", type=int, help="few-shot demos (default 1)")
     run.add_argument("--answer-rule", help="regex, letter, cloze, regex+letter, regex+cloze (default: per model)")
     run.add_argument("--max-new-tokens", help="per-stage caps RECALL,ANALYZE,SUMMARIZE")
     run.add_argument("--one-step", action="store_true", help="also score a one-step (no reasoning) answer")
+    run.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE,
+                     help=f"questions per batch for accuracy (default {DEFAULT_BATCH_SIZE}; latency is always batch 1)")
+    run.add_argument("--timed", type=_non_negative, default=DEFAULT_TIMED,
+                     help=f"seeded items timed at batch 1 for latency/speedup (default {DEFAULT_TIMED}; 0 = all)")
+    run.add_argument("--dense-record", help="a dense record of the same model/items/settings to compare with "
+                                            "(default: run dense on the same items in this run)")
     run.add_argument("--data-dir")
     run.add_argument("--out", help="result JSON (default results/MODEL_BENCH_METHOD.json)")
     run.set_defaults(func=cmd_run)

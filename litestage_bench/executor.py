@@ -9,8 +9,8 @@ KV policy for skipped attention: a skipped attention sub-layer writes no keys/va
 is exact whenever the layer is never read again in this generation (static sets, SkipDecode's
 monotone schedule). If the plan re-activates a layer's attention later in the same generation,
 the executor instead writes the keys/values the skipped token would have produced ("fill"), which
-equals a no-cache run where skipping only drops the sub-layer's output. Stages never share a cache:
-each stage re-prefills its prompt under its own plan, as the LiteStage paper does.
+equals a no-cache run where skipping only drops the sub-layer's output. What a stage's cache starts
+from (empty, the shared few-shot header, or the previous stage's cache) is the reasoner's decision.
 """
 from __future__ import annotations
 
@@ -201,13 +201,16 @@ class SkipExecutor:
     def generate(self, inputs: list[list[int]], plan: StagePlan, max_new_tokens: int,
                  stop_ids: frozenset[int] | set[int] = frozenset(), prefix: list[int] | None = None,
                  cache: SkipKVCache | None = None, on_token: TokenCallback | None = None,
-                 pad_id: int = 0) -> Generation:
+                 pad_id: int = 0, keep_finished: bool = False) -> Generation:
         """Greedy-decode each input row (rows of unequal length are left-padded).
 
         `prefix`: prefilled once (batch 1), then every row continues it (stage 2's options).
         `cache`: a cache to continue instead of starting empty. With `prefix` it must hold the
         first `cache.length` prefix tokens (computed under this plan's prefill set) and keeps
         holding exactly the prefix afterwards; without `prefix` its rows are the input rows.
+        `keep_finished`: keep finished rows in the cache (fed masked padding, which costs compute
+        but changes nothing), so that the returned cache holds every row; otherwise finished rows
+        are dropped (in bulk) and the returned cache may lack some finished rows.
         """
         start = time.perf_counter()
         rows = len(inputs)
@@ -237,15 +240,19 @@ class SkipExecutor:
         out: list[list[int]] = [[] for _ in range(rows)]
         stopped = ["length"] * rows
         alive = torch.arange(rows, device=self.device)  # original row index of each cache row
+        live = torch.ones(rows, dtype=torch.bool, device=self.device)  # cache rows still generating
         stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=self.device)
         step = 0
         while True:
             token = logits.argmax(-1)
-            finished = torch.isin(token, stop_tensor) if len(stop_tensor) else torch.zeros_like(token, dtype=torch.bool)
+            finished = torch.isin(token, stop_tensor) if len(stop_tensor) else torch.zeros_like(live)
+            finished = finished & live
             halted = on_token(step, logits, token, alive) if on_token is not None else None
-            for r, t in zip(alive.tolist(), token.tolist()):
-                out[r].append(t)
-            if halted is not None and bool(halted.any()):
+            for r, t, running in zip(alive.tolist(), token.tolist(), live.tolist()):
+                if running:
+                    out[r].append(t)
+            if halted is not None and bool((halted & live).any()):
+                halted = halted & live
                 for r in alive[halted & ~finished].tolist():
                     out[r].pop()  # early exit emits EOS instead of this token
                     stopped[r] = "callback"
@@ -253,24 +260,36 @@ class SkipExecutor:
             for r in alive[finished].tolist():
                 if stopped[r] == "length":
                     stopped[r] = "stop"
+            live = live & ~finished
             step += 1
-            if step >= max_new_tokens or bool(finished.all()):
+            if step >= max_new_tokens or not bool(live.any()):
                 break
-            if bool(finished.any()):  # drop finished rows so that they cost nothing more
-                keep = (~finished).nonzero().squeeze(1)
+            # Drop finished rows once at most half the rows still run: each drop copies the whole
+            # cache, so until then finished rows are fed masked padding (changes nothing, costs little).
+            if not keep_finished and bool(finished.any()) and 2 * int(live.sum()) <= len(live):
+                keep = live.nonzero().squeeze(1)
                 cache = cache.select(keep)
-                alive, token = alive[keep], token[keep]
+                alive, token, live = alive[keep], token[keep], live[keep]
                 if dynamic is not None:
                     dynamic.keep(keep)
             if dynamic is not None:
                 dynamic.decide_after_warmup()
             # decode forward k processes generated token k (token 0 came from the prefill)
-            one = torch.ones(len(alive), 1, dtype=torch.bool, device=self.device)
-            logits = self.forward(cache, token[:, None], one, plan.skip_at(step - 1), plan, meter,
+            fed = torch.where(live, token, torch.full_like(token, pad_id))
+            logits = self.forward(cache, fed[:, None], live[:, None], plan.skip_at(step - 1), plan, meter,
                                   fill=plan_layers, dynamic=dynamic)[:, -1]
         synchronize(self.device)
         return Generation(tokens=out, stopped=stopped, seconds=time.perf_counter() - start, cost=meter,
                           cache=cache, last_logits=logits, steps=step, prefix_cache=prefix_cache)
+
+    @torch.inference_mode()
+    def prefill(self, cache: SkipKVCache, inputs: list[list[int]], plan: StagePlan, max_new_tokens: int,
+                meter: CostMeter, pad_id: int = 0) -> None:
+        """Append left-padded prompt rows to a cache under the plan's prefill set, as `generate`
+        would before decoding `max_new_tokens` (which decides the attention layers to fill)."""
+        ids, valid = self._left_padded(inputs, pad_id)
+        self.forward(cache, ids, valid, plan.skip_at(PREFILL_STEP), plan, meter, logits="none",
+                     fill=self._fill_layers(plan, max_new_tokens))
 
     @torch.inference_mode()
     def extend(self, cache: SkipKVCache, inputs: list[list[int]], plan: StagePlan, meter: CostMeter,

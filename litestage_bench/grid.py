@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import metrics
 from .methods import METHODS, Method, load_plugins, make_method
 from .plan import SkipPlan
 from .report import results_table
@@ -74,12 +73,13 @@ class GridStore:
         out = []
         for c in self.cases:
             base = dense.get((c.model, c.bench))
-            speedup = None
-            if base is not None and [i.id for i in base.items] == [i.id for i in c.items]:
-                speedup = metrics.speedup([i.latency_s for i in base.items], [i.latency_s for i in c.items])
+            same_items = base is not None and [i.id for i in base.items] == [i.id for i in c.items]
+            # a non-dense case is compared with dense on the same items (fidelity, McNemar, speedup CI)
+            reference = base.items if same_items and c.method != "dense" else None
             out.append(build_record(model=c.model, benchmark=c.bench, split="eval", method=c.method,
                                     policy=c.policy, answer_rule=c.config["answer_rule"], items=c.items,
-                                    command=c.command, config=c.config, speedup=speedup))
+                                    command=c.command, config=c.config, dense_items=reference,
+                                    speedup=1.0 if c.method == "dense" else None))
         return out
 
     def write(self, folder: str | Path) -> tuple[str, list[Path]]:

@@ -65,6 +65,17 @@ class SkipKVCache:
         self.valid[:, length:] = False
         self.next_pos = self.valid[:, :length].long().sum(1)
 
+    @torch.inference_mode()
+    def keep_first(self, counts: list[int]) -> None:
+        """Row r keeps only its first counts[r] real tokens; its later slots become padding, so
+        the next tokens of each row continue right after what it kept (per-row truncation)."""
+        keep = torch.tensor(counts, dtype=torch.long, device=self.device)
+        seen = self.valid[:, :self.length].long().cumsum(1)
+        self.valid[:, :self.length] &= seen <= keep[:, None]
+        self.next_pos = self.valid[:, :self.length].long().sum(1)
+        used = self.valid[:, :self.length].any(0).nonzero()
+        self.length = int(used[-1]) + 1 if len(used) else 0  # slots no row uses any more are reused
+
     def mask(self, q: int, window: int | None = None) -> torch.Tensor:
         """Boolean [batch, 1, q, length] mask for the last q slots: causal, valid keys only,
         optionally a sliding window; every query may see itself (so padding rows never give NaN)."""

@@ -27,11 +27,14 @@ class NaiveReasoner:
         self.device = next(model.parameters()).device
 
     def _generate(self, ids: list[int], stage: str) -> list[int]:
+        """The stage's content ids after a greedy `model.generate` (cut as the reasoner cuts them)."""
         stop = self.stops.for_stage(stage)
         out = self.model.generate(torch.tensor([ids], device=self.device), max_new_tokens=self.cfg.max_new_tokens[stage],
                                   do_sample=False, eos_token_id=sorted(stop), pad_token_id=self.tok.pad_token_id)
         new = out[0, len(ids):].tolist()
-        return new[:-1] if new and new[-1] in stop else new
+        # like the executor: a stop token sampled at the last allowed step still counts as a stop
+        stopped = "stop" if new and new[-1] in stop else "length"
+        return self.prompts.stage_content(new, stopped)
 
     def _logits(self, ids: list[int]) -> torch.Tensor:
         return self.model(torch.tensor([ids], device=self.device)).logits[0].float()

@@ -1,8 +1,9 @@
 """TinyThinker's three-stage format, built as token ids.
 
 Stage prompts are concatenations of separately tokenised pieces and of the ids the model generated
-in earlier stages (never re-tokenised text), so every pipeline (executor, naive ``generate``) sees
-exactly the same ids. With a chat template, demos become earlier user/assistant turns and the
+in earlier stages (never re-tokenised text, except the text a stop token holds before its newline:
+``PromptBuilder.stage_content``), so every pipeline (executor, naive ``generate``) sees exactly the
+same ids. With a chat template, demos become earlier user/assistant turns and the
 stage text continues the assistant turn.
 """
 from __future__ import annotations
@@ -80,6 +81,33 @@ class PromptBuilder:
             ids += self.ids(f" For option {label},") + analyses[label]
         return ids + self.ids("\nSummarize:")
 
+    def stage_content(self, tokens: list[int], stopped: str) -> list[int]:
+        """A stage's content ids from one finished row's generated ids.
+
+        `stopped` is how the row ended (``Generation.stopped``): "stop", "length" or "callback".
+        A stage ends at the first token holding a newline (or, for recall / analyses, a full stop)
+        or at an end token, and such a token may carry text ("hot.", ".S", ".\n"). So after a
+        "stop": an end token (EOS / end-of-turn / pad) or a token blank before its first newline
+        is dropped; a token with text before a newline is replaced by the ids of that text;
+        any other stop token (a full stop) is kept. Other rows are returned unchanged.
+        """
+        if stopped != "stop" or not tokens:
+            return list(tokens)
+        body, last = list(tokens[:-1]), tokens[-1]
+        if last in end_token_ids(self.tok):
+            return body
+        head, newline, _ = self._last_token_text(body, last).partition("\n")
+        if not head.strip():
+            return body
+        return body + self.ids(head) if newline else body + [last]
+
+    def _last_token_text(self, body: list[int], last: int) -> str:
+        """The text `last` adds after `body` (decoded in context: some tokenizers drop a token's
+        leading space when it is decoded alone)."""
+        before = self.tok.decode(body)
+        after = self.tok.decode(body + [last])
+        return after[len(before):] if after.startswith(before) else self.tok.decode([last])
+
     def as_sentence(self, generated: list[int]) -> list[int]:
         """Generated ids ending in a full stop (TinyThinker appends one when it is missing)."""
         if self.tok.decode(generated).rstrip().endswith("."):
@@ -110,10 +138,13 @@ class StopTokens:
     Every stage ends at EOS / end-of-turn or a newline. Recall and each option's analysis are one
     sentence in TinyThinker's demos, so they also end at the first token holding a full stop
     (suite decision: it keeps small models from rambling and CPU runs practical).
+    ``end``: the EOS / end-of-turn / pad ids (never part of a stage's text; see
+    ``PromptBuilder.stage_content``).
     """
 
     line: frozenset[int]
     sentence: frozenset[int]
+    end: frozenset[int] = frozenset()
 
     def for_stage(self, stage: str) -> frozenset[int]:
         return self.line if stage == "summarize" else self.sentence
@@ -124,13 +155,20 @@ class StopTokens:
 
 
 @lru_cache(maxsize=8)
-def _stop_tokens(tok) -> StopTokens:
+def end_token_ids(tok) -> frozenset[int]:
+    """EOS, pad and the end-of-turn / end-of-text special tokens the tokenizer knows."""
     ends = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
     for token in ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<eos>"):
         tid = tok.convert_tokens_to_ids(token)
         if isinstance(tid, int) and tid != tok.unk_token_id:
             ends.add(tid)
+    return frozenset(ends)
+
+
+@lru_cache(maxsize=8)
+def _stop_tokens(tok) -> StopTokens:
+    ends = end_token_ids(tok)
     texts = tok.batch_decode([[tid] for tid in range(len(tok))])
     line = ends | {tid for tid, text in enumerate(texts) if "\n" in text}
     sentence = line | {tid for tid, text in enumerate(texts) if "." in text}
-    return StopTokens(frozenset(line), frozenset(sentence))
+    return StopTokens(frozenset(line), frozenset(sentence), ends)

@@ -1,12 +1,20 @@
 """The multi-stage reasoner (TinyThinker: Recall -> Analyze per option -> Summarize) on the executor.
 
-Every method runs through ``Reasoner.solve``: the method only supplies the ``SkipPlan`` (and
-optional token callbacks), so speed and accuracy differ only by what is skipped. Each stage
-re-prefills its whole prompt under its own stage plan; stage 2 prefills the shared
-question+recall prefix once and decodes all options as one batch.
+Every method runs through the reasoner: the method only supplies the ``SkipPlan`` (and optional
+token callbacks), so speed and accuracy differ only by what is skipped. ``solve`` answers one
+question at batch 1 and times it (the paper's latency); ``solve_batch`` answers several questions
+together for accuracy at throughput (no latency). Both run the same code:
+
+- stage 2 prefills each question's question+recall prefix once and decodes its options from it,
+  all options of all questions as one batch;
+- a stage continues the previous stage's cache, cut back per row to the common prefix, when both
+  compute identical KV entries (``_start``); else it starts from a copy of the shared few-shot
+  header's cache (``HeaderCache``) and prefills the rest of its prompt under its own plan.
+Outputs are equal up to the dtype's rounding across batch sizes (tests, results/numerics/).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -16,12 +24,16 @@ from . import answers
 from .benchmarks import Question, normalize_stem
 from .demos import Demo
 from .executor import CostMeter, Generation, SkipExecutor, TokenCallback, synchronize
+from .header_cache import HeaderCache, shared_header_ids
+from .kvcache import SkipKVCache
 from .plan import SkipPlan, StagePlan
 from .prompts import STAGES, PromptBuilder, StopTokens
 from .results import ItemResult
 
 # Per-stage generation caps, chosen by measurement (README, "Choosing the defaults").
 DEFAULT_MAX_NEW_TOKENS = {"recall": 48, "analyze": 32, "summarize": 16}
+
+Callbacks = dict[str, TokenCallback | None]
 
 
 @dataclass
@@ -32,8 +44,10 @@ class ReasonerConfig:
     chat: bool = True
     max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
     answer_rule: str = "letter"
-    share_prefix: bool = True  # stage 2: prefill question+recall once, decode options as a batch
+    share_prefix: bool = True  # stage 2: prefill question+recall once, decode options from it
+    batch_options: bool = True  # stage 2: decode all options as one batch (else one at a time)
     reuse_kv: bool = True  # continue the previous stage's cache when both stages skip the same
+    header_cache: bool = True  # start every stage from the shared few-shot header's cached KV
     one_step: bool = False  # also score a one-step (no reasoning) letter/cloze answer, untimed
 
     def to_dict(self) -> dict:
@@ -42,10 +56,10 @@ class ReasonerConfig:
 
 @dataclass
 class _HeldCache:
-    """A batch-1 cache from an earlier stage, the token ids it holds, and how they were computed."""
+    """An earlier stage's cache, the token ids each of its rows holds, and how they were computed."""
 
-    ids: list[int]
-    cache: object
+    ids: list[list[int]]
+    cache: SkipKVCache
     signature: tuple | None
 
 
@@ -55,7 +69,7 @@ def select_demos(demos: list[Demo], shots: int, exclude_stems: set[str]) -> list
 
 
 class Reasoner:
-    """Runs one question through the three stages under a skip plan."""
+    """Runs questions through the three stages under a skip plan."""
 
     def __init__(self, executor: SkipExecutor, tokenizer, demos: list[Demo], config: ReasonerConfig) -> None:
         self.ex = executor
@@ -65,107 +79,189 @@ class Reasoner:
         self.prompts = PromptBuilder(tokenizer, config.chat, demos)
         self.stops = StopTokens.for_tokenizer(tokenizer)
         self.pad_id = tokenizer.pad_token_id or 0
+        self.header = HeaderCache(executor, shared_header_ids(self.prompts)) if config.header_cache else None
 
-    def _generate(self, inputs, plan: StagePlan, stage: str, on_token, prefix=None, cache=None) -> Generation:
+    # --- building blocks ---------------------------------------------------------------------------
+    def _generate(self, inputs, plan: StagePlan, stage: str, callbacks: Callbacks, prefix=None, cache=None,
+                  keep_finished: bool = False) -> Generation:
         return self.ex.generate(inputs, plan, self.cfg.max_new_tokens[stage], self.stops.for_stage(stage),
-                                prefix=prefix, cache=cache, on_token=on_token, pad_id=self.pad_id)
+                                prefix=prefix, cache=cache, on_token=callbacks.get(stage), pad_id=self.pad_id,
+                                keep_finished=keep_finished)
 
-    def _reuse(self, held: "_HeldCache | None", plan: StagePlan, ids: list[int], need_one: bool):
-        """The previous stage's cache cut back to its common prefix with `ids`, when exact.
+    def _content(self, g: Generation, row: int) -> list[int]:
+        return self.prompts.stage_content(g.tokens[row], g.stopped[row])
 
-        Exact when every token in it was computed with this stage's skips (equal uniform
-        signatures: dense, or a static plan shared by the stages); otherwise re-prefill (None)."""
+    def _start(self, held: "_HeldCache | None", plan: StagePlan, stage: str, prompts: list[list[int]],
+               meter: CostMeter, need_one: bool = True) -> tuple[SkipKVCache | None, list[int]]:
+        """The cache a stage continues (one row per prompt) and how many prompt ids it holds per row.
+
+        The previous stage's cache, cut back per row to its common prefix with the prompt, when that
+        is exact: every token in it was computed with this stage's skips (equal uniform signatures:
+        dense, or a static plan shared by the stages). Else copies of the shared header's cache, else
+        nothing (None: prefill from scratch). `need_one`: leave at least one prompt id to feed."""
         sig = plan.uniform_signature()
-        if not self.cfg.reuse_kv or held is None or sig is None or sig != held.signature:
-            return None
-        n = 0
-        for a, b in zip(held.ids, ids):
-            if a != b:
-                break
-            n += 1
-        if need_one:  # at least one token must be fed to get next-token logits
-            n = min(n, len(ids) - 1)
-        held.cache.truncate(n)
-        return held.cache
+        if self.cfg.reuse_kv and held is not None and sig is not None and sig == held.signature:
+            counts = []
+            for had, ids in zip(held.ids, prompts):
+                n = 0
+                for a, b in zip(had, ids):
+                    if a != b:
+                        break
+                    n += 1
+                counts.append(min(n, len(ids) - 1) if need_one else n)
+            held.cache.keep_first(counts)
+            return held.cache, counts
+        if self.header is not None and all(self.header.covers(p) for p in prompts):
+            cache, header_cost = self.header.copies(plan, self.cfg.max_new_tokens[stage], len(prompts))
+            for _ in prompts:  # charged per question, so cost fractions do not depend on the cache
+                meter.add(header_cost)
+            return cache, [len(self.header.ids)] * len(prompts)
+        return None, [0] * len(prompts)
 
-    def solve(self, q: Question, plan: SkipPlan,
-              callbacks: dict[str, TokenCallback | None] | None = None) -> ItemResult:
-        """Answer one question; latencies are wall time with the device synchronised."""
-        callbacks = callbacks or {}
+    def _options(self, suffixes: list[list[int]], owner: list[int], cache: SkipKVCache, plan: StagePlan,
+                 callbacks: Callbacks) -> Generation:
+        """Stage 2: every option row continues its question's prefix (cache row owner[i]); all rows
+        decode as one batch, or (`batch_options=False`) one at a time."""
+        if self.cfg.batch_options:
+            rows = cache.select(torch.tensor(owner, device=self.ex.device))
+            return self._generate(suffixes, plan, "analyze", callbacks, cache=rows)
+        parts = [self._generate([suffix], plan, "analyze", callbacks,
+                                cache=cache.select(torch.tensor([o], device=self.ex.device)))
+                 for suffix, o in zip(suffixes, owner)]
+        cost = CostMeter()
+        for g in parts:
+            cost.add(g.cost)
+        return Generation(tokens=[g.tokens[0] for g in parts], stopped=[g.stopped[0] for g in parts],
+                          seconds=sum(g.seconds for g in parts), cost=cost)
+
+    # --- the three stages ------------------------------------------------------------------------------
+    def solve(self, q: Question, plan: SkipPlan, callbacks: Callbacks | None = None) -> ItemResult:
+        """Answer one question at batch 1; latencies are wall time with the device synchronised."""
+        return self._solve([q], plan, callbacks or {}, timed=True)[0]
+
+    def solve_batch(self, qs: list[Question], plan: SkipPlan, callbacks: Callbacks | None = None) -> list[ItemResult]:
+        """Answer several questions together (accuracy at throughput); items carry no latency, and
+        executed-cost fractions are the batch's (equal per item for plans without per-token rules)."""
+        return self._solve(list(qs), plan, callbacks or {}, timed=False)
+
+    def _solve(self, qs: list[Question], plan: SkipPlan, callbacks: Callbacks, timed: bool) -> list[ItemResult]:
         P = self.prompts
-        start = time.perf_counter()
-        header = P.header(q)
+        cost = {s: CostMeter() for s in STAGES}
+        clock = [time.perf_counter()]
 
+        def lap() -> None:
+            synchronize(self.ex.device)
+            clock.append(time.perf_counter())
+
+        headers = [P.header(q) for q in qs]
         recall_plan = plan.for_stage("recall")
-        prompt1 = P.recall(header)
-        g1 = self._generate([prompt1], recall_plan, "recall", callbacks.get("recall"))
-        recall = P.as_sentence(g1.content_tokens(0))
-        held = _HeldCache(prompt1 + g1.fed_tokens(0), g1.cache, recall_plan.uniform_signature())
-        t1 = time.perf_counter()
+        prompts1 = [P.recall(h) for h in headers]
+        cache, start = self._start(None, recall_plan, "recall", prompts1, cost["recall"])
+        # keep finished rows: the next stage may continue every row's cache
+        g1 = self._generate([p[n:] for p, n in zip(prompts1, start)], recall_plan, "recall", callbacks,
+                            cache=cache, keep_finished=True)
+        recalls = [P.as_sentence(self._content(g1, i)) for i in range(len(qs))]
+        held = _HeldCache([p + g1.fed_tokens(i) for i, p in enumerate(prompts1)], g1.cache,
+                          recall_plan.uniform_signature())
+        lap()
 
         analyze_plan = plan.for_stage("analyze")
-        prefix = P.analyze_prefix(header, recall)
-        suffixes = [P.analyze_suffix(label) for label in q.labels]
+        prefixes = [P.analyze_prefix(h, r) for h, r in zip(headers, recalls)]  # question + recall, shared by options
+        owner = [i for i, q in enumerate(qs) for _ in q.labels]  # question of each option row
+        labels = [label for q in qs for label in q.labels]
+        suffixes = [P.analyze_suffix(label) for label in labels]
         if self.cfg.share_prefix:
-            g2 = self._generate(suffixes, analyze_plan, "analyze", callbacks.get("analyze"), prefix=prefix,
-                                cache=self._reuse(held, analyze_plan, prefix, need_one=False))
-            held = _HeldCache(prefix, g2.prefix_cache, analyze_plan.uniform_signature())
-        else:
-            g2 = self._generate([prefix + s for s in suffixes], analyze_plan, "analyze", callbacks.get("analyze"))
+            cache, start = self._start(held, analyze_plan, "analyze", prefixes, cost["analyze"], need_one=False)
+            if cache is None:
+                cache = self.ex.new_cache(len(qs))
+            self.ex.prefill(cache, [p[n:] for p, n in zip(prefixes, start)], analyze_plan,
+                            self.cfg.max_new_tokens["analyze"], cost["analyze"], pad_id=self.pad_id)
+            g2 = self._options(suffixes, owner, cache, analyze_plan, callbacks)
+            held = _HeldCache(prefixes, cache, analyze_plan.uniform_signature())
+        else:  # every option prefills its whole prompt (the reference for prefix sharing)
+            g2 = self._generate([prefixes[o] + s for o, s in zip(owner, suffixes)], analyze_plan, "analyze",
+                                callbacks)
             held = None
-        analyses = {label: P.as_sentence(g2.content_tokens(i)) for i, label in enumerate(q.labels)}
-        t2 = time.perf_counter()
+        analyses: list[dict[str, list[int]]] = [{} for _ in qs]
+        for row, (o, label) in enumerate(zip(owner, labels)):
+            analyses[o][label] = P.as_sentence(self._content(g2, row))
+        lap()
 
         summarize_plan = plan.for_stage("summarize")
-        prompt3 = P.summarize(header, recall, analyses, q.labels)
-        reused = self._reuse(held, summarize_plan, prompt3, need_one=True)
-        start3 = reused.length if reused is not None else 0
-        g3 = self._generate([prompt3[start3:]], summarize_plan, "summarize", callbacks.get("summarize"), cache=reused)
-        summary = g3.content_tokens(0)
-        summary_text = self.tok.decode(summary)
-        scoring = CostMeter()
-        predictions = self._score(q, g3, summary_text, summarize_plan, scoring)
-        prediction, rule = answers.decide(self.cfg.answer_rule, predictions)
-        synchronize(self.ex.device)
-        t3 = time.perf_counter()
+        prompts3 = [P.summarize(h, r, a, q.labels) for h, r, a, q in zip(headers, recalls, analyses, qs)]
+        cache, start = self._start(held, summarize_plan, "summarize", prompts3, cost["summarize"])
+        g3 = self._generate([p[n:] for p, n in zip(prompts3, start)], summarize_plan, "summarize", callbacks,
+                            cache=cache, keep_finished=True)
+        summaries = [self._content(g3, i) for i in range(len(qs))]
+        scored = self._score(qs, g3, summaries, summarize_plan, cost["summarize"])
+        lap()
 
-        cost = {"recall": g1.cost, "analyze": g2.cost, "summarize": CostMeter()}
-        cost["summarize"].add(g3.cost)
-        cost["summarize"].add(scoring)
+        for stage, g in (("recall", g1), ("analyze", g2), ("summarize", g3)):
+            cost[stage].add(g.cost)
+        out = []
+        for i, q in enumerate(qs):
+            tokens = {"recall": len(g1.tokens[i]), "analyze": sum(len(g2.tokens[r]) for r, o in enumerate(owner) if o == i),
+                      "summarize": len(g3.tokens[i])}
+            latency = {}
+            if timed:
+                latency = {"latency": clock[3] - clock[0],
+                           "stage_latency": {s: clock[k + 1] - clock[k] for k, s in enumerate(STAGES)}}
+            out.append(self._item(q, recalls[i], analyses[i], summaries[i], *scored[i], tokens=tokens, cost=cost,
+                                  **latency))
+        return out
+
+    # --- answers -------------------------------------------------------------------------------------
+    def _item(self, q: Question, recall: list[int], analyses: dict[str, list[int]], summary: list[int],
+              predictions: dict[str, str | None], scores: dict[str, list[float]], *, tokens: dict[str, int],
+              cost: dict[str, CostMeter], latency: float = math.nan,
+              stage_latency: dict[str, float] | None = None) -> ItemResult:
+        prediction, rule = answers.decide(self.cfg.answer_rule, predictions)
+        decode = self.tok.decode
         return ItemResult(
             id=q.id, answer=q.answer, prediction=prediction, rule=rule, correct=prediction == q.answer,
-            latency_s=t3 - start,
-            stage_latency_s={"recall": t1 - start, "analyze": t2 - t1, "summarize": t3 - t2},
-            tokens={"recall": len(g1.tokens[0]), "analyze": sum(len(t) for t in g2.tokens),
-                    "summarize": len(g3.tokens[0])},
-            outputs={"recall": self.tok.decode(recall),
-                     "analyze": " ".join(f"For option {lab}, {self.tok.decode(a).strip()}" for lab, a in analyses.items()),
-                     "summarize": summary_text},
-            predictions_by_rule=predictions,
+            latency_s=latency, stage_latency_s=stage_latency or {}, tokens=tokens,
+            outputs={"recall": decode(recall),
+                     "analyze": " ".join(f"For option {lab}, {decode(a).strip()}" for lab, a in analyses.items()),
+                     "summarize": decode(summary)},
+            predictions_by_rule=predictions, option_scores=scores,
             executed_cost_fraction={s: cost[s].fraction for s in STAGES},
         )
 
-    def _score(self, q: Question, g3: Generation, summary_text: str, plan: StagePlan,
-               meter: CostMeter) -> dict[str, str | None]:
-        """Per-rule predictions after the Summarize text, under stage 3's plan."""
-        # " So the answer is" is shared by both constrained rules
-        context = g3.unfed_tokens(0) + self.prompts.ids(" So the answer is")
-        first = self.ex.extend(g3.cache, [context], plan, meter, logits="last", pad_id=self.pad_id)[0, -1]
-        return {"regex": answers.regex_answer(summary_text, q.labels),
-                **self._constrained(q, g3.cache, first, plan, meter)}
+    def _score(self, qs: list[Question], g3: Generation, summaries: list[list[int]], plan: StagePlan,
+               meter: CostMeter) -> list[tuple[dict[str, str | None], dict[str, list[float]]]]:
+        """Per-rule predictions and option scores after each Summarize text, under stage 3's plan.
 
-    def _constrained(self, q: Question, cache, first: torch.Tensor, plan: StagePlan,
-                     meter: CostMeter) -> dict[str, str]:
-        """`cloze` and `letter` predictions from a batch-1 cache that ends at ` So the answer is`
-        (`first`: its next-token logits). The cache is left extended by ` option`."""
+        Row i of g3.cache holds stage 3's prompt and the generated ids that were fed back; the
+        rest of the Summarize content is fed here, before ` So the answer is` (shared by both
+        constrained rules)."""
+        contexts = [summary[len(g3.fed_tokens(i)):] + self.prompts.ids(" So the answer is")
+                    for i, summary in enumerate(summaries)]
+        first = self.ex.extend(g3.cache, contexts, plan, meter, logits="last", pad_id=self.pad_id)[:, -1]
+        constrained = self._constrained(qs, g3.cache, first, plan, meter)
+        return [({"regex": answers.regex_answer(self.tok.decode(summary), q.labels), **preds}, scores)
+                for q, summary, (preds, scores) in zip(qs, summaries, constrained)]
+
+    def _constrained(self, qs: list[Question], cache: SkipKVCache, first: torch.Tensor, plan: StagePlan,
+                     meter: CostMeter) -> list[tuple[dict[str, str], dict[str, list[float]]]]:
+        """`cloze` and `letter` predictions and option scores from a cache whose row i ends at
+        ` So the answer is` for question i (`first[i]`: its next-token logits). The cache is left
+        extended by ` option`."""
         P = self.prompts
-        options = [P.ids(f" {text}") for text in q.options]
-        block = self.ex.extend(cache.repeat(len(options)), options, plan, meter, pad_id=self.pad_id)
-        width = block.shape[1]
-        logprobs = [answers.mean_logprob(first, block[i, width - len(ids):], ids) for i, ids in enumerate(options)]
-        nxt = self.ex.extend(cache, [P.ids(" option")], plan, meter, logits="last", pad_id=self.pad_id)[0, -1]
-        return {"letter": answers.letter_answer(nxt, P.letter_ids(q.labels), q.labels),
-                "cloze": answers.cloze_answer(logprobs, q.labels)}
+        owner = [i for i, q in enumerate(qs) for _ in q.options]
+        options = [P.ids(f" {text}") for q in qs for text in q.options]
+        rows = cache.select(torch.tensor(owner, device=self.ex.device))
+        block = self.ex.extend(rows, options, plan, meter, pad_id=self.pad_id)
+        nxt = self.ex.extend(cache, [P.ids(" option")] * len(qs), plan, meter, logits="last", pad_id=self.pad_id)
+        out, row = [], 0
+        for i, q in enumerate(qs):
+            k = len(q.options)
+            logprobs = answers.option_logprobs(first[i], block[row:row + k], options[row:row + k])
+            row += k
+            letter_ids = P.letter_ids(q.labels)
+            out.append(({"letter": answers.letter_answer(nxt[i, -1], letter_ids, q.labels),
+                         "cloze": answers.cloze_answer(logprobs, q.labels)},
+                        {"letter": nxt[i, -1, letter_ids].tolist(), "cloze": logprobs}))
+        return out
 
     @torch.inference_mode()
     def one_step(self, q: Question) -> dict[str, str]:
@@ -173,5 +269,5 @@ class Reasoner:
         base = self.prompts.header(q) + self.prompts.ids("Summarize: So the answer is")
         dense, meter = StagePlan(), CostMeter()
         cache = self.ex.new_cache(1)
-        first = self.ex.extend(cache, [base], dense, meter, logits="last", pad_id=self.pad_id)[0, -1]
-        return self._constrained(q, cache, first, dense, meter)
+        first = self.ex.extend(cache, [base], dense, meter, logits="last", pad_id=self.pad_id)[:, -1]
+        return self._constrained([q], cache, first, dense, meter)[0][0]

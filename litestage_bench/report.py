@@ -50,6 +50,78 @@ def _speedup(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
 
 
+def _speedup_ci(r: ResultRecord) -> str:
+    """``1.23x [1.10, 1.35]``; just the point when the record has no interval."""
+    point = _speedup(r.speedup)
+    if point == "-" or r.speedup_ci95 is None:
+        return point
+    lo, hi = r.speedup_ci95
+    return f"{point} [{_num(lo, '.2f')}, {_num(hi, '.2f')}]"
+
+
+def _fid(r: ResultRecord, key: str) -> float | None:
+    return r.fidelity.get(key) if r.fidelity else None
+
+
+def _flips(r: ResultRecord) -> str:
+    """Answer flips vs dense as ``-correct_to_wrong/+wrong_to_correct``."""
+    if not r.fidelity:
+        return "-"
+    return f"-{r.fidelity.get('correct_to_wrong', 0)}/+{r.fidelity.get('wrong_to_correct', 0)}"
+
+
+def _p_value(p: float | None) -> str:
+    if p is None or not math.isfinite(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _fidelity_cells(r: ResultRecord) -> list[str]:
+    """agreement, flips, answer KL, McNemar p (``-`` for dense and records without a comparison)."""
+    return [_num(_fid(r, "agreement"), ".3f"), _flips(r), _num(_fid(r, "answer_kl"), ".4f"), _p_value(r.mcnemar_p)]
+
+
+def _threads(threads: object) -> str:
+    if isinstance(threads, int):
+        return f"{threads} thread{'' if threads == 1 else 's'}"
+    return f"threads {threads}"  # a description such as "1 (reference) vs 2"
+
+
+def noise_floor_note(r: ResultRecord) -> str | None:
+    """``noise floor (bfloat16, 1 thread): 2.0% answer flips over 100 items``, the floor's own
+    ``note`` when it was not measured, or ``None`` when the record carries no noise floor.
+
+    Reads ``answer_flip_rate`` (or ``flip_rate``), ``n_items`` (or ``n``), ``dtype``, ``threads``
+    and ``note``, falling back to the record's own dtype and threads.
+    """
+    nf = r.noise_floor
+    if not nf:
+        return None
+    threads = nf.get("threads", r.threads)
+    where = ", ".join(x for x in (nf.get("dtype") or r.dtype, None if threads is None else _threads(threads)) if x)
+    head = f"noise floor ({where})" if where else "noise floor"
+    rate = nf.get("answer_flip_rate", nf.get("flip_rate"))
+    if not isinstance(rate, (int, float)):
+        return f"{head}: {nf['note']}" if nf.get("note") else None
+    n = nf.get("n_items", nf.get("n"))
+    return f"{head}: {rate:.1%} answer flips" + (f" over {n} items" if n else "")
+
+
+def noise_floor_notes(records: list[ResultRecord]) -> list[str]:
+    """The distinct noise-floor notes of ``records``, in table order."""
+    notes: list[str] = []
+    for r in sorted(records, key=_sort_key):
+        note = noise_floor_note(r)
+        if note and note not in notes:
+            notes.append(note)
+    return notes
+
+
+def _with_notes(table: str, records: list[ResultRecord]) -> str:
+    notes = noise_floor_notes(records)
+    return table + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "")
+
+
 def _rules(r: ResultRecord) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in r.answer_rule_counts.items())
     return f"{r.answer_rule} ({counts})" if counts else r.answer_rule
@@ -60,20 +132,26 @@ def _sort_key(r: ResultRecord) -> tuple:
 
 
 def results_table(records: list[ResultRecord], fmt: str = "github") -> str:
-    """One row per record, sorted by model, benchmark, method; per-stage columns are R/A/S."""
+    """One row per record, sorted by model, benchmark, method; per-stage columns are R/A/S.
+
+    The comparison with dense (agreement, flips ``-c2w/+w2c``, answer KL, McNemar p, retention) is
+    ``-`` for dense and for records without one. Noise-floor notes follow the table when records carry one.
+    """
     headers = [
-        "model", "bench", "method", "policy", "n", "accuracy [95% CI]", "speedup", "latency s/q",
+        "model", "bench", "method", "policy", "n", "accuracy [95% CI]", "speedup [95% CI]",
+        "agreement", "flips -c2w/+w2c", "answer KL", "McNemar p", "retention", "latency s/q",
         "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "answer rule (counts)",
     ]
     rows = [
         [
-            r.model, r.benchmark, r.method, policy_name(r.policy), r.n, _accuracy(r), _speedup(r.speedup),
+            r.model, r.benchmark, r.method, policy_name(r.policy), r.n, _accuracy(r), _speedup_ci(r),
+            *_fidelity_cells(r), _num(r.retention, ".2f"),
             _num(r.latency_s, ".3f"), _per_stage(r.stage_latency_s, ".3f"), _per_stage(r.tokens, ".1f"),
             _per_stage(r.executed_cost_fraction, ".2f"), _rules(r),
         ]
         for r in sorted(records, key=_sort_key)
     ]
-    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+    return _with_notes(tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True), records)
 
 
 def rules_table(records: list[ResultRecord], fmt: str = "github") -> str:
@@ -214,12 +292,15 @@ def compare_records(
     below ``baseline - acc_tol``, or (when both have a speedup) speedup below
     ``baseline * (1 - speed_tol)``. A changed executed-cost fraction is flagged "plan changed"
     but is not a regression by itself; records present on one side only are listed, not flagged.
+    The current record's comparison with dense (agreement, flips, answer KL, McNemar p, speedup CI)
+    is shown beside it for information only: it does not decide a regression.
     """
     base = _index(baseline, "baseline")
     cur = _index(current, "current")
     headers = [
         "record", "acc base", "acc cur", "d acc", "paired d [95% CI] (+gained/-lost)",
-        "speedup base", "speedup cur", "d speedup", "cost fraction change", "status",
+        "speedup base", "speedup cur", "d speedup", "cost fraction change", "agreement cur",
+        "flips cur", "answer KL cur", "McNemar p cur", "speedup cur [95% CI]", "status",
     ]
     rows = []
     regressed = False
@@ -240,7 +321,7 @@ def compare_records(
         rows.append([
             _key_label(key), _num(b.accuracy, ".3f"), _num(c.accuracy, ".3f"),
             _num(c.accuracy - b.accuracy, "+.3f"), _paired(b, c), _speedup(b.speedup), _speedup(c.speedup),
-            d_speed, plan or "-", ", ".join(status) or "ok",
+            d_speed, plan or "-", *_fidelity_cells(c), _speedup_ci(c), ", ".join(status) or "ok",
         ])
 
     parts = [
@@ -250,7 +331,8 @@ def compare_records(
         "",
     ]
     if rows:
-        parts += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
+        matched = [cur[k] for k in base.keys() & cur.keys()]
+        parts += [_with_notes(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), matched), ""]
     else:
         parts += ["No record appears on both sides.", ""]
     for side, only in (("baseline", base.keys() - cur.keys()), ("current", cur.keys() - base.keys())):

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from . import __version__
-from . import metrics
+from . import fidelity as fid
+from . import metrics, stats
 from .errors import UserError
 
-SCHEMA_VERSION = 1
+# 2 added dtype/threads/device, the comparison with dense and per-item option scores; 1 still reads.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 # The order in which answer rules are listed; unknown rules follow, sorted.
 ANSWER_RULES = ("regex", "letter", "cloze", "none")
@@ -36,17 +39,27 @@ class ItemResult:
     prediction: str | None
     rule: str  # which answer rule decided: "regex" | "letter" | "cloze" | "none"
     correct: bool
-    latency_s: float  # end to end, all stages
-    stage_latency_s: dict[str, float]
+    latency_s: float  # end to end, all stages; nan for an item evaluated in a batch and not timed
+    stage_latency_s: dict[str, float]  # {} when not timed
     tokens: dict[str, int]  # generated per stage
     outputs: dict[str, str] = field(default_factory=dict)  # generated text per stage
     predictions_by_rule: dict[str, str | None] = field(default_factory=dict)
     executed_cost_fraction: dict[str, float] = field(default_factory=dict)
+    # per constrained rule, in option order: "letter" = option-letter logits, "cloze" = mean
+    # log-likelihood of each option's text
+    option_scores: dict[str, list[float]] = field(default_factory=dict)
+    fidelity: dict = field(default_factory=dict)  # fidelity.item_fidelity vs dense; {} for dense
 
 
 @dataclass
 class ResultRecord:
-    """Aggregates over ``items`` plus provenance; see ``build_record``."""
+    """Aggregates over ``items`` plus provenance; see ``build_record``.
+
+    The fields after ``extra`` came with schema 2 and default to "absent" for schema-1 files.
+    ``noise_floor`` (``noise_floor.noise_floor_for``) is how often dense disagrees with itself when
+    nothing that matters changed; the report reads its ``answer_flip_rate``, ``n_items``, ``dtype``,
+    ``threads`` and ``note``.
+    """
 
     schema_version: int
     model: str
@@ -71,6 +84,16 @@ class ResultRecord:
     config: dict
     items: list[ItemResult]
     extra: dict = field(default_factory=dict)
+    dtype: str | None = None
+    threads: int | None = None
+    device: str | None = None
+    chance: float | None = None  # expected accuracy of a uniform guess over the options
+    speedup_ci95: tuple[float, float] | None = None  # paired bootstrap, same timed items as speedup
+    fidelity: dict | None = None  # fidelity.combine_fidelity vs dense; None for dense
+    retention: float | None = None  # (acc - chance) / (dense acc - chance)
+    mcnemar_p: float | None = None  # exact McNemar, method vs dense on the same items
+    noise_floor: dict | None = None
+    timing: dict = field(default_factory=dict)  # how latencies were taken (timed_ids, batch sizes...)
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,7 +111,7 @@ def _stage_order(dicts: list[dict]) -> list[str]:
 
 def _per_stage(dicts: list[dict], agg: Callable[[list[float]], float]) -> dict[str, float]:
     """Aggregate a per-stage value over the items that have that stage."""
-    return {s: agg([float(d[s]) for d in dicts if s in d]) for s in _stage_order(dicts)}
+    return {s: agg([float(d[s]) for d in dicts if d.get(s) is not None]) for s in _stage_order(dicts)}
 
 
 def _mean(xs: list[float]) -> float:
@@ -117,13 +140,27 @@ def build_record(
     config: dict,
     speedup: float | None = None,
     extra: dict | None = None,
+    dense_items: list[ItemResult] | None = None,
+    chance: float | None = None,
+    noise_floor: dict | None = None,
+    timing: dict | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    device: str | None = None,
 ) -> ResultRecord:
     """Compute every aggregate of a record from its items and stamp machine and time.
 
     ``accuracy_by_rule[r]`` re-scores every item with rule ``r``'s prediction (from
     ``predictions_by_rule``), so answer rules can be compared on the same generations.
+
+    With ``dense_items`` (dense's results on the same ids; ``UserError`` otherwise) the record also
+    gets its comparison with dense: each item's ``fidelity``, the aggregate ``fidelity``,
+    ``mcnemar_p``, ``retention`` (when ``chance`` is given) and, unless ``speedup`` is passed,
+    ``speedup`` and ``speedup_ci95`` over the items timed on both sides.
     """
-    acc, ci = metrics.accuracy_ci95([it.correct for it in items])
+    acc, ci = stats.accuracy_ci95([it.correct for it in items])
+    comparison = _compare_with_dense(items, dense_items, answer_rule, chance, speedup) if dense_items is not None else {}
+    speedup = comparison.pop("speedup", speedup)
     rule_counts = Counter(it.rule for it in items)
     rules_tried = {r for it in items for r in it.predictions_by_rule}
     accuracy_by_rule = {
@@ -154,7 +191,45 @@ def build_record(
         config=dict(config),
         items=list(items),
         extra=dict(extra or {}),
+        dtype=dtype,
+        threads=threads,
+        device=device,
+        chance=_finite_or_none(chance),
+        noise_floor=dict(noise_floor) if noise_floor is not None else None,
+        timing=dict(timing or {}),
+        **comparison,
     )
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _compare_with_dense(
+    items: list[ItemResult], dense_items: list[ItemResult], answer_rule: str, chance: float | None,
+    speedup: float | None,
+) -> dict:
+    """The ``ResultRecord`` fields that compare ``items`` with dense's; fills each item's ``fidelity``."""
+    pairs = fid.pair_items(dense_items, items)
+    per_item = []
+    for d, m in pairs:
+        m.fidelity = fid.item_fidelity(d, m, answer_rule)
+        per_item.append(m.fidelity)
+    method_correct = [bool(m.correct) for _, m in pairs]
+    dense_correct = [bool(d.correct) for d, _ in pairs]
+    out: dict = {
+        "fidelity": fid.combine_fidelity(per_item),
+        "mcnemar_p": stats.mcnemar_exact_p(method_correct, dense_correct),
+        "retention": fid.retention(_mean([float(c) for c in method_correct]),
+                                   _mean([float(c) for c in dense_correct]), chance),
+        "speedup": speedup,
+    }
+    if speedup is None:
+        d_lat, m_lat = metrics.timed_pairs([d.latency_s for d, _ in pairs], [m.latency_s for _, m in pairs])
+        if d_lat:
+            out["speedup"] = _finite_or_none(metrics.speedup(d_lat, m_lat))
+            out["speedup_ci95"] = stats.speedup_ci95(d_lat, m_lat)
+    return out
 
 
 def _cpu_model() -> str:
@@ -239,10 +314,10 @@ def record_from_dict(d: Any, source: str = "result record") -> ResultRecord:
         raise UserError(f"{source}: expected a JSON object, got {type(d).__name__}", _rerun_fix(source))
     if "schema_version" not in d:
         raise UserError(f"{source}: missing key 'schema_version'", _rerun_fix(source))
-    if d["schema_version"] != SCHEMA_VERSION:
+    if d["schema_version"] not in READABLE_SCHEMAS:
         raise UserError(
             f"{source}: schema_version {d['schema_version']!r} is not supported (this version reads "
-            f"{SCHEMA_VERSION})",
+            f"{', '.join(map(str, READABLE_SCHEMAS))})",
             _rerun_fix(source),
         )
     for key in _required(ResultRecord):
@@ -260,6 +335,8 @@ def record_from_dict(d: Any, source: str = "result record") -> ResultRecord:
                 raise UserError(f"{source}: missing key {key!r} in items[{i}]", _rerun_fix(source))
         it = {k: v for k, v in it.items() if k in item_keys}  # tolerate additions from newer writers
         it["latency_s"] = _nan_if_none(it["latency_s"])
+        if isinstance(it.get("option_scores"), dict):
+            it["option_scores"] = {k: [_nan_if_none(x) for x in v] for k, v in it["option_scores"].items()}
         items.append(ItemResult(**it))
     rec_keys = {f.name for f in fields(ResultRecord)}
     kw = {k: v for k, v in d.items() if k in rec_keys}
@@ -270,6 +347,11 @@ def record_from_dict(d: Any, source: str = "result record") -> ResultRecord:
         raise UserError(f"{source}: 'accuracy_ci95' must be a pair [low, high]", _rerun_fix(source))
     kw["accuracy_ci95"] = (_nan_if_none(ci[0]), _nan_if_none(ci[1]))
     kw["latency_s"] = _nan_if_none(kw["latency_s"])
+    sci = kw.get("speedup_ci95")
+    if sci is not None:
+        if not isinstance(sci, (list, tuple)) or len(sci) != 2:
+            raise UserError(f"{source}: 'speedup_ci95' must be a pair [low, high] or null", _rerun_fix(source))
+        kw["speedup_ci95"] = (_nan_if_none(sci[0]), _nan_if_none(sci[1]))
     return ResultRecord(**kw)
 
 

@@ -1,21 +1,28 @@
-"""Run a method over a benchmark split: load once, warm up, time each question, build the record."""
+"""Run a method over a benchmark split: accuracy in batches, latency at batch 1, the record with its
+comparison to dense."""
 from __future__ import annotations
 
+import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 
 import torch
 
 from . import metrics
-from .benchmarks import Question, load_split, normalize_stem
+from .benchmarks import Question, load_split, normalize_stem, subset
 from .demos import load_demos
+from .errors import UserError
 from .executor import SkipExecutor
 from .methods import Method, ModelFacts
 from .models import LoadedModel, load_model
-from .reasoner import Reasoner, ReasonerConfig, select_demos
-from .results import ItemResult, ResultRecord, build_record
+from .noise_floor import noise_floor_for
+from .plan import DENSE, SkipPlan
+from .prompts import STAGES
+from .reasoner import Callbacks, Reasoner, ReasonerConfig, select_demos
+from .results import ItemResult, ResultRecord, build_record, load_record
 
 SEED = 0
 
@@ -65,46 +72,167 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_items(reasoner: Reasoner, method: Method, facts: ModelFacts, items: list[Question],
-              label: str = "", warmup: int = 1, progress: bool = True) -> list[ItemResult]:
-    """Solve every item (batch 1) after `warmup` untimed questions; prints progress to stderr."""
+DEFAULT_BATCH_SIZE = 8  # questions per batch for accuracy (batch-8 decode is several times faster per token)
+DEFAULT_TIMED = 50  # seeded items timed at batch 1 for latency and speedup
+
+
+def checked_plan(method: Method, facts: ModelFacts) -> SkipPlan:
     plan = method.plan(facts)
     for stage_plan in plan.stages.values():
         stage_plan.validate(facts.num_layers)
-    callbacks = {s: method.token_callback(s) for s in ("recall", "analyze", "summarize")}
-    for q in items[:warmup]:
-        reasoner.solve(q, plan, callbacks)
-    results: list[ItemResult] = []
+    return plan
+
+
+def method_callbacks(method: Method) -> Callbacks:
+    return {s: method.token_callback(s) for s in STAGES}
+
+
+def run_items(reasoner: Reasoner, method: Method, facts: ModelFacts, items: list[Question],
+              label: str = "", warmup: int = 1, progress: bool = True) -> list[ItemResult]:
+    """Solve every item (batch 1) after `warmup` untimed questions; prints progress to stderr."""
+    timed = time_items(reasoner, {"m": (checked_plan(method, facts), method_callbacks(method))}, items,
+                       label, warmup=warmup, progress=progress)
+    return timed["m"]
+
+
+def _progress(label: str, done: int, total: int, results: list[ItemResult], start: float) -> None:
+    acc = sum(r.correct for r in results) / max(len(results), 1)
+    elapsed = time.perf_counter() - start
+    eta = elapsed / done * (total - done)
+    log(f"[{label}] {done}/{total} acc={acc:.3f} {elapsed / done:.2f} s/question, eta {eta / 60:.1f} min")
+
+
+def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callbacks]], items: list[Question],
+               label: str = "", warmup: int = 1, progress: bool = True) -> dict[str, list[ItemResult]]:
+    """Batch-1 latency of each pipeline on the same items, question by question, interleaved.
+
+    The order alternates per question so that drift of a shared machine hits every pipeline alike;
+    `warmup` questions per pipeline (which also fill the header cache) are excluded."""
+    for plan, callbacks in pipelines.values():
+        for q in items[:warmup]:
+            reasoner.solve(q, plan, callbacks)
+    names = list(pipelines)
+    out: dict[str, list[ItemResult]] = {name: [] for name in names}
     start = time.perf_counter()
     for i, q in enumerate(items, 1):
-        results.append(reasoner.solve(q, plan, callbacks))
+        for name in (names if i % 2 else names[::-1]):
+            out[name].append(reasoner.solve(q, *pipelines[name]))
         if progress and (i % 10 == 0 or i == len(items)):
-            acc = sum(r.correct for r in results) / len(results)
-            elapsed = time.perf_counter() - start
-            eta = elapsed / i * (len(items) - i)
-            log(f"[{label}] {i}/{len(items)} acc={acc:.3f} {elapsed / i:.2f} s/question, eta {eta / 60:.1f} min")
+            _progress(f"{label} timed x{len(names)}", i, len(items), out[names[0]], start)
+    return out
+
+
+def evaluate_items(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, items: list[Question],
+                   batch_size: int = DEFAULT_BATCH_SIZE, label: str = "", progress: bool = True) -> list[ItemResult]:
+    """Accuracy and outputs at throughput: `batch_size` questions per batch, no latency."""
+    results: list[ItemResult] = []
+    start = time.perf_counter()
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        results += reasoner.solve_batch(chunk, plan, callbacks) if len(chunk) > 1 else [reasoner.solve(chunk[0], plan, callbacks)]
+        if progress:
+            _progress(f"{label} batch {batch_size}", len(results), len(items), results, start)
+    for r in results:  # a batch-1 fallback still carries a latency: accuracy items are untimed
+        r.latency_s, r.stage_latency_s = math.nan, {}
     return results
+
+
+def chance_rate(bench: str, split: str, data_dir=None) -> float:
+    """Accuracy of guessing: 1/#options, or for StrategyQA (yes/no, unbalanced) the split's
+    majority-class rate."""
+    questions = load_split(bench, split, data_dir=data_dir)
+    if bench == "strategyqa":
+        counts = Counter(q.answer for q in questions)
+        return max(counts.values()) / len(questions)
+    return sum(1 / len(q.labels) for q in questions) / len(questions)
+
+
+def with_latencies(results: list[ItemResult], timed: list[ItemResult]) -> list[ItemResult]:
+    """Copies of `results` whose timed items carry the latencies measured at batch 1."""
+    by_id = {r.id: r for r in timed}
+    return [replace(r, latency_s=by_id[r.id].latency_s, stage_latency_s=dict(by_id[r.id].stage_latency_s))
+            if r.id in by_id else r for r in results]
+
+
+def batch_agreement(batched: list[ItemResult], timed: list[ItemResult]) -> dict:
+    """How often the batch-1 (timed) run reproduced the batched run on the timed items."""
+    by_id = {r.id: r for r in batched}
+    pairs = [(by_id[t.id], t) for t in timed if t.id in by_id]
+    n = len(pairs)
+    return {"n": n,
+            "same_answer": sum(a.prediction == b.prediction for a, b in pairs) / n if n else math.nan,
+            "same_outputs": sum(a.outputs == b.outputs for a, b in pairs) / n if n else math.nan}
+
+
+def load_dense_reference(path: str, *, model: str, bench: str, split: str, dtype: str, config: ReasonerConfig,
+                         items: list[Question]) -> list[ItemResult]:
+    """Per-item dense results from an earlier `run` with the same model, data, items and settings."""
+    rec = load_record(path)
+    want = {"model": model, "benchmark": bench, "split": split, "method": "dense", "dtype": dtype}
+    got = {"model": rec.model, "benchmark": rec.benchmark, "split": rec.split, "method": rec.method,
+           "dtype": rec.dtype or rec.extra.get("dtype")}
+    wrong = [f"{k} {got[k]!r} (need {v!r})" for k, v in want.items() if got[k] != v]
+    if rec.config != config.to_dict():
+        wrong.append("reasoner settings differ")
+    by_id = {it.id: it for it in rec.items}
+    missing = [q.id for q in items if q.id not in by_id]
+    if missing:
+        wrong.append(f"{len(missing)} of the {len(items)} items missing (e.g. {missing[0]})")
+    if wrong:
+        raise UserError(f"dense record {path} does not match this run: {'; '.join(wrong)}",
+                        "re-run dense with the same --model/--bench/--limit/--dtype/settings, or drop --dense-record")
+    return [by_id[q.id] for q in items]
 
 
 def run_benchmark(session: Session, bench: str, method: Method, *, split: str = "eval", limit: int | None = None,
                   config: ReasonerConfig, data_dir=None, command: str = "", seed: int = SEED,
-                  one_step: bool = False) -> ResultRecord:
-    """The whole `litestage-bench run`: one record for model x benchmark x method."""
+                  one_step: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, timed: int | None = DEFAULT_TIMED,
+                  dense_record: str | None = None) -> ResultRecord:
+    """The whole `litestage-bench run`: one record for model x benchmark x method.
+
+    Accuracy (and, for a non-dense method, dense's on the same items) is computed `batch_size`
+    questions at a time; latency at batch 1 on a seeded subset of `timed` items (None: all),
+    dense and method interleaved in this process, so that the speedup is measured side by side."""
     seed_everything(seed)
     items = load_split(bench, split, limit=limit, data_dir=data_dir, seed=seed)
     reasoner = session.reasoner(bench, config, data_dir)
     facts = model_facts(session.executor, session.loaded.name)
+    plan, callbacks = checked_plan(method, facts), method_callbacks(method)
     label = f"{session.loaded.name} {bench} {method.name}"
-    results = run_items(reasoner, method, facts, items, label)
+    is_dense = method.name == "dense"
+    dense_items = None
+    if not is_dense and dense_record:
+        dense_items = load_dense_reference(dense_record, model=session.loaded.name, bench=bench, split=split,
+                                           dtype=session.loaded.dtype, config=config, items=items)
+    results = evaluate_items(reasoner, plan, callbacks, items, batch_size, label)
+    if not is_dense and dense_items is None:
+        dense_items = evaluate_items(reasoner, DENSE, {}, items, batch_size, f"{label}: dense reference")
+
+    timed_items = subset(items, timed, seed)
+    pipelines = {"method": (plan, callbacks)}
+    if not is_dense:
+        pipelines["dense"] = (DENSE, {})
+    clock = time_items(reasoner, pipelines, timed_items, label)
+    results = with_latencies(results, clock["method"])
+    if dense_items is not None:
+        dense_items = with_latencies(dense_items, clock["dense"])
+    timing = {"timed_ids": [q.id for q in timed_items], "n_timed": len(timed_items), "batch_size_timed": 1,
+              "accuracy_batch_size": batch_size, "warmup_questions": 1,
+              "batch1_vs_batched": batch_agreement(results, clock["method"])}
     extra: dict = {"load_seconds": session.loaded.load_seconds, "load_from_cache": session.loaded.from_cache,
                    "dtype": session.loaded.dtype, "seed": seed, "limit": limit,
                    "demos": [d.question.id for d in reasoner.prompts.demos]}
+    if dense_record:
+        extra["dense_record"] = dense_record
     if one_step:
         extra["one_step_accuracy"] = one_step_accuracy(reasoner, items)
+    device = str(session.executor.device)
     return build_record(model=session.loaded.name, benchmark=bench, split=split, method=method.name,
                         policy=method.describe(), answer_rule=config.answer_rule, items=results,
-                        command=command, config=config.to_dict(),
-                        speedup=1.0 if method.name == "dense" else None, extra=extra)
+                        command=command, config=config.to_dict(), speedup=1.0 if is_dense else None, extra=extra,
+                        dense_items=dense_items, chance=chance_rate(bench, split, data_dir),
+                        noise_floor=noise_floor_for(session.loaded.name, session.loaded.dtype, device),
+                        timing=timing, dtype=session.loaded.dtype, threads=torch.get_num_threads(), device=device)
 
 
 def one_step_accuracy(reasoner: Reasoner, items: list[Question]) -> dict:

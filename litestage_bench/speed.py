@@ -4,7 +4,9 @@
 2. static plans skipping 25% / 50% of sub-layer FLOPs: measured decode speedup / ideal speedup,
    where ideal = per-token FLOPs of the dense model (layers + LM head) / those of the plan;
 3. dense reasoner questions/minute: executor reasoner vs the naive pipeline, same items, with the
-   fraction of identical predictions.
+   fraction of identical predictions;
+4. (`--throughput`) reasoner questions/minute with and without the shared-header cache (dense and a
+   stage-wise plan that re-prefills), and with several questions per batch.
 Timings: warm-up excluded, device synchronised, median over repetitions, runs interleaved.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .benchmarks import load_split
 from .executor import SkipExecutor, synchronize
 from .methods import make_method
 from .naive import NaiveReasoner
-from .plan import SkipSet, StagePlan
+from .plan import DENSE, SkipPlan, SkipSet, StagePlan
 from .results import machine_info, write_text_atomic
 from .runner import Session, default_config, log, model_facts, run_items
 
@@ -130,6 +132,62 @@ def reasoner_vs_naive(session: Session, bench: str, limit: int) -> dict:
             "same_predictions_with_and_without_prefix_reuse": same_unshared / len(items)}
 
 
+def _stagewise_plan(num_layers: int) -> SkipPlan:
+    """A plan whose stages skip different layers, so every stage re-prefills (no KV reuse)."""
+    layers = even_layers(num_layers, 4)
+    return SkipPlan({"recall": StagePlan.static(SkipSet.of(ffn=layers[:1])),
+                     "analyze": StagePlan.static(SkipSet.of(ffn=layers[1:2])),
+                     "summarize": StagePlan.static(SkipSet.of(ffn=layers[2:3]))}, "stagewise-ffn")
+
+
+def throughput(model: str, bench: str, limit: int, batch_size: int) -> dict:
+    """Questions/minute of the reasoner pipelines, interleaved chunk by chunk on the same items:
+    the previous default (bfloat16, batch 1, no header cache), float32 at batch 1 with and without
+    the header cache, float32 with `batch_size` questions per batch, and a stage-wise plan that
+    re-prefills every stage, with and without the header cache."""
+    sessions = {d: Session.open(model, dtype=d) for d in ("bfloat16", "float32")}
+    items = load_split(bench, "eval", limit=limit)
+    facts = model_facts(sessions["float32"].executor, model)
+    stagewise = _stagewise_plan(facts.num_layers)
+
+    def reasoner(dtype: str, cache: bool):
+        s = sessions[dtype]
+        return s.reasoner(bench, default_config(s.loaded, header_cache=cache))
+
+    r = {"bf16_nocache": reasoner("bfloat16", False), "fp32_nocache": reasoner("float32", False),
+         "fp32_cache": reasoner("float32", True)}
+    pipelines = {
+        "bfloat16 batch 1, no header cache (previous default)": (r["bf16_nocache"], DENSE, 1),
+        "float32 batch 1, no header cache": (r["fp32_nocache"], DENSE, 1),
+        "float32 batch 1, header cache": (r["fp32_cache"], DENSE, 1),
+        f"float32 batch {batch_size}, header cache": (r["fp32_cache"], DENSE, batch_size),
+        "stage-wise plan, float32 batch 1, no header cache": (r["fp32_nocache"], stagewise, 1),
+        "stage-wise plan, float32 batch 1, header cache": (r["fp32_cache"], stagewise, 1),
+    }
+    for reasoner_, plan, _ in pipelines.values():  # warm-up (fills the header caches)
+        reasoner_.solve(items[0], plan)
+    secs = {k: 0.0 for k in pipelines}
+    preds: dict[str, list] = {k: [] for k in pipelines}
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        for name, (reasoner_, plan, batch) in pipelines.items():
+            start = time.perf_counter()
+            res = reasoner_.solve_batch(chunk, plan) if batch > 1 else [reasoner_.solve(q, plan) for q in chunk]
+            secs[name] += time.perf_counter() - start
+            preds[name] += [x.prediction for x in res]
+        log(f"[throughput] {i + len(chunk)}/{len(items)} " + ", ".join(f"{v:.0f}s" for v in secs.values()))
+    per_min = {k: 60 * len(items) / v for k, v in secs.items()}
+    names = list(pipelines)
+    return {"bench": bench, "n": len(items), "batch_size": batch_size, "questions_per_minute": per_min,
+            "stagewise_plan": stagewise.to_dict(),
+            "header_cache_gain_dense": per_min[names[2]] / per_min[names[1]],
+            "header_cache_gain_stagewise": per_min[names[5]] / per_min[names[4]],
+            "batched_vs_previous_default": per_min[names[3]] / per_min[names[0]],
+            "batched_vs_float32_batch1": per_min[names[3]] / per_min[names[2]],
+            "same_predictions_as_float32_batch1": {k: sum(a == b for a, b in zip(preds[names[2]], v)) / len(items)
+                                                   for k, v in preds.items()}}
+
+
 def measure_model(model: str, dtype: str | None, bench: str, limit: int, repeats: int, new_tokens: int) -> dict:
     session = Session.open(model, dtype=dtype)
     reasoner = session.reasoner(bench, default_config(session.loaded))
@@ -155,7 +213,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--out", default="results/executor.json")
+    ap.add_argument("--throughput", action="store_true",
+                    help="instead: questions/minute with and without the header cache and batching")
+    ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args(argv)
+    if args.throughput:
+        runs = [throughput(m, args.bench, args.limit, args.batch_size) for m in args.models.split(",")]
+        doc = {"command": "python -m litestage_bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
+               "machine": machine_info(), "torch_threads": torch.get_num_threads(), "runs": runs}
+        write_text_atomic(args.out, json.dumps(doc, indent=1))
+        print(json.dumps(runs, indent=1))
+        return 0
     runs = []
     for model in args.models.split(","):
         for dtype in args.dtypes.split(","):

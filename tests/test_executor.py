@@ -1,7 +1,10 @@
-"""The skip executor against plain transformers, deleted layers, no-cache references and itself."""
+"""The skip executor against plain transformers, deleted layers, no-cache references and itself.
+
+Pipelines are compared on the logits of every step (float32, within LOGIT_ATOL), not only on the
+greedy tokens: a padding or cache leak that does not flip an argmax still fails.
+"""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -9,12 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from litestage_bench.executor import CostMeter, SkipExecutor
+from litestage_bench.executor import SkipExecutor
 from litestage_bench.plan import DynamicFFN, SkipPlan, SkipSet, StagePlan
-from tiny_models import ARCHS, tiny_model
-
-LOGIT_ATOL = 1e-4  # float32; observed differences are ~1e-6 on the tiny models
-PROMPT = [5, 17, 33, 2, 81, 40, 9, 64, 12, 7, 55, 3]
+from tiny_models import ARCHS, PROMPT, StepLogits, all_logits, assert_close, tiny_model, without_layer
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -22,42 +22,35 @@ def arch_model(request):
     return request.param, tiny_model(request.param)
 
 
-def all_logits(executor: SkipExecutor, ids: list[int], plan: StagePlan = StagePlan()) -> torch.Tensor:
-    cache = executor.new_cache(1)
-    x = torch.tensor([ids])
-    return executor.forward(cache, x, torch.ones_like(x, dtype=torch.bool), plan.prefill, plan, CostMeter(),
-                            logits="all")[0]
+def generate_logged(ex: SkipExecutor, inputs: list[list[int]], plan: StagePlan, max_new_tokens: int, **kwargs):
+    """`generate` plus the logits of every step of every row: (generation, [row logits])."""
+    log = StepLogits()
+    gen = ex.generate(inputs, plan, max_new_tokens, on_token=log, **kwargs)
+    return gen, [log.row(r, len(gen.tokens[r])) for r in range(len(inputs))]
+
+
+def no_cache_step_logits(ex: SkipExecutor, prompt: list[int], generated: list[int], plan: StagePlan) -> torch.Tensor:
+    """The logits that chose each generated token, from one no-cache forward over the whole
+    sequence (exact for static plans, where prefill and decode skip the same sub-layers)."""
+    return all_logits(ex, prompt + generated, plan)[len(prompt) - 1:len(prompt) - 1 + len(generated)]
 
 
 def test_empty_plan_matches_hf_logits(arch_model):
     _, model = arch_model
     with torch.inference_mode():
         ref = model(torch.tensor([PROMPT])).logits[0]
-    got = all_logits(SkipExecutor(model), PROMPT)
-    assert torch.allclose(ref, got, atol=LOGIT_ATOL), (ref - got).abs().max()
+    assert_close(all_logits(SkipExecutor(model), PROMPT), ref)
 
 
 def test_empty_plan_greedy_equals_generate(arch_model):
     _, model = arch_model
     ex = SkipExecutor(model)
-    got = ex.generate([PROMPT], StagePlan(), max_new_tokens=16)
+    got, (logits,) = generate_logged(ex, [PROMPT], StagePlan(), 16)
     with torch.inference_mode():
         ref = model.generate(torch.tensor([PROMPT]), max_new_tokens=16, min_new_tokens=16, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
-    assert got.tokens[0] == ref[0, len(PROMPT):].tolist()
-
-
-def without_layer(model: torch.nn.Module, drop: int) -> torch.nn.Module:
-    """A copy with one decoder layer deleted (indices and config renumbered, as pruning code does)."""
-    pruned = copy.deepcopy(model)
-    kept = [layer for i, layer in enumerate(pruned.model.layers) if i != drop]
-    pruned.model.layers = torch.nn.ModuleList(kept)
-    for i, layer in enumerate(kept):
-        layer.self_attn.layer_idx = i
-    pruned.config.num_hidden_layers = len(kept)
-    if getattr(pruned.config, "layer_types", None):
-        pruned.config.layer_types = [t for i, t in enumerate(pruned.config.layer_types) if i != drop]
-    return pruned
+                             eos_token_id=None, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    assert got.tokens[0] == ref.sequences[0, len(PROMPT):].tolist()
+    assert_close(logits, torch.cat(ref.logits))
 
 
 @pytest.mark.parametrize("drop", [0, 2])
@@ -65,14 +58,14 @@ def test_skipping_a_whole_layer_equals_deleting_it(arch_model, drop):
     arch, model = arch_model
     ex = SkipExecutor(model)
     plan = StagePlan.static(SkipSet.layers([drop]))
-    gen = ex.generate([PROMPT], plan, max_new_tokens=10)
+    gen, (steps,) = generate_logged(ex, [PROMPT], plan, 10)
     seq = PROMPT + gen.tokens[0]
     pruned = without_layer(model, drop)
     with torch.inference_mode():
         ref = pruned(torch.tensor([seq]), use_cache=False).logits[0]
-    got = all_logits(ex, seq, plan)
-    assert torch.allclose(ref, got, atol=LOGIT_ATOL)
-    # and the greedy continuation is the pruned model's own greedy continuation
+    assert_close(all_logits(ex, seq, plan), ref)
+    # the cached decode steps are the pruned model's own (greedy) steps
+    assert_close(steps, ref[len(PROMPT) - 1:-1])
     assert ref[len(PROMPT) - 1:-1].argmax(-1).tolist() == gen.tokens[0]
 
 
@@ -81,9 +74,12 @@ def test_batched_equals_unbatched(arch_model):
     ex = SkipExecutor(model)
     prompts = [PROMPT, PROMPT[:5], PROMPT[3:] + [1, 2, 3, 4, 5]]
     for plan in (StagePlan(), StagePlan.static(SkipSet.of(attn=[1], ffn=[2, 3]))):
-        batched = ex.generate(prompts, plan, max_new_tokens=12)
+        batched, batched_logits = generate_logged(ex, prompts, plan, 12)
         for i, p in enumerate(prompts):
-            assert ex.generate([p], plan, max_new_tokens=12).tokens[0] == batched.tokens[i]
+            alone, (alone_logits,) = generate_logged(ex, [p], plan, 12)
+            assert alone.tokens[0] == batched.tokens[i]
+            assert_close(batched_logits[i], alone_logits)
+            assert_close(batched_logits[i], no_cache_step_logits(ex, p, batched.tokens[i], plan))
 
 
 def test_shared_prefix_equals_separate_prompts(arch_model):
@@ -91,30 +87,38 @@ def test_shared_prefix_equals_separate_prompts(arch_model):
     ex = SkipExecutor(model)
     suffixes = [[70], [71, 72], [73]]
     plan = StagePlan.static(SkipSet.of(ffn=[1]))
-    shared = ex.generate(suffixes, plan, max_new_tokens=10, prefix=PROMPT)
+    shared, shared_logits = generate_logged(ex, suffixes, plan, 10, prefix=PROMPT)
     for i, s in enumerate(suffixes):
-        assert ex.generate([PROMPT + s], plan, max_new_tokens=10).tokens[0] == shared.tokens[i]
+        alone, (alone_logits,) = generate_logged(ex, [PROMPT + s], plan, 10)
+        assert alone.tokens[0] == shared.tokens[i]
+        assert_close(shared_logits[i], alone_logits)
+        assert_close(shared_logits[i], no_cache_step_logits(ex, PROMPT + s, shared.tokens[i], plan))
 
 
 def test_stop_tokens_end_rows_independently(arch_model):
     _, model = arch_model
     ex = SkipExecutor(model)
-    free = ex.generate([PROMPT, PROMPT[:6]], StagePlan(), max_new_tokens=12)
+    prompts = [PROMPT, PROMPT[:6]]
+    free, free_logits = generate_logged(ex, prompts, StagePlan(), 12)
     stop = {free.tokens[0][3]}
-    got = ex.generate([PROMPT, PROMPT[:6]], StagePlan(), max_new_tokens=12, stop_ids=stop)
+    got, got_logits = generate_logged(ex, prompts, StagePlan(), 12, stop_ids=stop)
     assert got.stopped[0] == "stop"
     for row in (0, 1):
         cut = next((i for i, t in enumerate(free.tokens[row]) if t in stop), None)
         expected = free.tokens[row] if cut is None else free.tokens[row][:cut + 1]
         assert got.tokens[row] == expected
+        # the row still running after the other one stopped sees no trace of it
+        assert_close(got_logits[row], free_logits[row][:len(expected)])
 
 
-def reference_per_position(model, ex: SkipExecutor, prompt: list[int], plan: StagePlan, steps: int) -> list[int]:
+def reference_per_position(model, ex: SkipExecutor, prompt: list[int], plan: StagePlan,
+                           steps: int) -> tuple[list[int], torch.Tensor]:
     """No-cache greedy decoding where a skipped sub-layer only drops its output at that position:
-    every position's keys/values are always computed (the executor's 'fill' semantics)."""
+    every position's keys/values are always computed (the executor's 'fill' semantics).
+    Returns the tokens and the [steps, vocab] logits that chose them."""
     arch = ex.arch
     seq = list(prompt)
-    out = []
+    out, logits = [], []
     with torch.inference_mode():
         for step in range(steps):
             ids = torch.tensor([seq])
@@ -133,10 +137,12 @@ def reference_per_position(model, ex: SkipExecutor, prompt: list[int], plan: Sta
                 hidden = hidden + keep_attn * arch.attn_delta(i, hidden, ropes[i], mask, None)
                 keep_ffn = torch.tensor([i not in s.ffn for s in sets], dtype=hidden.dtype)[None, :, None]
                 hidden = hidden + keep_ffn * arch.ffn_delta(i, hidden)
-            token = int(arch.lm_head(arch.norm(hidden[:, -1])).argmax(-1))
+            step_logits = arch.lm_head(arch.norm(hidden[0, -1])).float()
+            token = int(step_logits.argmax(-1))
+            logits.append(step_logits)
             out.append(token)
             seq.append(token)
-    return out
+    return out, torch.stack(logits)
 
 
 def test_reactivated_attention_fills_kv_like_a_no_cache_run(arch_model):
@@ -147,8 +153,10 @@ def test_reactivated_attention_fills_kv_like_a_no_cache_run(arch_model):
     plan = StagePlan(prefill=SkipSet.of(attn=[1]), decode=SkipSet.of(attn=[1]),
                      schedule=((3, SkipSet.of(ffn=[0])), (6, SkipSet.of(attn=[2]))))
     assert ex._fill_layers(plan, 10) == frozenset({1})
-    got = ex.generate([PROMPT], plan, max_new_tokens=10)
-    assert got.tokens[0] == reference_per_position(model, ex, PROMPT, plan, 10)
+    got, (logits,) = generate_logged(ex, [PROMPT], plan, 10)
+    ref_tokens, ref_logits = reference_per_position(model, ex, PROMPT, plan, 10)
+    assert got.tokens[0] == ref_tokens
+    assert_close(logits, ref_logits)
 
 
 def test_monotone_schedule_matches_no_cache_reference(arch_model):
@@ -156,8 +164,10 @@ def test_monotone_schedule_matches_no_cache_reference(arch_model):
     ex = SkipExecutor(model)
     plan = StagePlan(schedule=((2, SkipSet.layers([1])), (5, SkipSet.layers([1, 2]))))  # SkipDecode-like
     assert ex._fill_layers(plan, 10) == frozenset()
-    got = ex.generate([PROMPT], plan, max_new_tokens=10)
-    assert got.tokens[0] == reference_per_position(model, ex, PROMPT, plan, 10)
+    got, (logits,) = generate_logged(ex, [PROMPT], plan, 10)
+    ref_tokens, ref_logits = reference_per_position(model, ex, PROMPT, plan, 10)
+    assert got.tokens[0] == ref_tokens
+    assert_close(logits, ref_logits)
 
 
 def test_dynamic_ffn_with_threshold_below_every_similarity_equals_a_schedule(arch_model):
@@ -165,9 +175,15 @@ def test_dynamic_ffn_with_threshold_below_every_similarity_equals_a_schedule(arc
     ex = SkipExecutor(model)
     dyn = StagePlan(dynamic_ffn=DynamicFFN(frozenset({1, 2}), threshold=-2.0, warmup_steps=3))
     sched = StagePlan(schedule=((3, SkipSet.of(ffn=[1, 2])),))
-    assert ex.generate([PROMPT], dyn, 10).tokens == ex.generate([PROMPT], sched, 10).tokens
+    got, (got_logits,) = generate_logged(ex, [PROMPT], dyn, 10)
+    ref, (ref_logits,) = generate_logged(ex, [PROMPT], sched, 10)
+    assert got.tokens == ref.tokens
+    assert_close(got_logits, ref_logits)
     never = StagePlan(dynamic_ffn=DynamicFFN(frozenset({1, 2}), threshold=2.0, warmup_steps=3))
-    assert ex.generate([PROMPT], never, 10).tokens == ex.generate([PROMPT], StagePlan(), 10).tokens
+    got, (got_logits,) = generate_logged(ex, [PROMPT], never, 10)
+    ref, (ref_logits,) = generate_logged(ex, [PROMPT], StagePlan(), 10)
+    assert got.tokens == ref.tokens
+    assert_close(got_logits, ref_logits)
 
 
 def test_scaled_replacement_differs_from_identity(arch_model):
@@ -184,13 +200,14 @@ def test_token_callback_ends_a_sequence_early(arch_model):
     seen = []
 
     def stop_at_step_three(step, logits, tokens, rows):
-        seen.append(logits.shape)
+        seen.append(logits[0].clone())
         return torch.full_like(tokens, step >= 3, dtype=torch.bool)
 
     got = ex.generate([PROMPT], StagePlan(), 12, on_token=stop_at_step_three)
-    free = ex.generate([PROMPT], StagePlan(), 12)
+    free, (free_logits,) = generate_logged(ex, [PROMPT], StagePlan(), 12)
     assert got.stopped == ["callback"] and got.tokens[0] == free.tokens[0][:3]
-    assert seen[0] == (1, model.config.vocab_size)
+    assert seen[0].shape == (model.config.vocab_size,) and len(seen) == 4
+    assert_close(torch.stack(seen), free_logits[:4])
 
 
 def test_cost_fraction_of_all_ffns_skipped():

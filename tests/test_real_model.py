@@ -59,11 +59,12 @@ def test_kv_reuse_and_shared_prefix_change_nothing(session):
 
 
 @needs_data
-def test_executor_reasoner_agrees_with_the_naive_pipeline(session):
+@pytest.mark.parametrize("bench", ["strategyqa", "obqa"])  # OBQA: multi-token options, left-padded
+def test_executor_reasoner_agrees_with_the_naive_pipeline(session, bench):
     cfg = default_config(session.loaded)
-    reasoner = session.reasoner("strategyqa", cfg)
+    reasoner = session.reasoner(bench, cfg)
     naive = NaiveReasoner(session.loaded.model, session.loaded.tokenizer, reasoner.prompts, cfg)
-    for q in load_split("strategyqa", limit=2):
+    for q in load_split(bench, limit=2 if bench == "strategyqa" else 1):
         assert reasoner.solve(q, DENSE).predictions_by_rule == naive.solve(q)[0]
 
 
@@ -81,3 +82,18 @@ def test_run_writes_a_complete_record(tmp_path):
     assert rec["executed_cost_fraction"] == {"recall": 1.0, "analyze": 1.0, "summarize": 1.0}
     assert sum(rec["answer_rule_counts"].values()) == 2
     assert rec["machine"]["torch"] and rec["machine"]["transformers"]
+
+
+@needs_data
+def test_header_cache_and_batching_change_nothing_on_smollm2(session):
+    """float32: the shared-header cache and several questions per batch give the same outputs."""
+    items = load_split("obqa", limit=2)
+    cached = session.reasoner("obqa", default_config(session.loaded))
+    plain = session.reasoner("obqa", default_config(session.loaded, header_cache=False))
+    one_by_one = [cached.solve(q, DENSE) for q in items]
+    for q, a in zip(items, one_by_one):
+        b = plain.solve(q, DENSE)
+        assert (a.outputs, a.predictions_by_rule) == (b.outputs, b.predictions_by_rule)
+    for a, b in zip(one_by_one, cached.solve_batch(items, DENSE)):
+        assert (a.outputs, a.predictions_by_rule) == (b.outputs, b.predictions_by_rule)
+        assert a.option_scores["cloze"] == pytest.approx(b.option_scores["cloze"], abs=1e-4)

@@ -70,7 +70,8 @@ def test_paired_difference_counts_and_ci():
     assert lo < d["mean_diff"] < hi
     # hand check: diffs = [0,1,1,0,0,-1,1,0], sample sd = sqrt(((3*.75^2)+(1.25^2)+4*.25^2)/7)
     sd = math.sqrt((3 * 0.75**2 + 1.25**2 + 4 * 0.25**2) / 7)
-    assert hi - d["mean_diff"] == pytest.approx(metrics.Z95 * sd / math.sqrt(8))
+    t975_7df = 2.364624  # Student t 0.975 quantile with 7 degrees of freedom (printed tables)
+    assert hi - d["mean_diff"] == pytest.approx(t975_7df * sd / math.sqrt(8), rel=1e-6)
 
 
 def test_paired_difference_identical_and_length_mismatch():
@@ -381,3 +382,143 @@ def test_rules_table_shows_each_rule_and_the_one_step_answer():
     assert cells[4:7] == [format(rec.accuracy_by_rule[r], ".3f") if r in rec.accuracy_by_rule else "-"
                           for r in ("regex", "letter", "cloze")]
     assert cells[7:9] == ["0.250", "0.500"]
+
+
+# ----------------------------------------------------------------------------- comparison with dense
+
+
+def make_pair(nan_latency_ids: tuple[int, ...] = ()) -> tuple[ResultRecord, ResultRecord]:
+    """A dense record and a method record on the same 8 items: the method is 2x faster, flips
+    q0 right -> wrong and q5 wrong -> right, and has no timing for ``nan_latency_ids``."""
+    dense_correct = [True, True, True, False, True, False, True, True]
+    method_correct = [False, True, True, False, True, True, True, True]
+    dense = [make_item(i, c, latency=2.0 + 0.1 * i) for i, c in enumerate(dense_correct)]
+    method = [make_item(i, c, latency=1.0 + 0.05 * i) for i, c in enumerate(method_correct)]
+    for it in dense + method:
+        it.option_scores = {"letter": [1.0, 0.0, 0.0, 0.0]}
+    method[1].option_scores = {"letter": [0.0, 1.0, 0.0, 0.0]}
+    method[2].outputs = dict(method[2].outputs, recall="other facts")
+    for i in nan_latency_ids:
+        method[i].latency_s, method[i].stage_latency_s = math.nan, {}
+    common = dict(model="smollm2-135m", benchmark="obqa", split="eval", answer_rule="letter", command="cmd",
+                  config={}, chance=0.25, dtype="float32", threads=1, device="cpu")
+    dense_rec = build_record(method="dense", policy=None, items=dense, speedup=1.0, **common)
+    method_rec = build_record(method="litestage", policy={"name": "ls"}, items=method, dense_items=dense,
+                              timing={"timed_ids": [it.id for it in method if math.isfinite(it.latency_s)]},
+                              noise_floor={"dtype": "float32", "threads": 1, "flip_rate": 0.0, "n": 100},
+                              **common)
+    return dense_rec, method_rec
+
+
+def test_build_record_compares_with_dense():
+    dense_rec, rec = make_pair()
+    assert rec.schema_version == 2
+    assert dense_rec.fidelity is None and dense_rec.mcnemar_p is None and dense_rec.speedup == 1.0
+    assert dense_rec.speedup_ci95 is None and dense_rec.retention is None
+    f = rec.fidelity
+    assert (f["n"], f["correct_to_wrong"], f["wrong_to_correct"], f["changed"]) == (8, 1, 1, 2)
+    assert f["agreement"] == pytest.approx(6 / 8)
+    assert f["answer_kl_n"] == 8 and f["answer_kl"] > 0 and f["answer_kl_median"] == 0.0
+    assert f["stage_exact_match"]["recall"] == pytest.approx(7 / 8)
+    assert rec.items[0].fidelity["flip"] == "correct_to_wrong" and rec.items[5].fidelity["flip"] == "wrong_to_correct"
+    assert rec.mcnemar_p == 1.0  # one flip each way
+    assert rec.retention == pytest.approx(1.0)  # same accuracy as dense (6/8)
+    assert rec.speedup == pytest.approx(metrics.speedup([it.latency_s for it in dense_rec.items],
+                                                        [it.latency_s for it in rec.items]))
+    lo, hi = rec.speedup_ci95
+    assert lo <= rec.speedup <= hi
+    assert (rec.dtype, rec.threads, rec.device, rec.chance) == ("float32", 1, "cpu", 0.25)
+
+
+def test_build_record_uses_only_items_timed_on_both_sides():
+    dense_rec, rec = make_pair(nan_latency_ids=(0, 1, 2))
+    timed = range(3, 8)
+    expected = metrics.median([2.0 + 0.1 * i for i in timed]) / metrics.median([1.0 + 0.05 * i for i in timed])
+    assert rec.speedup == pytest.approx(expected)
+    assert rec.latency_s == pytest.approx(metrics.median([1.0 + 0.05 * i for i in timed]))
+    assert math.isfinite(rec.stage_latency_s["recall"])
+    assert rec.timing["timed_ids"] == [f"q{i}" for i in timed]
+
+
+def test_build_record_explicit_speedup_wins_and_mismatched_items_fail():
+    dense_rec, _ = make_pair()
+    items = [make_item(i, True) for i in range(8)]
+    rec = build_record(model="m", benchmark="obqa", split="eval", method="x", policy=None, answer_rule="letter",
+                       items=items, command="c", config={}, dense_items=dense_rec.items, speedup=1.7)
+    assert rec.speedup == 1.7 and rec.speedup_ci95 is None and rec.fidelity["n"] == 8
+    with pytest.raises(UserError):
+        build_record(model="m", benchmark="obqa", split="eval", method="x", policy=None, answer_rule="letter",
+                     items=items[:5], command="c", config={}, dense_items=dense_rec.items)
+
+
+def test_json_round_trip_keeps_the_comparison(tmp_path: Path):
+    _, rec = make_pair(nan_latency_ids=(4,))
+    back = load_record(write_record(tmp_path / "rec.json", rec))
+    assert isinstance(back.speedup_ci95, tuple)
+    assert math.isnan(back.items[4].latency_s) and back.items[4].stage_latency_s == {}
+    back.items[4].latency_s = rec.items[4].latency_s = 0.0  # nan != nan; everything else must be equal
+    assert back == rec
+    single = dataclasses.replace(rec, speedup_ci95=(math.nan, math.nan), retention=None)
+    again = record_from_dict(json.loads(json.dumps(record_to_dict(single))))
+    assert all(math.isnan(x) for x in again.speedup_ci95) and again.retention is None
+
+
+def test_schema_1_records_still_load():
+    data = record_to_dict(make_record())
+    new_fields = ("dtype", "threads", "device", "chance", "speedup_ci95", "fidelity", "retention",
+                  "mcnemar_p", "noise_floor", "timing")
+    for key in new_fields:
+        del data[key]
+    for it in data["items"]:
+        del it["option_scores"], it["fidelity"]
+    data["schema_version"] = 1
+    rec = record_from_dict(data)
+    assert rec.schema_version == 1 and rec.fidelity is None and rec.timing == {} and rec.items[0].option_scores == {}
+    assert "-" in results_table([rec])
+
+
+def _cells(table: str, row: int) -> dict[str, str]:
+    lines = table.splitlines()
+    headers = [c.strip() for c in lines[0].strip("|").split("|")]
+    return dict(zip(headers, (c.strip() for c in lines[row].strip("|").split("|"))))
+
+
+def test_results_table_shows_the_comparison_columns():
+    dense_rec, rec = make_pair()
+    table = results_table([rec, dense_rec])
+    dense_row, method_row = _cells(table, 2), _cells(table, 3)
+    lo, hi = rec.speedup_ci95
+    assert method_row["speedup [95% CI]"] == f"{rec.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"
+    assert method_row["agreement"] == "0.750"
+    assert method_row["flips -c2w/+w2c"] == "-1/+1"
+    assert method_row["answer KL"] == format(rec.fidelity["answer_kl"], ".4f")
+    assert method_row["McNemar p"] == "1.000"
+    assert method_row["retention"] == "1.00"
+    assert dense_row["speedup [95% CI]"] == "1.00x"
+    assert [dense_row[k] for k in ("agreement", "flips -c2w/+w2c", "answer KL", "McNemar p", "retention")] == ["-"] * 5
+    assert table.splitlines()[-1] == "- noise floor (float32, 1 thread): 0.0% answer flips over 100 items"
+
+
+def test_noise_floor_note_and_small_p():
+    _, rec = make_pair()
+    rec.noise_floor = {"dtype": "bfloat16", "threads": 4, "answer_flip_rate": 0.02, "n_items": 50}
+    rec.mcnemar_p = 0.0004
+    table = results_table([rec])
+    assert table.endswith("- noise floor (bfloat16, 4 threads): 2.0% answer flips over 50 items")
+    assert _cells(table, 2)["McNemar p"] == "<0.001"
+    rec.noise_floor = {"dtype": "float32", "measured": False, "note": "not measured on this device"}
+    assert results_table([rec]).endswith("- noise floor (float32, 1 thread): not measured on this device")
+    rec.noise_floor = {"dtype": "float32", "threads": "1 (reference) vs 2", "answer_flip_rate": 0.0}
+    assert results_table([rec]).endswith("- noise floor (float32, threads 1 (reference) vs 2): 0.0% answer flips")
+
+
+def test_compare_shows_the_current_comparison_with_dense():
+    dense_rec, rec = make_pair()
+    report, regressed = compare_records([dense_rec, rec], [dense_rec, rec])
+    assert not regressed
+    lines = [ln for ln in report.splitlines() if ln.startswith("|")]
+    row = _cells("\n".join(lines), 3)  # sorted: dense, litestage
+    assert row["agreement cur"] == "0.750" and row["flips cur"] == "-1/+1" and row["McNemar p cur"] == "1.000"
+    assert row["speedup cur [95% CI]"].startswith(f"{rec.speedup:.2f}x [")
+    assert _cells("\n".join(lines), 2)["flips cur"] == "-"
+    assert "noise floor (float32, 1 thread)" in report

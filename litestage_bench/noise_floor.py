@@ -1,0 +1,229 @@
+"""The numeric noise floor: how often dense disagrees with itself when nothing that matters changed.
+
+`python -m litestage_bench.noise_floor --model M --dtype D [--benches B,..] [--limit 50]` runs the
+dense reasoner on the same evaluation items under a reference setting (batch 1, one thread, options
+decoded as one batch, cross-stage KV reuse, shared-header cache) and under variants that should not
+change anything, then counts answer flips and identical outputs per variant. Every run is saved
+compactly under `results/numerics/runs/` (resumable, one file per model x dtype x benchmark x
+variant); the summary goes to `results/numerics/noise_floor.{json,md}`, which records read through
+``noise_floor_for``. CPU only: on CUDA nothing is measured, but records keep the same fields.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from .benchmarks import load_split
+from .plan import DENSE
+from .prompts import STAGES
+from .results import ItemResult, machine_info, write_text_atomic
+
+NOISE_FLOOR_ENV = "LITESTAGE_NOISE_FLOOR"
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "results" / "numerics"
+# variant -> what it changes relative to the reference
+VARIANTS = {
+    "threads2": "2 threads instead of 1",
+    "options_one_at_a_time": "Analyze options decoded one at a time instead of as one batch",
+    "reprefill": "every stage re-prefills its prompt (from the header cache) instead of reusing the previous stage's KV",
+    "no_header_cache": "the few-shot header is prefilled with each prompt instead of copied from its cache",
+    "batched": "8 questions per batch (accuracy runs) instead of batch 1",
+}
+
+
+def noise_floor_for(model: str, dtype: str, device: str = "cpu") -> dict:
+    """The measured noise floor that applies to a record of this model and dtype (or why none does)."""
+    base = {"model": model, "dtype": dtype, "device": device, "measured": False}
+    if not str(device).startswith("cpu"):
+        return {**base, "note": "not measured on this device (the noise floor is measured on CPU only)"}
+    path = Path(os.environ.get(NOISE_FLOOR_ENV, DEFAULT_DIR / "noise_floor.json"))
+    try:
+        summary = json.loads(path.read_text())["by_config"]
+    except (OSError, ValueError, KeyError):
+        summary = {}
+    entry = summary.get(f"{model}|{dtype}")
+    if entry is None:
+        return {**base, "note": f"no measurement for {model} {dtype}: run `python -m litestage_bench.noise_floor "
+                                f"--model {model} --dtype {dtype}`"}
+    return {**base, **entry, "measured": True, "source": "results/numerics/noise_floor.json"}
+
+
+# ------------------------------------------------------------------------------------------------
+# measuring
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def compact(item: ItemResult) -> dict:
+    """What a noise-floor comparison needs of an item: its answers and a hash of each stage output."""
+    return {"id": item.id, "answer": item.answer, "prediction": item.prediction,
+            "by_rule": item.predictions_by_rule, "outputs": {s: _digest(item.outputs.get(s, "")) for s in STAGES}}
+
+
+def _run_variant(session, bench: str, variant: str, items, limit: int) -> list[dict]:
+    from .runner import default_config, evaluate_items, log, time_items
+
+    overrides = {"options_one_at_a_time": {"batch_options": False}, "reprefill": {"reuse_kv": False},
+                 "no_header_cache": {"header_cache": False}}.get(variant, {})
+    reasoner = session.reasoner(bench, default_config(session.loaded, **overrides))
+    label = f"noise {session.loaded.name} {session.loaded.dtype} {bench} {variant}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if variant == "threads2" else 1)
+    try:
+        if variant == "batched":
+            results = evaluate_items(reasoner, DENSE, {}, items, 8, label)
+        else:
+            results = time_items(reasoner, {"dense": (DENSE, {})}, items, label, warmup=0)["dense"]
+    finally:
+        torch.set_num_threads(threads)
+    log(f"[{label}] done")
+    return [compact(r) for r in results]
+
+
+def compare(reference: list[dict], other: list[dict]) -> dict:
+    """Answer flips and identical outputs of `other` against `reference` (matched by id)."""
+    ref = {r["id"]: r for r in reference}
+    pairs = [(ref[o["id"]], o) for o in other if o["id"] in ref]
+    n = len(pairs)
+    flips = sum(a["prediction"] != b["prediction"] for a, b in pairs)
+    rules = sorted({k for a, _ in pairs for k in a["by_rule"]})
+    return {"n": n, "answer_flips": flips, "answer_flip_rate": flips / n if n else None,
+            "identical_outputs": sum(a["outputs"] == b["outputs"] for a, b in pairs) / n if n else None,
+            "identical_recall": sum(a["outputs"]["recall"] == b["outputs"]["recall"] for a, b in pairs) / n if n else None,
+            "flips_by_rule": {r: sum(a["by_rule"].get(r) != b["by_rule"].get(r) for a, b in pairs) for r in rules},
+            "accuracy_reference": sum(a["prediction"] == a["answer"] for a, _ in pairs) / n if n else None,
+            "accuracy_variant": sum(b["prediction"] == b["answer"] for _, b in pairs) / n if n else None}
+
+
+def measure(model: str, dtype: str, benches: list[str], limit: int, variants: list[str], out_dir: Path,
+            command: str) -> list[dict]:
+    from .runner import Session, log
+
+    session = Session.open(model, dtype=dtype)
+    runs = out_dir / "runs"
+    rows = []
+    for bench in benches:
+        items = load_split(bench, "eval", limit=limit)
+        ids = [q.id for q in items]
+        saved: dict[str, list[dict]] = {}
+        for variant in ["reference", *variants]:
+            path = runs / f"{model}_{dtype}_{bench}_{variant}.json"
+            if path.exists() and json.loads(path.read_text()).get("ids") == ids:
+                saved[variant] = json.loads(path.read_text())["items"]  # resumed
+                log(f"[noise] {path.name}: already measured")
+                continue
+            saved[variant] = _run_variant(session, bench, variant, items, limit)
+            write_text_atomic(path, json.dumps({"model": model, "dtype": dtype, "bench": bench, "variant": variant,
+                                                "ids": ids, "command": command, "items": saved[variant]}))
+        for variant in variants:
+            rows.append({"model": model, "dtype": dtype, "bench": bench, "variant": variant,
+                         "change": VARIANTS[variant], **compare(saved["reference"], saved[variant])})
+    return rows
+
+
+def rows_from_runs(out_dir: Path) -> list[dict]:
+    """Comparison rows from every saved run that has its reference (e.g. after an interrupted run)."""
+    runs = {}
+    for path in sorted((out_dir / "runs").glob("*.json")):
+        d = json.loads(path.read_text())
+        runs[(d["model"], d["dtype"], d["bench"], d["variant"])] = d["items"]
+    return [{"model": m, "dtype": dt, "bench": b, "variant": v, "change": VARIANTS[v],
+             **compare(runs[(m, dt, b, "reference")], items)}
+            for (m, dt, b, v), items in sorted(runs.items())
+            if v in VARIANTS and (m, dt, b, "reference") in runs]
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per model|dtype: the worst answer-flip rate and lowest identical-output rate over variants."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        key = f"{r['model']}|{r['dtype']}"
+        e = out.setdefault(key, {"answer_flip_rate": 0.0, "identical_output_rate": 1.0, "n_items": 0,
+                                 "answer_flips": 0, "comparisons": 0, "threads": "1 (reference) vs 2"})
+        e["answer_flip_rate"] = max(e["answer_flip_rate"], r["answer_flip_rate"])
+        e["identical_output_rate"] = min(e["identical_output_rate"], r["identical_outputs"])
+        e["answer_flips"] += r["answer_flips"]
+        e["comparisons"] += r["n"]
+        e["n_items"] = max(e["n_items"], r["n"])
+        e["pooled_answer_flip_rate"] = e["answer_flips"] / e["comparisons"]
+    return out
+
+
+def write_summary(out_dir: Path, new_rows: list[dict], command: str) -> None:
+    """Merge new rows into the summary files; a lock serialises concurrent measuring processes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".noise_floor.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge_summary(out_dir, new_rows, command)
+
+
+def _merge_summary(out_dir: Path, new_rows: list[dict], command: str) -> None:
+    path = out_dir / "noise_floor.json"
+    old = json.loads(path.read_text()) if path.exists() else {"rows": [], "commands": []}
+    replaced = {(r["model"], r["dtype"], r["bench"], r["variant"]) for r in new_rows}
+    rows = [r for r in old["rows"] if (r["model"], r["dtype"], r["bench"], r["variant"]) not in replaced] + new_rows
+    rows.sort(key=lambda r: (r["model"], r["dtype"], r["bench"], r["variant"]))
+    commands = list(dict.fromkeys([*old.get("commands", []), command]))
+    doc = {"commands": commands, "machine": machine_info(), "variants": VARIANTS, "rows": rows,
+           "by_config": summarise(rows)}
+    write_text_atomic(path, json.dumps(doc, indent=1))
+    table = tabulate([[r["model"], r["dtype"], r["bench"], r["variant"], r["n"],
+                       f"{r['answer_flips']} ({r['answer_flip_rate']:.1%})", f"{r['identical_outputs']:.1%}",
+                       f"{r['identical_recall']:.1%}", f"{r['accuracy_reference']:.3f} / {r['accuracy_variant']:.3f}"]
+                      for r in rows],
+                     headers=["model", "dtype", "bench", "variant", "n", "answer flips", "identical outputs",
+                              "identical recall", "acc ref / variant"], tablefmt="github")
+    worst = tabulate([[k, v["n_items"], f"{v['answer_flip_rate']:.1%}", f"{v['pooled_answer_flip_rate']:.2%}",
+                       f"{v['identical_output_rate']:.1%}"] for k, v in sorted(doc["by_config"].items())],
+                     headers=["model|dtype", "items", "worst flip rate", "pooled flip rate", "lowest identical outputs"],
+                     tablefmt="github")
+    variants = "\n".join(f"- `{k}`: {v}" for k, v in VARIANTS.items())
+    md = (f"# Numeric noise floor (dense vs itself)\n\nReference: batch 1, 1 thread, options as one batch, "
+          f"cross-stage KV reuse, header cache. Variants:\n{variants}\n\n{table}\n\n## Per model and dtype\n\n"
+          f"{worst}\n\nMachine: {doc['machine']['cpu']}, torch {doc['machine']['torch']}, "
+          f"transformers {doc['machine']['transformers']}.\n\nProduced by:\n"
+          + "\n".join(f"- `{c}`" for c in commands) + "\n")
+    write_text_atomic(out_dir / "noise_floor.md", md)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m litestage_bench.noise_floor", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"])
+    ap.add_argument("--benches", default="obqa,csqa,strategyqa")
+    ap.add_argument("--limit", type=int, default=50)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--out-dir", default=str(DEFAULT_DIR))
+    ap.add_argument("--summary-only", action="store_true",
+                    help="measure nothing: rebuild the summary from the saved runs (after an interrupted run)")
+    args = ap.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"noise_floor: error: unknown variant(s) {unknown} -- fix: use {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    command = "python -m litestage_bench.noise_floor " + " ".join(sys.argv[1:] if argv is None else argv)
+    out_dir = Path(args.out_dir)
+    if args.summary_only:
+        write_summary(out_dir, rows_from_runs(out_dir), command)
+        return 0
+    if not (args.model and args.dtype):
+        ap.error("--model and --dtype are required unless --summary-only")
+    rows = measure(args.model, args.dtype, args.benches.split(","), args.limit, variants, out_dir, command)
+    write_summary(out_dir, rows, command)
+    print(tabulate(rows, headers="keys", floatfmt=".3f"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
