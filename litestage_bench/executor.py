@@ -187,7 +187,7 @@ class SkipExecutor:
     def new_cache(self, batch: int, capacity: int = 0) -> SkipKVCache:
         return SkipKVCache(self.num_layers, batch, self.device, capacity)
 
-    def _fill_layers(self, plan: StagePlan, max_new_tokens: int) -> frozenset[int]:
+    def fill_layers(self, plan: StagePlan, max_new_tokens: int) -> frozenset[int]:
         """Attention layers skipped at some step and active at a later one (need keys/values)."""
         fill: set[int] = set()
         skipped_before: set[int] = set()
@@ -215,7 +215,7 @@ class SkipExecutor:
         start = time.perf_counter()
         rows = len(inputs)
         room = max(len(x) for x in inputs) + max_new_tokens + 1
-        plan_layers = self._fill_layers(plan, max_new_tokens)
+        plan_layers = self.fill_layers(plan, max_new_tokens)
         meter = CostMeter()
         prefix_cache = None
         if prefix:
@@ -251,8 +251,9 @@ class SkipExecutor:
             for r, t, running in zip(alive.tolist(), token.tolist(), live.tolist()):
                 if running:
                     out[r].append(t)
-            if halted is not None and bool((halted & live).any()):
+            if halted is not None:
                 halted = halted & live
+            if halted is not None and bool(halted.any()):
                 for r in alive[halted & ~finished].tolist():
                     out[r].pop()  # early exit emits EOS instead of this token
                     stopped[r] = "callback"
@@ -289,7 +290,7 @@ class SkipExecutor:
         would before decoding `max_new_tokens` (which decides the attention layers to fill)."""
         ids, valid = self._left_padded(inputs, pad_id)
         self.forward(cache, ids, valid, plan.skip_at(PREFILL_STEP), plan, meter, logits="none",
-                     fill=self._fill_layers(plan, max_new_tokens))
+                     fill=self.fill_layers(plan, max_new_tokens))
 
     @torch.inference_mode()
     def extend(self, cache: SkipKVCache, inputs: list[list[int]], plan: StagePlan, meter: CostMeter,

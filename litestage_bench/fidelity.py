@@ -16,24 +16,18 @@ import statistics
 from typing import TYPE_CHECKING, Sequence
 
 from .errors import UserError
+from .prompts import STAGES
 
 if TYPE_CHECKING:  # results imports this module; the import is for type hints only
     from .results import ItemResult
 
-STAGES = ("recall", "analyze", "summarize")
-
-# Which constrained rule's option scores define the answer distribution of each answer rule.
-# A bare `regex` has no distribution of its own; the letter logits are the closest one.
-_SCORE_RULE = {"letter": "letter", "regex+letter": "letter", "regex": "letter",
-               "cloze": "cloze", "regex+cloze": "cloze"}
-
-
 def score_rule(answer_rule: str) -> str:
-    """``"cloze"`` or ``"letter"``: whose ``option_scores`` stand for ``answer_rule``'s answer."""
-    try:
-        return _SCORE_RULE[answer_rule]
-    except KeyError:
-        raise UserError(f"unknown answer rule '{answer_rule}'", f"use one of: {', '.join(_SCORE_RULE)}") from None
+    """``"cloze"`` or ``"letter"``: whose ``option_scores`` stand for ``answer_rule``'s answer.
+
+    A bare `regex` has no distribution of its own; the letter logits are the closest one."""
+    from .answers import check_rule  # lazy: answers imports torch, which `report` does not need
+
+    return "cloze" if check_rule(answer_rule).endswith("cloze") else "letter"
 
 
 def answer_kl(dense_scores: Sequence[float], method_scores: Sequence[float]) -> float:

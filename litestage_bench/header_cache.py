@@ -13,7 +13,7 @@ from .benchmarks import Question
 from .executor import CostMeter, SkipExecutor
 from .kvcache import SkipKVCache
 from .plan import PREFILL_STEP, StagePlan
-from .prompts import PromptBuilder
+from .prompts import PromptBuilder, common_prefix_length
 
 # Two questions that share nothing from their first character on (their common prefix is the header).
 _PROBES = (Question("probe-a", "Alpha?", ("x", "y"), ("A", "B"), "A"),
@@ -23,12 +23,7 @@ _PROBES = (Question("probe-a", "Alpha?", ("x", "y"), ("A", "B"), "A"),
 def shared_header_ids(prompts: PromptBuilder) -> list[int]:
     """The token ids every question's header starts with (template + demos)."""
     a, b = (prompts.header(q) for q in _PROBES)
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return a[:n]
+    return a[:common_prefix_length(a, b)]
 
 
 class HeaderCache:
@@ -48,7 +43,7 @@ class HeaderCache:
     def _key(self, plan: StagePlan, max_new_tokens: int) -> tuple:
         # what the header's KV depends on: the prefill set, the attention layers it must still fill
         # (re-activated later in the generation), and the replacements of skipped sub-layers
-        fill = self.ex._fill_layers(plan, max_new_tokens)
+        fill = self.ex.fill_layers(plan, max_new_tokens)
         return (plan.skip_at(PREFILL_STEP), fill, tuple(sorted(plan.attn_scale.items())),
                 tuple(sorted(plan.ffn_scale.items())))
 

@@ -69,7 +69,7 @@ def compact(item: ItemResult) -> dict:
             "by_rule": item.predictions_by_rule, "outputs": {s: _digest(item.outputs.get(s, "")) for s in STAGES}}
 
 
-def _run_variant(session, bench: str, variant: str, items, limit: int) -> list[dict]:
+def _run_variant(session, bench: str, variant: str, items) -> list[dict]:
     from .runner import default_config, evaluate_items, log, time_items
 
     overrides = {"options_one_at_a_time": {"batch_options": False}, "reprefill": {"reuse_kv": False},
@@ -121,7 +121,7 @@ def measure(model: str, dtype: str, benches: list[str], limit: int, variants: li
                 saved[variant] = json.loads(path.read_text())["items"]  # resumed
                 log(f"[noise] {path.name}: already measured")
                 continue
-            saved[variant] = _run_variant(session, bench, variant, items, limit)
+            saved[variant] = _run_variant(session, bench, variant, items)
             write_text_atomic(path, json.dumps({"model": model, "dtype": dtype, "bench": bench, "variant": variant,
                                                 "ids": ids, "command": command, "items": saved[variant]}))
         for variant in variants:

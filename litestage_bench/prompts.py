@@ -122,6 +122,16 @@ class PromptBuilder:
         return [self.ids(f" {label}")[0] for label in labels]
 
 
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading token ids `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _encode(tok, text: str) -> list[int]:
     return list(_cached_encode(tok, text))
 

@@ -27,7 +27,7 @@ from .executor import CostMeter, Generation, SkipExecutor, TokenCallback, synchr
 from .header_cache import HeaderCache, shared_header_ids
 from .kvcache import SkipKVCache
 from .plan import SkipPlan, StagePlan
-from .prompts import STAGES, PromptBuilder, StopTokens
+from .prompts import STAGES, PromptBuilder, StopTokens, common_prefix_length
 from .results import ItemResult
 
 # Per-stage generation caps, chosen by measurement (README, "Choosing the defaults").
@@ -103,11 +103,7 @@ class Reasoner:
         if self.cfg.reuse_kv and held is not None and sig is not None and sig == held.signature:
             counts = []
             for had, ids in zip(held.ids, prompts):
-                n = 0
-                for a, b in zip(had, ids):
-                    if a != b:
-                        break
-                    n += 1
+                n = common_prefix_length(had, ids)
                 counts.append(min(n, len(ids) - 1) if need_one else n)
             held.cache.keep_first(counts)
             return held.cache, counts

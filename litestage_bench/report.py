@@ -91,8 +91,8 @@ def noise_floor_note(r: ResultRecord) -> str | None:
     """``noise floor (bfloat16, 1 thread): 2.0% answer flips over 100 items``, the floor's own
     ``note`` when it was not measured, or ``None`` when the record carries no noise floor.
 
-    Reads ``answer_flip_rate`` (or ``flip_rate``), ``n_items`` (or ``n``), ``dtype``, ``threads``
-    and ``note``, falling back to the record's own dtype and threads.
+    Reads ``answer_flip_rate``, ``n_items``, ``dtype``, ``threads`` and ``note`` (as
+    ``noise_floor.noise_floor_for`` writes them), falling back to the record's own dtype and threads.
     """
     nf = r.noise_floor
     if not nf:
@@ -100,10 +100,10 @@ def noise_floor_note(r: ResultRecord) -> str | None:
     threads = nf.get("threads", r.threads)
     where = ", ".join(x for x in (nf.get("dtype") or r.dtype, None if threads is None else _threads(threads)) if x)
     head = f"noise floor ({where})" if where else "noise floor"
-    rate = nf.get("answer_flip_rate", nf.get("flip_rate"))
+    rate = nf.get("answer_flip_rate")
     if not isinstance(rate, (int, float)):
         return f"{head}: {nf['note']}" if nf.get("note") else None
-    n = nf.get("n_items", nf.get("n"))
+    n = nf.get("n_items")
     return f"{head}: {rate:.1%} answer flips" + (f" over {n} items" if n else "")
 
 

@@ -2,7 +2,6 @@
 comparison to dense."""
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
@@ -18,7 +17,7 @@ from .errors import UserError
 from .executor import SkipExecutor
 from .methods import Method, ModelFacts
 from .models import LoadedModel, load_model
-from .noise_floor import noise_floor_for
+from .noise_floor import compact, compare, noise_floor_for
 from .plan import DENSE, SkipPlan
 from .prompts import STAGES
 from .reasoner import Callbacks, Reasoner, ReasonerConfig, select_demos
@@ -129,11 +128,9 @@ def evaluate_items(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, ite
     start = time.perf_counter()
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
-        results += reasoner.solve_batch(chunk, plan, callbacks) if len(chunk) > 1 else [reasoner.solve(chunk[0], plan, callbacks)]
+        results += reasoner.solve_batch(chunk, plan, callbacks)
         if progress:
             _progress(f"{label} batch {batch_size}", len(results), len(items), results, start)
-    for r in results:  # a batch-1 fallback still carries a latency: accuracy items are untimed
-        r.latency_s, r.stage_latency_s = math.nan, {}
     return results
 
 
@@ -152,16 +149,6 @@ def with_latencies(results: list[ItemResult], timed: list[ItemResult]) -> list[I
     by_id = {r.id: r for r in timed}
     return [replace(r, latency_s=by_id[r.id].latency_s, stage_latency_s=dict(by_id[r.id].stage_latency_s))
             if r.id in by_id else r for r in results]
-
-
-def batch_agreement(batched: list[ItemResult], timed: list[ItemResult]) -> dict:
-    """How often the batch-1 (timed) run reproduced the batched run on the timed items."""
-    by_id = {r.id: r for r in batched}
-    pairs = [(by_id[t.id], t) for t in timed if t.id in by_id]
-    n = len(pairs)
-    return {"n": n,
-            "same_answer": sum(a.prediction == b.prediction for a, b in pairs) / n if n else math.nan,
-            "same_outputs": sum(a.outputs == b.outputs for a, b in pairs) / n if n else math.nan}
 
 
 def load_dense_reference(path: str, *, model: str, bench: str, split: str, dtype: str, config: ReasonerConfig,
@@ -218,7 +205,8 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
         dense_items = with_latencies(dense_items, clock["dense"])
     timing = {"timed_ids": [q.id for q in timed_items], "n_timed": len(timed_items), "batch_size_timed": 1,
               "accuracy_batch_size": batch_size, "warmup_questions": 1,
-              "batch1_vs_batched": batch_agreement(results, clock["method"])}
+              # how often the batch-1 (timed) run reproduced the batched one on the timed items
+              "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["method"]])}
     extra: dict = {"load_seconds": session.loaded.load_seconds, "load_from_cache": session.loaded.from_cache,
                    "dtype": session.loaded.dtype, "seed": seed, "limit": limit,
                    "demos": [d.question.id for d in reasoner.prompts.demos]}

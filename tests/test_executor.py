@@ -152,7 +152,7 @@ def test_reactivated_attention_fills_kv_like_a_no_cache_run(arch_model):
     # layer 2's attention only skipped later (never re-activated: a plain gap)
     plan = StagePlan(prefill=SkipSet.of(attn=[1]), decode=SkipSet.of(attn=[1]),
                      schedule=((3, SkipSet.of(ffn=[0])), (6, SkipSet.of(attn=[2]))))
-    assert ex._fill_layers(plan, 10) == frozenset({1})
+    assert ex.fill_layers(plan, 10) == frozenset({1})
     got, (logits,) = generate_logged(ex, [PROMPT], plan, 10)
     ref_tokens, ref_logits = reference_per_position(model, ex, PROMPT, plan, 10)
     assert got.tokens[0] == ref_tokens
@@ -163,7 +163,7 @@ def test_monotone_schedule_matches_no_cache_reference(arch_model):
     _, model = arch_model
     ex = SkipExecutor(model)
     plan = StagePlan(schedule=((2, SkipSet.layers([1])), (5, SkipSet.layers([1, 2]))))  # SkipDecode-like
-    assert ex._fill_layers(plan, 10) == frozenset()
+    assert ex.fill_layers(plan, 10) == frozenset()
     got, (logits,) = generate_logged(ex, [PROMPT], plan, 10)
     ref_tokens, ref_logits = reference_per_position(model, ex, PROMPT, plan, 10)
     assert got.tokens[0] == ref_tokens

@@ -405,7 +405,7 @@ def make_pair(nan_latency_ids: tuple[int, ...] = ()) -> tuple[ResultRecord, Resu
     dense_rec = build_record(method="dense", policy=None, items=dense, speedup=1.0, **common)
     method_rec = build_record(method="litestage", policy={"name": "ls"}, items=method, dense_items=dense,
                               timing={"timed_ids": [it.id for it in method if math.isfinite(it.latency_s)]},
-                              noise_floor={"dtype": "float32", "threads": 1, "flip_rate": 0.0, "n": 100},
+                              noise_floor={"dtype": "float32", "threads": 1, "answer_flip_rate": 0.0, "n_items": 100},
                               **common)
     return dense_rec, method_rec
 
