@@ -148,7 +148,11 @@ def summarise(rows: list[dict]) -> dict:
     for r in rows:
         key = f"{r['model']}|{r['dtype']}"
         e = out.setdefault(key, {"answer_flip_rate": 0.0, "identical_output_rate": 1.0, "n_items": 0,
-                                 "answer_flips": 0, "comparisons": 0, "threads": "1 (reference) vs 2"})
+                                 "answer_flips": 0, "comparisons": 0, "threads": 1, "variants": []})
+        if r["variant"] not in e["variants"]:
+            e["variants"].append(r["variant"])
+        if r["variant"] == "threads2":  # only a measured thread comparison may be claimed
+            e["threads"] = "1 (reference) vs 2"
         e["answer_flip_rate"] = max(e["answer_flip_rate"], r["answer_flip_rate"])
         e["identical_output_rate"] = min(e["identical_output_rate"], r["identical_outputs"])
         e["answer_flips"] += r["answer_flips"]
@@ -172,7 +176,9 @@ def _merge_summary(out_dir: Path, new_rows: list[dict], command: str) -> None:
     replaced = {(r["model"], r["dtype"], r["bench"], r["variant"]) for r in new_rows}
     rows = [r for r in old["rows"] if (r["model"], r["dtype"], r["bench"], r["variant"]) not in replaced] + new_rows
     rows.sort(key=lambda r: (r["model"], r["dtype"], r["bench"], r["variant"]))
-    commands = list(dict.fromkeys([*old.get("commands", []), command]))
+    # the commands that measured the runs (each run file keeps its own), then this one
+    measured = [json.loads(f.read_text()).get("command") for f in sorted((out_dir / "runs").glob("*.json"))]
+    commands = list(dict.fromkeys([*old.get("commands", []), *filter(None, measured), command]))
     doc = {"commands": commands, "machine": machine_info(), "variants": VARIANTS, "rows": rows,
            "by_config": summarise(rows)}
     write_text_atomic(path, json.dumps(doc, indent=1))
