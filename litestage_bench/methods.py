@@ -46,6 +46,9 @@ class Method(ABC):
         """The method's parameters, for the result record's `policy` field."""
         return {"name": self.name}
 
+    def check_model(self, model: str) -> None:
+        """Fail early (before loading the model) when the method's policy is for another model."""
+
 
 MethodFactory = Callable[[dict[str, Any] | None], Method]
 METHODS: dict[str, MethodFactory] = {}
@@ -55,6 +58,19 @@ def register(name: str) -> Callable[[MethodFactory], MethodFactory]:
     def deco(factory: MethodFactory) -> MethodFactory:
         METHODS[name] = factory
         return factory
+    return deco
+
+
+# name -> search(session, bench, args, reasoner config, command, log) -> policy dict
+SearchFn = Callable[..., dict[str, Any]]
+SEARCHES: dict[str, SearchFn] = {}
+
+
+def register_search(name: str) -> Callable[[SearchFn], SearchFn]:
+    """Register the offline search / calibration of a method (`litestage-bench search --method NAME`)."""
+    def deco(fn: SearchFn) -> SearchFn:
+        SEARCHES[name] = fn
+        return fn
     return deco
 
 
@@ -86,8 +102,10 @@ def make_method(name: str, policy: dict[str, Any] | None = None) -> Method:
 
 
 def load_plugins() -> None:
-    # The baselines package registers its methods on import.
+    # LiteStage and the baselines package register their methods (and searches) on import.
     import baselines  # noqa: F401
+
+    from . import litestage  # noqa: F401
 
 
 @register("dense")

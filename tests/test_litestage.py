@@ -1,0 +1,311 @@
+"""LiteStage: importance, harm, early exit, the budget search's choice rule, the stage memo, the
+policy's method, and that calibration never touches evaluation items."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from litestage_bench import litestage
+from litestage_bench.benchmarks import Question
+from litestage_bench.calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking,
+                                         skip_set, sublayer_similarity)
+from litestage_bench.early_exit import ConfidenceExit, ConfidenceRecorder, ExitRule
+from litestage_bench.errors import UserError
+from litestage_bench.executor import SkipExecutor
+from litestage_bench.litestage import LiteStage, SearchOptions, check_disjoint, fastest_meeting, sweep
+from litestage_bench.methods import ModelFacts
+from litestage_bench.plan import SkipPlan, SkipSet, StagePlan
+from litestage_bench.prompts import STAGES
+from litestage_bench.reasoner import StageMemo
+
+from tiny_models import PROMPT, tiny_model
+from tiny_reasoner import QUESTIONS, STAGEWISE, reasoner, smollm2_tokenizer, tiny_llama
+
+# ------------------------------------------------------------------------------ early exit
+
+
+def _logits_with_max(values: list[float], vocab: int = 8) -> torch.Tensor:
+    """[rows, vocab] logits whose max logit per row is the given value (others far below)."""
+    out = torch.full((len(values), vocab), -100.0)
+    out[:, 0] = torch.tensor(values)
+    return out
+
+
+def _fire_step(confidences: list[float], window: int, threshold: float) -> int | None:
+    """The first step whose window (the last `window` confidences, all present) has mean <= threshold."""
+    for t in range(window - 1, len(confidences)):
+        if sum(confidences[t - window + 1:t + 1]) / window <= threshold:
+            return t
+    return None
+
+
+@settings(max_examples=60, deadline=None)
+@given(conf=st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=1, max_size=12),
+       window=st.integers(1, 5), threshold=st.floats(-5, 5, allow_nan=False, width=32))
+def test_early_exit_fires_exactly_when_the_window_mean_crosses(conf, window, threshold):
+    rule = ExitRule(window, threshold, "max_logit")
+    callback = ConfidenceExit(rule)
+    want = _fire_step(conf, window, threshold)
+    fired = None
+    for step, c in enumerate(conf):
+        halted = callback(step, _logits_with_max([c]), torch.zeros(1, dtype=torch.long), torch.tensor([0]))
+        if bool(halted[0]):
+            fired = step
+            break
+    assert fired == want
+    if fired is not None:
+        assert fired >= window - 1  # never before `window` tokens exist
+
+
+def test_early_exit_tracks_rows_by_their_input_index():
+    """Rows that finished are not passed again; the others keep their own windows."""
+    callback = ConfidenceExit(ExitRule(2, 0.0, "max_logit"))
+    assert not callback(0, _logits_with_max([-1.0, 1.0, -1.0]), torch.zeros(3), torch.tensor([0, 1, 2])).any()
+    # row 1 finished; rows 0 and 2 continue: row 0 low (-1, -1) fires, row 2 (-1, +3) does not
+    halted = callback(1, _logits_with_max([-1.0, 3.0]), torch.zeros(2), torch.tensor([0, 2]))
+    assert halted.tolist() == [True, False]
+
+
+def test_max_prob_confidence():
+    callback = ConfidenceRecorder(1, "max_prob")
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    callback(0, logits, torch.zeros(1), torch.tensor([0]))
+    assert callback.means == pytest.approx([0.5])
+
+
+def test_early_exit_in_generation_keeps_window_minus_one_tokens():
+    """A rule that always fires stops at the first full window and drops that token (EOS instead)."""
+    ex = SkipExecutor(tiny_model("llama"))
+    free = ex.generate([PROMPT], StagePlan(), 10)
+    assert len(free.tokens[0]) == 10
+    for window in (1, 3):
+        g = ex.generate([PROMPT], StagePlan(), 10, on_token=ConfidenceExit(ExitRule(window, 1e9, "max_logit")))
+        assert g.tokens[0] == free.tokens[0][:window - 1]
+        assert g.stopped == ["callback"]
+    never = ex.generate([PROMPT], StagePlan(), 10, on_token=ConfidenceExit(ExitRule(2, -1e9, "max_logit")))
+    assert never.tokens == free.tokens
+
+
+def test_exit_rule_rejects_bad_values():
+    with pytest.raises(UserError):
+        ExitRule(0, 0.5)
+    with pytest.raises(UserError):
+        ExitRule(4, 0.5, "entropy")
+
+
+# ------------------------------------------------------------------------------ importance and harm
+
+
+def _identity_model():
+    """A tiny llama whose layer-1 attention and layer-2 FFN are exact identities (zero output maps)."""
+    model = tiny_model("llama", layers=4, head_scale=1.0)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    return model
+
+
+def _texts(header: list[int], prompts: list[list[int]]) -> StageTexts:
+    return StageTexts(header, {s: [(f"q{i}", header + p, []) for i, p in enumerate(prompts)] for s in STAGES})
+
+
+HEADER = [3, 14, 15, 92, 65, 35]
+BODIES = [[5, 17, 33, 2, 81, 40, 9], [64, 12, 7, 55], [21, 22, 23, 24, 25, 26, 27, 28, 29]]
+
+
+def test_identity_sublayers_rank_first():
+    ex = SkipExecutor(_identity_model())
+    per_stage = sublayer_similarity(ex, _texts(HEADER, BODIES), batch_size=2)
+    for stage in STAGES:
+        assert per_stage[stage]["attn"][1] == pytest.approx(1.0, abs=1e-6)
+        assert per_stage[stage]["ffn"][2] == pytest.approx(1.0, abs=1e-6)
+    ranking = cosine_ranking(accumulate(per_stage))
+    assert set(ranking[:2]) == {("attn", 1), ("ffn", 2)}
+    assert accumulate(per_stage)["ffn"][2] == pytest.approx(3.0, abs=1e-5)  # summed over three stages
+
+
+def test_whole_layer_ranking_and_skip_sets():
+    scores = {"attn": [0.1, 0.9, 0.2], "ffn": [0.3, 0.8, 0.95]}
+    assert cosine_ranking(scores, "layer") == [("layer", 1), ("layer", 2), ("layer", 0)]
+    assert cosine_ranking(scores)[:2] == [("ffn", 2), ("attn", 1)]
+    assert skip_set([("layer", 1), ("ffn", 2)]) == SkipSet.of(attn=[1], ffn=[1, 2])
+    assert skip_set([("layer", 1), ("ffn", 2)], 1) == SkipSet.layers([1])
+
+
+def test_harm_is_zero_for_identities_and_iterative_ranking_finds_them():
+    ex = SkipExecutor(_identity_model())
+    harm = HarmMeter(ex, HEADER, [HEADER + b for b in BODIES], batch_size=2)
+    assert harm.kl(SkipSet()) == 0.0
+    assert harm.kl(SkipSet.of(attn=[1], ffn=[2])) == pytest.approx(0.0, abs=1e-6)
+    assert harm.kl(SkipSet.of(ffn=[0])) > 1e-4
+    # start from a ranking that puts the identities last: re-measuring finds them first
+    units = [(k, j) for j in range(4) for k in ("attn", "ffn")]
+    start = [u for u in units if u not in (("attn", 1), ("ffn", 2))] + [("attn", 1), ("ffn", 2)]
+    ranked = iterative_ranking(harm, start, 2)
+    assert set(ranked[:2]) == {("attn", 1), ("ffn", 2)}
+    assert sorted(ranked) == sorted(units)
+
+
+# ------------------------------------------------------------------------------ the search's choice rule
+
+ACC_TARGET = {"kind": "accuracy", "min_accuracy": 0.50}
+
+
+def test_sweep_picks_the_fastest_candidate_meeting_the_target_when_latency_is_not_monotone():
+    # #skip:        0     1     2     3     4     5     6
+    accuracy = [0.52, 0.50, 0.49, 0.51, 0.51, 0.45, 0.44]
+    latency = [0.32, 0.31, 0.29, 0.30, 0.33, 0.28, 0.27]  # #skip=4 is slower than 3; 5 and 6 miss
+    seen = []
+
+    def measure(n):
+        seen.append(n)
+        return {"n_skip": n, "accuracy": accuracy[n], "agreement": 1.0, "latency_s": latency[n]}
+
+    best, rows = sweep(measure, list(range(7)), ACC_TARGET, patience=2)
+    assert best["n_skip"] == 3  # not the largest passing #skip (4), not the fastest overall (6)
+    assert seen == [0, 1, 2, 3, 4, 5, 6]  # 2 misses in a row only at 5, 6
+    best, rows = sweep(measure, list(range(7)), ACC_TARGET, patience=1)
+    assert seen[7:] == [0, 1, 2] and best["n_skip"] == 1  # stops at the first miss (2)
+
+
+def test_agreement_target_and_no_candidate():
+    rows = [{"accuracy": 0.9, "agreement": 0.85, "latency_s": 1.0}, {"accuracy": 0.1, "agreement": 0.95, "latency_s": 2.0}]
+    assert fastest_meeting(rows, {"kind": "agreement", "min_agreement": 0.9}) is rows[1]
+    with pytest.raises(UserError):
+        fastest_meeting(rows, {"kind": "agreement", "min_agreement": 0.99})
+
+
+def test_calibration_overlap_is_refused():
+    a = Question("c1", "Why is the sky blue?", ("x", "y"), ("A", "B"), "A")
+    b = Question("e9", "why is the  SKY blue?", ("x", "y"), ("A", "B"), "A")
+    with pytest.raises(UserError, match="also evaluation"):
+        check_disjoint([a], [b])
+    check_disjoint([a], [Question("e1", "Other?", ("x", "y"), ("A", "B"), "A")])
+
+
+# ------------------------------------------------------------------------------ the reasoner's stage memo
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return smollm2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_llama(tokenizer)
+
+
+def _same(a, b):
+    assert (a.outputs, a.predictions_by_rule, a.tokens) == (b.outputs, b.predictions_by_rule, b.tokens)
+    for rule in ("letter", "cloze"):
+        assert a.option_scores[rule] == pytest.approx(b.option_scores[rule], abs=1e-4)
+
+
+def test_stage_memo_reuses_unchanged_stages_and_changes_nothing(model, tokenizer):
+    r = reasoner(model, tokenizer)
+    memo = StageMemo()
+    first = r.solve_batch(QUESTIONS, STAGEWISE, memo=memo)
+    assert (memo.hits, memo.misses) == (0, 3)
+    # only the summarize plan differs: recall and analyze come from the memo
+    changed = SkipPlan({**STAGEWISE.stages, "summarize": StagePlan.static(SkipSet.of(ffn=[0]))}, "changed")
+    got = r.solve_batch(QUESTIONS, changed, memo=memo)
+    assert (memo.hits, memo.misses) == (2, 4)
+    for a, b in zip(got, r.solve_batch(QUESTIONS, changed)):
+        _same(a, b)
+    # a changed recall invalidates every later stage
+    r.solve_batch(QUESTIONS, SkipPlan({**STAGEWISE.stages, "recall": StagePlan()}), memo=memo)
+    assert memo.misses == 7
+    assert first[0].outputs["recall"] == got[0].outputs["recall"]
+
+
+def test_stage_texts_trace_every_stage(model, tokenizer):
+    r = reasoner(model, tokenizer)
+    results, trace = r.stage_texts(QUESTIONS, SkipPlan(), batch_size=2)
+    assert [x.id for x in results] == [q.id for q in QUESTIONS]
+    assert len(trace["recall"]) == len(trace["summarize"]) == len(QUESTIONS)
+    assert len(trace["analyze"]) == sum(len(q.labels) for q in QUESTIONS)
+    texts = StageTexts(r.header.ids, trace)
+    assert len(texts.prompts("analyze", per_question=True)) == len(QUESTIONS)
+    assert all(p[:len(r.header.ids)] == r.header.ids for s in STAGES for p in texts.prompts(s))
+    assert r.trace is None
+
+
+# ------------------------------------------------------------------------------ the method and the search
+
+FACTS = ModelFacts("tiny", 4, (1,) * 4, (1,) * 4)
+
+
+def _policy(**over):
+    policy = {"schema_version": 1, "method": "litestage", "model": "tiny", "num_layers": 4,
+              "stages": {"recall": {"skip": {"attn": [1], "ffn": []}}, "analyze": {"skip": {"attn": [], "ffn": [2]}},
+                         "summarize": {"skip": {}}},
+              "early_exit": {"recall": {"window": 3, "threshold": 0.2, "confidence": "max_prob"}}}
+    policy.update(over)
+    return policy
+
+
+def test_method_applies_the_policy():
+    method = LiteStage(_policy())
+    plan = method.plan(FACTS)
+    assert plan.for_stage("recall").decode == SkipSet.of(attn=[1])
+    assert plan.for_stage("analyze").prefill == SkipSet.of(ffn=[2])
+    assert plan.for_stage("summarize").is_dense()
+    assert isinstance(method.token_callback("recall"), ConfidenceExit)
+    assert method.token_callback("analyze") is None
+    assert LiteStage(_policy(early_exit_off=True)).token_callback("recall") is None
+
+
+@pytest.mark.parametrize("over, match", [({"model": "other"}, "searched for model"), ({"num_layers": 30}, "30 layers"),
+                                         ({"method": "plan"}, "not a LiteStage policy")])
+def test_method_refuses_a_policy_for_something_else(over, match):
+    with pytest.raises(UserError, match=match):
+        LiteStage(_policy(**over)).plan(FACTS)
+
+
+def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, tokenizer, monkeypatch, tmp_path):
+    """A whole (tiny) search: every question the reasoner sees is a calibration question."""
+    calib = [Question(f"c{i}", q.stem + f" (variant {i})", q.options, q.labels, q.answer)
+             for i, q in enumerate(QUESTIONS * 2)]
+    evaluation = [Question("e1", "Which gas do plants take in?", ("oxygen", "carbon dioxide"), ("A", "B"), "B")]
+    splits = {"calib": calib, "eval": evaluation}
+    monkeypatch.setattr(litestage, "load_split", lambda bench, split, **kw: list(splits[split][:kw.get("limit")]))
+    r = reasoner(model, tokenizer)
+    seen: set[str] = set()
+    solve_batch, solve = r.solve_batch, r.solve
+
+    def spy_batch(qs, *a, **kw):
+        seen.update(q.id for q in qs)
+        return solve_batch(qs, *a, **kw)
+
+    def spy_one(q, *a, **kw):
+        seen.add(q.id)
+        return solve(q, *a, **kw)
+
+    monkeypatch.setattr(r, "solve_batch", spy_batch)
+    monkeypatch.setattr(r, "solve", spy_one)
+    session = SimpleNamespace(reasoner=lambda bench, cfg, data_dir=None: r, executor=r.ex,
+                              loaded=SimpleNamespace(name="tiny", source="test", dtype="float32"))
+    opts = SearchOptions(target="agreement", min_agreement=0.5, limit=6, timed=2, batch_size=3, max_skip=2,
+                         patience=1, harm_items=2, harm_profile=True)
+    policy = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
+    assert seen and seen <= {q.id for q in calib}
+    assert policy["calibration"]["ids"] == [q.id for q in calib[:6]]
+    assert len(policy["ranking"]) == 8 and sorted(policy["calibration"]["stage_order"]) == sorted(STAGES)
+    assert set(policy["importance"]) == set(STAGES)
+    assert policy["search_cost"]["candidates_measured"] >= 2
+    assert -1.0 <= policy["harm"]["spearman_dissimilarity_vs_kl"] <= 1.0
+    for row in policy["candidates"]:
+        assert {"accuracy", "agreement", "latency_s", "tokens", "stage_runs"} <= set(row)
+    # the policy round-trips through JSON into the method
+    method = LiteStage(json.loads(json.dumps(policy)))
+    method.plan(ModelFacts("tiny", 4, (1,) * 4, (1,) * 4))
+    # a second search resumes from the stored candidates
+    again = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
+    assert again["search_cost"]["candidates_measured"] == 0
+    assert again["stages"] == policy["stages"]

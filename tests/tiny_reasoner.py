@@ -1,0 +1,47 @@
+"""A tiny random llama with SmolLM2's tokenizer and a few constructed questions: the reasoner's
+and LiteStage's tests run the real prompt format in seconds."""
+from __future__ import annotations
+
+import torch
+
+from litestage_bench.benchmarks import Question
+from litestage_bench.demos import Demo
+from litestage_bench.executor import SkipExecutor
+from litestage_bench.plan import SkipPlan, SkipSet, StagePlan
+from litestage_bench.reasoner import Reasoner, ReasonerConfig
+
+CAPS = {"recall": 10, "analyze": 6, "summarize": 5}
+
+QUESTIONS = [
+    Question("q1", "Which would let the most heat travel through?", ("a new pair of jeans", "a steel spoon in a cafeteria",
+             "a cotton candy at a store", "a calvin klein cotton hat"), ("A", "B", "C", "D"), "B"),
+    Question("q2", "Where do bees make honey?", ("hive", "nest"), ("A", "B"), "A"),
+    Question("q3", "Is the sun a star?", ("yes", "no"), ("A", "B"), "A"),
+]
+DEMO = Demo(Question("d1", "What melts ice fastest?", ("salt", "sand"), ("A", "B"), "A"),
+            recall="Salt lowers the freezing point of water.",
+            analyses={"A": "salt melts ice.", "B": "sand does not melt ice."}, answer="A")
+
+STATIC = SkipPlan.uniform(StagePlan.static(SkipSet.of(attn=[1], ffn=[2])), ("recall", "analyze", "summarize"), "static")
+STAGEWISE = SkipPlan({"recall": StagePlan.static(SkipSet.of(ffn=[1])),
+                      "analyze": StagePlan.static(SkipSet.of(attn=[2])),
+                      "summarize": StagePlan.static(SkipSet.layers([3]))}, "stagewise")
+
+
+def smollm2_tokenizer():
+    from litestage_bench.models import load_model
+    return load_model("smollm2-135m", dtype="float32").tokenizer
+
+
+def tiny_llama(tokenizer, layers: int = 4, seed: int = 0) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         attn_implementation="sdpa", tie_word_embeddings=False)
+    return LlamaForCausalLM(config).eval()
+
+
+def reasoner(model, tokenizer, **overrides) -> Reasoner:
+    cfg = ReasonerConfig(chat=True, max_new_tokens=dict(CAPS), answer_rule="cloze", **overrides)
+    return Reasoner(SkipExecutor(model), tokenizer, [DEMO], cfg)
