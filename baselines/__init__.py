@@ -1,5 +1,12 @@
 """Prior training-free skipping methods, each a ``litestage_bench.methods.Method``.
 
-Each module registers its method with ``@litestage_bench.methods.register(name)`` when imported;
-import it here so that ``make_method`` finds it. (The baselines arrive with their own issues.)
+Each module registers its method (and, for the calibrating ones, its search) when imported:
+- ``adaskip``: sub-layer cosine ranking, norm-ratio scaling, decode-time FFN extension (search);
+- ``skipdecode``: per-position monotone skipping of the lower layers, dense prefill;
+- ``unified``: k intermediate layers spread evenly;
+- ``early_exit``: the last k layers;
+- ``shortgpt``: the k layers of lowest Block Influence (search);
+- ``sleb``: SLEB's greedy block removal order by calibration perplexity (search).
+Every method takes ``k`` (``litestage-bench run --k K``); shared helpers live in ``common``.
 """
+from . import adaskip, early_exit, shortgpt, skipdecode, sleb, unified  # noqa: F401

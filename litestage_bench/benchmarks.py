@@ -1,8 +1,10 @@
 """Benchmark loading: OBQA, CSQA and StrategyQA as multiple-choice ``Question`` lists.
 
-Source of the data, in order: the ``data_dir`` argument, the ``LITESTAGE_DATA_DIR``
-environment variable (a folder with the benchmarks' original files, see
-``shared/data/README.md``), else the Hugging Face hub through ``datasets`` (online only).
+Source of the data: the ``data_dir`` argument, else the ``LITESTAGE_DATA_DIR`` environment
+variable, else the copy packaged with the suite (``litestage_bench/data``, offline). Either may name
+a folder with the benchmarks' original files (see ``shared/data/README.md``), or one of the
+keywords ``"packaged"`` (the packaged copy) and ``"hub"`` (the Hugging Face hub through
+``datasets``, online only).
 
 Splits: ``eval`` (reported accuracy) and ``calib`` (searches / calibration); they never
 overlap, by id or by question text.
@@ -10,6 +12,7 @@ overlap, by id or by question text.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import random
@@ -18,11 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import packaged
 from .errors import UserError
 
 BENCHMARKS: tuple[str, ...] = ("obqa", "csqa", "strategyqa")
 SPLITS: tuple[str, ...] = ("eval", "calib")
 DATA_DIR_ENV = "LITESTAGE_DATA_DIR"
+# Keywords accepted in place of a folder (data_dir / $LITESTAGE_DATA_DIR / --data-dir).
+# A folder with one of these names is given as ./hub or ./packaged.
+PACKAGED = "packaged"
+HUB = "hub"
 
 # StrategyQA has no labelled test set: the 2290 labelled questions are split with a fixed
 # seed (independent of the ``seed`` argument of ``load_split``).
@@ -82,25 +90,39 @@ def check_split(split: str) -> str:
     return split
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
-    """The data folder from the argument, else ``$LITESTAGE_DATA_DIR``, else None (hub)."""
+def resolve_source(data_dir: str | os.PathLike | None) -> Path | str:
+    """Where the items come from: a folder (``Path``), ``PACKAGED`` or ``HUB``.
+
+    The argument wins, then ``$LITESTAGE_DATA_DIR``; with neither, the packaged copy.
+    """
     if data_dir is not None and str(data_dir) != "":
-        src = "the data_dir option"
-        path = Path(data_dir)
+        src, value = "the data_dir option", data_dir
     else:
         env = os.environ.get(DATA_DIR_ENV, "")
         if not env:
-            return None
-        src = f"${DATA_DIR_ENV}"
-        path = Path(env)
-    path = path.expanduser()
+            return PACKAGED
+        src, value = f"${DATA_DIR_ENV}", env
+    # only a plain string is a keyword: Path("./hub") prints as "hub" but names a folder
+    if isinstance(value, str) and value in (PACKAGED, HUB):
+        return value
+    path = Path(value).expanduser()
     if not path.is_dir():
         raise UserError(
-            f"data folder {str(path)!r} (from {src}) does not exist or is not a folder",
+            f"data folder {str(path.absolute())!r} (from {src}) does not exist or is not a folder",
             f"set {DATA_DIR_ENV} (or the data-dir option) to a folder holding the benchmarks' "
-            f"original files (obqa/, csqa/, strategyqa/)",
+            f"original files (obqa/, csqa/, strategyqa/), to '{PACKAGED}' for the copy shipped "
+            f"with the suite, or to '{HUB}' for the Hugging Face hub",
         )
     return path
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """The data folder from the argument or ``$LITESTAGE_DATA_DIR``; None for the packaged copy or the hub.
+
+    Raises a UserError for a folder that does not exist (callers use it to check input early).
+    """
+    source = resolve_source(data_dir)
+    return source if isinstance(source, Path) else None
 
 
 def _require_file(path: Path) -> Path:
@@ -248,8 +270,8 @@ def _hub_error(bench: str, exc: BaseException) -> UserError:
     return UserError(
         f"could not load {bench!r} from the Hugging Face hub ({type(exc).__name__}: "
         f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'})",
-        f"set {DATA_DIR_ENV} to a folder with the original files (obqa/, csqa/, strategyqa/; "
-        f"see shared/data/README.md)",
+        f"leave {DATA_DIR_ENV} and --data-dir unset to use the copy shipped with the suite (offline), "
+        f"or point them at a folder with the original files (see shared/data/README.md)",
     )
 
 
@@ -312,12 +334,52 @@ def _load_hub(bench: str, split: str) -> list[Question]:
     return out
 
 
+# ---------------------------------------------------------------- packaged copy
+
+
+def _packaged_question(rec: Any, where: str, pos: int) -> Question:
+    try:
+        q = Question(id=rec["id"], stem=rec["stem"], options=tuple(rec["options"]),
+                     labels=tuple(rec["labels"]), answer=rec["answer"])
+    except (KeyError, TypeError) as exc:
+        raise _malformed(where, pos, f"missing key {exc}") from None
+    if not all(isinstance(x, str) for x in (q.id, q.stem, q.answer, *q.options, *q.labels)):
+        raise _malformed(where, pos, "a field is not text")
+    if q.answer not in q.labels or len(q.options) != len(q.labels):
+        raise _malformed(where, pos, f"answer {q.answer!r} not among labels {q.labels} or options/labels differ")
+    return q
+
+
+@functools.lru_cache(maxsize=8)
+def _packaged_cached(bench: str, path_str: str, mtime_ns: int, size: int, sha256: str) -> dict[str, tuple[Question, ...]]:
+    splits = packaged.read_items(Path(path_str), sha256)
+    where = f"packaged:{bench}"
+    out: dict[str, tuple[Question, ...]] = {}
+    for split in SPLITS:
+        recs = splits.get(split)
+        if not isinstance(recs, list):
+            raise _malformed(where, None, f"no {split!r} split")
+        out[split] = tuple(_packaged_question(rec, f"{where}:{split}", i + 1) for i, rec in enumerate(recs))
+        _check_unique_ids(out[split], f"{where}:{split}")
+    return out
+
+
+def _load_packaged(bench: str, split: str) -> list[Question]:
+    path, sha256 = packaged.items_file(bench)
+    if not path.is_file():
+        raise UserError(f"packaged data file {str(path)!r} is missing", packaged.REBUILD)
+    # keyed by the file's stat and expected sha256: a changed file is re-read and re-checked
+    return list(_packaged_cached(bench, *_stat_key(path), sha256)[split])
+
+
 # ---------------------------------------------------------------- public API
 
 
 def _load_full_split(bench: str, split: str, data_dir: str | os.PathLike | None) -> list[Question]:
-    root = resolve_data_dir(data_dir)
-    if root is None:
+    root = resolve_source(data_dir)
+    if root == PACKAGED:
+        return _load_packaged(bench, split)
+    if root == HUB:
         return _load_hub(bench, split)
     path = _require_file(root / LOCAL_FILES[bench][split])
     if bench == "strategyqa":
@@ -364,3 +426,27 @@ def load_split(
 def split_ids(bench: str, split: str, data_dir: str | os.PathLike | None = None) -> set[str]:
     """The ids of a whole split."""
     return {q.id for q in load_split(bench, split, data_dir=data_dir)}
+
+
+def items_sha256(splits: dict[str, list[Question]]) -> str:
+    """sha256 of the splits' packaged JSON: equal items give equal hashes whatever their source."""
+    raw = packaged.canonical_json({s: [packaged.item_dict(q) for q in qs] for s, qs in splits.items()})
+    return hashlib.sha256(raw).hexdigest()
+
+
+def data_fingerprint(bench: str, data_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """What identifies a benchmark's items, for cache keys and records.
+
+    ``{"source": "packaged" | "folder" | "hub", "items_sha256": ...}``: the sha256 of the eval and
+    calib items in the packaged format (the manifest's ``items_sha256`` for the packaged copy), so a
+    folder or the hub holding the same items gives the same hash.
+    """
+    check_bench(bench)
+    source = resolve_source(data_dir)
+    kind = source if isinstance(source, str) else "folder"
+    if source == PACKAGED:
+        _load_packaged(bench, "eval")  # checks the file against the manifest
+        sha = packaged.manifest()["benchmarks"][bench]["items_sha256"]
+    else:
+        sha = items_sha256({split: load_split(bench, split, data_dir=data_dir) for split in SPLITS})
+    return {"source": kind, "items_sha256": sha}

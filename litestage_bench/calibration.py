@@ -73,7 +73,7 @@ def _chunks(items: list, size: int):
         yield items[i:i + size]
 
 
-def _prefill_after_header(ex: SkipExecutor, header: HeaderCache, prompts: list[list[int]], plan: StagePlan,
+def prefill_after_header(ex: SkipExecutor, header: HeaderCache, prompts: list[list[int]], plan: StagePlan,
                           logits: str = "none", probe=None) -> torch.Tensor | None:
     """Prefill the prompts (all starting with the header) from copies of the header's cache."""
     cache, _ = header.copies(plan, 0, len(prompts))
@@ -89,7 +89,7 @@ def sublayer_similarity(ex: SkipExecutor, texts: StageTexts, batch_size: int = 8
     for stage in STAGES:
         probe = CosineProbe(ex.num_layers)
         for chunk in _chunks(texts.prompts(stage), batch_size):
-            _prefill_after_header(ex, header, chunk, dense, probe=probe)
+            prefill_after_header(ex, header, chunk, dense, probe=probe)
         out[stage] = probe.means()
     return out
 
@@ -136,7 +136,7 @@ class HarmMeter:
 
     def _logprobs(self, chunk: list[list[int]], skip: SkipSet) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities at the valid positions after the header: [tokens, vocab], and validity."""
-        logits = _prefill_after_header(self.ex, self.header, chunk, StagePlan.static(skip), logits="all")
+        logits = prefill_after_header(self.ex, self.header, chunk, StagePlan.static(skip), logits="all")
         n = len(self.header.ids)
         width = logits.shape[1]
         valid = torch.zeros(len(chunk), width, dtype=torch.bool)
@@ -159,9 +159,14 @@ class HarmMeter:
             total += float(F.kl_div(lp, dense_lp, log_target=True, reduction="sum"))
         return total / max(self.tokens, 1)
 
-    def single_harms(self, units: list[tuple[str, int]]) -> dict[tuple[str, int], float]:
+    def single_harms(self, units: list[tuple[str, int]], progress=None) -> dict[tuple[str, int], float]:
         """Each unit skipped alone."""
-        return {u: self.kl(skip_set([u])) for u in units}
+        out = {}
+        for i, u in enumerate(units, 1):
+            out[u] = self.kl(skip_set([u]))
+            if progress and (i % 10 == 0 or i == len(units)):
+                progress(f"harm profile: {i}/{len(units)} single skips")
+        return out
 
 
 def iterative_ranking(harm: HarmMeter, start: list[tuple[str, int]], length: int,

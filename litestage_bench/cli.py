@@ -90,6 +90,25 @@ def _stage_caps(text: str | None) -> dict[str, int] | None:
     return {"recall": r, "analyze": a, "summarize": s}
 
 
+def _method_options(args: argparse.Namespace, policy: dict | None) -> dict | None:
+    """--k (and --max-new-tokens, for methods that follow the stage caps) reach the method through
+    its policy dict."""
+    from .methods import METHODS, load_plugins
+    load_plugins()
+    factory = METHODS.get(args.method)
+    if factory is None:
+        return policy  # make_method names the unknown method
+    if args.k is not None:
+        if not getattr(factory, "needs_k", False):
+            with_k = sorted(n for n, f in METHODS.items() if getattr(f, "needs_k", False))
+            raise UserError(f"method '{args.method}' takes no --k", f"drop --k (methods with a k: {', '.join(with_k)})")
+        policy = {**(policy or {}), "k": args.k}
+    caps = _stage_caps(args.max_new_tokens)
+    if caps and getattr(factory, "takes_stage_caps", False):
+        policy = {**(policy or {}), "max_new_tokens": caps}
+    return policy
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .benchmarks import check_bench, check_split, resolve_data_dir
     from .methods import load_policy, make_method
@@ -105,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     if policy is not None and args.no_early_exit:
         policy["early_exit_off"] = True
-    method = make_method(args.method, policy)
+    method = make_method(args.method, _method_options(args, policy))
     method.check_model(args.model)
     if args.dense_record:
         from .results import load_record
@@ -113,14 +132,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.answer_rule:
         from .answers import check_rule
         check_rule(args.answer_rule)
-    out = Path(args.out) if args.out else Path("results") / f"{args.model}_{args.bench}_{method.name}.json"
+    k = f"-k{args.k}" if args.k is not None else ""
+    out = Path(args.out) if args.out else Path("results") / f"{args.model}_{args.bench}_{method.name}{k}.json"
     session = Session.open(args.model, dtype=args.dtype, device=args.device)
     config = default_config(session.loaded, shots=args.shots, answer_rule=args.answer_rule,
                             max_new_tokens=_stage_caps(args.max_new_tokens))
     record = run_benchmark(session, args.bench, method, split=args.split, limit=args.limit, config=config,
                            data_dir=args.data_dir, command=_command_line(), seed=args.seed, one_step=args.one_step,
-                           batch_size=args.batch_size, timed=args.timed or None, dense_record=args.dense_record)
+                           batch_size=args.batch_size, timed=args.timed or None, dense_record=args.dense_record,
+                           checkpoint_path=str(out) + ".partial.jsonl")
     write_record(out, record)
+    Path(str(out) + ".partial.jsonl").unlink(missing_ok=True)  # the record holds everything now
     from .report import results_table
     print(results_table([record]))
     print(f"wrote {out}")
@@ -203,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split", default="eval", help="eval (default) or calib")
     data.add_argument("--limit", type=_positive)
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--data-dir", help="folder with the original files (default: $LITESTAGE_DATA_DIR, else the hub)")
+    data.add_argument("--data-dir", help="folder with the original files, or packaged / hub (default: $LITESTAGE_DATA_DIR, else the copy packaged with the suite)")
     data.set_defaults(func=cmd_data)
 
     run = sub.add_parser("run", help="run the multi-stage reasoner with a method; write one result record")
@@ -211,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bench", required=True)
     run.add_argument("--method", default="dense")
     run.add_argument("--policy", help="policy / plan JSON file for methods that take one")
+    run.add_argument("--k", type=_non_negative, help="what the baselines skip: layers / sub-layers / blocks "
+                                                    "(adaskip, skipdecode, unified, early_exit, shortgpt, sleb)")
     run.add_argument("--split", default="eval")
     run.add_argument("--limit", type=_positive, help="seeded subset of N items (the same N every time)")
     run.add_argument("--seed", type=int, default=0)

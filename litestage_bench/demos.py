@@ -1,6 +1,7 @@
 """Few-shot demos: TinyThinker's hand-written stage-annotated examples.
 
-File: ``{data_dir}/tinythinker/{bench}_cot.json``, a JSON list of
+File: ``{data_dir}/tinythinker/{bench}_cot.json`` (the data folder, else the copy packaged with the
+suite, also used with the hub, which has no demos), a JSON list of
 ``{"Q", "Options": "A. ..., B. ...", "Key Information", "Explanations": ["X is correct. Because ...", ...]}``.
 "Key Information" is the recall stage; "Explanations" the per-option analysis stage.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import packaged
 from .benchmarks import DATA_DIR_ENV, Question, check_bench, resolve_data_dir
 from .errors import UserError
 
@@ -124,11 +126,10 @@ def _parse_demo(rec: Any, bench: str, idx: int, path: Path) -> Demo:
 
 
 def load_demos(bench: str, data_dir: str | os.PathLike | None = None) -> list[Demo]:
-    """TinyThinker's demos for ``bench``; [] when no data folder is configured."""
+    """TinyThinker's demos for ``bench``, from the data folder, else from the packaged copy."""
     check_bench(bench)
-    root = resolve_data_dir(data_dir)
-    if root is None:
-        return []
+    # the hub has no demos: prompts are the same whichever source the items come from
+    root = resolve_data_dir(data_dir) or packaged.demo_root(bench)
     path = demo_path(bench, root)
     if not path.is_file():
         raise UserError(

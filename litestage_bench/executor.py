@@ -199,13 +199,14 @@ class SkipExecutor:
         return SkipKVCache(self.num_layers, batch, self.device, capacity)
 
     def fill_layers(self, plan: StagePlan, max_new_tokens: int) -> frozenset[int]:
-        """Attention layers skipped at some step and active at a later one (need keys/values)."""
+        """Attention layers skipped at some step and active at a later one, answer scoring after
+        the generation (``StagePlan.scoring_set``) included: they need keys/values."""
         fill: set[int] = set()
         skipped_before: set[int] = set()
-        for step in range(PREFILL_STEP, max_new_tokens):
-            attn = plan.skip_at(step).attn
-            fill |= skipped_before - attn
-            skipped_before |= attn
+        sets = [plan.skip_at(step) for step in range(PREFILL_STEP, max_new_tokens)] + [plan.scoring_set()]
+        for skip in sets:
+            fill |= skipped_before - skip.attn
+            skipped_before |= skip.attn
         return frozenset(fill)
 
     @torch.inference_mode()
@@ -317,11 +318,12 @@ class SkipExecutor:
     @torch.inference_mode()
     def extend(self, cache: SkipKVCache, inputs: list[list[int]], plan: StagePlan, meter: CostMeter,
                logits: str = "all", pad_id: int = 0) -> torch.Tensor:
-        """Append tokens to existing rows under the plan's decode set (answer scoring after a
-        stage); returns [rows, width, vocab] logits of the left-padded block (or the last slot)."""
+        """Append tokens to existing rows under the plan's scoring set (answer scoring after a
+        stage, ``StagePlan.scoring_set``); returns [rows, width, vocab] logits of the left-padded
+        block (or the last slot)."""
         ids, valid = self._left_padded(inputs, pad_id)
         cache.reserve(ids.shape[1])
-        return self.forward(cache, ids, valid, plan.decode, plan, meter, logits=logits)
+        return self.forward(cache, ids, valid, plan.scoring_set(), plan, meter, logits=logits)
 
     def _left_padded(self, inputs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[rows, width] ids and validity, each row right-aligned (left padding)."""

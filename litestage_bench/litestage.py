@@ -197,10 +197,10 @@ class CandidateMeter:
 
     def __init__(self, reasoner: Reasoner, items: list[Question], timed_items: list[Question],
                  dense: list[ItemResult], base_key: dict, cache_dir: Path, batch_size: int,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], memo: StageMemo) -> None:
         self.reasoner, self.items, self.timed_items, self.dense = reasoner, items, timed_items, dense
         self.base_key, self.cache_dir, self.batch_size, self.log = base_key, cache_dir, batch_size, log
-        self.memo = StageMemo()
+        self.memo = memo
         self.measured = 0
         self.from_disk = 0
 
@@ -307,7 +307,7 @@ def _harm_report(harm: HarmMeter, sets: dict[str, SkipSet], ranking: list, score
     singles: dict[tuple, float] = {}
     if opts.harm_profile:
         log(f"[search] harm profile: {len(units)} single skips")
-        singles = harm.single_harms(units)
+        singles = harm.single_harms(units, log)
     out: dict[str, Any] = {"tokens": harm.tokens, "items": opts.harm_items, "stage_sets": {}}
     for stage, chosen in sets.items():
         members = [u for u in units if skip_set([u]).attn <= chosen.attn and skip_set([u]).ffn <= chosen.ffn]
@@ -356,8 +356,8 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                 "config": config.to_dict(), "cpu": machine_info().get("cpu"), "threads": _threads(),
                 "device": str(session.executor.device)}
     cache_dir = cache_dir or cache_root() / "search" / f"{name}-{bench}"
-    meter = CandidateMeter(reasoner, items, timed_items, dense, base_key, cache_dir, opts.batch_size, log)
-    meter.memo = memo  # dense stages are already in it
+    # the memo already holds dense's stages
+    meter = CandidateMeter(reasoner, items, timed_items, dense, base_key, cache_dir, opts.batch_size, log, memo)
     for q in items[:1]:  # warm-up (allocator, header cache), not timed
         reasoner.solve(q, SkipPlan())
     dense_row = meter.measure({}, {}, "dense", {"sweep": "dense", "n_skip": 0})

@@ -3,6 +3,9 @@
 Embedded models ship as GGUF files inside PyPI packages (sometimes split into chunks). The first
 load assembles the chunks, checks the sha256, de-quantises through transformers' GGUF reader and
 saves the result as safetensors in a cache folder outside the repo; later loads read the cache.
+First loads are safe under concurrency (pytest-xdist workers, two commands started together): one
+process converts under a file lock into a temporary sibling folder and renames it into place whole;
+the others wait for the lock and then read the finished folder.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .locking import file_lock
 
 CACHE_ENV = "LITESTAGE_CACHE"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -122,7 +126,10 @@ def assemble_gguf(parts: list[Path], dest: Path, sha256: str | None, size: int |
     """Concatenate chunks into one GGUF file at dest, verifying size and sha256; atomic."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    tmp = dest.with_name(dest.name + ".part")
+    # a temp name of its own: two processes assembling the same dest never share a partial file
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     written = 0
     try:
         with open(tmp, "wb") as out:
@@ -167,14 +174,50 @@ def _converted_dir(spec: ModelSpec) -> Path:
     return cache_root() / "models" / f"{spec.alias}-{tag}"
 
 
-def _convert_embedded(spec: ModelSpec, target: Path) -> None:
-    """GGUF -> de-quantised float32 safetensors + tokenizer, written to target atomically."""
+def _is_converted(target: Path) -> bool:
+    # the folder only ever appears whole (renamed into place), so config.json marks a finished one
+    return (target / "config.json").is_file()
+
+
+def ensure_converted(spec: ModelSpec) -> tuple[Path, bool]:
+    """The converted cache folder of an embedded model, and whether this call converted it."""
+    target = _converted_dir(spec)
+    if _is_converted(target):
+        return target, False
+    lock = target.with_name(f".{target.name}.lock")
+    with file_lock(lock, f"[litestage-bench] waiting for another process converting {spec.alias} into {target}"):
+        if _is_converted(target):  # converted by the process we waited for
+            return target, False
+        _convert_embedded(spec, target)
+    return target, True
+
+
+def _dequantise(gguf: Path, out: Path) -> None:
+    """GGUF file -> de-quantised float32 safetensors + tokenizer in the new folder ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantised now; drop the GGUF quantizer so that save_pretrained accepts them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+
+
+def _convert_embedded(spec: ModelSpec, target: Path) -> None:
+    """Convert into a temporary sibling of target, then rename the whole folder into place.
+
+    Call it holding the target's lock (``ensure_converted``): no other process converts meanwhile.
+    """
     parts = chunk_files(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed conversion
+        shutil.rmtree(stale, ignore_errors=True)
     print(f"[litestage-bench] first load of {spec.alias}: assembling, checking and de-quantising the GGUF "
           f"into {target} (later loads read that cache)", file=sys.stderr, flush=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{spec.alias}-", dir=target.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         if len(parts) == 1:  # a whole GGUF file: check it in place, no copy
             gguf = parts[0]
@@ -182,17 +225,12 @@ def _convert_embedded(spec: ModelSpec, target: Path) -> None:
                 _verify_sha(gguf, spec.sha256)
         else:
             gguf = assemble_gguf(parts, work / f"{spec.alias}.gguf", spec.sha256, spec.size)
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are de-quantised now; drop the GGUF quantizer so that save_pretrained accepts them.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
         out = work / "converted"
-        model.save_pretrained(str(out))
-        tok.save_pretrained(str(out))
-        if target.exists():
-            shutil.rmtree(target)
+        _dequantise(gguf, out)
+        if _is_converted(target):  # only without a lock (no fcntl): another process finished first
+            return
+        if target.exists():  # an unfinished folder (older version, or written by hand): move it out of the way
+            os.replace(target, work / "unfinished")
         os.replace(out, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -233,11 +271,8 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | None = None, device: str 
     start = time.perf_counter()
     from_cache = False
     if spec is not None:
-        target = _converted_dir(spec)
-        from_cache = (target / "config.json").exists()
-        if not from_cache:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _convert_embedded(spec, target)
+        target, converted = ensure_converted(spec)
+        from_cache = not converted
         source, kwargs = str(target), {}
     else:
         path = Path(name)
@@ -275,6 +310,6 @@ def describe_models() -> list[dict[str, str]]:
             "what": spec.description,
             "from PyPI": spec.install_command,
             "installed": installed,
-            "converted cache": "yes" if (_converted_dir(spec) / "config.json").exists() else "no",
+            "converted cache": "yes" if _is_converted(_converted_dir(spec)) else "no",
         })
     return rows

@@ -101,6 +101,13 @@ class StagePlan:
                 break
         return chosen
 
+    def scoring_set(self) -> SkipSet:
+        """The skip set of tokens appended after the generation (answer scoring): the set in effect
+        at the end of the schedule (the decode set without one). The executor writes keys/values
+        for every attention layer this set runs (``fill``), so scoring is exact after any schedule;
+        per-token FFN rules (``dynamic_ffn``) do not apply to scoring (those FFNs run)."""
+        return self.schedule[-1][1] if self.schedule else self.decode
+
     def uniform_signature(self) -> tuple | None:
         """A hashable description if every token (prompt and generated) sees the same skips and
         replacements, else None. Stages with equal signatures compute identical KV entries."""

@@ -290,6 +290,25 @@ def _nan_if_none(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
+def item_to_dict(item: ItemResult) -> dict:
+    return _json_safe(asdict(item))
+
+
+def item_from_dict(it: Any, source: str = "item", i: int = 0) -> ItemResult:
+    """An ``ItemResult`` from its JSON form (``UserError`` naming what is missing)."""
+    if not isinstance(it, dict):
+        raise UserError(f"{source}: items[{i}] must be an object", _rerun_fix(source))
+    for key in _required(ItemResult):
+        if key not in it:
+            raise UserError(f"{source}: missing key {key!r} in items[{i}]", _rerun_fix(source))
+    item_keys = {f.name for f in fields(ItemResult)}
+    it = {k: v for k, v in it.items() if k in item_keys}  # tolerate additions from newer writers
+    it["latency_s"] = _nan_if_none(it["latency_s"])
+    if isinstance(it.get("option_scores"), dict):
+        it["option_scores"] = {k: [_nan_if_none(x) for x in v] for k, v in it["option_scores"].items()}
+    return ItemResult(**it)
+
+
 def record_to_dict(record: ResultRecord) -> dict:
     """Plain JSON-ready dict (NaN written as ``null``; ``record_from_dict`` reads it back as nan)."""
     return _json_safe(asdict(record))
@@ -325,19 +344,7 @@ def record_from_dict(d: Any, source: str = "result record") -> ResultRecord:
             raise UserError(f"{source}: missing key {key!r}", _rerun_fix(source))
     if not isinstance(d["items"], list):
         raise UserError(f"{source}: 'items' must be a list", _rerun_fix(source))
-    item_keys = {f.name for f in fields(ItemResult)}
-    items = []
-    for i, it in enumerate(d["items"]):
-        if not isinstance(it, dict):
-            raise UserError(f"{source}: items[{i}] must be an object", _rerun_fix(source))
-        for key in _required(ItemResult):
-            if key not in it:
-                raise UserError(f"{source}: missing key {key!r} in items[{i}]", _rerun_fix(source))
-        it = {k: v for k, v in it.items() if k in item_keys}  # tolerate additions from newer writers
-        it["latency_s"] = _nan_if_none(it["latency_s"])
-        if isinstance(it.get("option_scores"), dict):
-            it["option_scores"] = {k: [_nan_if_none(x) for x in v] for k, v in it["option_scores"].items()}
-        items.append(ItemResult(**it))
+    items = [item_from_dict(it, source, i) for i, it in enumerate(d["items"])]
     rec_keys = {f.name for f in fields(ResultRecord)}
     kw = {k: v for k, v in d.items() if k in rec_keys}
     kw["items"] = items

@@ -12,6 +12,7 @@ import torch
 
 from . import metrics
 from .benchmarks import Question, load_split, normalize_stem, subset
+from .checkpoint import RunCheckpoint
 from .demos import load_demos
 from .errors import UserError
 from .executor import SkipExecutor
@@ -102,11 +103,13 @@ def _progress(label: str, done: int, total: int, results: list[ItemResult], star
 
 
 def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callbacks]], items: list[Question],
-               label: str = "", warmup: int = 1, progress: bool = True) -> dict[str, list[ItemResult]]:
+               label: str = "", warmup: int = 1, progress: bool = True,
+               checkpoint: RunCheckpoint | None = None) -> dict[str, list[ItemResult]]:
     """Batch-1 latency of each pipeline on the same items, question by question, interleaved.
 
     The order alternates per question so that drift of a shared machine hits every pipeline alike;
-    `warmup` questions per pipeline (which also fill the header cache) are excluded."""
+    `warmup` questions per pipeline (which also fill the header cache) are excluded. With a
+    checkpoint, questions timed before an interruption are read back instead of re-timed."""
     for plan, callbacks in pipelines.values():
         for q in items[:warmup]:
             reasoner.solve(q, plan, callbacks)
@@ -114,21 +117,35 @@ def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callback
     out: dict[str, list[ItemResult]] = {name: [] for name in names}
     start = time.perf_counter()
     for i, q in enumerate(items, 1):
-        for name in (names if i % 2 else names[::-1]):
-            out[name].append(reasoner.solve(q, *pipelines[name]))
+        done = checkpoint.get("timed", q.id) if checkpoint else None
+        if done is None:
+            done_by_name = {name: reasoner.solve(q, *pipelines[name]) for name in (names if i % 2 else names[::-1])}
+            done = [done_by_name[name] for name in names]
+            if checkpoint:
+                checkpoint.put("timed", q.id, done)
+        for name, item in zip(names, done):
+            out[name].append(item)
         if progress and (i % 10 == 0 or i == len(items)):
             _progress(f"{label} timed x{len(names)}", i, len(items), out[names[0]], start)
     return out
 
 
 def evaluate_items(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, items: list[Question],
-                   batch_size: int = DEFAULT_BATCH_SIZE, label: str = "", progress: bool = True) -> list[ItemResult]:
-    """Accuracy and outputs at throughput: `batch_size` questions per batch, no latency."""
+                   batch_size: int = DEFAULT_BATCH_SIZE, label: str = "", progress: bool = True,
+                   checkpoint: RunCheckpoint | None = None, phase: str = "batch") -> list[ItemResult]:
+    """Accuracy and outputs at throughput: `batch_size` questions per batch, no latency. With a
+    checkpoint, batches finished before an interruption are read back (`phase` names the pipeline)."""
     results: list[ItemResult] = []
     start = time.perf_counter()
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
-        results += reasoner.solve_batch(chunk, plan, callbacks)
+        key = ",".join(q.id for q in chunk)
+        done = checkpoint.get(phase, key) if checkpoint else None
+        if done is None:
+            done = reasoner.solve_batch(chunk, plan, callbacks)
+            if checkpoint:
+                checkpoint.put(phase, key, done)
+        results += done
         if progress:
             _progress(f"{label} batch {batch_size}", len(results), len(items), results, start)
     return results
@@ -174,7 +191,7 @@ def load_dense_reference(path: str, *, model: str, bench: str, split: str, dtype
 def run_benchmark(session: Session, bench: str, method: Method, *, split: str = "eval", limit: int | None = None,
                   config: ReasonerConfig, data_dir=None, command: str = "", seed: int = SEED,
                   one_step: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, timed: int | None = DEFAULT_TIMED,
-                  dense_record: str | None = None) -> ResultRecord:
+                  dense_record: str | None = None, checkpoint_path: str | None = None) -> ResultRecord:
     """The whole `litestage-bench run`: one record for model x benchmark x method.
 
     Accuracy (and, for a non-dense method, dense's on the same items) is computed `batch_size`
@@ -191,22 +208,34 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     if not is_dense and dense_record:
         dense_items = load_dense_reference(dense_record, model=session.loaded.name, bench=bench, split=split,
                                            dtype=session.loaded.dtype, config=config, items=items)
-    results = evaluate_items(reasoner, plan, callbacks, items, batch_size, label)
+    checkpoint = None
+    if checkpoint_path:
+        checkpoint = RunCheckpoint(checkpoint_path, {
+            "model": session.loaded.name, "source": session.loaded.source, "dtype": session.loaded.dtype,
+            "bench": bench, "split": split, "items": [q.id for q in items], "method": method.describe(),
+            "config": config.to_dict(), "batch_size": batch_size, "timed": timed, "seed": seed,
+            "dense_record": dense_record, "threads": torch.get_num_threads(), "device": str(session.executor.device)})
+        if checkpoint.resumed:
+            log(f"[{label}] resuming: {checkpoint.resumed} finished batches / timed questions in {checkpoint_path}")
+    results = evaluate_items(reasoner, plan, callbacks, items, batch_size, label, checkpoint=checkpoint)
     if not is_dense and dense_items is None:
-        dense_items = evaluate_items(reasoner, DENSE, {}, items, batch_size, f"{label}: dense reference")
+        dense_items = evaluate_items(reasoner, DENSE, {}, items, batch_size, f"{label}: dense reference",
+                                     checkpoint=checkpoint, phase="dense batch")
 
     timed_items = subset(items, timed, seed)
     pipelines = {"method": (plan, callbacks)}
     if not is_dense:
         pipelines["dense"] = (DENSE, {})
-    clock = time_items(reasoner, pipelines, timed_items, label)
+    resumed_timed = checkpoint.count("timed") if checkpoint else 0
+    clock = time_items(reasoner, pipelines, timed_items, label, checkpoint=checkpoint)
     results = with_latencies(results, clock["method"])
     if dense_items is not None:
         dense_items = with_latencies(dense_items, clock["dense"])
     timing = {"timed_ids": [q.id for q in timed_items], "n_timed": len(timed_items), "batch_size_timed": 1,
               "accuracy_batch_size": batch_size, "warmup_questions": 1,
               # how often the batch-1 (timed) run reproduced the batched one on the timed items
-              "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["method"]])}
+              "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["method"]]),
+              "resumed_timed": resumed_timed}
     extra: dict = {"load_seconds": session.loaded.load_seconds, "load_from_cache": session.loaded.from_cache,
                    "dtype": session.loaded.dtype, "seed": seed, "limit": limit,
                    "demos": [d.question.id for d in reasoner.prompts.demos]}

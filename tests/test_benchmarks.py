@@ -259,8 +259,8 @@ def test_demo_content_first_obqa():
     assert d.analyses["A"].startswith("because acid rain reduces water pH")
 
 
-def test_demos_without_data_dir_are_optional():
-    assert load_demos("obqa") == []
+def test_demos_without_data_dir_come_from_the_packaged_copy():
+    assert len(load_demos("obqa")) == 7
 
 
 def test_demos_missing_file(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from litestage_bench.executor import SkipExecutor
+from litestage_bench.executor import CostMeter, SkipExecutor
 from litestage_bench.plan import DynamicFFN, SkipPlan, SkipSet, StagePlan
 from tiny_models import ARCHS, PROMPT, StepLogits, all_logits, assert_close, tiny_model, without_layer
 
@@ -111,38 +111,74 @@ def test_stop_tokens_end_rows_independently(arch_model):
         assert_close(got_logits[row], free_logits[row][:len(expected)])
 
 
+def per_position_logits(ex: SkipExecutor, seq: list[int], sets: list[SkipSet]) -> torch.Tensor:
+    """[len(seq), vocab] logits of one no-cache forward where position p skips the sub-layers of
+    sets[p] by dropping only their output there: every position's keys/values are computed (the
+    executor's 'fill' semantics)."""
+    arch = ex.arch
+    with torch.inference_mode():
+        ids = torch.tensor([seq])
+        hidden = arch.embed(ids)
+        ropes = arch.rope(hidden, torch.arange(len(seq))[None])
+        causal = torch.ones(len(seq), len(seq), dtype=torch.bool).tril()[None, None]
+        for i in range(arch.num_layers):
+            mask = causal
+            if arch.is_sliding(i):
+                idx = torch.arange(len(seq))
+                mask = causal & ((idx[:, None] - idx[None, :]) < arch.sliding_window)[None, None]
+            keep_attn = torch.tensor([i not in s.attn for s in sets], dtype=hidden.dtype)[None, :, None]
+            hidden = hidden + keep_attn * arch.attn_delta(i, hidden, ropes[i], mask, None)
+            keep_ffn = torch.tensor([i not in s.ffn for s in sets], dtype=hidden.dtype)[None, :, None]
+            hidden = hidden + keep_ffn * arch.ffn_delta(i, hidden)
+        return arch.lm_head(arch.norm(hidden[0])).float()
+
+
+def step_sets(plan: StagePlan, prompt_len: int, generated: int) -> list[SkipSet]:
+    """Prompt tokens use the prefill set, generated token k the set of decode step k."""
+    return [plan.skip_at(-1)] * prompt_len + [plan.skip_at(k) for k in range(generated)]
+
+
 def reference_per_position(model, ex: SkipExecutor, prompt: list[int], plan: StagePlan,
                            steps: int) -> tuple[list[int], torch.Tensor]:
-    """No-cache greedy decoding where a skipped sub-layer only drops its output at that position:
-    every position's keys/values are always computed (the executor's 'fill' semantics).
+    """No-cache greedy decoding under per-position skip sets (``per_position_logits``).
     Returns the tokens and the [steps, vocab] logits that chose them."""
-    arch = ex.arch
     seq = list(prompt)
     out, logits = [], []
-    with torch.inference_mode():
-        for step in range(steps):
-            ids = torch.tensor([seq])
-            hidden = arch.embed(ids)
-            positions = torch.arange(len(seq))[None]
-            ropes = arch.rope(hidden, positions)
-            causal = torch.ones(len(seq), len(seq), dtype=torch.bool).tril()[None, None]
-            # skip set of each position: prompt tokens use prefill's, generated token k uses decode step k
-            sets = [plan.skip_at(-1)] * len(prompt) + [plan.skip_at(k) for k in range(len(seq) - len(prompt))]
-            for i in range(arch.num_layers):
-                mask = causal
-                if arch.is_sliding(i):
-                    idx = torch.arange(len(seq))
-                    mask = causal & ((idx[:, None] - idx[None, :]) < arch.sliding_window)[None, None]
-                keep_attn = torch.tensor([i not in s.attn for s in sets], dtype=hidden.dtype)[None, :, None]
-                hidden = hidden + keep_attn * arch.attn_delta(i, hidden, ropes[i], mask, None)
-                keep_ffn = torch.tensor([i not in s.ffn for s in sets], dtype=hidden.dtype)[None, :, None]
-                hidden = hidden + keep_ffn * arch.ffn_delta(i, hidden)
-            step_logits = arch.lm_head(arch.norm(hidden[0, -1])).float()
-            token = int(step_logits.argmax(-1))
-            logits.append(step_logits)
-            out.append(token)
-            seq.append(token)
+    for _ in range(steps):
+        step_logits = per_position_logits(ex, seq, step_sets(plan, len(prompt), len(seq) - len(prompt)))[-1]
+        token = int(step_logits.argmax(-1))
+        logits.append(step_logits)
+        out.append(token)
+        seq.append(token)
     return out, torch.stack(logits)
+
+
+SCHEDULES = {
+    # SkipDecode-like: lower layers skipped from step 2, more from step 5 (attention never re-activated)
+    "rising": StagePlan(schedule=((2, SkipSet.layers([1])), (5, SkipSet.layers([1, 2])))),
+    # attention of layer 1 skipped in prefill and early decode, active again from step 3
+    "reactivating": StagePlan(prefill=SkipSet.of(attn=[1]), decode=SkipSet.of(attn=[1]),
+                              schedule=((3, SkipSet.of(ffn=[0])), (6, SkipSet.of(attn=[2])))),
+    # skipped only at the end of the generation, dense decode set (scoring used to read its gaps)
+    "late_skip": StagePlan(schedule=((4, SkipSet.of(attn=[0, 2], ffn=[3])),)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_scoring_after_a_schedule_equals_a_no_cache_reference(arch_model, name):
+    """Tokens appended after a generation (answer scoring) run under the plan's scoring set and
+    read only keys/values that were written."""
+    _, model = arch_model
+    ex = SkipExecutor(model)
+    plan = SCHEDULES[name]
+    gen = ex.generate([PROMPT], plan, 8, keep_finished=True)
+    fed = gen.fed_tokens(0)
+    extra = gen.unfed_tokens(0) + [7, 19, 42]
+    got = ex.extend(gen.cache, [extra], plan, CostMeter())[0]
+    seq = PROMPT + fed + extra
+    sets = step_sets(plan, len(PROMPT), len(fed)) + [plan.scoring_set()] * len(extra)
+    ref = per_position_logits(ex, seq, sets)[-len(extra):]
+    assert_close(got, ref)
 
 
 def test_reactivated_attention_fills_kv_like_a_no_cache_run(arch_model):

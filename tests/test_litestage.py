@@ -309,3 +309,48 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     again = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
     assert again["search_cost"]["candidates_measured"] == 0
     assert again["stages"] == policy["stages"]
+
+
+class FakeMeter:
+    """Measures a candidate from its per-stage #skip: accuracy falls by 0.01 per skipped unit;
+    latency has a stage-specific non-monotone shape."""
+
+    LATENCY = {"recall": [3.0, 2.9, 2.5, 2.7, 2.6, 2.0], "analyze": [5.0, 4.0, 4.5, 3.5, 3.0, 2.0],
+               "summarize": [1.0, 0.9, 0.95, 0.8, 0.7, 0.6]}
+
+    def __init__(self, ranking):
+        self.ranking = ranking
+        self.calls = []
+
+    def measure(self, sets, rules, label, meta=None):
+        n = {s: len(sets.get(s, SkipSet()).attn) + len(sets.get(s, SkipSet()).ffn) for s in STAGES}
+        self.calls.append(dict(n))
+        return {"accuracy": 0.5 - 0.01 * sum(n.values()), "agreement": 1.0,
+                "latency_s": sum(self.LATENCY[s][n[s]] for s in STAGES),
+                **(meta or {})}
+
+
+def test_stagewise_sweeps_fix_each_stage_in_order_with_the_others_held():
+    ranking = [("attn", j) for j in range(6)]
+    meter = FakeMeter(ranking)
+    state = litestage.SearchState()
+    opts = SearchOptions(max_skip=5, patience=1)
+    target = {"kind": "accuracy", "min_accuracy": 0.46}  # at most 4 units in total
+    litestage._budget_sweeps(meter, ranking, ["analyze", "recall", "summarize"], opts, target, state)
+    # analyze first: 0..4 meet (4 is fastest), 5 misses; then recall may only add 0 (0.46 reached)
+    assert state.n_skip == {"analyze": 4, "recall": 0, "summarize": 0}
+    assert state.sets["analyze"] == skip_set(ranking, 4)
+    assert [c["analyze"] for c in meter.calls[:6]] == [0, 1, 2, 3, 4, 5]
+    assert all(c["analyze"] == 4 for c in meter.calls[6:])
+
+
+def test_uniform_budget_uses_one_skip_count_for_every_stage():
+    ranking = [("ffn", j) for j in range(6)]
+    meter = FakeMeter(ranking)
+    state = litestage.SearchState()
+    opts = SearchOptions(max_skip=5, patience=1, budget="uniform")
+    litestage._budget_sweeps(meter, ranking, list(STAGES), opts, {"kind": "accuracy", "min_accuracy": 0.44}, state)
+    assert all(len(set(c.values())) == 1 for c in meter.calls)
+    # #skip 0, 1, 2 meet the target (3 x 2 units: 0.44); 1 is the fastest (7.8 s < 7.95 s < 9.0 s)
+    assert [c["recall"] for c in meter.calls] == [0, 1, 2, 3]
+    assert state.n_skip == {s: 1 for s in STAGES}

@@ -1,0 +1,31 @@
+"""Static early exit: the last k layers never run; the final norm and the LM head still do (they
+read the residual stream after layer L-k-1). The executor always applies norm + head, so skipping
+the layers is the whole method.
+
+Reference: AdaSkip's `*_EE` re-implementation (ASISys/AdaSkip), which skips the last N layers.
+Suite decision: `phase` "all" (default, the same as a model truncated to L-k layers) or "decode"
+(prompts run dense, as AdaSkip's decode-task runs do).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from litestage_bench.methods import register
+from litestage_bench.plan import StagePlan
+
+from .common import PHASES, Baseline, choice, skip_layers_plan
+
+
+@register("early_exit")
+class EarlyExit(Baseline):
+    name = "early_exit"
+    unit = "last layers to skip"
+    reference = "static early exit; AdaSkip's *_EE baseline (ASISys/AdaSkip)"
+
+    def read_params(self, policy: dict[str, Any]) -> dict[str, Any]:
+        return {"phase": choice(policy, "phase", "all", PHASES, self.name)}
+
+    def stage_plan(self, num_layers: int) -> StagePlan:
+        layers = list(range(num_layers - self.k, num_layers))
+        self.details = {"layers": layers}
+        return skip_layers_plan(layers, self.params["phase"])

@@ -1,0 +1,129 @@
+"""SLEB (Song et al., ICML 2024, arXiv 2402.09025; code jiwonsong-dev/SLEB): remove transformer
+blocks greedily. Each round, every remaining candidate block is switched off in turn in the current
+(already pruned) model and the calibration NLL is measured; the block whose removal raises it least
+is removed, and the next round re-scores the rest (the paper's "metric 3").
+
+As in the reference: the first and the last remaining block are never candidates
+(`early_barrier = latter_barrier = 1`, so blocks 0 and L-1 always run), ties go to the lower block.
+Suite decisions: the calibration text is the dense reasoner's prompt plus output of every stage on
+the calibration questions (stage 2: one per option) instead of 128 x 2048 wikitext2 tokens; the
+NLL is that of next-token prediction over the tokens after the shared few-shot header (each row
+predicts its tokens 2.. from their predecessors; the header is identical for every prompt); the
+search removes `--max-skip` blocks (default: half the layers, the range a k sweep needs) and writes
+the removal order with the perplexity after each removal; `run --k K` removes the first K.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from litestage_bench.calibration import prefill_after_header
+from litestage_bench.executor import SkipExecutor
+from litestage_bench.header_cache import HeaderCache
+from litestage_bench.methods import register, register_search
+from litestage_bench.plan import SkipSet, StagePlan
+
+from .common import Baseline, all_stage_texts, calibrate, check_k, chunks, layer_list, policy_record, skip_layers_plan
+
+DEFAULT_LIMIT = 50  # calibration questions: LiteStage's default, so both see the same items
+EARLY_BARRIER = 1  # the reference's defaults
+LATTER_BARRIER = 1
+NLL_BATCH = 4  # rows per forward: [rows, tokens, vocab] logits are kept for the loss
+
+
+class NLLMeter:
+    """Mean next-token NLL (nats per token) of the model with some layers removed, over fixed texts."""
+
+    def __init__(self, ex: SkipExecutor, header: list[int], texts: list[list[int]], batch_size: int = NLL_BATCH) -> None:
+        self.ex = ex
+        self.header = HeaderCache(ex, header, max_entries=2)
+        self.chunks = list(chunks(texts, batch_size))
+        n = len(header)
+        self.tokens = sum(max(len(t) - n - 1, 0) for t in texts)
+        self.passes = 0
+
+    def nll(self, removed: SkipSet) -> float:
+        self.passes += 1
+        plan = StagePlan.static(removed)
+        n = len(self.header.ids)
+        total = 0.0
+        for chunk in self.chunks:
+            logits = prefill_after_header(self.ex, self.header, chunk, plan, logits="all")
+            rows, width = logits.shape[:2]
+            ids = torch.zeros(rows, width, dtype=torch.long, device=logits.device)
+            valid = torch.zeros(rows, width, dtype=torch.bool, device=logits.device)
+            for r, seq in enumerate(chunk):
+                body = seq[n:]
+                ids[r, width - len(body):] = torch.tensor(body, device=logits.device)
+                valid[r, width - len(body):] = True
+            # slot j predicts slot j + 1; rows are left-padded, so both slots valid = same row's text
+            pairs = valid[:, :-1] & valid[:, 1:]
+            logp = torch.log_softmax(logits[:, :-1][pairs].double(), dim=-1)
+            total -= float(logp.gather(-1, ids[:, 1:][pairs][:, None]).sum())
+        return total / max(self.tokens, 1)
+
+
+def removal_order(meter: NLLMeter, num_layers: int, count: int, early_barrier: int = EARLY_BARRIER,
+                  latter_barrier: int = LATTER_BARRIER, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """SLEB's greedy rounds: the removal order, the NLL after each removal and every round's scores."""
+    alive, removed, nlls, rounds = list(range(num_layers)), [], [], []
+    for _ in range(count):
+        candidates = alive[early_barrier:len(alive) - latter_barrier]
+        if not candidates:
+            break
+        scores = {j: meter.nll(SkipSet.layers(removed + [j])) for j in candidates}
+        best = min(candidates, key=lambda j: (scores[j], j))
+        removed.append(best)
+        alive.remove(best)
+        nlls.append(scores[best])
+        rounds.append({str(j): s for j, s in scores.items()})
+        log(f"[search] sleb: removed block {best} ({len(removed)}/{count}), perplexity {math.exp(scores[best]):.3f}")
+    return {"removal_order": removed, "nll": nlls, "perplexity": [math.exp(x) for x in nlls], "rounds": rounds}
+
+
+@register("sleb")
+class SLEB(Baseline):
+    name = "sleb"
+    needs_search = True
+    unit = "blocks to remove (SLEB's removal order)"
+    reference = "Song et al., ICML 2024, arXiv 2402.09025; code jiwonsong-dev/SLEB"
+
+    def read_params(self, policy: dict[str, Any]) -> dict[str, Any]:
+        layer_list(policy, "removal_order", self.name)
+        return {"phase": "all", "calibration": policy.get("calibration", {}).get("n"),
+                "barriers": policy.get("options", {}).get("barriers")}
+
+    def check_k(self, num_layers: int) -> None:
+        found = len(self.policy["removal_order"])
+        check_k(self.k, found, self.name, self.unit, f" (the policy holds the first {found} removals; search with "
+                                                     f"a larger --max-skip for more)")
+
+    def stage_plan(self, num_layers: int) -> StagePlan:
+        layers = self.policy["removal_order"][:self.k]
+        ppl = self.policy.get("perplexity") or []
+        self.details = {"layers": sorted(layers), "removal_order": layers,
+                        "calibration_perplexity": (ppl[self.k - 1] if self.k <= len(ppl) else None) if self.k
+                        else self.policy.get("dense_perplexity")}
+        return skip_layers_plan(layers, "all")
+
+
+@register_search("sleb")
+def search(session, bench: str, args, config, command: str, log) -> dict:
+    cal = calibrate(session, bench, args, config, "sleb", DEFAULT_LIMIT, log)
+    layers = cal.ex.num_layers
+    most = max(layers - EARLY_BARRIER - LATTER_BARRIER, 0)
+    count = min(args.max_skip if args.max_skip is not None else layers // 2, most)
+    texts = all_stage_texts(cal.texts)
+    meter = NLLMeter(cal.ex, cal.texts.header, texts)
+    log(f"[search] sleb: {count} removals, NLL over {meter.tokens} tokens of {len(texts)} stage texts")
+    dense = meter.nll(SkipSet())
+    found = removal_order(meter, layers, count, log=log)
+    options = {"limit": len(cal.items), "seed": args.seed, "removals": count,
+               "barriers": {"early": EARLY_BARRIER, "latter": LATTER_BARRIER},
+               "text": "every stage's prompt + dense output, next-token NLL of the tokens after the shared header"}
+    return policy_record("sleb", session, bench, config, cal, command, options, **found,
+                         dense_nll=dense, dense_perplexity=math.exp(dense), nll_tokens=meter.tokens,
+                         nll_passes=meter.passes)
+

@@ -1,0 +1,41 @@
+"""Unified Layer Skipping (Liu, Meng, Zhou 2024, arXiv 2404.06954): skip k whole intermediate layers
+spread evenly over the depth, the same for every input (the paper picks k from the target speedup;
+here k is swept so that methods meet at matched speedup).
+
+Layers: ``speed.even_layers`` — the first and the last layer always run and the k skipped layers
+sit at the centres of k equal bins of the L-2 inner layers (the paper: "intermediate layers ... in a
+balanced manner"; AdaSkip's re-implementation instead skips `layer % (L // k) == 1`).
+Suite decision: `phase` "all" (default: prompt and generated tokens skip the same layers, which
+is what makes the strategy batch- and KV-cache-friendly) or "decode" (prompts run dense).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from litestage_bench.methods import register
+from litestage_bench.plan import StagePlan
+from litestage_bench.speed import even_layers
+
+from .common import PHASES, Baseline, choice, skip_layers_plan
+
+
+def unified_layers(num_layers: int, k: int) -> list[int]:
+    return even_layers(num_layers, k) if k else []
+
+
+@register("unified")
+class Unified(Baseline):
+    name = "unified"
+    unit = "intermediate layers to skip"
+    reference = "Liu et al. 2024, arXiv 2404.06954 (no official code)"
+
+    def read_params(self, policy: dict[str, Any]) -> dict[str, Any]:
+        return {"phase": choice(policy, "phase", "all", PHASES, self.name)}
+
+    def max_k(self, num_layers: int) -> tuple[int, str]:
+        return num_layers - 2, " (the first and the last layer always run)"
+
+    def stage_plan(self, num_layers: int) -> StagePlan:
+        layers = unified_layers(num_layers, self.k)
+        self.details = {"layers": layers}
+        return skip_layers_plan(layers, self.params["phase"])
