@@ -1,8 +1,17 @@
-"""Shared pytest options and fixtures (see tests/bench_grid.py for the benchmark grid)."""
+"""Shared pytest options and fixtures; the benchmark grid's selection, parallel set-up and report.
+
+The grid (tests/bench_grid.py, litestage_bench/grid/) runs as the main job under
+`pytest --benchmark-only [-n N]` and as a 2-item smoke in a plain `pytest` run (nothing written
+under results/ then). With pytest-xdist, every (model, benchmark) group runs on one worker
+(a loadgroup-like scheduler: `pytest_xdist_make_scheduler`), workers send their finished cases to the controller, which prints a
+progress line per case and writes the tables at the end.
+"""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,26 +24,99 @@ _SHARED = ROOT.parent / "shared" / "data"
 if "LITESTAGE_DATA_DIR" not in os.environ and _SHARED.is_dir():
     os.environ["LITESTAGE_DATA_DIR"] = str(_SHARED)
 
+_GRID_PROPERTY = "litestage_grid"
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("litestage", "litestage-bench grid selection")
-    group.addoption("--models", default="smollm2-135m", help="comma-separated model aliases / ids")
-    group.addoption("--benches", default="obqa,csqa,strategyqa", help="comma-separated benchmarks")
-    group.addoption("--methods", default="all", help="comma-separated methods, or 'all'")
-    group.addoption("--stages", default="recall,analyze,summarize",
-                    help="stages a method may skip in (others run dense)")
+    group.addoption("--models", default=None, help="comma-separated model aliases, local folders or hub ids "
+                                                   "(default smollm2-135m)")
+    group.addoption("--benches", default=None, help="comma-separated benchmarks (default obqa,csqa,strategyqa)")
+    group.addoption("--methods", default=None,
+                    help="comma-separated methods, or 'all' (default: all with --benchmark-only, dense,unified in a "
+                         "plain pytest smoke); dense always runs: every comparison is against it")
+    group.addoption("--points", default=None,
+                    help="budget points (k) per method, e.g. 'unified=2,4,8;early_exit=2,4' (defaults: unified 2,4,8; "
+                         "early_exit 2,4; skipdecode 4,8; adaskip 4,8,16; shortgpt 2,4; sleb 2,4; smoke: unified 4)")
+    group.addoption("--stages", default="all",
+                    help="stage selections in which methods may skip (others run dense), ';'-separated: "
+                         "e.g. 'all;analyze;recall,summarize' (default all)")
     group.addoption("--limit", type=int, default=None,
                     help="items per benchmark, 0 = the whole evaluation split (default: 10 with --benchmark-only, 2 otherwise)")
+    group.addoption("--timed", type=int, default=None,
+                    help="items of them timed at batch 1 per case, 0 = all (default: min(limit, 50); 1 in the smoke)")
+    group.addoption("--batch-size", type=int, default=8, help="questions per batch for accuracy (default 8)")
     group.addoption("--dtype", default=None, help="float32 or bfloat16 (default: the model's default)")
-    group.addoption("--device", default="cpu", help="cpu or cuda")
-    group.addoption("--grid-out", default="results/grid", help="folder for the grid's records and table")
+    group.addoption("--device", default="cpu", help="cpu, cuda (xdist: worker i uses GPU i modulo the count) or cuda:N")
+    group.addoption("--grid-out", default="results/grid",
+                    help="folder for the records, table.md, grid.json and Pareto plots (only with --benchmark-only)")
+    group.addoption("--grid-cache", default=None,
+                    help="accuracy cache folder, or 'off' (default: $LITESTAGE_CACHE/grid, i.e. "
+                         "~/.cache/litestage-bench/grid; a temporary folder in the plain-pytest smoke)")
+    group.addoption("--policy-dir", default="results/policies",
+                    help="committed policies of the methods that need a search: MODEL_BENCH_METHOD.json")
+    group.addoption("--search-missing", action="store_true",
+                    help="search a missing policy on the calibration split first (its cost is reported apart); "
+                         "default: such cases are skipped")
+    group.addoption("--search-limit", type=int, default=None, help="calibration items of such a search (default: the search's own)")
+    group.addoption("--grid-runner", default=None, help="MODULE:FUNCTION that runs a case instead of the real one (tests)")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    cuda = _cuda_available()
-    for item in items:
-        if "gpu" in item.keywords and not cuda:
-            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+# --- configuration ---------------------------------------------------------------------------
+
+_MAIN = pytest.StashKey[bool]()
+_SELECTION = pytest.StashKey[object]()
+_STORE = pytest.StashKey[object]()
+_PROGRESS = pytest.StashKey[object]()
+_GRID_TABLE = pytest.StashKey[tuple]()
+
+
+def _is_worker() -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "xdist_group(name): run tests of the same group on one xdist worker")
+    main_job = bool(config.getoption("benchmark_only", False))
+    xdist = config.getoption("dist", "no") != "no" or _is_worker()
+    if xdist and main_job:
+        # pytest-benchmark switches itself off under xdist and then refuses --benchmark-only. The grid
+        # reads its latencies from the reasoner, so it runs as the main job with pytest-benchmark's own
+        # statistics off; conftest skips the non-benchmark tests instead (below).
+        config.option.benchmark_only = False
+    from litestage_bench.errors import UserError
+    from litestage_bench.grid.cases import selection_from_options
+    from litestage_bench.grid.store import GridStore
+    from litestage_bench.grid.workers import Progress
+    try:
+        config.stash[_SELECTION] = selection_from_options(config.getoption, main_job)
+    except UserError as err:
+        raise pytest.UsageError(f"litestage-bench grid: {err}") from None
+    config.stash[_MAIN] = main_job
+    bench_json = config.getoption("benchmark_json", None)
+    if bench_json and not _is_worker():  # pytest-benchmark saves it before the grid makes --grid-out
+        Path(bench_json).parent.mkdir(parents=True, exist_ok=True)
+    config.stash[_STORE] = GridStore()
+    config.stash[_PROGRESS] = Progress()
+    if not _is_worker():
+        config.pluginmanager.register(_ProgressLines(config), "litestage-grid-progress")
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`-n N` (dist load) or `--dist loadgroup`: each (model, benchmark) group on one worker."""
+    if config.getoption("dist") not in ("load", "loadgroup"):
+        return None
+    from litestage_bench.grid.workers import group_scheduler
+    return group_scheduler(config, log, {c.id: c.group for c in config.stash[_SELECTION].cases()})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` on CUDA: one worker per GPU."""
+    from litestage_bench.grid.workers import cuda_device_count
+    return cuda_device_count(config.getoption("--device"))
 
 
 def _cuda_available() -> bool:
@@ -45,61 +127,155 @@ def _cuda_available() -> bool:
         return False
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cuda = _cuda_available()
+    only_benchmarks = config.stash.get(_MAIN, False) and not config.getoption("benchmark_only", False)
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+        if only_benchmarks and "benchmark" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.skip(reason="Skipping non-benchmark (--benchmark-only active)."))
+
+
 # --- the benchmark grid -------------------------------------------------------------------------
-
-def _benchmark_only(config: pytest.Config) -> bool:
-    return bool(getattr(config.option, "benchmark_only", False))
-
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "grid_case" not in metafunc.fixturenames:
         return
-    from litestage_bench.grid import grid_methods
-    opt = metafunc.config.getoption
-    cases = [(m, b, x) for m in opt("--models").split(",") for b in opt("--benches").split(",")
-             for x in grid_methods(opt("--methods"))]
-    metafunc.parametrize("grid_case", cases, ids=["-".join(c) for c in cases])
+    sel = metafunc.config.stash[_SELECTION]
+    params = []
+    for case in sel.cases():
+        marks = [pytest.mark.xdist_group(case.group)]
+        if not Path(case.model).exists():  # a real model (a tiny local folder is not slow)
+            marks.append(pytest.mark.slow)
+        if sel.device.startswith("cuda"):
+            marks.append(pytest.mark.gpu)
+        if sel.missing_policy(case) and not sel.search_missing:
+            marks.append(pytest.mark.skip(
+                reason=f"no committed policy {sel.policy_path(case)}: pass --search-missing to search it on the "
+                       f"calibration split first, or run `litestage-bench search --model {case.model} --bench "
+                       f"{case.bench} --method {case.method} --out {sel.policy_path(case)}`"))
+        params.append(pytest.param(case, id=case.id, marks=marks))
+    metafunc.parametrize("grid_case", params)
+
+
+def _command(config: pytest.Config) -> str:
+    return "pytest " + " ".join(shlex.quote(a) for a in config.invocation_params.args)
 
 
 @pytest.fixture(scope="session")
-def grid_settings(pytestconfig: pytest.Config) -> dict:
-    import shlex
-    limit = pytestconfig.getoption("--limit")
-    if limit is None:
-        limit = 10 if _benchmark_only(pytestconfig) else 2
-    limit = limit or None  # 0: the whole split
-    stages = tuple(s.strip() for s in pytestconfig.getoption("--stages").split(",") if s.strip())
-    return {"limit": limit, "stages": stages, "command": "pytest " + " ".join(shlex.quote(a) for a in pytestconfig.invocation_params.args)}
+def grid_context(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory):
+    """The grid's per-process state: selection, one model at a time, accuracy cache, policies."""
+    from litestage_bench.grid.cache import AccuracyCache
+    from litestage_bench.grid.run import GridContext
+    from litestage_bench.grid.workers import pin_worker, worker_id
+    from litestage_bench.models import cache_root
+    sel = pytestconfig.stash[_SELECTION]
+    _, device = pin_worker(sel.device)
+    cache_opt = pytestconfig.getoption("--grid-cache")
+    if cache_opt == "off":
+        cache = AccuracyCache(None)
+    elif cache_opt:
+        cache = AccuracyCache(cache_opt)
+    elif sel.main_job:
+        cache = AccuracyCache(cache_root() / "grid")
+    else:  # the smoke always computes, and leaves nothing behind
+        cache = AccuracyCache(tmp_path_factory.mktemp("grid-cache"))
+    # searched policies join the committed ones only in the main job; the smoke keeps them in a temp dir
+    search_dir = sel.policy_dir if sel.main_job else tmp_path_factory.mktemp("policies")
+    return GridContext(sel, cache, _command(pytestconfig), search_dir=search_dir, worker=worker_id(),
+                       device=device, log=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 @pytest.fixture(scope="session")
-def grid_session(pytestconfig: pytest.Config):
-    """Loads each model once per pytest session."""
-    from litestage_bench.runner import Session
-    sessions: dict = {}
-
-    def get(model: str):
-        if model not in sessions:
-            sessions.clear()  # one model in memory at a time
-            sessions[model] = Session.open(model, dtype=pytestconfig.getoption("--dtype"),
-                                           device=pytestconfig.getoption("--device"))
-        return sessions[model]
-    return get
+def grid_store(pytestconfig: pytest.Config):
+    return pytestconfig.stash[_STORE]
 
 
 @pytest.fixture(scope="session")
-def grid_store(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory):
-    from litestage_bench.grid import GridStore
-    store = GridStore()
-    yield store
-    if store.cases:
-        # Only the main job writes under results/; smoke runs in plain `pytest` write to a temp dir.
-        folder = pytestconfig.getoption("--grid-out") if _benchmark_only(pytestconfig) else tmp_path_factory.mktemp("grid")
-        table, _ = store.write(folder)
-        pytestconfig.stash[_GRID_TABLE] = (str(folder), table)
+def grid_runner(pytestconfig: pytest.Config):
+    """The function that runs one case: the real one, or `--grid-runner MODULE:FUNCTION` (tests)."""
+    spec = pytestconfig.getoption("--grid-runner")
+    if not spec:
+        from litestage_bench.grid.run import run_case
+        return run_case
+    import importlib
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-_GRID_TABLE = pytest.StashKey[tuple]()
+# --- progress, merge across workers, the report at the end -----------------------------------
+
+def _count_cases(config: pytest.Config, nodeids: list[str]) -> int:
+    from litestage_bench.grid.workers import case_id
+    sel = config.stash[_SELECTION]
+    skipped = {c.id for c in sel.cases() if sel.missing_policy(c) and not sel.search_missing}
+    return sum(1 for n in nodeids if (cid := case_id(n)) is not None and cid not in skipped)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not _is_worker():
+        session.config.stash[_PROGRESS].total = _count_cases(session.config, [i.nodeid for i in session.items])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids) -> None:
+    progress = node.config.stash[_PROGRESS]
+    if not progress.total:  # every worker collects the same items
+        progress.total = _count_cases(node.config, list(ids))
+
+
+class _ProgressLines:
+    """Prints a line per finished grid case (with its ETA) in the serial run or the xdist controller."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call" or not report.passed:
+            return
+        summary = dict(report.user_properties).get(_GRID_PROPERTY)
+        if summary is None:
+            return
+        line = self.config.stash[_PROGRESS].line(summary)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    text = getattr(node, "workeroutput", {}).get(_GRID_PROPERTY)
+    if text:
+        node.config.stash[_STORE].merge(text)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    store = config.stash.get(_STORE, None)
+    if store is None or not store.results:
+        return
+    if _is_worker():
+        config.workeroutput[_GRID_PROPERTY] = store.dumps()
+        return
+    sel = config.stash[_SELECTION]
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        # keep the tables of the last complete run; the finished accuracies are cached already
+        config.stash[_GRID_TABLE] = ("", "interrupted: tables not written; the accuracy of finished cases (and "
+                                         "finished batches of the running ones) is cached: rerun the same command to resume")
+        return
+    from litestage_bench.grid.report import write_grid
+    # Only the main job writes under results/; the plain-pytest smoke writes to a temp folder.
+    folder = config.getoption("--grid-out") if sel.main_job else _smoke_folder(config)
+    text, folder = write_grid(store, folder, _command(config), sel.to_dict())
+    config.stash[_GRID_TABLE] = (str(folder), text)
+
+
+def _smoke_folder(config: pytest.Config) -> Path:
+    # pytest's own temp folders (it keeps the last few sessions'); xdist uses the same attribute
+    factory = getattr(config, "_tmp_path_factory", None)
+    return factory.mktemp("grid-out") if factory is not None else Path(tempfile.mkdtemp(prefix="litestage-grid-"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -107,4 +283,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         folder, table = config.stash[_GRID_TABLE]
         terminalreporter.section("litestage-bench: speedup / accuracy")
         terminalreporter.write_line(table)
-        terminalreporter.write_line(f"records and table.md written to {folder}")
+        if folder:
+            terminalreporter.write_line(f"records/, table.md, grid.json and pareto_*.png written to {folder}")
+        if config.getoption("dist", "no") != "no":
+            terminalreporter.write_line("(under xdist pytest-benchmark's own statistics are off; the tables' "
+                                        "latencies are the grid's batch-1 timings)")

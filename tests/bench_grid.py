@@ -1,42 +1,43 @@
-"""The benchmark grid: every selected method x model x benchmark, one pytest-benchmark case each.
+"""The benchmark grid: models x benchmarks x methods x budget points x stage selections, one
+pytest-benchmark case each (selection options in conftest.py, the machinery in litestage_bench/grid/).
 
-`pytest --benchmark-only` runs it on the default model (10 items per benchmark unless --limit) and
-writes records plus a comparative table under --grid-out. In a plain `pytest` run the same cases
-run on 2 items as a smoke test and write nothing under results/.
+`pytest --benchmark-only [-n N]` runs the main grid (default model, 10 items per benchmark, every
+method at its budget points) and writes records, tables and Pareto plots under --grid-out. In a
+plain `pytest` run the same code runs as a smoke (dense and unified k=4 on 2 items, 1 timed),
+writing nothing under results/.
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from litestage_bench.benchmarks import load_split
-from litestage_bench.grid import GridCase, grid_method
-from litestage_bench.runner import default_config, model_facts, run_items, seed_everything
+from litestage_bench.errors import UserError
+from litestage_bench.grid.store import extra_info
+
+_GRID_PROPERTY = "litestage_grid"  # read by conftest's progress lines
 
 
 @pytest.mark.grid
-def test_grid(benchmark, grid_case, grid_session, grid_store, grid_settings):
-    model, bench, method_name = grid_case
-    session = grid_session(model)
-    config = default_config(session.loaded)
-    reasoner = session.reasoner(bench, config)
-    method = grid_method(method_name, grid_settings["stages"])
-    facts = model_facts(session.executor, model)
-    seed_everything()
-    items = load_split(bench, "eval", limit=grid_settings["limit"])
-    run_items(reasoner, method, facts, items[:1], warmup=0, progress=False)  # warm-up, excluded
+def test_grid(benchmark, grid_case, grid_context, grid_runner, grid_store, record_property):
+    try:
+        result = grid_runner(grid_case, grid_context, benchmark)  # times the batch-1 questions in benchmark.pedantic
+    except UserError as err:  # e.g. a committed policy for another model: one line, not a traceback
+        pytest.fail(f"litestage-bench: {err}", pytrace=False)
+    grid_store.add(result)
+    record = grid_store.record_for(result)  # compared with dense's case of this worker, when it ran
+    info = extra_info(result, record)
+    benchmark.extra_info.update(info)
+    record_property(_GRID_PROPERTY, {"case": grid_case.id, "worker": result.worker, "accuracy": info["accuracy"],
+                                     "accuracy_cached": result.accuracy_cached, "speedup": info["speedup"],
+                                     "seconds": result.accuracy_seconds + result.timing.get("seconds", 0.0)})
 
-    results = benchmark.pedantic(run_items, args=(reasoner, method, facts, items),
-                                 kwargs={"label": f"{model} {bench} {method_name}", "warmup": 0},
-                                 rounds=1, iterations=1)
-    assert len(results) == len(items)
-    assert all(r.prediction in (None, *q.labels) for r, q in zip(results, items))
-    assert all(0.0 < f <= 1.0 for r in results for f in r.executed_cost_fraction.values())
-    accuracy = sum(r.correct for r in results) / len(results)
-    benchmark.extra_info.update({
-        "model": model, "bench": bench, "method": method_name, "n": len(items), "accuracy": accuracy,
-        "tokens": {s: sum(r.tokens[s] for r in results) / len(results) for s in results[0].tokens},
-        "executed_cost_fraction": {s: sum(r.executed_cost_fraction[s] for r in results) / len(results)
-                                   for s in results[0].executed_cost_fraction},
-    })
-    grid_store.add(GridCase(model, bench, method_name, results, method.describe(), config.to_dict(),
-                            grid_settings["command"]))
+    assert record.n == len(result.items) > 0
+    assert all(r.prediction is None or r.prediction in "ABCDE" and len(r.prediction) == 1 for r in result.items)
+    assert all(r.correct == (r.prediction == r.answer) for r in result.items)
+    assert all(0.0 < f <= 1.0 for r in result.items for f in r.executed_cost_fraction.values())
+    timed = [r for r in result.items if math.isfinite(r.latency_s)]
+    assert len(timed) == result.timing["n_timed"]
+    if grid_case.method == "dense":
+        assert record.speedup == 1.0
+

@@ -1,0 +1,127 @@
+"""The grid's accuracy cache: per-item results of a case's batched evaluation, on disk, keyed by
+everything that decides them, so that a second `pytest --benchmark-only` only re-times.
+
+Key = sha256 of the canonical JSON of the configuration (model and weights, data fingerprint,
+split, items, method with its policy and k, stages, dtype, device type, reasoner config, batch
+size, code version). An entry is one JSON file renamed into place whole (`atomic_write`): a
+reader sees a complete entry or none. While an entry is computed its finished batches go to a
+`RunCheckpoint` beside it, so a killed run resumes mid-case; a per-key file lock keeps two
+processes (xdist workers, two runs) from computing or writing the same entry at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import __version__
+from ..checkpoint import RunCheckpoint
+from ..errors import UserError
+from ..locking import file_lock
+from ..results import ItemResult, atomic_write, item_from_dict, item_to_dict
+
+CACHE_SCHEMA = 1
+PACKAGE = Path(__file__).resolve().parents[1]
+# Modules that render, drive or store results but cannot change a case's items: editing them keeps
+# the cache (grid/run.py, which builds and runs the case, counts).
+NOT_IN_CODE_VERSION = {"report.py", "cli.py", "__main__.py", "speed.py", "tuning.py", "shots.py", "noise_floor.py",
+                       "grid/__init__.py", "grid/cases.py", "grid/cache.py", "grid/store.py", "grid/report.py",
+                       "grid/workers.py"}
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def cache_key(config: dict) -> str:
+    return hashlib.sha256(canonical(config).encode()).hexdigest()[:32]
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """sha256 of the package and baselines sources that shape results, with the torch and
+    transformers versions (kernels change numerics): any edit there invalidates the cache."""
+    import torch
+    import transformers
+
+    digest = hashlib.sha256(f"{__version__}|{torch.__version__}|{transformers.__version__}".encode())
+    roots = [PACKAGE, PACKAGE.parent / "baselines"]
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root)
+            if rel.as_posix() in NOT_IN_CODE_VERSION:
+                continue
+            digest.update(f"{root.name}/{rel.as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def weights_id(loaded) -> str:
+    """What identifies a loaded model's weights: the pinned GGUF sha256 of an embedded alias, the
+    file names, sizes and mtimes of a local folder, or the hub id (its revision is not pinned)."""
+    spec = getattr(loaded, "spec", None)
+    if spec is not None:
+        return f"gguf-sha256:{spec.sha256 or 'unpinned-' + spec.alias}"
+    source = Path(loaded.source)
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file())
+        listing = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        return "local:" + hashlib.sha256(canonical(listing).encode()).hexdigest()[:20]
+    return f"hub:{loaded.source}"
+
+
+class AccuracyCache:
+    """Per-item results by configuration; ``folder=None`` disables caching (always computes)."""
+
+    def __init__(self, folder: str | os.PathLike | None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+
+    def path(self, key: str) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{key}.json"
+
+    def load(self, key: str, config: dict) -> list[ItemResult] | None:
+        """The cached items, or None when there is no entry (or one that does not read back whole:
+        it is then recomputed and replaced)."""
+        if self.folder is None:
+            return None
+        try:
+            entry = json.loads(self.path(key).read_text(encoding="utf-8"))
+            if entry.get("schema") != CACHE_SCHEMA or canonical(entry.get("config")) != canonical(config):
+                return None
+            return [item_from_dict(it) for it in entry["items"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
+            return None
+
+    def get_or_compute(self, config: dict, compute: Callable[[RunCheckpoint | None], list[ItemResult]],
+                       label: str = "", log: Callable[[str], None] | None = None) -> tuple[list[ItemResult], bool]:
+        """(items, from_cache). ``compute(checkpoint)`` runs only on a miss; its finished batches
+        are kept in the checkpoint until the entry is written, so an interrupted case resumes."""
+        if self.folder is None:
+            return compute(None), False
+        key = cache_key(config)
+        hit = self.load(key, config)
+        if hit is not None:
+            return hit, True
+        waiting = f"[grid] {label}: waiting for another process computing the same accuracy entry {key}"
+        with file_lock(self.folder / f"{key}.lock", waiting=waiting):
+            hit = self.load(key, config)  # the other process may have written it meanwhile
+            if hit is not None:
+                return hit, True
+            checkpoint = RunCheckpoint(self.folder / f"{key}.partial.jsonl", config)
+            if checkpoint.resumed and log:
+                log(f"[grid] {label}: resuming the accuracy run after {checkpoint.resumed} finished batches")
+            items = compute(checkpoint)
+            self.write(key, config, items)
+            checkpoint.remove()
+        return items, False
+
+    def write(self, key: str, config: dict, items: list[ItemResult]) -> Path:
+        entry = {"schema": CACHE_SCHEMA, "key": key, "config": config,
+                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "items": [item_to_dict(it) for it in items]}
+        return atomic_write(self.path(key), lambda fh: json.dump(entry, fh, allow_nan=False))

@@ -1,0 +1,250 @@
+"""The grid's tables and plots: per model x benchmark a comparative table (a row per method point)
+and a per-stage breakdown, printed and written as markdown and JSON with the machine and
+versions, and a Pareto PNG (accuracy and agreement vs speedup, a series per method)."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+from collections import defaultdict
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from tabulate import tabulate
+
+from ..prompts import STAGES
+from ..report import noise_floor_notes
+from ..results import ResultRecord, atomic_write, machine_info, write_record, write_text_atomic
+from .cases import slug
+from .store import CaseResult, GridStore
+
+GRID_SCHEMA = 1
+COLUMNS = ["method", "point", "stages", "n", "accuracy [95% CI]", "d acc vs dense", "agreement",
+           "flips -c2w/+w2c", "McNemar p", "speedup [95% CI]", "s/question", "stage s R/A/S", "tokens R/A/S",
+           "cost frac R/A/S", "accuracy from", "policy"]
+STAGE_COLUMNS = ["method", "point", "stages", "stage", "s/question", "share of question", "speedup vs dense",
+                 "tokens", "token ratio vs dense", "cost frac", "output = dense"]
+# Columns that hold measured times: the only ones in which a rerun or an `-n N` run may differ.
+TIMING_COLUMNS = {"speedup [95% CI]", "s/question", "stage s R/A/S", "share of question", "speedup vs dense"}
+
+
+def _num(x, fmt: str) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return format(x, fmt)
+
+
+def _stages3(d: dict, fmt: str) -> str:
+    return "/".join(_num(d.get(s), fmt) for s in STAGES)
+
+
+def _ci(point, ci, fmt: str, suffix: str = "") -> str:
+    p = _num(point, fmt)
+    if p == "-" or not ci:
+        return p + (suffix if p != "-" else "")
+    return f"{p}{suffix} [{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
+
+
+def _p(p) -> str:
+    if p is None or not math.isfinite(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _policy_cell(res: CaseResult) -> str:
+    return (res.search or {}).get("source", "-")
+
+
+def main_row(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -> list[str]:
+    fid = rec.fidelity or {}
+    d_acc = rec.accuracy - dense.accuracy if dense is not None and rec is not dense and dense.n == rec.n else None
+    flips = f"-{fid.get('correct_to_wrong', 0)}/+{fid.get('wrong_to_correct', 0)}" if fid else "-"
+    return [rec.method, res.case.point, res.case.stage_label, str(rec.n),
+            _ci(rec.accuracy, rec.accuracy_ci95, ".3f"), _num(d_acc, "+.3f"), _num(fid.get("agreement"), ".3f"),
+            flips, _p(rec.mcnemar_p), _ci(rec.speedup, rec.speedup_ci95, ".2f", "x"), _num(rec.latency_s, ".3f"),
+            _stages3(rec.stage_latency_s, ".3f"), _stages3(rec.tokens, ".1f"),
+            _stages3(rec.executed_cost_fraction, ".2f"), "cache" if res.accuracy_cached else "computed",
+            _policy_cell(res)]
+
+
+def stage_rows(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -> list[list[str]]:
+    fid = rec.fidelity or {}
+    total = sum(v for v in rec.stage_latency_s.values() if v is not None and math.isfinite(v))
+    rows = []
+    for s in STAGES:
+        lat = rec.stage_latency_s.get(s)
+        d_lat = dense.stage_latency_s.get(s) if dense is not None else None
+        ok = lat is not None and d_lat is not None and math.isfinite(lat) and math.isfinite(d_lat) and lat > 0
+        rows.append([rec.method, res.case.point, res.case.stage_label, s, _num(lat, ".3f"),
+                     _num(lat / total if total and lat is not None else None, ".0%"),
+                     _num(d_lat / lat if ok else None, ".2f"), _num(rec.tokens.get(s), ".1f"),
+                     _num((fid.get("token_ratio") or {}).get(s), ".2f"),
+                     _num(rec.executed_cost_fraction.get(s), ".2f"),
+                     _num((fid.get("stage_exact_match") or {}).get(s), ".2f")])
+    return rows
+
+
+def groups(pairs: list[tuple[CaseResult, ResultRecord]]) -> dict[tuple[str, str], list[tuple[CaseResult, ResultRecord]]]:
+    out: dict[tuple[str, str], list] = defaultdict(list)
+    for res, rec in pairs:
+        out[(res.case.model, res.case.bench)].append((res, rec))
+    return dict(out)
+
+
+def _dense(group: list[tuple[CaseResult, ResultRecord]]) -> ResultRecord | None:
+    return next((rec for res, rec in group if res.case.method == "dense"), None)
+
+
+def _below(x: float, ci) -> float:
+    """Error-bar length below x (0 without a finite interval)."""
+    return max(0.0, x - ci[0]) if ci and ci[0] is not None and math.isfinite(ci[0]) else 0.0
+
+
+def _above(x: float, ci) -> float:
+    return max(0.0, ci[1] - x) if ci and ci[1] is not None and math.isfinite(ci[1]) else 0.0
+
+
+def pareto_plot(model: str, bench: str, group: list[tuple[CaseResult, ResultRecord]], path: Path) -> Path | None:
+    """Accuracy (95% CI) and agreement with dense vs speedup (95% CI); a line per method through its
+    points in speedup order, dense a black star at 1x. None when no case has a speedup."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[CaseResult, ResultRecord]]] = defaultdict(list)
+    for res, rec in group:
+        if rec.speedup is not None and math.isfinite(rec.speedup) and math.isfinite(rec.accuracy):
+            label = rec.method if res.case.stage_label == "all" else f"{rec.method} ({res.case.stage_label})"
+            series[label].append((res, rec))
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = matplotlib.colormaps["tab10"]
+    try:
+        for i, (label, pts) in enumerate(sorted(series.items())):
+            pts.sort(key=lambda p: p[1].speedup)
+            dense = label == "dense"
+            for ax, metric in zip(axes, ("accuracy", "agreement")):
+                xs = [r.speedup for _, r in pts]
+                ys = [r.accuracy if metric == "accuracy" else (1.0 if dense else (r.fidelity or {}).get("agreement"))
+                      for _, r in pts]
+                if any(y is None for y in ys):
+                    continue
+                xerr = [[_below(r.speedup, r.speedup_ci95) for _, r in pts], [_above(r.speedup, r.speedup_ci95) for _, r in pts]]
+                yerr = None
+                if metric == "accuracy":
+                    yerr = [[_below(r.accuracy, r.accuracy_ci95) for _, r in pts],
+                            [_above(r.accuracy, r.accuracy_ci95) for _, r in pts]]
+                style = dict(fmt="*", color="black", markersize=12) if dense else \
+                    dict(fmt="-o", color=colours(i % 10), markersize=5)
+                ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, capsize=2, label=label, elinewidth=0.7, **style)
+                for (res, _), x, y in zip(pts, xs, ys):
+                    if res.case.k is not None:
+                        ax.annotate(f"k{res.case.k}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        for ax, name in zip(axes, ("accuracy (95% CI)", "answer agreement with dense")):
+            ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+            ax.set_xlabel("speedup vs dense (x, 95% CI)")
+            ax.set_ylabel(name)
+            ax.set_ylim(-0.03, 1.05)
+            ax.grid(True, alpha=0.3)
+        axes[1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{model} / {bench}: up and right is better (dense = black star)")
+        fig.tight_layout()
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110), binary=True)
+    finally:
+        plt.close(fig)
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for dist in ("litestage-bench", "torch", "transformers", "pytest", "pytest-benchmark", "pytest-xdist"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def render(store: GridStore) -> dict:
+    """Everything the grid writes, as data: per group its rows, per-stage rows and notes."""
+    out = []
+    for (model, bench), group in groups(store.records()).items():
+        dense = _dense(group)
+        out.append({"model": model, "bench": bench, "columns": COLUMNS,
+                    "rows": [main_row(res, rec, dense) for res, rec in group],
+                    "stage_columns": STAGE_COLUMNS,
+                    "stage_rows": [row for res, rec in group for row in stage_rows(res, rec, dense)],
+                    "noise_floor": noise_floor_notes([rec for _, rec in group]),
+                    "_pairs": group})
+    return {"groups": out}
+
+
+def terminal_text(rendered: dict) -> str:
+    parts = []
+    for g in rendered["groups"]:
+        parts += [f"== {g['model']} / {g['bench']}", _md_table(g["columns"], g["rows"]), "",
+                  "per stage:", _md_table(g["stage_columns"], g["stage_rows"]), ""]
+    return "\n".join(parts)
+
+
+def write_grid(store: GridStore, folder: str | Path, command: str, selection: dict) -> tuple[str, Path]:
+    """Write records/, table.md, grid.json and pareto_*.png under `folder`; returns (terminal text, folder)."""
+    folder = Path(folder)
+    # the same JSON round trip for serial and merged stores, so both give identical records
+    normal = GridStore()
+    normal.merge(store.dumps())
+    rendered = render(normal)
+    machine, created = machine_info(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    workers = {r.worker: {"threads": r.threads, "device": r.device} for r in normal.sorted()}
+    cases, md = [], [
+        "# Benchmark grid", "",
+        f"Produced by `{command}` ({created}).", "",
+        f"Machine: {machine.get('cpu')} ({machine.get('cpu_count')} cores), GPU {machine.get('gpu') or 'none'}; "
+        + ", ".join(f"{k} {v}" for k, v in versions().items() if v) + "; workers: "
+        + ", ".join(f"{w} {v['threads']} thread(s) on {v['device']}" for w, v in sorted(workers.items())) + ".", "",
+        "Accuracy: all n items, batched (`accuracy from`: `cache` = read from the accuracy cache, only re-timed). "
+        "Latency: median per question at batch 1 on the seeded timed items, after one warm-up question. "
+        "Speedup: dense's median latency / the method's on the same timed items, in the same process; "
+        "95% CI by paired bootstrap. Flips and agreement compare answers with dense's on the same items.", ""]
+    for g in rendered["groups"]:
+        png = f"pareto_{slug(g['model'])}_{g['bench']}.png"
+        written = pareto_plot(g["model"], g["bench"], g["_pairs"], folder / png)
+        g["pareto"] = png if written else None
+        md += [f"## {g['model']} / {g['bench']}", "", _md_table(g["columns"], g["rows"]), "",
+               "Per stage:", "", _md_table(g["stage_columns"], g["stage_rows"]), ""]
+        md += [f"- {n}" for n in g["noise_floor"]] + ([""] if g["noise_floor"] else [])
+        md += [f"![accuracy and agreement vs speedup]({png})", ""] if written else []
+        for res, rec in g.pop("_pairs"):
+            path = write_record(folder / "records" / f"{res.case.id}.json", rec)
+            cases.append({"case": res.case.id, **res.case.to_dict(), "record": str(path.relative_to(folder)),
+                          "accuracy_cached": res.accuracy_cached, "accuracy_seconds": res.accuracy_seconds,
+                          "timed_seconds": res.timing.get("seconds"), "search": res.search,
+                          "worker": res.worker, "threads": res.threads, "device": res.device})
+    searches = {c["search"]["path"]: c["search"] for c in cases if (c["search"] or {}).get("source") == "searched"}
+    if searches:
+        md += ["## Policy searches (cost apart from the timings)", "",
+               _md_table(["policy", "seconds", "stage runs", "command"],
+                         [[p, _num(s.get("seconds"), ".1f"), str(s.get("stage_runs")), f"`{s.get('command')}`"]
+                          for p, s in sorted(searches.items())]), ""]
+    doc = {"schema_version": GRID_SCHEMA, "created": created, "command": command, "machine": machine,
+           "versions": versions(), "selection": selection, "workers": workers,
+           "timing_columns": sorted(TIMING_COLUMNS), "groups": rendered["groups"], "cases": cases,
+           "searches": list(searches.values())}
+    write_text_atomic(folder / "table.md", "\n".join(md))
+    atomic_write(folder / "grid.json", lambda fh: json.dump(doc, fh, indent=1, default=str))
+    return terminal_text({"groups": rendered["groups"]}), folder
+
+
+def without_timings(group: dict) -> dict:
+    """A group's rows without the timing columns (what `-n N` and serial runs must agree on)."""
+    keep = [i for i, c in enumerate(group["columns"]) if c not in TIMING_COLUMNS]
+    keep_st = [i for i, c in enumerate(group["stage_columns"]) if c not in TIMING_COLUMNS]
+    return {"model": group["model"], "bench": group["bench"],
+            "rows": [[r[i] for i in keep] for r in group["rows"]],
+            "stage_rows": [[r[i] for i in keep_st] for r in group["stage_rows"]]}

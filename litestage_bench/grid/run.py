@@ -1,0 +1,209 @@
+"""Running one grid case: its policy (committed, or searched now), its accuracy (batched, cached
+on disk) and its latency (batch 1, timed by pytest-benchmark).
+
+As `litestage-bench run` does, accuracy is computed `batch_size` questions at a time on all the
+case's items and latency at batch 1 on a seeded subset (`timed`), after one untimed warm-up
+question. Dense is a case of its own in the same process (the same xdist worker), so every
+method's speedup is a ratio of latencies measured side by side on the same timed items.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..benchmarks import DATA_DIR_ENV, data_fingerprint, load_split, subset
+from ..errors import UserError
+from ..locking import file_lock
+from ..methods import SEARCHES, Method, load_policy, make_method
+from ..models import cache_root
+from ..noise_floor import compact, compare, noise_floor_for
+from ..plan import SkipPlan
+from ..reasoner import Reasoner, ReasonerConfig
+from ..results import atomic_write
+from ..runner import (SEED, Session, chance_rate, checked_plan, default_config, evaluate_items, method_callbacks,
+                      model_facts, seed_everything, time_items, with_latencies)
+from .cache import AccuracyCache, cache_key, code_version, weights_id
+from .cases import GridCase, GridSelection, needs_search
+from .store import CaseResult
+
+
+class StageRestricted(Method):
+    """A method whose plan and token rules apply only in the selected stages (others run dense)."""
+
+    def __init__(self, inner: Method, stages: tuple[str, ...]) -> None:
+        self.inner, self.stages, self.name = inner, stages, inner.name
+
+    def plan(self, facts):
+        plan = self.inner.plan(facts)
+        return SkipPlan({s: p for s, p in plan.stages.items() if s in self.stages}, plan.name)
+
+    def token_callback(self, stage):
+        return self.inner.token_callback(stage) if stage in self.stages else None
+
+    def describe(self):
+        return {**self.inner.describe(), "stages": list(self.stages)}
+
+    def check_model(self, model: str) -> None:
+        self.inner.check_model(model)
+
+
+class GridContext:
+    """Per-process state of the grid: the selection, one loaded model at a time with a reasoner
+    per benchmark, the accuracy cache, policies found or searched, and the finished cases."""
+
+    def __init__(self, selection: GridSelection, cache: AccuracyCache, command: str, *,
+                 search_dir: Path, worker: str = "main", device: str | None = None,
+                 log: Callable[[str], None] = print, config_overrides: dict | None = None) -> None:
+        self.selection, self.cache, self.command = selection, cache, command
+        self.search_dir = search_dir  # where policies searched in this run are written
+        self.worker, self.device = worker, device or selection.device
+        self.log = log
+        self.config_overrides = dict(config_overrides or {})
+        self._session: tuple[str, Session] | None = None
+        self._reasoners: dict[str, tuple[Reasoner, ReasonerConfig]] = {}
+        self._policies: dict[Path, tuple[dict, dict]] = {}
+
+    # --- model and reasoners (one model in memory at a time)
+    def session(self, model: str) -> Session:
+        if self._session is None or self._session[0] != model:
+            self._session = None
+            self._reasoners.clear()
+            self._session = (model, Session.open(model, dtype=self.selection.dtype, device=self.device))
+        return self._session[1]
+
+    def reasoner(self, model: str, bench: str) -> tuple[Reasoner, ReasonerConfig]:
+        session = self.session(model)
+        if bench not in self._reasoners:
+            config = default_config(session.loaded, **self.config_overrides)
+            self._reasoners[bench] = (session.reasoner(bench, config), config)
+        return self._reasoners[bench]
+
+    # --- policies of the methods that need a search
+    def policy(self, case: GridCase) -> tuple[dict | None, dict | None]:
+        """(policy dict, where it came from) for a method with a search; (None, None) otherwise."""
+        if case.method == "dense" or not needs_search(case.method):
+            return None, None
+        committed = self.selection.policy_path(case)
+        if committed.is_file():
+            return self._load(committed, {"source": "committed", "path": str(committed)})
+        if not self.selection.search_missing:
+            raise UserError(f"no policy {committed} for {case.method}", "pass --search-missing, or commit one")
+        target = self.search_dir / committed.name
+        if target in self._policies:
+            return self._policies[target]
+        # two processes needing the same policy: one searches, the other waits and reads it
+        lock = cache_root() / "locks" / f"policy-{hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:20]}.lock"
+        with file_lock(lock, waiting=f"[grid] waiting for another process searching {target}"):
+            if target.is_file():
+                return self._load(target, {"source": "searched earlier", "path": str(target)})
+            return self._search(case, target)
+
+    def _load(self, path: Path, source: dict) -> tuple[dict, dict]:
+        if path not in self._policies:
+            policy = load_policy(path)
+            self._policies[path] = (policy, {**source, "sha256": _sha_file(path)})
+        return self._policies[path]
+
+    def _search(self, case: GridCase, target: Path) -> tuple[dict, dict]:
+        from ..cli import build_parser  # the search's own defaults, as `litestage-bench search` has them
+        argv = ["search", "--model", case.model, "--bench", case.bench, "--method", case.method,
+                "--batch-size", str(self.selection.batch_size), "--out", str(target)]
+        if self.selection.search_limit:
+            argv += ["--limit", str(self.selection.search_limit)]
+        args = build_parser().parse_args(argv)
+        session = self.session(case.model)
+        _, config = self.reasoner(case.model, case.bench)
+        command = "litestage-bench " + " ".join(argv)
+        self.log(f"[grid] {case.model} {case.bench}: no committed {case.method} policy; searching: {command}")
+        start = time.perf_counter()
+        policy = SEARCHES[case.method](session, case.bench, args, config, command, self.log)
+        seconds = time.perf_counter() - start
+        atomic_write(target, lambda fh: json.dump(policy, fh, indent=1))
+        cost = policy.get("search_cost", {})
+        return self._load(target, {"source": "searched", "path": str(target), "seconds": seconds,
+                                   "stage_runs": cost.get("stage_runs"), "command": command})
+
+    def method(self, case: GridCase) -> tuple[Method, dict | None, dict | None]:
+        policy, source = self.policy(case)
+        if case.k is not None:
+            policy = {**(policy or {}), "k": case.k}
+        method = make_method(case.method, policy)
+        method.check_model(case.model)
+        return (method if case.method == "dense" else StageRestricted(method, case.stages)), policy, source
+
+
+def _sha_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def _data_fingerprint(bench: str, data_dir_env: str | None) -> dict:
+    # a folder source hashes both splits: once per process and benchmark
+    return data_fingerprint(bench)
+
+
+def accuracy_config(ctx: GridContext, case: GridCase, method: Method, items, policy_source: dict | None,
+                    reasoner: Reasoner, config: ReasonerConfig) -> dict:
+    """Everything that decides a case's per-item results: the accuracy cache's key."""
+    loaded = ctx.session(case.model).loaded
+    # the few-shot demos as used (their text, not only their ids): they come from the data folder
+    demos = hashlib.sha256(repr(reasoner.prompts.demos).encode()).hexdigest()[:20]
+    return {
+        "what": "litestage-bench grid accuracy", "model": case.model, "weights": weights_id(loaded),
+        "dtype": loaded.dtype, "device": torch.device(ctx.device).type,
+        "data": _data_fingerprint(case.bench, os.environ.get(DATA_DIR_ENV)), "split": "eval", "seed": SEED, "items": [q.id for q in items],
+        "method": method.describe(), "policy_sha256": (policy_source or {}).get("sha256"),
+        "stages": list(case.stages), "config": config.to_dict(), "demos_sha256": demos,
+        "batch_size": ctx.selection.batch_size,
+        "code": code_version(),
+    }
+
+
+def run_case(case: GridCase, ctx: GridContext, benchmark: Any) -> CaseResult:
+    """Run one case; `benchmark` is pytest-benchmark's fixture (it times the batch-1 questions)."""
+    sel = ctx.selection
+    method, _, source = ctx.method(case)
+    session = ctx.session(case.model)
+    reasoner, config = ctx.reasoner(case.model, case.bench)
+    facts = model_facts(session.executor, case.model)
+    plan, callbacks = checked_plan(method, facts), method_callbacks(method)
+    seed_everything()
+    items = load_split(case.bench, "eval", limit=sel.limit, seed=SEED)
+    key_config = accuracy_config(ctx, case, method, items, source, reasoner, config)
+    label = f"{case.model} {case.bench} {case.method} {case.point}"
+
+    start = time.perf_counter()
+    results, cached = ctx.cache.get_or_compute(
+        key_config, lambda checkpoint: evaluate_items(reasoner, plan, callbacks, items, sel.batch_size, label,
+                                                      progress=False, checkpoint=checkpoint), label, ctx.log)
+    accuracy_seconds = time.perf_counter() - start
+
+    timed_items = subset(items, sel.timed, SEED)
+    for q in timed_items[:1]:  # warm-up (allocator, this plan's header cache), not timed
+        reasoner.solve(q, plan, callbacks)
+    start = time.perf_counter()
+    clock = benchmark.pedantic(time_items, args=(reasoner, {"m": (plan, callbacks)}, timed_items),
+                               kwargs={"label": label, "warmup": 0, "progress": False}, rounds=1, iterations=1)
+    timed_seconds = time.perf_counter() - start
+    timing = {"timed_ids": [q.id for q in timed_items], "n_timed": len(timed_items), "batch_size_timed": 1,
+              "accuracy_batch_size": sel.batch_size, "warmup_questions": 1, "seconds": timed_seconds,
+              # how often the batch-1 (timed) run reproduced the batched (or cached) one
+              "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["m"]])}
+    device = str(session.executor.device)
+    return CaseResult(
+        case=case, items=with_latencies(results, clock["m"]), policy=method.describe(), config=config.to_dict(),
+        answer_rule=config.answer_rule, accuracy_cached=cached, accuracy_seconds=accuracy_seconds, timing=timing,
+        search=source, dtype=session.loaded.dtype, device=device, threads=torch.get_num_threads(),
+        worker=ctx.worker, chance=chance_rate(case.bench, "eval"),
+        noise_floor=noise_floor_for(case.model, session.loaded.dtype, device),
+        cache_key=cache_key(key_config) if ctx.cache.folder else None, command=ctx.command,
+        extra={"load_seconds": session.loaded.load_seconds, "load_from_cache": session.loaded.from_cache,
+               "limit": sel.limit, "seed": SEED, "demos": [d.question.id for d in reasoner.prompts.demos],
+               "data": key_config["data"], "code_version": key_config["code"]})

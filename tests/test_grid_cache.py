@@ -1,0 +1,208 @@
+"""The grid's accuracy cache: keyed by the full configuration, atomic entries (a process killed
+mid-write leaves none, never a corrupt one), resumable mid-case, and one writer per entry."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from litestage_bench.grid.cache import AccuracyCache, cache_key
+from litestage_bench.results import ItemResult
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {"model": "m", "weights": "sha", "items": ["a", "b", "c", "d"], "method": {"name": "unified-k4"}}
+
+
+def _item(qid: str, prediction: str = "A") -> ItemResult:
+    return ItemResult(id=qid, answer="A", prediction=prediction, rule="cloze", correct=prediction == "A",
+                      latency_s=float("nan"), stage_latency_s={}, tokens={"recall": 3}, outputs={"recall": "x"},
+                      predictions_by_rule={"cloze": prediction}, executed_cost_fraction={"recall": 0.5})
+
+
+def test_key_is_canonical_and_sees_every_field():
+    assert cache_key(CONFIG) == cache_key(dict(reversed(list(CONFIG.items()))))
+    for field, value in [("model", "other"), ("weights", "sha2"), ("items", ["a", "b"]),
+                         ("method", {"name": "unified-k8"}), ("dtype", "bfloat16")]:
+        assert cache_key({**CONFIG, field: value}) != cache_key(CONFIG), field
+
+
+def test_computes_once_then_reads_back(tmp_path):
+    cache, calls = AccuracyCache(tmp_path), []
+
+    def compute(checkpoint):
+        calls.append(checkpoint)
+        return [_item("a"), _item("b", "B")]
+
+    first, cached1 = cache.get_or_compute(CONFIG, compute)
+    second, cached2 = cache.get_or_compute(CONFIG, compute)
+    assert (cached1, cached2, len(calls)) == (False, True, 1)
+    assert [(i.id, i.prediction, i.correct) for i in second] == [(i.id, i.prediction, i.correct) for i in first]
+    assert not list(tmp_path.glob("*.partial.jsonl"))  # the checkpoint goes once the entry is written
+    # another configuration is another entry
+    _, cached3 = cache.get_or_compute({**CONFIG, "dtype": "bfloat16"}, compute)
+    assert not cached3 and len(calls) == 2
+
+
+def test_off_always_computes(tmp_path):
+    cache = AccuracyCache(None)
+    assert cache.get_or_compute(CONFIG, lambda cp: [_item("a")]) [1] is False
+    assert cache.get_or_compute(CONFIG, lambda cp: [_item("a")])[1] is False
+
+
+def test_an_unreadable_entry_is_recomputed(tmp_path):
+    cache = AccuracyCache(tmp_path)
+    cache.get_or_compute(CONFIG, lambda cp: [_item("a")])
+    path = cache.path(cache_key(CONFIG))
+    path.write_text(path.read_text()[:40])  # e.g. a disk that filled up under another tool
+    items, cached = cache.get_or_compute(CONFIG, lambda cp: [_item("a", "C")])
+    assert not cached and items[0].prediction == "C"
+    assert json.loads(path.read_text())["items"][0]["prediction"] == "C"
+
+
+# A child that computes an entry and is killed: mid-write of the entry ("write"), or after the first
+# of two batches of its accuracy run ("compute"). It signals the parent by creating READY.
+CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from litestage_bench.grid import cache as grid_cache
+from litestage_bench.results import ItemResult
+
+folder, mode, ready = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+config = json.loads(sys.argv[4])
+
+def item(qid):
+    return ItemResult(id=qid, answer="A", prediction="A", rule="cloze", correct=True, latency_s=float("nan"),
+                      stage_latency_s={}, tokens={}, outputs={}, predictions_by_rule={}, executed_cost_fraction={})
+
+def compute(checkpoint):
+    out = []
+    for key in ("a,b", "c,d"):
+        done = checkpoint.get("batch", key)
+        if done is None:
+            done = [item(q) for q in key.split(",")]
+            checkpoint.put("batch", key, done)
+            if mode == "compute":
+                ready.touch()
+                time.sleep(120)
+        out += done
+    return out
+
+if mode == "write":
+    real_dump = json.dump
+    def slow_dump(obj, fh, **kw):
+        text = json.dumps(obj, **kw)
+        fh.write(text[: len(text) // 2])
+        fh.flush()
+        ready.touch()
+        time.sleep(120)
+        fh.write(text[len(text) // 2:])
+    grid_cache.json.dump = slow_dump
+grid_cache.AccuracyCache(folder).get_or_compute(config, compute)
+"""
+
+
+def _killed_child(tmp_path: Path, mode: str) -> None:
+    ready = tmp_path / f"ready-{mode}"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "cache"), mode, str(ready), json.dumps(CONFIG)],
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "the child never got there"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def test_killed_mid_write_leaves_no_entry(tmp_path):
+    _killed_child(tmp_path, "write")
+    cache = AccuracyCache(tmp_path / "cache")
+    key = cache_key(CONFIG)
+    assert not cache.path(key).exists()  # only the temp file was half written
+    assert cache.load(key, CONFIG) is None
+    items, cached = cache.get_or_compute(CONFIG, lambda cp: [_item("a"), _item("b")])
+    assert not cached and len(cache.load(key, CONFIG)) == 2
+
+
+def test_killed_mid_case_resumes_after_the_finished_batch(tmp_path):
+    _killed_child(tmp_path, "compute")
+    cache, computed = AccuracyCache(tmp_path / "cache"), []
+
+    def compute(checkpoint):
+        out = []
+        for key in ("a,b", "c,d"):
+            done = checkpoint.get("batch", key)
+            if done is None:
+                computed.append(key)
+                done = [_item(q) for q in key.split(",")]
+                checkpoint.put("batch", key, done)
+            out += done
+        return out
+
+    items, cached = cache.get_or_compute(CONFIG, compute)
+    assert not cached and computed == ["c,d"] and [i.id for i in items] == ["a", "b", "c", "d"]
+    assert not list((tmp_path / "cache").glob("*.partial.jsonl"))
+
+
+TWO = r"""
+import json, sys, time
+from pathlib import Path
+from litestage_bench.grid.cache import AccuracyCache
+from litestage_bench.results import ItemResult
+
+folder, barrier, me, config = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+(barrier / me).touch()
+while len(list(barrier.iterdir())) < 2:
+    time.sleep(0.005)
+
+def compute(checkpoint):
+    time.sleep(1.0)
+    return [ItemResult(id="a", answer="A", prediction=me, rule="cloze", correct=False, latency_s=float("nan"),
+                       stage_latency_s={}, tokens={}, outputs={}, predictions_by_rule={}, executed_cost_fraction={})]
+
+items, cached = AccuracyCache(folder).get_or_compute(config, compute)
+print(json.dumps({"cached": cached, "prediction": items[0].prediction}))
+"""
+
+
+def test_two_processes_on_one_entry_compute_it_once(tmp_path):
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", TWO, str(tmp_path / "cache"), str(barrier), str(i),
+                               json.dumps(CONFIG)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert sorted(r["cached"] for r in reports) == [False, True]
+    assert len({r["prediction"] for r in reports}) == 1  # the waiter read what the other one wrote
+    assert any("waiting for another process" in err for _, err in outs)
+
+
+def test_code_version_follows_the_sources_that_shape_results(tmp_path, monkeypatch):
+    from litestage_bench.grid import cache as grid_cache
+
+    pkg, base = tmp_path / "litestage_bench", tmp_path / "baselines"
+    for path in (pkg / "executor.py", pkg / "report.py", pkg / "grid" / "run.py", pkg / "grid" / "report.py",
+                 base / "unified.py"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# v1\n")
+    monkeypatch.setattr(grid_cache, "PACKAGE", pkg)
+
+    def version() -> str:
+        grid_cache.code_version.cache_clear()
+        return grid_cache.code_version()
+
+    v1 = version()
+    for rendering_only in (pkg / "report.py", pkg / "grid" / "report.py"):
+        rendering_only.write_text("# v2\n")
+        assert version() == v1, rendering_only
+    for shaping in (pkg / "executor.py", pkg / "grid" / "run.py", base / "unified.py"):
+        before = version()
+        shaping.write_text("# v2\n")
+        assert version() != before, shaping
+    grid_cache.code_version.cache_clear()
