@@ -40,6 +40,7 @@ from .plan import SkipPlan, SkipSet, StagePlan
 from .prompts import STAGES
 from .reasoner import Callbacks, Reasoner, StageMemo
 from .results import ItemResult, atomic_write, machine_info
+from .runner import evaluate_items, model_facts, seed_everything
 
 POLICY_SCHEMA_VERSION = 1
 
@@ -224,9 +225,8 @@ class CandidateMeter:
     def _run(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
         start = time.perf_counter()
         misses = self.memo.misses
-        results: list[ItemResult] = []
-        for i in range(0, len(self.items), self.batch_size):
-            results += self.reasoner.solve_batch(self.items[i:i + self.batch_size], plan, callbacks, self.memo)
+        results = evaluate_items(self.reasoner, plan, callbacks, self.items, self.batch_size, progress=False,
+                                 memo=self.memo)
         timed = [self.reasoner.solve(q, plan, callbacks, self.memo) for q in self.timed_items]
         fid = aggregate_fidelity(self.dense, results, self.reasoner.cfg.answer_rule)
         acc, ci = metrics.accuracy_ci95([r.correct for r in results])
@@ -329,7 +329,6 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
            cache_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
     """The whole offline LiteStage search on the calibration split; returns the policy."""
     from .models import cache_root
-    from .runner import model_facts, seed_everything
 
     opts.check()
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from .models import LoadedModel, load_model
 from .noise_floor import compact, compare, noise_floor_for
 from .plan import DENSE, SkipPlan
 from .prompts import STAGES
-from .reasoner import Callbacks, Reasoner, ReasonerConfig, select_demos
+from .reasoner import Callbacks, Reasoner, ReasonerConfig, StageMemo, select_demos
 from .results import ItemResult, ResultRecord, build_record, load_record
 
 SEED = 0
@@ -132,9 +132,11 @@ def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callback
 
 def evaluate_items(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, items: list[Question],
                    batch_size: int = DEFAULT_BATCH_SIZE, label: str = "", progress: bool = True,
-                   checkpoint: RunCheckpoint | None = None, phase: str = "batch") -> list[ItemResult]:
+                   checkpoint: RunCheckpoint | None = None, phase: str = "batch",
+                   memo: StageMemo | None = None) -> list[ItemResult]:
     """Accuracy and outputs at throughput: `batch_size` questions per batch, no latency. With a
-    checkpoint, batches finished before an interruption are read back (`phase` names the pipeline)."""
+    checkpoint, batches finished before an interruption are read back (`phase` names the pipeline);
+    a stage memo reuses stages unchanged since an earlier call (budget searches)."""
     results: list[ItemResult] = []
     start = time.perf_counter()
     for i in range(0, len(items), batch_size):
@@ -142,7 +144,7 @@ def evaluate_items(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, ite
         key = ",".join(q.id for q in chunk)
         done = checkpoint.get(phase, key) if checkpoint else None
         if done is None:
-            done = reasoner.solve_batch(chunk, plan, callbacks)
+            done = reasoner.solve_batch(chunk, plan, callbacks, memo)
             if checkpoint:
                 checkpoint.put(phase, key, done)
         results += done
