@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--ranking", choices=("cosine", "iterative"), default="cosine")
     search.add_argument("--uniform", action="store_true", help="one #skip for all stages (ablation)")
     search.add_argument("--max-skip", type=_non_negative, help="largest #skip swept (default: half the units)")
+    search.add_argument("--step", type=_positive, default=1, help="#skip step of the budget sweeps (default 1)")
     search.add_argument("--patience", type=_positive, default=2, help="stop a sweep after N misses in a row")
     search.add_argument("--no-early-exit", action="store_true", help="do not search early-exit thresholds")
     search.add_argument("--harm-profile", action="store_true", help="also measure every unit's single-skip KL")

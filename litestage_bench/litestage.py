@@ -426,6 +426,7 @@ def search_command(session, bench: str, args, config, command: str, log) -> dict
         min_agreement=args.min_agreement if args.min_agreement is not None else 0.9,
         limit=args.limit or SearchOptions.limit, timed=args.timed or SearchOptions.timed,
         batch_size=args.batch_size, granularity=args.granularity, ranking=args.ranking,
-        budget="uniform" if args.uniform else "stagewise", max_skip=args.max_skip, patience=args.patience,
+        budget="uniform" if args.uniform else "stagewise", max_skip=args.max_skip, step=args.step,
+        patience=args.patience,
         early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed)
     return search(session, bench, opts, config, data_dir=args.data_dir, command=command, log=log)
