@@ -206,6 +206,22 @@ def skip_layers_plan(layers: list[int], phase: str) -> StagePlan:
     return phase_plan(SkipSet.layers(layers), phase)
 
 
+class FixedLayersBaseline(Baseline):
+    """A rule-given set of whole layers skipped in every stage, for prompt and generated tokens
+    ("all", the default) or generated tokens only ("decode"); subclasses implement `layers`."""
+
+    def read_params(self, policy: dict[str, Any]) -> dict[str, Any]:
+        return {"phase": choice(policy, "phase", "all", PHASES, self.name)}
+
+    def layers(self, num_layers: int) -> list[int]:
+        raise NotImplementedError
+
+    def stage_plan(self, num_layers: int) -> StagePlan:
+        layers = self.layers(num_layers)
+        self.details = {"layers": layers}
+        return skip_layers_plan(layers, self.params["phase"])
+
+
 # ------------------------------------------------------------------------------------------------
 # searches
 
@@ -226,7 +242,7 @@ def calibrate(session, bench: str, args, config, name: str, default_limit: int,
               log: Callable[[str], None]) -> Calibration:
     """Load only the calibration split (checked disjoint from evaluation), run the dense reasoner on
     it and keep every stage's prompts and outputs."""
-    from litestage_bench.runner import seed_everything
+    from litestage_bench.runner import evaluate_items, seed_everything
 
     started = time.perf_counter()
     seed_everything(args.seed)
@@ -236,7 +252,8 @@ def calibrate(session, bench: str, args, config, name: str, default_limit: int,
     litestage.check_disjoint(items, load_split(bench, "eval", data_dir=args.data_dir))
     reasoner = session.reasoner(bench, config, args.data_dir)
     log(f"[search] {name}: dense on {len(items)} calibration items of {bench}")
-    dense, trace = reasoner.stage_texts(items, SkipPlan(), args.batch_size)
+    with reasoner.tracing() as trace:
+        dense = evaluate_items(reasoner, SkipPlan(), {}, items, args.batch_size, f"{name} {bench} dense")
     texts = StageTexts(reasoner.header.ids if reasoner.header else [], trace)
     if not texts.header:
         raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")

@@ -8,24 +8,16 @@ Suite decision: `phase` "all" (default, the same as a model truncated to L-k lay
 """
 from __future__ import annotations
 
-from typing import Any
-
 from litestage_bench.methods import register
-from litestage_bench.plan import StagePlan
 
-from .common import PHASES, Baseline, choice, skip_layers_plan
+from .common import FixedLayersBaseline
 
 
 @register("early_exit")
-class EarlyExit(Baseline):
+class EarlyExit(FixedLayersBaseline):
     name = "early_exit"
     unit = "last layers to skip"
     reference = "static early exit; AdaSkip's *_EE baseline (ASISys/AdaSkip)"
 
-    def read_params(self, policy: dict[str, Any]) -> dict[str, Any]:
-        return {"phase": choice(policy, "phase", "all", PHASES, self.name)}
-
-    def stage_plan(self, num_layers: int) -> StagePlan:
-        layers = list(range(num_layers - self.k, num_layers))
-        self.details = {"layers": layers}
-        return skip_layers_plan(layers, self.params["phase"])
+    def layers(self, num_layers: int) -> list[int]:
+        return list(range(num_layers - self.k, num_layers))

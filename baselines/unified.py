@@ -10,13 +10,10 @@ is what makes the strategy batch- and KV-cache-friendly) or "decode" (prompts ru
 """
 from __future__ import annotations
 
-from typing import Any
-
 from litestage_bench.methods import register
-from litestage_bench.plan import StagePlan
 from litestage_bench.speed import even_layers
 
-from .common import PHASES, Baseline, choice, skip_layers_plan
+from .common import FixedLayersBaseline
 
 
 def unified_layers(num_layers: int, k: int) -> list[int]:
@@ -24,18 +21,13 @@ def unified_layers(num_layers: int, k: int) -> list[int]:
 
 
 @register("unified")
-class Unified(Baseline):
+class Unified(FixedLayersBaseline):
     name = "unified"
     unit = "intermediate layers to skip"
     reference = "Liu et al. 2024, arXiv 2404.06954 (no official code)"
 
-    def read_params(self, policy: dict[str, Any]) -> dict[str, Any]:
-        return {"phase": choice(policy, "phase", "all", PHASES, self.name)}
-
     def max_k(self, num_layers: int) -> tuple[int, str]:
         return num_layers - 2, " (the first and the last layer always run)"
 
-    def stage_plan(self, num_layers: int) -> StagePlan:
-        layers = unified_layers(num_layers, self.k)
-        self.details = {"layers": layers}
-        return skip_layers_plan(layers, self.params["phase"])
+    def layers(self, num_layers: int) -> list[int]:
+        return unified_layers(num_layers, self.k)

@@ -346,7 +346,9 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     log(f"[search] {name} {bench}: dense on {len(items)} calibration items")
     recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
     memo = StageMemo()
-    dense, trace = reasoner.stage_texts(items, SkipPlan(), opts.batch_size, recorders, memo)
+    with reasoner.tracing() as trace:
+        dense = evaluate_items(reasoner, SkipPlan(), recorders, items, opts.batch_size, f"{name} {bench} dense",
+                               memo=memo)
     texts = StageTexts(reasoner.header.ids if reasoner.header else [], trace)
     if not texts.header:
         raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -118,7 +120,7 @@ class Reasoner:
         self.stops = StopTokens.for_tokenizer(tokenizer)
         self.pad_id = tokenizer.pad_token_id or 0
         self.header = HeaderCache(executor, shared_header_ids(self.prompts)) if config.header_cache else None
-        self.trace: dict[str, list[tuple]] | None = None  # see stage_texts
+        self.trace: dict[str, list[tuple]] | None = None  # see tracing()
 
     # --- building blocks ---------------------------------------------------------------------------
     def _generate(self, inputs, plan: StagePlan, stage: str, callbacks: Callbacks, prefix=None, cache=None,
@@ -271,17 +273,14 @@ class Reasoner:
         if self.trace is not None:
             self.trace.setdefault(stage, []).extend(zip(ids, prompts, outputs))
 
-    def stage_texts(self, qs: list[Question], plan: SkipPlan, batch_size: int, callbacks: Callbacks | None = None,
-                    memo: "StageMemo | None" = None) -> tuple[list[ItemResult], dict[str, list[tuple]]]:
-        """Answers under a plan, `batch_size` questions at a time, and each stage's (question id,
-        prompt ids, generated content ids); stage 2 has an entry per option. With a memo, stages
-        taken from it are not traced: pass a fresh one (or none) to trace every stage."""
+    @contextmanager
+    def tracing(self) -> Iterator[dict[str, list[tuple]]]:
+        """Within the block, every stage run that is computed (not taken from a memo) adds its
+        (question id, prompt ids, generated content ids) to the yielded dict, per stage; stage 2
+        has an entry per option. Pass a fresh memo (or none) to trace every stage."""
         self.trace = {}
         try:
-            results = []
-            for i in range(0, len(qs), batch_size):
-                results += self.solve_batch(qs[i:i + batch_size], plan, callbacks, memo)
-            return results, self.trace
+            yield self.trace
         finally:
             self.trace = None
 

@@ -28,7 +28,7 @@ from litestage_bench.plan import PREFILL_STEP, SkipSet, StagePlan
 from litestage_bench.prompts import STAGES
 
 from tiny_models import ARCHS, PROMPT, all_logits, assert_close, tiny_model
-from tiny_reasoner import QUESTIONS, reasoner, smollm2_tokenizer, tiny_llama
+from tiny_reasoner import QUESTIONS, reasoner, tiny_llama
 
 load_plugins()
 
@@ -452,11 +452,6 @@ def test_cli_passes_k_and_refuses_it_where_it_means_nothing(capsys, tmp_path):
 
 
 # ------------------------------------------------------------------------------ searches
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return smollm2_tokenizer()
 
 
 @pytest.mark.parametrize("name", ["adaskip", "shortgpt", "sleb"])

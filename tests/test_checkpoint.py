@@ -10,7 +10,7 @@ from litestage_bench.plan import SkipPlan
 from litestage_bench.results import ItemResult
 from litestage_bench.runner import evaluate_items, time_items
 
-from tiny_reasoner import QUESTIONS, reasoner, smollm2_tokenizer, tiny_llama
+from tiny_reasoner import QUESTIONS, reasoner
 
 
 def _item(i: str, latency: float = math.nan) -> ItemResult:
@@ -48,9 +48,8 @@ def test_a_line_cut_off_by_a_kill_is_dropped(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    tok = smollm2_tokenizer()
-    return reasoner(tiny_llama(tok), tok)
+def tiny(model, tokenizer):
+    return reasoner(model, tokenizer)
 
 
 def test_runner_resumes_batches_and_timed_questions(tiny, tmp_path, monkeypatch):

@@ -22,9 +22,10 @@ from litestage_bench.methods import ModelFacts
 from litestage_bench.plan import SkipPlan, SkipSet, StagePlan
 from litestage_bench.prompts import STAGES
 from litestage_bench.reasoner import StageMemo
+from litestage_bench.runner import evaluate_items
 
 from tiny_models import PROMPT, tiny_model
-from tiny_reasoner import QUESTIONS, STAGEWISE, reasoner, smollm2_tokenizer, tiny_llama
+from tiny_reasoner import QUESTIONS, STAGEWISE, reasoner
 
 # ------------------------------------------------------------------------------ early exit
 
@@ -191,16 +192,6 @@ def test_calibration_overlap_is_refused():
 # ------------------------------------------------------------------------------ the reasoner's stage memo
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return smollm2_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return tiny_llama(tokenizer)
-
-
 def _same(a, b):
     assert (a.outputs, a.predictions_by_rule, a.tokens) == (b.outputs, b.predictions_by_rule, b.tokens)
     for rule in ("letter", "cloze"):
@@ -224,9 +215,10 @@ def test_stage_memo_reuses_unchanged_stages_and_changes_nothing(model, tokenizer
     assert first[0].outputs["recall"] == got[0].outputs["recall"]
 
 
-def test_stage_texts_trace_every_stage(model, tokenizer):
+def test_tracing_records_every_stage(model, tokenizer):
     r = reasoner(model, tokenizer)
-    results, trace = r.stage_texts(QUESTIONS, SkipPlan(), batch_size=2)
+    with r.tracing() as trace:
+        results = evaluate_items(r, SkipPlan(), {}, QUESTIONS, batch_size=2, progress=False)
     assert [x.id for x in results] == [q.id for q in QUESTIONS]
     assert len(trace["recall"]) == len(trace["summarize"]) == len(QUESTIONS)
     assert len(trace["analyze"]) == sum(len(q.labels) for q in QUESTIONS)

@@ -16,19 +16,9 @@ from litestage_bench.header_cache import shared_header_ids
 from litestage_bench.naive import NaiveReasoner
 from litestage_bench.plan import DENSE
 
-from tiny_reasoner import QUESTIONS, STAGEWISE, STATIC, reasoner, smollm2_tokenizer, tiny_llama
+from tiny_reasoner import QUESTIONS, STAGEWISE, STATIC, reasoner
 
 SCORE_ATOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return smollm2_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return tiny_llama(tokenizer)
 
 
 def assert_same(a, b) -> None:
