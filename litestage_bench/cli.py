@@ -194,8 +194,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare_records
-    from .results import load_record
-    report, regressed = compare_records([load_record(args.baseline)], [load_record(args.current)],
+    from .results import load_records
+    report, regressed = compare_records(load_records(args.baseline), load_records(args.current),
                                         acc_tol=args.acc_tol, speed_tol=args.speed_tol)
     print(report)
     return EXIT_REGRESSION if regressed else 0
@@ -288,11 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--markdown", help="also write the table as markdown")
     report.set_defaults(func=cmd_report)
 
-    compare = sub.add_parser("compare", help="regression report; exit 1 on a regression")
-    compare.add_argument("baseline")
-    compare.add_argument("current")
-    compare.add_argument("--acc-tol", type=float, default=0.02)
-    compare.add_argument("--speed-tol", type=float, default=0.10)
+    compare = sub.add_parser("compare", help="regression report against reference records; exit 1 on a regression")
+    compare.add_argument("baseline", help="reference: a record JSON or a folder of them (a grid folder: its records/)")
+    compare.add_argument("current", help="the same for the current run")
+    compare.add_argument("--acc-tol", type=float, default=0.0,
+                         help="widen the reference's accuracy / agreement 95%% CI by this much (default 0)")
+    compare.add_argument("--speed-tol", type=float, default=0.10,
+                         help="a speedup more than this fraction below the reference's regresses (default 0.10)")
     compare.set_defaults(func=cmd_compare)
     return ap
 

@@ -9,7 +9,7 @@ from typing import Iterable
 
 from tabulate import tabulate
 
-from . import metrics
+from . import metrics, stats
 from .errors import UserError
 from .results import ResultRecord, atomic_write
 
@@ -280,54 +280,83 @@ def _plan_change(base: dict[str, float], cur: dict[str, float], tol: float = 1e-
     return "; ".join(changes)
 
 
+def _outside(x: float, ci, slack: float) -> bool:
+    lo, hi = ci
+    return x < lo - slack - 1e-12 or x > hi + slack + 1e-12
+
+
+def _agreement(r: ResultRecord) -> tuple[float, tuple[float, float]] | None:
+    """Answer agreement with dense and its Wilson 95% CI, when the record compares with dense."""
+    f = r.fidelity or {}
+    if f.get("agreement") is None or not f.get("n"):
+        return None
+    n = int(f["n"])
+    return f["agreement"], stats.wilson_ci95(round(f["agreement"] * n), n)
+
+
+def regression_status(b: ResultRecord, c: ResultRecord, acc_tol: float, speed_tol: float) -> list[str]:
+    """Why the current record regressed against the reference: accuracy or agreement outside the
+    reference's 95% CI (widened by ``acc_tol``), or speedup below reference x (1 - speed_tol)."""
+    status = []
+    if _outside(c.accuracy, b.accuracy_ci95, acc_tol):
+        status.append("REGRESSION: accuracy outside reference CI")
+    ref_agree, cur_agree = _agreement(b), _agreement(c)
+    if ref_agree and cur_agree and _outside(cur_agree[0], ref_agree[1], acc_tol):
+        status.append("REGRESSION: agreement outside reference CI")
+    if b.speedup is not None and c.speedup is not None and c.speedup < b.speedup * (1 - speed_tol):
+        status.append("REGRESSION: speed")
+    return status
+
+
 def compare_records(
     baseline: list[ResultRecord],
     current: list[ResultRecord],
-    acc_tol: float = 0.02,
+    acc_tol: float = 0.0,
     speed_tol: float = 0.10,
 ) -> tuple[str, bool]:
-    """Regression report (markdown) of ``current`` against ``baseline``, and whether one regressed.
+    """Regression report (markdown) of ``current`` against the reference ``baseline``, and whether
+    one regressed.
 
-    Records match on (model, benchmark, method, policy name, split, n). A regression is accuracy
-    below ``baseline - acc_tol``, or (when both have a speedup) speedup below
-    ``baseline * (1 - speed_tol)``. A changed executed-cost fraction is flagged "plan changed"
-    but is not a regression by itself; records present on one side only are listed, not flagged.
-    The current record's comparison with dense (agreement, flips, answer KL, McNemar p, speedup CI)
-    is shown beside it for information only: it does not decide a regression.
+    Records match on (model, benchmark, method, policy name, split, n). Regressions: accuracy, or
+    answer agreement with dense, outside the reference's 95% CI (Wilson; widened by ``acc_tol``);
+    a speedup below ``baseline * (1 - speed_tol)`` (speedups are ratios measured side by side in
+    one run, never seconds across machines); a reference record missing from ``current``.
+    A changed executed-cost fraction is flagged "plan changed" but is not a regression by itself;
+    records only in ``current`` (new cases) are listed. The current record's comparison with dense
+    (agreement, flips, answer KL, McNemar p, speedup CI) is shown beside it.
     """
     base = _index(baseline, "baseline")
     cur = _index(current, "current")
     headers = [
-        "record", "acc base", "acc cur", "d acc", "paired d [95% CI] (+gained/-lost)",
+        "record", "acc base [95% CI]", "acc cur", "d acc", "paired d [95% CI] (+gained/-lost)",
         "speedup base", "speedup cur", "d speedup", "cost fraction change", "agreement cur",
         "flips cur", "answer KL cur", "McNemar p cur", "speedup cur [95% CI]", "status",
     ]
     rows = []
-    regressed = False
+    missing = sorted(base.keys() - cur.keys())
+    regressed = bool(missing)
     for key in sorted(base.keys() & cur.keys()):
         b, c = base[key], cur[key]
-        status = []
-        if c.accuracy < b.accuracy - acc_tol:
-            status.append("REGRESSION: accuracy")
-        d_speed = "-"
-        if b.speedup is not None and c.speedup is not None:
-            d_speed = f"{(c.speedup / b.speedup - 1) * 100:+.1f}%" if b.speedup else "-"
-            if c.speedup < b.speedup * (1 - speed_tol):
-                status.append("REGRESSION: speed")
+        status = regression_status(b, c, acc_tol, speed_tol)
         regressed = regressed or bool(status)
+        d_speed = "-"
+        if b.speedup and c.speedup is not None:
+            d_speed = f"{(c.speedup / b.speedup - 1) * 100:+.1f}%"
         plan = _plan_change(b.executed_cost_fraction, c.executed_cost_fraction)
         if plan:
             status.append("plan changed")
         rows.append([
-            _key_label(key), _num(b.accuracy, ".3f"), _num(c.accuracy, ".3f"),
+            _key_label(key), _accuracy(b), _num(c.accuracy, ".3f"),
             _num(c.accuracy - b.accuracy, "+.3f"), _paired(b, c), _speedup(b.speedup), _speedup(c.speedup),
             d_speed, plan or "-", *_fidelity_cells(c), _speedup_ci(c), ", ".join(status) or "ok",
         ])
+    rows += [[_key_label(key), _accuracy(base[key]), *["-"] * 12, "REGRESSION: missing case"] for key in missing]
 
     parts = [
         "## Comparison: current vs baseline",
         "",
-        f"Tolerances: accuracy -{acc_tol:.3f} absolute, speedup -{speed_tol:.0%} relative.",
+        f"Regression: accuracy or agreement outside the reference's 95% CI (+/-{acc_tol:.3f}), speedup more "
+        f"than {speed_tol:.0%} below the reference's, or a reference case missing.",
         "",
     ]
     if rows:
@@ -335,10 +364,10 @@ def compare_records(
         parts += [_with_notes(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), matched), ""]
     else:
         parts += ["No record appears on both sides.", ""]
-    for side, only in (("baseline", base.keys() - cur.keys()), ("current", cur.keys() - base.keys())):
-        if only:
-            parts.append(f"Only in {side}:")
-            parts += [f"- {_key_label(k)}" for k in sorted(only)]
-            parts.append("")
+    new_cases = sorted(cur.keys() - base.keys())
+    if new_cases:
+        parts.append("Only in current (new cases, not compared):")
+        parts += [f"- {_key_label(k)}" for k in new_cases]
+        parts.append("")
     parts.append("Result: REGRESSION" if regressed else "Result: no regression")
     return "\n".join(parts) + "\n", regressed

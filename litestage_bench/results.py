@@ -411,6 +411,18 @@ def write_record(path: str | os.PathLike, record: ResultRecord) -> Path:
     return atomic_write(path, dump)
 
 
+def load_records(path: str | os.PathLike) -> list[ResultRecord]:
+    """One record file, or every ``*.json`` record in a folder (a grid folder: its ``records/``)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [load_record(path)]
+    folder = path / "records" if (path / "records").is_dir() else path
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise UserError(f"{folder} holds no result records (*.json)", "pass a record file or a folder of records")
+    return [load_record(f) for f in files]
+
+
 def load_record(path: str | os.PathLike) -> ResultRecord:
     """Read a record written by ``write_record``; ``UserError`` naming the path on any problem."""
     path = Path(path)

@@ -186,3 +186,19 @@ def test_litestage_policy_for_another_model_is_refused_before_loading(over, need
                             "--policy", str(policy), "--out", str(out)], capsys)
     assert_one_line_error(code, err, needle)
     assert not out.exists()
+
+
+def test_compare_reads_record_folders_and_exits_1_on_a_regression(tmp_path, capsys):
+    from litestage_bench.results import write_record
+    from test_results import make_record
+    ref, cur = tmp_path / "reference", tmp_path / "grid"
+    for method, correct in (("dense", [True] * 8), ("unified", [True] * 6 + [False] * 2)):
+        write_record(ref / f"{method}.json", make_record(method, correct=correct, speedup=1.3))
+        write_record(cur / "records" / f"{method}.json", make_record(method, correct=correct, speedup=1.25))
+    code, out, _ = run_cli(["compare", str(ref), str(cur)], capsys)
+    assert code == 0 and "no regression" in out and out.count("| ok") == 2
+    (cur / "records" / "unified.json").unlink()
+    code, out, _ = run_cli(["compare", str(ref), str(cur)], capsys)
+    assert code == 1 and "REGRESSION: missing case" in out
+    code, _, err = run_cli(["compare", str(ref), str(tmp_path / "empty")], capsys)
+    assert_one_line_error(code, err, "does not exist")

@@ -349,14 +349,37 @@ def test_compare_flags_speed_drop_and_tolerates_small_change():
     assert not regressed
 
 
-def test_compare_plan_change_and_unmatched():
+def test_compare_plan_change_new_and_missing_cases():
     base = [make_record(cost=1.0), make_record("dense", speedup=None)]
     cur = [make_record(cost=0.6), make_record("flexidepth")]
     report, regressed = compare_records(base, cur)
-    assert not regressed
+    assert regressed  # the reference's dense case did not run
     assert "plan changed" in report and "analyze 1.00->0.60" in report
-    assert "Only in baseline:" in report and "/dense/" in report
-    assert "Only in current:" in report and "/flexidepth/" in report
+    assert "REGRESSION: missing case" in report and "/dense/" in report
+    assert "Only in current" in report and "/flexidepth/" in report
+    _, regressed = compare_records(base[:1], cur)  # a new case alone is not a regression
+    assert not regressed
+
+
+def test_compare_flags_accuracy_outside_the_reference_ci_either_way():
+    base = [make_record(correct=[True] * 10 + [False] * 10)]  # 0.5, Wilson CI about [0.30, 0.70]
+    for k, bad in ((11, False), (7, False), (5, True), (17, True)):
+        _, regressed = compare_records(base, [make_record(correct=[True] * k + [False] * (20 - k))])
+        assert regressed == bad, k
+
+
+def test_compare_flags_agreement_outside_the_reference_ci():
+    # equal accuracy, but the current run changed every wrong answer: agreement 1.0 -> 0.5
+    dense = [make_item(i, i % 2 == 0) for i in range(12)]
+    common = dict(model="smollm2-135m", benchmark="obqa", split="eval", method="litestage", policy={"name": "ls"},
+                  answer_rule="letter", command="cmd", config={}, speedup=1.5, dense_items=dense)
+    agree = build_record(items=[dataclasses.replace(it) for it in dense], **common)
+    disagree = build_record(items=[it if it.correct else dataclasses.replace(it, prediction="C") for it in dense],
+                            **common)
+    assert agree.accuracy == disagree.accuracy and disagree.fidelity["agreement"] == 0.5
+    report, regressed = compare_records([agree], [disagree])
+    assert regressed and "REGRESSION: agreement" in report and "REGRESSION: accuracy" not in report
+    assert not compare_records([agree], [agree])[1]
 
 
 def test_compare_duplicate_records_is_user_error():

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# CI regression report (issue 9): a small grid on the default model, compared with the committed
+# reference grid in results/reference/ by `litestage-bench compare` (exit 1 on a regression:
+# accuracy or agreement outside the reference's 95% CI, a speedup more than SPEED_TOL below the
+# reference's, or a missing case). Speedups are ratios measured within one run, never seconds.
+#   bash scripts/ci_regression.sh            # grid into a temporary folder, then the report
+#   bash scripts/ci_regression.sh --update   # regenerate results/reference/ (commit it, saying why)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck disable=SC1091
+. "${LITESTAGE_VENV:-.venv}/bin/activate"
+# 6 items per benchmark, 3 of them timed: the speedup of so few questions is noisy, hence 30%.
+SPEED_TOL=${SPEED_TOL:-0.30}
+GRID=(--models smollm2-135m --benches obqa,strategyqa --methods dense,unified --points 'unified=4'
+      --limit 6 --timed 3 --grid-cache off)
+if [ "${1:-}" = "--update" ]; then
+  out=results/reference
+  rm -rf "$out"
+else
+  out=$(mktemp -d)
+fi
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest --benchmark-only tests/bench_grid.py -q -p no:cacheprovider \
+  "${GRID[@]}" --grid-out "$out"
+[ "${1:-}" = "--update" ] && exit 0
+litestage-bench compare results/reference "$out" --speed-tol "$SPEED_TOL" | tee "$out/regression.md"
