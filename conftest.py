@@ -36,15 +36,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="comma-separated methods, or 'all' (default: all with --benchmark-only, dense,unified in a "
                          "plain pytest smoke); dense always runs: every comparison is against it")
     group.addoption("--points", default=None,
-                    help="budget points (k) per method, e.g. 'unified=2,4,8;early_exit=2,4' (defaults: unified 2,4,8; "
-                         "early_exit 2,4; skipdecode 4,8; adaskip 4,8,16; shortgpt 2,4; sleb 2,4; smoke: unified 4)")
+                    help="budget points (k) per method, e.g. 'unified=2,4,8;early_exit=2,4' (defaults: unified 4; "
+                         "early_exit 2; skipdecode 8; adaskip 8; shortgpt 4; sleb 4; smoke: unified 4); 'sweep' "
+                         "(first) takes every method's sweep, e.g. 'sweep;unified=3'")
     group.addoption("--stages", default="all",
                     help="stage selections in which methods may skip (others run dense), ';'-separated: "
                          "e.g. 'all;analyze;recall,summarize' (default all)")
     group.addoption("--limit", type=int, default=None,
                     help="items per benchmark, 0 = the whole evaluation split (default: 10 with --benchmark-only, 2 otherwise)")
     group.addoption("--timed", type=int, default=None,
-                    help="items of them timed at batch 1 per case, 0 = all (default: min(limit, 50); 1 in the smoke)")
+                    help="items of them timed at batch 1 per case, 0 = all (default: min(limit, 5); 1 in the smoke)")
     group.addoption("--batch-size", type=int, default=8, help="questions per batch for accuracy (default 8)")
     group.addoption("--dtype", default=None, help="float32 or bfloat16 (default: the model's default)")
     group.addoption("--device", default="cpu", help="cpu, cuda (xdist: worker i uses GPU i modulo the count) or cuda:N")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from litestage_bench.errors import UserError
-from litestage_bench.grid.cases import DEFAULT_POINTS, GridCase, selection_from_options
+from litestage_bench.grid.cases import DEFAULT_POINTS, SWEEP_POINTS, GridCase, selection_from_options
 from litestage_bench.prompts import STAGES
 
 DEFAULTS = {"--models": None, "--benches": None, "--methods": None, "--points": None, "--stages": "all",
@@ -20,7 +20,7 @@ def select(main_job: bool = True, **options):
 
 def test_main_job_defaults(tmp_path):
     sel = select(policy_dir=str(tmp_path))
-    assert (sel.models, sel.benches, sel.limit, sel.timed) == (["smollm2-135m"], ["obqa", "csqa", "strategyqa"], 10, 10)
+    assert (sel.models, sel.benches, sel.limit, sel.timed) == (["smollm2-135m"], ["obqa", "csqa", "strategyqa"], 10, 5)
     assert sel.methods[0] == "dense" and "plan" not in sel.methods and "litestage" in sel.methods
     cases = sel.cases()
     first = [c for c in cases if c.bench == "obqa"]
@@ -54,6 +54,12 @@ def test_points_stages_and_ids():
     assert GridCase("m", "obqa", "unified", 2).stages == STAGES
     assert sorted(cases, key=GridCase.sort_key) == sorted(reversed(cases), key=GridCase.sort_key)
     assert GridCase.from_dict(cases[3].to_dict()) == cases[3]
+
+
+def test_sweep_points():
+    sel = select(methods="unified,adaskip", points="sweep;unified=3")
+    assert sel.points == {"unified": (3,), "adaskip": SWEEP_POINTS["adaskip"]}
+    assert select(methods="unified").points == {"unified": DEFAULT_POINTS["unified"]}
 
 
 @pytest.mark.parametrize("options, message", [
