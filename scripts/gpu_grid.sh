@@ -18,4 +18,4 @@ python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'tox 
 
 models="smollm2-135m,qwen2.5-coder-0.5b${LITESTAGE_GPU_MODELS:+,$LITESTAGE_GPU_MODELS}"
 exec python -m pytest --benchmark-only -n auto --device cuda --dtype bfloat16 --models "$models" \
-  --limit "${LITESTAGE_GPU_LIMIT:-0}" --timed 50 --batch-size 32 --grid-out results/grid-gpu "$@"
+  --points sweep --limit "${LITESTAGE_GPU_LIMIT:-0}" --timed 50 --batch-size 32 --grid-out results/grid-gpu "$@"
