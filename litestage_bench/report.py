@@ -16,9 +16,28 @@ from .results import ResultRecord, atomic_write
 STAGES = ("recall", "analyze", "summarize")
 
 
+def _searched_label(policy: dict) -> str:
+    """A searched policy's label from what the record says about it: target, the ablation options
+    that differ from the defaults, and whether early exit ran (litestage-acc4, -agree0.9-no-exit, ...)."""
+    target, opts = policy.get("target") or {}, policy.get("options") or {}
+    parts = [str(policy["name"])]
+    if target.get("kind") == "accuracy":
+        parts.append(f"acc{target.get('tolerance_points'):g}")
+    elif target.get("kind") == "agreement":
+        parts.append(f"agree{target.get('min_agreement'):g}")
+    parts += [opts[k] for k, default in (("budget", "stagewise"), ("granularity", "sublayer"), ("ranking", "cosine"))
+              if opts.get(k, default) != default]
+    if policy.get("early_exit_enabled") is False or opts.get("early_exit") is False:
+        parts.append("no-exit")
+    return "-".join(parts)
+
+
 def policy_name(policy: dict | str | None) -> str:
-    """Short policy label: the dict's ``name``, else a policy file's stem, else ``-``."""
+    """Short policy label: a searched policy's label (target and ablations), else the dict's
+    ``name``, else a policy file's stem, else ``-``."""
     if isinstance(policy, dict):
+        if policy.get("name") and isinstance(policy.get("target"), dict):
+            return _searched_label(policy)
         if policy.get("name"):
             return str(policy["name"])
         for key in ("path", "file"):

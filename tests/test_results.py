@@ -545,3 +545,14 @@ def test_compare_shows_the_current_comparison_with_dense():
     assert row["speedup cur [95% CI]"].startswith(f"{rec.speedup:.2f}x [")
     assert _cells("\n".join(lines), 2)["flips cur"] == "-"
     assert "noise floor (float32, 1 thread)" in report
+
+
+def test_policy_name_labels_searched_policies_by_target_and_ablation():
+    base = {"name": "litestage", "target": {"kind": "accuracy", "tolerance_points": 4.0}, "early_exit_enabled": True,
+            "options": {"budget": "stagewise", "granularity": "sublayer", "ranking": "cosine", "early_exit": True}}
+    assert policy_name(base) == "litestage-acc4"
+    assert policy_name({**base, "early_exit_enabled": False}) == "litestage-acc4-no-exit"
+    assert policy_name({**base, "target": {"kind": "agreement", "min_agreement": 0.9},
+                        "options": {**base["options"], "budget": "uniform", "granularity": "layer"}}) == \
+        "litestage-agree0.9-uniform-layer"
+    assert policy_name({"name": "unified-k4"}) == "unified-k4"
