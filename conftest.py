@@ -37,7 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "plain pytest smoke); dense always runs: every comparison is against it")
     group.addoption("--points", default=None,
                     help="budget points (k) per method, e.g. 'unified=2,4,8;early_exit=2,4' (defaults: unified 4; "
-                         "early_exit 2; skipdecode 8; adaskip 8; shortgpt 4; sleb 4; smoke: unified 4); 'sweep' "
+                         "early_exit 2; skipdecode 8; adaskip 8; shortgpt 4; sleb 2; smoke: unified 4); 'sweep' "
                          "(first) takes every method's sweep, e.g. 'sweep;unified=3'")
     group.addoption("--stages", default="all",
                     help="stage selections in which methods may skip (others run dense), ';'-separated: "

@@ -25,7 +25,7 @@ DEFAULT_POINTS: dict[str, tuple[int, ...]] = {
     "skipdecode": (8,),  # lower layers skipped at most, per decode step
     "adaskip": (8,),  # sub-layers (attention + FFN)
     "shortgpt": (4,),  # layers removed
-    "sleb": (4,),  # blocks removed
+    "sleb": (2,),  # blocks removed (the committed SLEB policies hold 2 removals)
 }
 SWEEP_POINTS: dict[str, tuple[int, ...]] = {
     "unified": (2, 4, 8), "early_exit": (2, 4), "skipdecode": (4, 8), "adaskip": (4, 8, 16),
