@@ -275,14 +275,15 @@ def machine_info() -> dict:
 # JSON
 
 
-def _json_safe(x: Any) -> Any:
-    """Tuples to lists and non-finite floats to ``None``: strict JSON that any tool can read."""
+def json_safe(x: Any) -> Any:
+    """Tuples to lists and non-finite floats to ``None``: strict JSON that any tool can read
+    (records, and the grid's pytest-benchmark extra_info)."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -291,7 +292,7 @@ def _nan_if_none(x: Any) -> float:
 
 
 def item_to_dict(item: ItemResult) -> dict:
-    return _json_safe(asdict(item))
+    return json_safe(asdict(item))
 
 
 def item_from_dict(it: Any, source: str = "item", i: int = 0) -> ItemResult:
@@ -311,7 +312,7 @@ def item_from_dict(it: Any, source: str = "item", i: int = 0) -> ItemResult:
 
 def record_to_dict(record: ResultRecord) -> dict:
     """Plain JSON-ready dict (NaN written as ``null``; ``record_from_dict`` reads it back as nan)."""
-    return _json_safe(asdict(record))
+    return json_safe(asdict(record))
 
 
 def _required(cls: type) -> list[str]:

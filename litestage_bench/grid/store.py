@@ -8,10 +8,9 @@ same items. So the records and tables of `-n N` and of a serial run differ only 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 
-from ..results import ItemResult, ResultRecord, build_record, item_from_dict, item_to_dict
+from ..results import ItemResult, ResultRecord, build_record, item_from_dict, item_to_dict, json_safe
 from .cases import GridCase
 
 SPLIT = "eval"
@@ -121,15 +120,5 @@ def extra_info(result: CaseResult, record: ResultRecord) -> dict:
         "policy_source": (result.search or {}).get("source"), "search_seconds": (result.search or {}).get("seconds"),
         "dtype": result.dtype, "device": result.device, "threads": result.threads, "worker": result.worker,
     }
-    return _strict(info)
+    return json_safe(info)  # pytest-benchmark writes extra_info into its JSON
 
-
-def _strict(x):
-    """NaN/inf to None, tuples to lists: pytest-benchmark writes extra_info into its JSON."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict(v) for v in x]
-    return x
