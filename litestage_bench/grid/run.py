@@ -24,6 +24,7 @@ from ..locking import file_lock
 from ..methods import SEARCHES, Method, load_policy, make_method
 from ..models import cache_root
 from ..noise_floor import compact, compare, noise_floor_for
+from ..packaged import sha256_file
 from ..plan import SkipPlan
 from ..reasoner import Reasoner, ReasonerConfig
 from ..results import atomic_write
@@ -108,7 +109,7 @@ class GridContext:
     def _load(self, path: Path, source: dict) -> tuple[dict, dict]:
         if path not in self._policies:
             policy = load_policy(path)
-            self._policies[path] = (policy, {**source, "sha256": _sha_file(path)})
+            self._policies[path] = (policy, {**source, "sha256": sha256_file(path)})
         return self._policies[path]
 
     def _search(self, case: GridCase, target: Path) -> tuple[dict, dict]:
@@ -137,10 +138,6 @@ class GridContext:
         method = make_method(case.method, policy)
         method.check_model(case.model)
         return (method if case.method == "dense" else StageRestricted(method, case.stages)), policy, source
-
-
-def _sha_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @lru_cache(maxsize=None)
