@@ -24,7 +24,7 @@ _SHARED = ROOT.parent / "shared" / "data"
 if "LITESTAGE_DATA_DIR" not in os.environ and _SHARED.is_dir():
     os.environ["LITESTAGE_DATA_DIR"] = str(_SHARED)
 
-_GRID_PROPERTY = "litestage_grid"
+from litestage_bench.grid.store import GRID_PROPERTY  # noqa: E402  (after the data folder is set)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -235,7 +235,7 @@ class _ProgressLines:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call" or not report.passed:
             return
-        summary = dict(report.user_properties).get(_GRID_PROPERTY)
+        summary = dict(report.user_properties).get(GRID_PROPERTY)
         if summary is None:
             return
         line = self.config.stash[_PROGRESS].line(summary)
@@ -247,7 +247,7 @@ class _ProgressLines:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
-    text = getattr(node, "workeroutput", {}).get(_GRID_PROPERTY)
+    text = getattr(node, "workeroutput", {}).get(GRID_PROPERTY)
     if text:
         node.config.stash[_STORE].merge(text)
 
@@ -258,7 +258,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if store is None or not store.results:
         return
     if _is_worker():
-        config.workeroutput[_GRID_PROPERTY] = store.dumps()
+        config.workeroutput[GRID_PROPERTY] = store.dumps()
         return
     sel = config.stash[_SELECTION]
     if exitstatus == pytest.ExitCode.INTERRUPTED:

@@ -13,9 +13,7 @@ import math
 import pytest
 
 from litestage_bench.errors import UserError
-from litestage_bench.grid.store import extra_info
-
-_GRID_PROPERTY = "litestage_grid"  # read by conftest's progress lines
+from litestage_bench.grid.store import GRID_PROPERTY, extra_info
 
 
 @pytest.mark.grid
@@ -28,7 +26,7 @@ def test_grid(benchmark, grid_case, grid_context, grid_runner, grid_store, recor
     record = grid_store.record_for(result)  # compared with dense's case of this worker, when it ran
     info = extra_info(result, record)
     benchmark.extra_info.update(info)
-    record_property(_GRID_PROPERTY, {"case": grid_case.id, "worker": result.worker, "accuracy": info["accuracy"],
+    record_property(GRID_PROPERTY, {"case": grid_case.id, "worker": result.worker, "accuracy": info["accuracy"],
                                      "accuracy_cached": result.accuracy_cached, "speedup": info["speedup"],
                                      "seconds": result.accuracy_seconds + result.timing.get("seconds", 0.0)})
 

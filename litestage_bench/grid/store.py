@@ -14,6 +14,9 @@ from ..results import ItemResult, ResultRecord, build_record, item_from_dict, it
 from .cases import GridCase
 
 SPLIT = "eval"
+# the key under which a case's summary (test -> progress line) and a worker's cases (worker ->
+# controller) travel between pytest processes
+GRID_PROPERTY = "litestage_grid"
 
 
 @dataclass
