@@ -49,20 +49,20 @@ def policy_name(policy: dict | str | None) -> str:
     return "-"
 
 
-def _num(x: float | None, fmt: str) -> str:
+def fmt_num(x: float | None, fmt: str) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     return format(x, fmt)
 
 
-def _per_stage(d: dict[str, float], fmt: str) -> str:
+def fmt_stages(d: dict[str, float], fmt: str) -> str:
     """``R/A/S`` values in stage order (``-`` for a stage the record lacks)."""
-    return "/".join(_num(d.get(s), fmt) for s in STAGES)
+    return "/".join(fmt_num(d.get(s), fmt) for s in STAGES)
 
 
 def _accuracy(r: ResultRecord) -> str:
     lo, hi = r.accuracy_ci95
-    return f"{_num(r.accuracy, '.3f')} [{_num(lo, '.3f')}, {_num(hi, '.3f')}]"
+    return f"{fmt_num(r.accuracy, '.3f')} [{fmt_num(lo, '.3f')}, {fmt_num(hi, '.3f')}]"
 
 
 def _speedup(x: float | None) -> str:
@@ -75,7 +75,7 @@ def _speedup_ci(r: ResultRecord) -> str:
     if point == "-" or r.speedup_ci95 is None:
         return point
     lo, hi = r.speedup_ci95
-    return f"{point} [{_num(lo, '.2f')}, {_num(hi, '.2f')}]"
+    return f"{point} [{fmt_num(lo, '.2f')}, {fmt_num(hi, '.2f')}]"
 
 
 def _fid(r: ResultRecord, key: str) -> float | None:
@@ -89,7 +89,7 @@ def _flips(r: ResultRecord) -> str:
     return f"-{r.fidelity.get('correct_to_wrong', 0)}/+{r.fidelity.get('wrong_to_correct', 0)}"
 
 
-def _p_value(p: float | None) -> str:
+def fmt_p(p: float | None) -> str:
     if p is None or not math.isfinite(p):
         return "-"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
@@ -97,7 +97,7 @@ def _p_value(p: float | None) -> str:
 
 def _fidelity_cells(r: ResultRecord) -> list[str]:
     """agreement, flips, answer KL, McNemar p (``-`` for dense and records without a comparison)."""
-    return [_num(_fid(r, "agreement"), ".3f"), _flips(r), _num(_fid(r, "answer_kl"), ".4f"), _p_value(r.mcnemar_p)]
+    return [fmt_num(_fid(r, "agreement"), ".3f"), _flips(r), fmt_num(_fid(r, "answer_kl"), ".4f"), fmt_p(r.mcnemar_p)]
 
 
 def _threads(threads: object) -> str:
@@ -164,9 +164,9 @@ def results_table(records: list[ResultRecord], fmt: str = "github") -> str:
     rows = [
         [
             r.model, r.benchmark, r.method, policy_name(r.policy), r.n, _accuracy(r), _speedup_ci(r),
-            *_fidelity_cells(r), _num(r.retention, ".2f"),
-            _num(r.latency_s, ".3f"), _per_stage(r.stage_latency_s, ".3f"), _per_stage(r.tokens, ".1f"),
-            _per_stage(r.executed_cost_fraction, ".2f"), _rules(r),
+            *_fidelity_cells(r), fmt_num(r.retention, ".2f"),
+            fmt_num(r.latency_s, ".3f"), fmt_stages(r.stage_latency_s, ".3f"), fmt_stages(r.tokens, ".1f"),
+            fmt_stages(r.executed_cost_fraction, ".2f"), _rules(r),
         ]
         for r in sorted(records, key=_sort_key)
     ]
@@ -180,8 +180,8 @@ def rules_table(records: list[ResultRecord], fmt: str = "github") -> str:
     for r in sorted(records, key=_sort_key):
         one_step = r.extra.get("one_step_accuracy", {})
         rows.append([r.model, r.benchmark, r.method, r.n,
-                     *(_num(r.accuracy_by_rule.get(rule), ".3f") for rule in ("regex", "letter", "cloze")),
-                     *(_num(one_step.get(rule, {}).get("accuracy"), ".3f") for rule in ("letter", "cloze"))])
+                     *(fmt_num(r.accuracy_by_rule.get(rule), ".3f") for rule in ("regex", "letter", "cloze")),
+                     *(fmt_num(one_step.get(rule, {}).get("accuracy"), ".3f") for rule in ("letter", "cloze"))])
     headers = ["model", "bench", "method", "n", "3-stage regex", "3-stage letter", "3-stage cloze",
                "one-step letter", "one-step cloze"]
     return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
@@ -285,7 +285,7 @@ def _paired(base: ResultRecord, cur: ResultRecord) -> str:
     d = metrics.paired_difference([c[i] for i in ids], [b[i] for i in ids])
     lo, hi = d["ci95"]
     return (
-        f"{d['mean_diff']:+.3f} [{_num(lo, '+.3f')}, {_num(hi, '+.3f')}] "
+        f"{d['mean_diff']:+.3f} [{fmt_num(lo, '+.3f')}, {fmt_num(hi, '+.3f')}] "
         f"(+{d['a_only']}/-{d['b_only']})"
     )
 
@@ -295,7 +295,7 @@ def _plan_change(base: dict[str, float], cur: dict[str, float], tol: float = 1e-
     for s in list(dict.fromkeys([*base, *cur])):
         x, y = base.get(s), cur.get(s)
         if x is None or y is None or abs(x - y) > tol:
-            changes.append(f"{s} {_num(x, '.2f')}->{_num(y, '.2f')}")
+            changes.append(f"{s} {fmt_num(x, '.2f')}->{fmt_num(y, '.2f')}")
     return "; ".join(changes)
 
 
@@ -365,8 +365,8 @@ def compare_records(
         if plan:
             status.append("plan changed")
         rows.append([
-            _key_label(key), _accuracy(b), _num(c.accuracy, ".3f"),
-            _num(c.accuracy - b.accuracy, "+.3f"), _paired(b, c), _speedup(b.speedup), _speedup(c.speedup),
+            _key_label(key), _accuracy(b), fmt_num(c.accuracy, ".3f"),
+            fmt_num(c.accuracy - b.accuracy, "+.3f"), _paired(b, c), _speedup(b.speedup), _speedup(c.speedup),
             d_speed, plan or "-", *_fidelity_cells(c), _speedup_ci(c), ", ".join(status) or "ok",
         ])
     rows += [[_key_label(key), _accuracy(base[key]), *["-"] * 12, "REGRESSION: missing case"] for key in missing]

@@ -14,7 +14,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ..prompts import STAGES
-from ..report import noise_floor_notes
+from ..report import fmt_num, fmt_p, fmt_stages, noise_floor_notes
 from ..results import ResultRecord, atomic_write, machine_info, write_record, write_text_atomic
 from .cases import slug
 from .store import CaseResult, GridStore
@@ -29,27 +29,11 @@ STAGE_COLUMNS = ["method", "point", "stages", "stage", "s/question", "share of q
 TIMING_COLUMNS = {"speedup [95% CI]", "s/question", "stage s R/A/S", "share of question", "speedup vs dense"}
 
 
-def _num(x, fmt: str) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return format(x, fmt)
-
-
-def _stages3(d: dict, fmt: str) -> str:
-    return "/".join(_num(d.get(s), fmt) for s in STAGES)
-
-
 def _ci(point, ci, fmt: str, suffix: str = "") -> str:
-    p = _num(point, fmt)
+    p = fmt_num(point, fmt)
     if p == "-" or not ci:
         return p + (suffix if p != "-" else "")
-    return f"{p}{suffix} [{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
-
-
-def _p(p) -> str:
-    if p is None or not math.isfinite(p):
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return f"{p}{suffix} [{fmt_num(ci[0], fmt)}, {fmt_num(ci[1], fmt)}]"
 
 
 def _policy_cell(res: CaseResult) -> str:
@@ -61,10 +45,10 @@ def main_row(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -> 
     d_acc = rec.accuracy - dense.accuracy if dense is not None and rec is not dense and dense.n == rec.n else None
     flips = f"-{fid.get('correct_to_wrong', 0)}/+{fid.get('wrong_to_correct', 0)}" if fid else "-"
     return [rec.method, res.case.point, res.case.stage_label, str(rec.n),
-            _ci(rec.accuracy, rec.accuracy_ci95, ".3f"), _num(d_acc, "+.3f"), _num(fid.get("agreement"), ".3f"),
-            flips, _p(rec.mcnemar_p), _ci(rec.speedup, rec.speedup_ci95, ".2f", "x"), _num(rec.latency_s, ".3f"),
-            _stages3(rec.stage_latency_s, ".3f"), _stages3(rec.tokens, ".1f"),
-            _stages3(rec.executed_cost_fraction, ".2f"), "cache" if res.accuracy_cached else "computed",
+            _ci(rec.accuracy, rec.accuracy_ci95, ".3f"), fmt_num(d_acc, "+.3f"), fmt_num(fid.get("agreement"), ".3f"),
+            flips, fmt_p(rec.mcnemar_p), _ci(rec.speedup, rec.speedup_ci95, ".2f", "x"), fmt_num(rec.latency_s, ".3f"),
+            fmt_stages(rec.stage_latency_s, ".3f"), fmt_stages(rec.tokens, ".1f"),
+            fmt_stages(rec.executed_cost_fraction, ".2f"), "cache" if res.accuracy_cached else "computed",
             _policy_cell(res)]
 
 
@@ -76,12 +60,12 @@ def stage_rows(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -
         lat = rec.stage_latency_s.get(s)
         d_lat = dense.stage_latency_s.get(s) if dense is not None else None
         ok = lat is not None and d_lat is not None and math.isfinite(lat) and math.isfinite(d_lat) and lat > 0
-        rows.append([rec.method, res.case.point, res.case.stage_label, s, _num(lat, ".3f"),
-                     _num(lat / total if total and lat is not None else None, ".0%"),
-                     _num(d_lat / lat if ok else None, ".2f"), _num(rec.tokens.get(s), ".1f"),
-                     _num((fid.get("token_ratio") or {}).get(s), ".2f"),
-                     _num(rec.executed_cost_fraction.get(s), ".2f"),
-                     _num((fid.get("stage_exact_match") or {}).get(s), ".2f")])
+        rows.append([rec.method, res.case.point, res.case.stage_label, s, fmt_num(lat, ".3f"),
+                     fmt_num(lat / total if total and lat is not None else None, ".0%"),
+                     fmt_num(d_lat / lat if ok else None, ".2f"), fmt_num(rec.tokens.get(s), ".1f"),
+                     fmt_num((fid.get("token_ratio") or {}).get(s), ".2f"),
+                     fmt_num(rec.executed_cost_fraction.get(s), ".2f"),
+                     fmt_num((fid.get("stage_exact_match") or {}).get(s), ".2f")])
     return rows
 
 
@@ -230,7 +214,7 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
     if searches:
         md += ["## Policy searches (cost apart from the timings)", "",
                _md_table(["policy", "seconds", "stage runs", "command"],
-                         [[p, _num(s.get("seconds"), ".1f"), str(s.get("stage_runs")), f"`{s.get('command')}`"]
+                         [[p, fmt_num(s.get("seconds"), ".1f"), str(s.get("stage_runs")), f"`{s.get('command')}`"]
                           for p, s in sorted(searches.items())]), ""]
     doc = {"schema_version": GRID_SCHEMA, "created": created, "command": command, "machine": machine,
            "versions": versions(), "selection": selection, "workers": workers,
