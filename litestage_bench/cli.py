@@ -177,10 +177,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import pareto_plot, results_table, rules_table
+    from .report import pareto_plot, results_table, rules_table, versus_table
     from .results import load_record, write_text_atomic
     records = [load_record(p) for p in args.results]
     table = f"{results_table(records)}\n\nAnswer rules (accuracy on the same generations):\n\n{rules_table(records)}"
+    if args.vs:
+        vs = next((r for p, r in zip(args.results, records) if p == args.vs), None) or load_record(args.vs)
+        table += f"\n\nAgainst {args.vs} (paired on the same items):\n\n{versus_table(records, vs)}"
     print(table)
     if args.markdown:
         commands = "\n".join(f"- `{r.command}`" for r in records if r.command)
@@ -286,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", nargs="+")
     report.add_argument("--plot", help="write a Pareto plot PNG")
     report.add_argument("--markdown", help="also write the table as markdown")
+    report.add_argument("--vs", help="also compare every record with this one (e.g. LiteStage's): paired "
+                        "accuracy difference, McNemar p, answer agreement, speedup ratio")
     report.set_defaults(func=cmd_report)
 
     compare = sub.add_parser("compare", help="regression report against reference records; exit 1 on a regression")

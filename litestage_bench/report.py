@@ -187,6 +187,53 @@ def rules_table(records: list[ResultRecord], fmt: str = "github") -> str:
     return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
+def _label(r: ResultRecord) -> str:
+    pol = policy_name(r.policy)
+    return r.method if pol in ("-", r.method) else f"{r.method} ({pol})"
+
+
+def _same_prediction(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and a.strip().casefold() == b.strip().casefold()
+
+
+def versus_table(records: list[ResultRecord], vs: ResultRecord, fmt: str = "github") -> str:
+    """Every record against ``vs`` on the items both hold (same model and benchmark): accuracy of
+    each, the paired difference with its 95% CI, the exact McNemar p of the two, how often their
+    answers agree, and the ratio of their speedups over dense.
+
+    Each speedup was measured against dense in its own run, so the ratio of speedups is indicative,
+    not a side-by-side timing. Records of another model or benchmark, ``vs`` itself, and records
+    sharing no item id with ``vs`` are left out.
+    """
+    ref = {it.id: it for it in vs.items}
+    headers = ["model", "bench", "record", "n paired", f"accuracy (vs {_label(vs)})",
+               "paired d [95% CI] (+gained/-lost)", "McNemar p", "answer agreement", "speedup ratio"]
+    rows = []
+    for r in sorted(records, key=_sort_key):
+        if r is vs or (r.model, r.benchmark) != (vs.model, vs.benchmark):
+            continue
+        pairs = [(it, ref[it.id]) for it in r.items if it.id in ref]
+        if not pairs:
+            continue
+        mine, theirs = [a.correct for a, _ in pairs], [b.correct for _, b in pairs]
+        d = metrics.paired_difference(mine, theirs)
+        lo, hi = d["ci95"]
+        agree = sum(_same_prediction(a.prediction, b.prediction) for a, b in pairs) / len(pairs)
+        ratio = r.speedup / vs.speedup if r.speedup and vs.speedup else None
+        rows.append([
+            r.model, r.benchmark, _label(r), len(pairs),
+            f"{sum(mine) / len(pairs):.3f} ({sum(theirs) / len(pairs):.3f})",
+            f"{d['mean_diff']:+.3f} [{fmt_num(lo, '+.3f')}, {fmt_num(hi, '+.3f')}] (+{d['a_only']}/-{d['b_only']})",
+            fmt_p(stats.mcnemar_exact_p(mine, theirs)), f"{agree:.3f}", _speedup(ratio),
+        ])
+    if not rows:
+        raise UserError(
+            f"no record shares items with {_label(vs)} ({vs.model}/{vs.benchmark})",
+            "pass records of the same model and benchmark, run on the same --limit/--seed items",
+        )
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
 def pareto_plot(records: list[ResultRecord], path: str | os.PathLike) -> Path:
     """Accuracy (with 95% CI) against speedup, one panel per (model, benchmark), saved as PNG.
 

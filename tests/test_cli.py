@@ -202,3 +202,15 @@ def test_compare_reads_record_folders_and_exits_1_on_a_regression(tmp_path, caps
     assert code == 1 and "REGRESSION: missing case" in out
     code, _, err = run_cli(["compare", str(ref), str(tmp_path / "empty")], capsys)
     assert_one_line_error(code, err, "does not exist")
+
+
+def test_report_vs_adds_the_paired_table_and_refuses_unrelated_records(tmp_path, capsys):
+    from litestage_bench.results import write_record
+    from test_results import make_record
+    paths = {}
+    for method, bench in (("litestage", "obqa"), ("shortgpt", "obqa"), ("unified", "csqa")):
+        paths[method] = write_record(tmp_path / f"{method}.json", make_record(method, benchmark=bench))
+    code, out, _ = run_cli(["report", str(paths["litestage"]), str(paths["shortgpt"]), "--vs", str(paths["litestage"])], capsys)
+    assert code == 0 and "paired on the same items" in out and "McNemar p" in out
+    code, _, err = run_cli(["report", str(paths["unified"]), "--vs", str(paths["litestage"])], capsys)
+    assert_one_line_error(code, err, "no record shares items")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from litestage_bench import metrics, results
 from litestage_bench.errors import UserError
-from litestage_bench.report import STAGES, compare_records, pareto_plot, policy_name, results_table
+from litestage_bench.report import STAGES, compare_records, pareto_plot, policy_name, results_table, versus_table
 from litestage_bench.results import (
     SCHEMA_VERSION,
     ItemResult,
@@ -306,6 +306,24 @@ def test_results_table_rows():
     assert "1.00/0.55/0.80" in table and "1.00/1.00/1.00" in table
     assert "letter (letter 4)" in table
     assert "litestage-p" in table
+
+
+def test_versus_table_pairs_items_and_counts_swaps():
+    # vs right on q0-q1; the other record right on q1-q9 and on q10, which vs never saw
+    vs = make_record("litestage", correct=[True] * 2 + [False] * 8, speedup=2.0)
+    other = make_record("shortgpt", correct=[False] + [True] * 10, speedup=1.0)
+    elsewhere = make_record("unified", benchmark="csqa")
+    lines = versus_table([vs, other, elsewhere], vs).splitlines()
+    assert len(lines) == 3 and "shortgpt" in lines[2]  # vs itself and the other benchmark are left out
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[3] == "10"  # paired on the 10 shared ids
+    assert cells[4] == "0.900 (0.200)"
+    assert cells[5].endswith("(+8/-1)")
+    assert cells[6] == f"{20 / 512:.3f}"  # exact McNemar, 8 vs 1 discordant: 2 * P(X <= 1 | 9, 1/2)
+    assert cells[7] == "0.100"  # predictions differ exactly where correctness does
+    assert cells[8] == "0.50x"
+    with pytest.raises(UserError):
+        versus_table([elsewhere], vs)
 
 
 def test_pareto_plot_writes_png(tmp_path: Path):
