@@ -18,7 +18,9 @@ suffix=$([ "$tag" = acc4 ] || echo "-$tag")
 pol="results/policies/${model}_${bench}_litestage${suffix}.json"
 mkdir -p results/litestage results/policies
 [ -f "$pol" ] || litestage-bench search --method litestage --model "$model" --bench "$bench" "$@" --out "$pol"
-for variant in "" --no-early-exit; do
+# LITESTAGE_EXIT_ONLY=1: evaluate with the policy's early exit only (the ablation script's choice)
+variants=("" --no-early-exit); [ "${LITESTAGE_EXIT_ONLY:-0}" != 1 ] || variants=("")
+for variant in "${variants[@]}"; do
   rec="results/litestage/${model}_${bench}_litestage-${tag}${variant:+-no-exit}.json"
   [ -f "$rec" ] || litestage-bench run --model "$model" --bench "$bench" --limit "$limit" --timed "$timed" \
     --method litestage --policy "$pol" ${variant} --dense-record "$dense" --out "$rec"
