@@ -67,6 +67,12 @@ def _flip(dense_correct: bool, method_correct: bool) -> str | None:
     return None
 
 
+def same_answer(a: ItemResult, b: ItemResult) -> bool:
+    """Whether two runs gave the same answer to an item (``None``, no answer, counts as a value):
+    the agreement of every comparison, with dense or between methods."""
+    return a.prediction == b.prediction
+
+
 def item_fidelity(dense: ItemResult, method: ItemResult, answer_rule: str) -> dict:
     """One item's comparison with dense.
 
@@ -90,7 +96,7 @@ def item_fidelity(dense: ItemResult, method: ItemResult, answer_rule: str) -> di
             "method_tokens": int(method.tokens.get(s, 0)),
         }
     return {
-        "changed": dense.prediction != method.prediction,
+        "changed": not same_answer(dense, method),
         "flip": _flip(bool(dense.correct), bool(method.correct)),
         "answer_kl": kl,
         "stages": stages,

@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from . import metrics, stats
 from .errors import UserError
+from .fidelity import same_answer
 from .results import ResultRecord, atomic_write
 
 STAGES = ("recall", "analyze", "summarize")
@@ -192,10 +193,6 @@ def _label(r: ResultRecord) -> str:
     return r.method if pol in ("-", r.method) else f"{r.method} ({pol})"
 
 
-def _same_prediction(a: str | None, b: str | None) -> bool:
-    return a is not None and b is not None and a.strip().casefold() == b.strip().casefold()
-
-
 def versus_table(records: list[ResultRecord], vs: ResultRecord, fmt: str = "github") -> str:
     """Every record against ``vs`` on the items both hold (same model and benchmark): accuracy of
     each, the paired difference with its 95% CI, the exact McNemar p of the two, how often their
@@ -216,15 +213,12 @@ def versus_table(records: list[ResultRecord], vs: ResultRecord, fmt: str = "gith
         if not pairs:
             continue
         mine, theirs = [a.correct for a, _ in pairs], [b.correct for _, b in pairs]
-        d = metrics.paired_difference(mine, theirs)
-        lo, hi = d["ci95"]
-        agree = sum(_same_prediction(a.prediction, b.prediction) for a, b in pairs) / len(pairs)
+        agree = sum(same_answer(a, b) for a, b in pairs) / len(pairs)
         ratio = r.speedup / vs.speedup if r.speedup and vs.speedup else None
         rows.append([
             r.model, r.benchmark, _label(r), len(pairs),
             f"{sum(mine) / len(pairs):.3f} ({sum(theirs) / len(pairs):.3f})",
-            f"{d['mean_diff']:+.3f} [{fmt_num(lo, '+.3f')}, {fmt_num(hi, '+.3f')}] (+{d['a_only']}/-{d['b_only']})",
-            fmt_p(stats.mcnemar_exact_p(mine, theirs)), f"{agree:.3f}", _speedup(ratio),
+            _paired_cell(mine, theirs), fmt_p(stats.mcnemar_exact_p(mine, theirs)), f"{agree:.3f}", _speedup(ratio),
         ])
     if not rows:
         raise UserError(
@@ -329,12 +323,14 @@ def _paired(base: ResultRecord, cur: ResultRecord) -> str:
     if not b or b.keys() != c.keys():
         return "-"
     ids = sorted(b)
-    d = metrics.paired_difference([c[i] for i in ids], [b[i] for i in ids])
+    return _paired_cell([c[i] for i in ids], [b[i] for i in ids])
+
+
+def _paired_cell(a: list[bool], b: list[bool]) -> str:
+    """``a - b`` on the same items: ``+0.015 [-0.053, +0.083] (+25/-22)`` (gained / lost by ``a``)."""
+    d = metrics.paired_difference(a, b)
     lo, hi = d["ci95"]
-    return (
-        f"{d['mean_diff']:+.3f} [{fmt_num(lo, '+.3f')}, {fmt_num(hi, '+.3f')}] "
-        f"(+{d['a_only']}/-{d['b_only']})"
-    )
+    return f"{d['mean_diff']:+.3f} [{fmt_num(lo, '+.3f')}, {fmt_num(hi, '+.3f')}] (+{d['a_only']}/-{d['b_only']})"
 
 
 def _plan_change(base: dict[str, float], cur: dict[str, float], tol: float = 1e-9) -> str:
