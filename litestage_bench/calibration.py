@@ -169,6 +169,24 @@ class HarmMeter:
         return out
 
 
+def unit_similarity(scores: dict[str, list[float]], unit: tuple[str, int]) -> float:
+    """A unit's accumulated similarity (a whole layer: the sum of its two sub-layers')."""
+    kind, j = unit
+    return scores["attn"][j] + scores["ffn"][j] if kind == "layer" else scores[kind][j]
+
+
+def ranking_vs_harm(units: list[tuple[str, int]], singles: dict[tuple[str, int], float],
+                    scores: dict[str, list[float]]) -> dict:
+    """Each unit's single-skip KL beside its cosine similarity, and the Spearman correlation of the
+    dissimilarity (1 - importance rank) with the measured harm."""
+    from scipy.stats import spearmanr
+
+    similarity = [unit_similarity(scores, u) for u in units]
+    rho = spearmanr([-s for s in similarity], [singles[u] for u in units]).statistic
+    return {"profile": [{"unit": list(u), "kl": singles[u], "similarity": s} for u, s in zip(units, similarity)],
+            "spearman_dissimilarity_vs_kl": float(rho)}
+
+
 def iterative_ranking(harm: HarmMeter, start: list[tuple[str, int]], length: int,
                       pool: int | None = None, progress=None) -> list[tuple[str, int]]:
     """SLEB-style greedy ranking: repeatedly add the unit whose addition to the units chosen so far

@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 from . import __version__, metrics
 from .benchmarks import Question, load_split, normalize_stem, subset
-from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking, skip_set,
-                          sublayer_similarity)
+from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking, ranking_vs_harm,
+                          skip_set, sublayer_similarity)
 from .early_exit import ConfidenceExit, ConfidenceRecorder, ExitRule
 from .errors import UserError
 from .fidelity import aggregate_fidelity
@@ -301,8 +301,6 @@ def _harm_report(harm: HarmMeter, sets: dict[str, SkipSet], ranking: list, score
                  opts: SearchOptions, log) -> dict:
     """Joint KL of each chosen stage set beside the sum of its members' single harms; optionally
     the whole single-skip profile and its rank correlation with the cosine ranking."""
-    from scipy.stats import spearmanr
-
     units = [u for u in ranking if u[0] != "layer"] if opts.granularity == "sublayer" else list(ranking)
     singles: dict[tuple, float] = {}
     if opts.harm_profile:
@@ -317,11 +315,7 @@ def _harm_report(harm: HarmMeter, sets: dict[str, SkipSet], ranking: list, score
         out["stage_sets"][stage] = {"joint_kl": harm.kl(chosen), "sum_single_kl": sum(singles[u] for u in members),
                                     "units": len(members)}
     if opts.harm_profile:
-        similarity = [scores["attn"][j] + scores["ffn"][j] if k == "layer" else scores[k][j] for k, j in units]
-        harms = [singles[u] for u in units]
-        rho = spearmanr([-s for s in similarity], harms).statistic
-        out["profile"] = [{"unit": list(u), "kl": singles[u], "similarity": s} for u, s in zip(units, similarity)]
-        out["spearman_dissimilarity_vs_kl"] = float(rho)
+        out.update(ranking_vs_harm(units, singles, scores))
     return out
 
 
