@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -269,7 +270,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from litestage_bench.grid.report import write_grid
     # Only the main job writes under results/; the plain-pytest smoke writes to a temp folder.
     folder = config.getoption("--grid-out") if sel.main_job else _smoke_folder(config)
-    text, folder = write_grid(store, folder, _command(config), sel.to_dict())
+    # the session's wall time (from configure: model loads, searches and all cases), for serial vs -n N
+    wall = time.perf_counter() - config.stash[_PROGRESS].start
+    text, folder = write_grid(store, folder, _command(config), sel.to_dict(), wall_seconds=wall)
     config.stash[_GRID_TABLE] = (str(folder), text)
 
 

@@ -75,6 +75,7 @@ def test_serial_and_two_workers_agree_except_timings_and_a_rerun_reads_the_cache
         lines = [line for line in out.splitlines() if re.search(r"\[grid \d+/16", line)]
         assert len(lines) == 16 and "eta" in lines[0] and lines[-1].endswith("last case"), lines
     assert (tmp_path / "parallel" / "table.md").read_text().count("## ") == 4
+    assert serial["wall_seconds"] > 0 and "Wall time of the session" in (tmp_path / "parallel" / "table.md").read_text()
     assert sorted(p.name for p in (tmp_path / "parallel").glob("pareto_*.png")) == [
         "pareto_qwen2.5-coder-0.5b_csqa.png", "pareto_qwen2.5-coder-0.5b_obqa.png",
         "pareto_smollm2-135m_csqa.png", "pareto_smollm2-135m_obqa.png"]

@@ -177,7 +177,8 @@ def terminal_text(rendered: dict) -> str:
     return "\n".join(parts)
 
 
-def write_grid(store: GridStore, folder: str | Path, command: str, selection: dict) -> tuple[str, Path]:
+def write_grid(store: GridStore, folder: str | Path, command: str, selection: dict,
+               wall_seconds: float | None = None) -> tuple[str, Path]:
     """Write records/, table.md, grid.json and pareto_*.png under `folder`; returns (terminal text, folder)."""
     folder = Path(folder)
     # the same JSON round trip for serial and merged stores, so both give identical records
@@ -192,6 +193,9 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
         f"Machine: {machine.get('cpu')} ({machine.get('cpu_count')} cores), GPU {machine.get('gpu') or 'none'}; "
         + ", ".join(f"{k} {v}" for k, v in versions().items() if v) + "; workers: "
         + ", ".join(f"{w} {v['threads']} thread(s) on {v['device']}" for w, v in sorted(workers.items())) + ".", "",
+        *([f"Wall time of the session: {wall_seconds / 60:.1f} min with {len(workers)} worker(s); accuracy read "
+           f"from the cache for {sum(r.accuracy_cached for r in normal.sorted())} of {len(normal.sorted())} cases.",
+           ""] if wall_seconds is not None else []),
         "Accuracy: all n items, batched (`accuracy from`: `cache` = read from the accuracy cache, only re-timed). "
         "Latency: median per question at batch 1 on the seeded timed items, after one warm-up question. "
         "Speedup: dense's median latency / the method's on the same timed items, in the same process; "
@@ -217,7 +221,7 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
                          [[p, fmt_num(s.get("seconds"), ".1f"), str(s.get("stage_runs")), f"`{s.get('command')}`"]
                           for p, s in sorted(searches.items())]), ""]
     doc = {"schema_version": GRID_SCHEMA, "created": created, "command": command, "machine": machine,
-           "versions": versions(), "selection": selection, "workers": workers,
+           "versions": versions(), "selection": selection, "workers": workers, "wall_seconds": wall_seconds,
            "timing_columns": sorted(TIMING_COLUMNS), "groups": rendered["groups"], "cases": cases,
            "searches": list(searches.values())}
     write_text_atomic(folder / "table.md", "\n".join(md))
