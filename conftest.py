@@ -57,9 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "~/.cache/litestage-bench/grid; a temporary folder in the plain-pytest smoke)")
     group.addoption("--policy-dir", default="results/policies",
                     help="committed policies of the methods that need a search: MODEL_BENCH_METHOD.json")
-    group.addoption("--search-missing", action="store_true",
-                    help="search a missing policy on the calibration split first (its cost is reported apart); "
-                         "default: such cases are skipped")
+    group.addoption("--no-search", action="store_true",
+                    help="skip the cases of a method whose policy is not committed (default: search it on the "
+                         "calibration split first; its cost is reported apart from the timings)")
     group.addoption("--search-limit", type=int, default=None, help="calibration items of such a search (default: the search's own)")
     group.addoption("--grid-runner", default=None, help="MODULE:FUNCTION that runs a case instead of the real one (tests)")
 
@@ -154,8 +154,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             marks.append(pytest.mark.gpu)
         if sel.missing_policy(case) and not sel.search_missing:
             marks.append(pytest.mark.skip(
-                reason=f"no committed policy {sel.policy_path(case)}: pass --search-missing to search it on the "
-                       f"calibration split first, or run `litestage-bench search --model {case.model} --bench "
+                reason=f"no committed policy {sel.policy_path(case)} (--no-search): drop --no-search to search it "
+                       f"on the calibration split first, or run `litestage-bench search --model {case.model} --bench "
                        f"{case.bench} --method {case.method} --out {sel.policy_path(case)}`"))
         params.append(pytest.param(case, id=case.id, marks=marks))
     metafunc.parametrize("grid_case", params)

@@ -10,7 +10,7 @@ from litestage_bench.prompts import STAGES
 
 DEFAULTS = {"--models": None, "--benches": None, "--methods": None, "--points": None, "--stages": "all",
             "--limit": None, "--timed": None, "--batch-size": 8, "--dtype": None, "--device": "cpu",
-            "--policy-dir": "results/policies", "--search-missing": False, "--search-limit": None}
+            "--policy-dir": "results/policies", "--no-search": False, "--search-limit": None}
 
 
 def select(main_job: bool = True, **options):
@@ -27,7 +27,7 @@ def test_main_job_defaults(tmp_path):
     assert first[0] == GridCase("smollm2-135m", "obqa")  # dense first in its group
     assert [c.k for c in first if c.method == "unified"] == list(DEFAULT_POINTS["unified"])
     assert [c.point for c in first if c.method == "litestage"] == ["policy"]
-    # no policies in an empty folder: the search methods are missing (skipped unless --search-missing)
+    # no policies in an empty folder: the search methods are missing (searched first unless --no-search)
     assert {c.method for c in cases if sel.missing_policy(c)} == {"adaskip", "litestage", "shortgpt", "sleb"}
     (tmp_path / "smollm2-135m_obqa_litestage.json").write_text("{}")
     assert not sel.missing_policy(GridCase("smollm2-135m", "obqa", "litestage"))

@@ -119,10 +119,10 @@ def test_missing_policy_is_searched_once_and_reported_apart(tiny, tmp_path, monk
     monkeypatch.setitem(SEARCHES, "fake_searched", search)
     model = tiny[0]
     case = GridCase(model, "obqa", "fake_searched")
-    with pytest.raises(UserError, match="--search-missing"):
-        context(tiny, tmp_path).policy(case)
+    with pytest.raises(UserError, match="--no-search"):
+        context(tiny, tmp_path, **{"--no-search": True}).policy(case)
 
-    ctx = context(tiny, tmp_path, **{"--search-missing": True, "--search-limit": 4})
+    ctx = context(tiny, tmp_path, **{"--search-limit": 4})
     result = run_case(case, ctx, FakeBenchmark())
     policy, source = ctx.policy(case)  # a second case of the same policy: no second search
     assert len(searches) == 1 and searches[0][:3] == ("fake_searched", "obqa", 4)
@@ -130,5 +130,5 @@ def test_missing_policy_is_searched_once_and_reported_apart(tiny, tmp_path, monk
     assert result.search["source"] == "searched" and "search" not in result.timing
     assert (tmp_path / "searched" / f"{slug(model)}_obqa_fake_searched.json").is_file()
     # another process finds the file the search wrote
-    _, later = context(tiny, tmp_path, **{"--search-missing": True}).policy(case)
+    _, later = context(tiny, tmp_path).policy(case)
     assert later["source"] == "searched earlier" and len(searches) == 1

@@ -273,5 +273,5 @@ def selection_from_options(get, main_job: bool) -> GridSelection:
     return GridSelection(models=models, benches=benches, methods=methods, points=points,
                          stage_sets=parse_stage_sets(get("--stages")), limit=limit, timed=timed,
                          batch_size=batch or 8, dtype=dtype, device=check_device(get("--device")),
-                         policy_dir=Path(get("--policy-dir")), search_missing=bool(get("--search-missing")),
+                         policy_dir=Path(get("--policy-dir")), search_missing=not get("--no-search"),
                          search_limit=search_limit, main_job=main_job)

@@ -95,7 +95,7 @@ class GridContext:
         if committed.is_file():
             return self._load(committed, {"source": "committed", "path": str(committed)})
         if not self.selection.search_missing:
-            raise UserError(f"no policy {committed} for {case.method}", "pass --search-missing, or commit one")
+            raise UserError(f"no policy {committed} for {case.method}", "drop --no-search, or commit one")
         target = self.search_dir / committed.name
         if target in self._policies:
             return self._policies[target]
