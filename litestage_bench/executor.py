@@ -161,7 +161,7 @@ class SkipExecutor:
                 if factor is not None:
                     hidden = hidden * factor
             elif dynamic is not None and i in dynamic.rule.candidates:
-                hidden = self._dynamic_ffn(i, hidden, dynamic, plan, meter)
+                hidden = self._dynamic_ffn(i, hidden, valid, dynamic, plan, meter)
             else:
                 before = hidden
                 hidden = hidden + arch.ffn_delta(i, hidden)
@@ -174,10 +174,12 @@ class SkipExecutor:
             hidden = hidden[:, -1:]
         return arch.lm_head(arch.norm(hidden)).float()
 
-    def _dynamic_ffn(self, i: int, hidden: torch.Tensor, dyn: _DynamicState, plan: StagePlan,
-                     meter: CostMeter) -> torch.Tensor:
-        """AdaSkip decode extension: per-row FFN skipping decided from warm-up similarities."""
+    def _dynamic_ffn(self, i: int, hidden: torch.Tensor, valid: torch.Tensor, dyn: _DynamicState,
+                     plan: StagePlan, meter: CostMeter) -> torch.Tensor:
+        """AdaSkip decode extension: per-row FFN skipping decided from warm-up similarities. Cost
+        counts the valid tokens of the rows that run it (finished rows fed padding count nothing)."""
         rows = hidden.shape[0]
+        row_tokens = valid.sum(-1).to(torch.float64)
         if dyn.skip_rows is not None:
             skip_rows = dyn.skip_rows[:, i]
             n_skip = int(skip_rows.sum())
@@ -185,12 +187,12 @@ class SkipExecutor:
             if n_skip == rows:
                 return hidden * factor
             out = hidden + self.arch.ffn_delta(i, hidden)
-            meter.executed += (rows - n_skip) * self.arch.ffn_flops[i]
+            meter.executed += float(row_tokens[~skip_rows.to(row_tokens.device)].sum()) * self.arch.ffn_flops[i]
             if n_skip:
                 out = torch.where(skip_rows[:, None, None], hidden * factor, out)
             return out
         out = hidden + self.arch.ffn_delta(i, hidden)
-        meter.executed += rows * self.arch.ffn_flops[i]
+        meter.executed += float(row_tokens.sum()) * self.arch.ffn_flops[i]
         dyn.sims[:, i] += F.cosine_similarity(hidden[:, -1].float(), out[:, -1].float(), dim=-1)
         return out
 

@@ -22,7 +22,8 @@ from litestage_bench.benchmarks import Question
 from litestage_bench.calibration import StageTexts
 from litestage_bench.cli import main
 from litestage_bench.errors import UserError
-from litestage_bench.executor import SkipExecutor
+from litestage_bench import executor
+from litestage_bench.executor import CostMeter, SkipExecutor
 from litestage_bench.methods import SEARCHES, ModelFacts, load_plugins, make_method
 from litestage_bench.plan import PREFILL_STEP, SkipSet, StagePlan
 from litestage_bench.prompts import STAGES
@@ -339,6 +340,19 @@ def test_adaskip_scale_factors_are_the_measured_norm_ratios():
     assert all(plan.for_stage(s) == stage for s in STAGES)
     # the plan runs: the skipped sub-layers' replacements and the per-sequence FFN rule
     assert len(ex.generate([PROMPT], stage, 6).tokens[0]) == 6
+    # a finished row fed masked padding costs nothing, before and after the warm-up decision
+    cache = ex.new_cache(2)
+    ex.forward(cache, torch.tensor([PROMPT, PROMPT]), torch.ones(2, len(PROMPT), dtype=torch.bool), stage.prefill,
+               stage, CostMeter())
+    state = executor._DynamicState(dyn, torch.zeros(2, 4))
+    for decided in (False, True):
+        if decided:
+            state.skip_rows = torch.zeros(2, 4, dtype=torch.bool)
+        one_live, both = CostMeter(), CostMeter()
+        for meter, live in ((one_live, [True, False]), (both, [True, True])):
+            ex.forward(cache, torch.tensor([[5], [0]]), torch.tensor([live]).T, stage.decode, stage, meter,
+                       dynamic=state)
+        assert 0 < one_live.fraction <= 1 and one_live.fraction == pytest.approx(both.fraction)
 
 
 def test_adaskip_options():
