@@ -8,17 +8,14 @@ from types import SimpleNamespace
 import pytest
 
 from litestage_bench import harm_profile
-from litestage_bench.benchmarks import Question
 
-from tiny_reasoner import QUESTIONS, reasoner
+from tiny_reasoner import calibration_splits, reasoner, split_loader
 
 
 def test_profile_reads_only_calibration_items_and_adds_up(model, tokenizer, monkeypatch, tmp_path):
-    calib = [Question(f"c{i}", q.stem + f" (variant {i})", q.options, q.labels, q.answer)
-             for i, q in enumerate(QUESTIONS * 2)]
-    evaluation = [Question("e1", "Which gas do plants take in?", ("oxygen", "carbon dioxide"), ("A", "B"), "B")]
-    splits = {"calib": calib, "eval": evaluation}
-    monkeypatch.setattr(harm_profile, "load_split", lambda bench, split, **kw: list(splits[split][:kw.get("limit")]))
+    splits = calibration_splits()
+    calib = splits["calib"]
+    monkeypatch.setattr(harm_profile, "load_split", split_loader(splits))
     r = reasoner(model, tokenizer)
     seen: set[str] = set()
     solve_batch = r.solve_batch

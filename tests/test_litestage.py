@@ -25,7 +25,7 @@ from litestage_bench.reasoner import StageMemo
 from litestage_bench.runner import evaluate_items
 
 from tiny_models import PROMPT, tiny_model
-from tiny_reasoner import QUESTIONS, STAGEWISE, reasoner
+from tiny_reasoner import QUESTIONS, STAGEWISE, calibration_splits, reasoner, split_loader
 
 # ------------------------------------------------------------------------------ early exit
 
@@ -262,11 +262,9 @@ def test_method_refuses_a_policy_for_something_else(over, match):
 
 def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, tokenizer, monkeypatch, tmp_path):
     """A whole (tiny) search: every question the reasoner sees is a calibration question."""
-    calib = [Question(f"c{i}", q.stem + f" (variant {i})", q.options, q.labels, q.answer)
-             for i, q in enumerate(QUESTIONS * 2)]
-    evaluation = [Question("e1", "Which gas do plants take in?", ("oxygen", "carbon dioxide"), ("A", "B"), "B")]
-    splits = {"calib": calib, "eval": evaluation}
-    monkeypatch.setattr(litestage, "load_split", lambda bench, split, **kw: list(splits[split][:kw.get("limit")]))
+    splits = calibration_splits()
+    calib = splits["calib"]
+    monkeypatch.setattr(litestage, "load_split", split_loader(splits))
     r = reasoner(model, tokenizer)
     seen: set[str] = set()
     solve_batch, solve = r.solve_batch, r.solve

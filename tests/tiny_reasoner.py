@@ -45,3 +45,16 @@ def tiny_llama(tokenizer, layers: int = 4, seed: int = 0) -> torch.nn.Module:
 def reasoner(model, tokenizer, **overrides) -> Reasoner:
     cfg = ReasonerConfig(chat=True, max_new_tokens=dict(CAPS), answer_rule="cloze", **overrides)
     return Reasoner(SkipExecutor(model), tokenizer, [DEMO], cfg)
+
+
+def calibration_splits() -> dict[str, list[Question]]:
+    """Disjoint splits for search-style tests: 'calib' (variants of QUESTIONS) and 'eval' (one other question)."""
+    calib = [Question(f"c{i}", q.stem + f" (variant {i})", q.options, q.labels, q.answer)
+             for i, q in enumerate(QUESTIONS * 2)]
+    evaluation = [Question("e1", "Which gas do plants take in?", ("oxygen", "carbon dioxide"), ("A", "B"), "B")]
+    return {"calib": calib, "eval": evaluation}
+
+
+def split_loader(splits: dict[str, list[Question]]):
+    """A `load_split` stand-in that serves `splits` (honouring `limit`)."""
+    return lambda bench, split, **kw: list(splits[split][:kw.get("limit")])
