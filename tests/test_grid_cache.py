@@ -47,6 +47,16 @@ def test_computes_once_then_reads_back(tmp_path):
     assert not cached3 and len(calls) == 2
 
 
+def test_int_keyed_config_reads_back_from_its_entry(tmp_path):
+    # AdaSkip's per-layer scales are keyed by int layer index; JSON stores them as strings, which
+    # sort differently, so the stored config must still match the one that made it
+    config = {**CONFIG, "method": {"name": "adaskip-k8", "attn_scale": {3: 1.01, 13: 1.05, 27: 1.15}}}
+    cache = AccuracyCache(tmp_path)
+    cache.get_or_compute(config, lambda cp: [_item("a")])
+    assert cache.get_or_compute(config, lambda cp: [_item("a")])[1] is True
+    assert {p.stem for p in tmp_path.glob("*.json")} == {cache_key(config)}
+
+
 def test_off_always_computes(tmp_path):
     cache = AccuracyCache(None)
     assert cache.get_or_compute(CONFIG, lambda cp: [_item("a")]) [1] is False

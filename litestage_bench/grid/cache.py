@@ -34,7 +34,11 @@ NOT_IN_CODE_VERSION = {"report.py", "cli.py", "__main__.py", "speed.py", "tuning
 
 
 def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    """The JSON text of ``obj`` as it reads back from disk: the round trip first turns int dict keys
+    (AdaSkip's per-layer scales) into strings, which sort differently ("13" < "3"), so a config
+    and its stored copy give the same text and the same key."""
+    plain = json.loads(json.dumps(obj, default=str))
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"))
 
 
 def cache_key(config: dict) -> str:
