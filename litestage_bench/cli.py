@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--bench", required=True)
     search.add_argument("--method", required=True)
     search.add_argument("--limit", type=_positive, help="calibration items (default 50)")
-    search.add_argument("--timed", type=_positive, help="of them timed at batch 1 per candidate (default 10)")
+    search.add_argument("--timed", type=_positive, help="of them timed at batch 1 per candidate (default 10, or all of a smaller --limit)")
     search.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE)
     target = search.add_mutually_exclusive_group()
     target.add_argument("--tolerance", type=float, help="accuracy target: dense calibration accuracy minus P points "

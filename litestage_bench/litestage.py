@@ -416,13 +416,19 @@ def _threads() -> int:
 @register_search("litestage")
 def search_command(session, bench: str, args, config, command: str, log) -> dict:
     """`litestage-bench search --method litestage`: options from the command line."""
-    opts = SearchOptions(
+    return search(session, bench, options_from_args(args), config, data_dir=args.data_dir, command=command, log=log)
+
+
+def options_from_args(args) -> SearchOptions:
+    """The search options of parsed `litestage-bench search` arguments."""
+    return SearchOptions(
         target="agreement" if args.min_agreement is not None else "accuracy",
         tolerance=args.tolerance if args.tolerance is not None else 4.0,
         min_agreement=args.min_agreement if args.min_agreement is not None else 0.9,
-        limit=args.limit or SearchOptions.limit, timed=args.timed or SearchOptions.timed,
+        limit=args.limit or SearchOptions.limit,
+        # a --limit below the default timed count times all its items (an explicit --timed is checked)
+        timed=args.timed or min(SearchOptions.timed, args.limit or SearchOptions.limit),
         batch_size=args.batch_size, granularity=args.granularity, ranking=args.ranking,
         budget="uniform" if args.uniform else "stagewise", max_skip=args.max_skip, step=args.step,
         patience=args.patience,
         early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed)
-    return search(session, bench, opts, config, data_dir=args.data_dir, command=command, log=log)

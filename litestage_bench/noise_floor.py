@@ -35,7 +35,11 @@ VARIANTS = {
     "reprefill": "every stage re-prefills its prompt (from the header cache) instead of reusing the previous stage's KV",
     "no_header_cache": "the few-shot header is prefilled with each prompt instead of copied from its cache",
     "batched": "8 questions per batch (accuracy runs) instead of batch 1",
+    "other_cpu": "the reference setting rerun on another CPU than the saved reference run's",
 }
+# Run files written before they recorded their CPU were all measured on the project's AMD EPYC machines
+# (noise_floor.json's machine up to then); `_run_cpu` reads that for them.
+LEGACY_RUN_CPU = "AMD EPYC"
 
 
 def noise_floor_for(model: str, dtype: str, device: str = "cpu") -> dict:
@@ -67,6 +71,10 @@ def compact(item: ItemResult) -> dict:
     """What a noise-floor comparison needs of an item: its answers and a hash of each stage output."""
     return {"id": item.id, "answer": item.answer, "prediction": item.prediction,
             "by_rule": item.predictions_by_rule, "outputs": {s: _digest(item.outputs.get(s, "")) for s in STAGES}}
+
+
+def _run_cpu(run: dict) -> str:
+    return run.get("cpu", LEGACY_RUN_CPU)
 
 
 def _run_variant(session, bench: str, variant: str, items) -> list[dict]:
@@ -109,25 +117,35 @@ def measure(model: str, dtype: str, benches: list[str], limit: int, variants: li
     from .runner import Session, log
 
     session = Session.open(model, dtype=dtype)
+    cpu = machine_info()["cpu"]
     runs = out_dir / "runs"
     rows = []
     for bench in benches:
         items = load_split(bench, "eval", limit=limit)
         ids = [q.id for q in items]
-        saved: dict[str, list[dict]] = {}
+        saved: dict[str, dict] = {}
         for variant in ["reference", *variants]:
             path = runs / f"{model}_{dtype}_{bench}_{variant}.json"
             if path.exists() and json.loads(path.read_text()).get("ids") == ids:
-                saved[variant] = json.loads(path.read_text())["items"]  # resumed
+                saved[variant] = json.loads(path.read_text())  # resumed
                 log(f"[noise] {path.name}: already measured")
                 continue
-            saved[variant] = _run_variant(session, bench, variant, items)
-            write_text_atomic(path, json.dumps({"model": model, "dtype": dtype, "bench": bench, "variant": variant,
-                                                "ids": ids, "command": command, "items": saved[variant]}))
-        for variant in variants:
-            rows.append({"model": model, "dtype": dtype, "bench": bench, "variant": variant,
-                         "change": VARIANTS[variant], **compare(saved["reference"], saved[variant])})
+            if variant == "other_cpu" and _run_cpu(saved["reference"]) == cpu:
+                log(f"[noise] {model} {dtype} {bench} other_cpu: skipped: the reference run was measured on this "
+                    f"CPU ({cpu}); rerun it on another one")
+                continue
+            saved[variant] = {"model": model, "dtype": dtype, "bench": bench, "variant": variant, "ids": ids,
+                              "command": command, "cpu": cpu, "items": _run_variant(session, bench, variant, items)}
+            write_text_atomic(path, json.dumps(saved[variant]))
+        rows += [comparison_row(saved["reference"], saved[v]) for v in variants if v in saved]
     return rows
+
+
+def comparison_row(reference: dict, run: dict) -> dict:
+    """One table row: a variant's run against its reference run (same model, dtype, benchmark)."""
+    return {"model": run["model"], "dtype": run["dtype"], "bench": run["bench"], "variant": run["variant"],
+            "change": VARIANTS[run["variant"]], "cpu": f"{_run_cpu(reference)} / {_run_cpu(run)}",
+            **compare(reference["items"], run["items"])}
 
 
 def rows_from_runs(out_dir: Path) -> list[dict]:
@@ -135,10 +153,8 @@ def rows_from_runs(out_dir: Path) -> list[dict]:
     runs = {}
     for path in sorted((out_dir / "runs").glob("*.json")):
         d = json.loads(path.read_text())
-        runs[(d["model"], d["dtype"], d["bench"], d["variant"])] = d["items"]
-    return [{"model": m, "dtype": dt, "bench": b, "variant": v, "change": VARIANTS[v],
-             **compare(runs[(m, dt, b, "reference")], items)}
-            for (m, dt, b, v), items in sorted(runs.items())
+        runs[(d["model"], d["dtype"], d["bench"], d["variant"])] = d
+    return [comparison_row(runs[(m, dt, b, "reference")], run) for (m, dt, b, v), run in sorted(runs.items())
             if v in VARIANTS and (m, dt, b, "reference") in runs]
 
 
@@ -153,6 +169,8 @@ def summarise(rows: list[dict]) -> dict:
             e["variants"].append(r["variant"])
         if r["variant"] == "threads2":  # only a measured thread comparison may be claimed
             e["threads"] = "1 (reference) vs 2"
+        if r["variant"] == "other_cpu":
+            e.setdefault("cpus_compared", []).append(f"{r['bench']}: {r['cpu']}")
         e["answer_flip_rate"] = max(e["answer_flip_rate"], r["answer_flip_rate"])
         e["identical_output_rate"] = min(e["identical_output_rate"], r["identical_outputs"])
         e["answer_flips"] += r["answer_flips"]
@@ -182,11 +200,11 @@ def _merge_summary(out_dir: Path, new_rows: list[dict], command: str) -> None:
     doc = {"commands": commands, "machine": machine_info(), "variants": VARIANTS, "rows": rows,
            "by_config": summarise(rows)}
     write_text_atomic(path, json.dumps(doc, indent=1))
-    table = tabulate([[r["model"], r["dtype"], r["bench"], r["variant"], r["n"],
+    table = tabulate([[r["model"], r["dtype"], r["bench"], r["variant"], r.get("cpu", ""), r["n"],
                        f"{r['answer_flips']} ({r['answer_flip_rate']:.1%})", f"{r['identical_outputs']:.1%}",
                        f"{r['identical_recall']:.1%}", f"{r['accuracy_reference']:.3f} / {r['accuracy_variant']:.3f}"]
                       for r in rows],
-                     headers=["model", "dtype", "bench", "variant", "n", "answer flips", "identical outputs",
+                     headers=["model", "dtype", "bench", "variant", "CPU (reference / variant)", "n", "answer flips", "identical outputs",
                               "identical recall", "acc ref / variant"], tablefmt="github")
     worst = tabulate([[k, v["n_items"], f"{v['answer_flip_rate']:.1%}", f"{v['pooled_answer_flip_rate']:.2%}",
                        f"{v['identical_output_rate']:.1%}"] for k, v in sorted(doc["by_config"].items())],
@@ -195,7 +213,8 @@ def _merge_summary(out_dir: Path, new_rows: list[dict], command: str) -> None:
     variants = "\n".join(f"- `{k}`: {v}" for k, v in VARIANTS.items())
     md = (f"# Numeric noise floor (dense vs itself)\n\nReference: batch 1, 1 thread, options as one batch, "
           f"cross-stage KV reuse, header cache. Variants:\n{variants}\n\n{table}\n\n## Per model and dtype\n\n"
-          f"{worst}\n\nMachine: {doc['machine']['cpu']}, torch {doc['machine']['torch']}, "
+          f"{worst}\n\nEach row's runs were measured on the CPUs its CPU column names. Summary written on: "
+          f"{doc['machine']['cpu']}, torch {doc['machine']['torch']}, "
           f"transformers {doc['machine']['transformers']}.\n\nProduced by:\n"
           + "\n".join(f"- `{c}`" for c in commands) + "\n")
     write_text_atomic(out_dir / "noise_floor.md", md)

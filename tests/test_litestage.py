@@ -344,3 +344,14 @@ def test_uniform_budget_uses_one_skip_count_for_every_stage():
     # #skip 0, 1, 2 meet the target (3 x 2 units: 0.44); 1 is the fastest (7.8 s < 7.95 s < 9.0 s)
     assert [c["recall"] for c in meter.calls] == [0, 1, 2, 3]
     assert state.n_skip == {s: 1 for s in STAGES}
+
+
+@pytest.mark.parametrize("extra, timed", [([], 10), (["--limit", "4"], 4), (["--limit", "30"], 10),
+                                          (["--limit", "30", "--timed", "3"], 3)])
+def test_search_times_at_most_its_calibration_items(extra, timed):
+    """A --limit below the default timed count (as the grid's --search-limit passes) is timed whole."""
+    from litestage_bench.cli import build_parser
+    args = build_parser().parse_args(["search", "--method", "litestage", "--bench", "obqa", "--out", "p.json", *extra])
+    opts = litestage.options_from_args(args)
+    opts.check()
+    assert opts.timed == timed

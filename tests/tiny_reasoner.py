@@ -29,6 +29,12 @@ STAGEWISE = SkipPlan({"recall": StagePlan.static(SkipSet.of(ffn=[1])),
 
 
 def smollm2_tokenizer():
+    """SmolLM2's tokenizer; from the folder $LITESTAGE_TEST_TOKENIZER where set (a machine without the
+    model package, e.g. the GPU check of scripts/gpu_check.sh), else from the embedded model."""
+    import os
+    if os.environ.get("LITESTAGE_TEST_TOKENIZER"):
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(os.environ["LITESTAGE_TEST_TOKENIZER"])
     from litestage_bench.models import load_model
     return load_model("smollm2-135m", dtype="float32").tokenizer
 

@@ -197,7 +197,8 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
            f"from the cache for {sum(r.accuracy_cached for r in normal.sorted())} of {len(normal.sorted())} cases.",
            ""] if wall_seconds is not None else []),
         "Accuracy: all n items, batched (`accuracy from`: `cache` = read from the accuracy cache, only re-timed). "
-        "Latency: median per question at batch 1 on the seeded timed items, after one warm-up question. "
+        "Latency: median per question at batch 1 on the seeded timed items, after one warm-up question "
+        "(on CUDA a warm-up pass over all timed items). "
         "Speedup: dense's median latency / the method's on the same timed items, in the same process; "
         "95% CI by paired bootstrap. Flips and agreement compare answers with dense's on the same items.", ""]
     for g in rendered["groups"]:

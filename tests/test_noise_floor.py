@@ -1,0 +1,54 @@
+"""The noise floor's bookkeeping: comparisons of saved runs, and the cross-CPU variant's guard."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from litestage_bench import noise_floor, runner
+from litestage_bench.benchmarks import Question
+
+
+def _item(i: int, prediction: str, recall: str = "r") -> dict:
+    return {"id": f"q{i}", "answer": "A", "prediction": prediction, "by_rule": {"cloze": prediction},
+            "outputs": {"recall": recall, "analyze": "a", "summarize": "s"}}
+
+
+def _run(variant: str, items: list[dict], cpu: str | None = None) -> dict:
+    run = {"model": "m", "dtype": "float32", "bench": "obqa", "variant": variant, "ids": [i["id"] for i in items],
+           "command": "c", "items": items}
+    return run if cpu is None else {**run, "cpu": cpu}
+
+
+def test_comparison_row_counts_flips_and_names_both_cpus():
+    ref = _run("reference", [_item(0, "A"), _item(1, "B"), _item(2, "C")])  # saved before runs kept their CPU
+    other = _run("other_cpu", [_item(0, "A"), _item(1, "C"), _item(2, "C", recall="x")], cpu="Intel Xeon")
+    row = noise_floor.comparison_row(ref, other)
+    assert row["cpu"] == f"{noise_floor.LEGACY_RUN_CPU} / Intel Xeon"
+    assert (row["n"], row["answer_flips"]) == (3, 1)
+    assert row["identical_outputs"] == pytest.approx(2 / 3)  # q2 generated another recall
+    assert row["identical_recall"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("reference_cpu, measured", [("Intel Xeon", False), ("AMD EPYC", True)])
+def test_other_cpu_runs_only_against_a_reference_from_another_cpu(tmp_path, monkeypatch, reference_cpu, measured):
+    questions = [Question(f"q{i}", "stem", ("x", "y"), ("A", "B"), "A") for i in range(2)]
+    ref = _run("reference", [_item(0, "A"), _item(1, "B")], cpu=reference_cpu)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "m_float32_obqa_reference.json").write_text(json.dumps(ref))
+    calls = []
+    monkeypatch.setattr(runner.Session, "open", classmethod(lambda cls, model, dtype: SimpleNamespace()))
+    monkeypatch.setattr(noise_floor, "load_split", lambda bench, split, limit: questions)
+    monkeypatch.setattr(noise_floor, "machine_info", lambda: {"cpu": "Intel Xeon"})
+    monkeypatch.setattr(noise_floor, "_run_variant",
+                        lambda session, bench, variant, items: calls.append(variant) or [_item(0, "A"), _item(1, "A")])
+    rows = noise_floor.measure("m", "float32", ["obqa"], 2, ["other_cpu"], tmp_path, "cmd")
+    assert calls == (["other_cpu"] if measured else [])  # the reference is read back, never rerun
+    assert (tmp_path / "runs" / "m_float32_obqa_other_cpu.json").exists() == measured
+    if measured:
+        (row,) = rows
+        assert (row["cpu"], row["answer_flips"]) == ("AMD EPYC / Intel Xeon", 1)
+        assert json.loads((tmp_path / "runs" / "m_float32_obqa_other_cpu.json").read_text())["cpu"] == "Intel Xeon"
+    else:
+        assert rows == []
