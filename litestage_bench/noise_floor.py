@@ -191,8 +191,11 @@ def write_summary(out_dir: Path, new_rows: list[dict], command: str) -> None:
 def _merge_summary(out_dir: Path, new_rows: list[dict], command: str) -> None:
     path = out_dir / "noise_floor.json"
     old = json.loads(path.read_text()) if path.exists() else {"rows": [], "commands": []}
+    # every saved run is compared afresh (older summaries lack newer fields); a row whose runs are gone stays
+    new_rows = [*rows_from_runs(out_dir), *new_rows]
     replaced = {(r["model"], r["dtype"], r["bench"], r["variant"]) for r in new_rows}
-    rows = [r for r in old["rows"] if (r["model"], r["dtype"], r["bench"], r["variant"]) not in replaced] + new_rows
+    rows = [r for r in old["rows"] if (r["model"], r["dtype"], r["bench"], r["variant"]) not in replaced]
+    rows += list({(r["model"], r["dtype"], r["bench"], r["variant"]): r for r in new_rows}.values())
     rows.sort(key=lambda r: (r["model"], r["dtype"], r["bench"], r["variant"]))
     # the commands that measured the runs (each run file keeps its own), then this one
     measured = [json.loads(f.read_text()).get("command") for f in sorted((out_dir / "runs").glob("*.json"))]

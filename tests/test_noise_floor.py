@@ -52,3 +52,18 @@ def test_other_cpu_runs_only_against_a_reference_from_another_cpu(tmp_path, monk
         assert json.loads((tmp_path / "runs" / "m_float32_obqa_other_cpu.json").read_text())["cpu"] == "Intel Xeon"
     else:
         assert rows == []
+
+
+def test_summary_compares_every_saved_run_afresh(tmp_path):
+    """A summary written before runs recorded their CPU is rebuilt from the runs, CPU column included."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    ref, other = _run("reference", [_item(0, "A")]), _run("batched", [_item(0, "B")], cpu="Intel Xeon")
+    for run in (ref, other):
+        (runs / f"m_float32_obqa_{run['variant']}.json").write_text(json.dumps(run))
+    stale = {k: v for k, v in noise_floor.comparison_row(ref, other).items() if k != "cpu"}
+    (tmp_path / "noise_floor.json").write_text(json.dumps({"rows": [stale], "commands": ["old"]}))
+    noise_floor.write_summary(tmp_path, [], "new")
+    (row,) = json.loads((tmp_path / "noise_floor.json").read_text())["rows"]
+    assert (row["cpu"], row["answer_flips"]) == (f"{noise_floor.LEGACY_RUN_CPU} / Intel Xeon", 1)
+    assert f"{noise_floor.LEGACY_RUN_CPU} / Intel Xeon" in (tmp_path / "noise_floor.md").read_text()
