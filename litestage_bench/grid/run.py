@@ -4,7 +4,8 @@ on disk) and its latency (batch 1, timed by pytest-benchmark).
 As `litestage-bench run` does, accuracy is computed `batch_size` questions at a time on all the
 case's items and latency at batch 1 on a seeded subset (`timed`), after one untimed warm-up
 question (on CUDA, an untimed pass over the whole subset). Dense is a case of its own in the same
-process (the same xdist worker), so every method's speedup is a ratio of latencies measured side by side on the same timed items.
+process (the same xdist worker), so every method's speedup is a ratio of latencies measured side
+by side on the same timed items.
 """
 from __future__ import annotations
 
