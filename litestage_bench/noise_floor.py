@@ -149,7 +149,7 @@ def comparison_row(reference: dict, run: dict) -> dict:
 
 
 def rows_from_runs(out_dir: Path) -> list[dict]:
-    """Comparison rows from every saved run that has its reference (e.g. after an interrupted run)."""
+    """Comparison rows from every saved run that has its reference."""
     runs = {}
     for path in sorted((out_dir / "runs").glob("*.json")):
         d = json.loads(path.read_text())
@@ -180,22 +180,21 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def write_summary(out_dir: Path, new_rows: list[dict], command: str) -> None:
-    """Merge new rows into the summary files; a lock serialises concurrent measuring processes."""
+def write_summary(out_dir: Path, command: str) -> None:
+    """Rebuild the summary files from every saved run; a lock serialises concurrent measuring processes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / ".noise_floor.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _merge_summary(out_dir, new_rows, command)
+        _merge_summary(out_dir, command)
 
 
-def _merge_summary(out_dir: Path, new_rows: list[dict], command: str) -> None:
+def _merge_summary(out_dir: Path, command: str) -> None:
     path = out_dir / "noise_floor.json"
     old = json.loads(path.read_text()) if path.exists() else {"rows": [], "commands": []}
     # every saved run is compared afresh (older summaries lack newer fields); a row whose runs are gone stays
-    new_rows = [*rows_from_runs(out_dir), *new_rows]
-    replaced = {(r["model"], r["dtype"], r["bench"], r["variant"]) for r in new_rows}
-    rows = [r for r in old["rows"] if (r["model"], r["dtype"], r["bench"], r["variant"]) not in replaced]
-    rows += list({(r["model"], r["dtype"], r["bench"], r["variant"]): r for r in new_rows}.values())
+    fresh = rows_from_runs(out_dir)
+    replaced = {(r["model"], r["dtype"], r["bench"], r["variant"]) for r in fresh}
+    rows = [r for r in old["rows"] if (r["model"], r["dtype"], r["bench"], r["variant"]) not in replaced] + fresh
     rows.sort(key=lambda r: (r["model"], r["dtype"], r["bench"], r["variant"]))
     # the commands that measured the runs (each run file keeps its own), then this one
     measured = [json.loads(f.read_text()).get("command") for f in sorted((out_dir / "runs").glob("*.json"))]
@@ -243,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m litestage_bench.noise_floor " + " ".join(sys.argv[1:] if argv is None else argv)
     out_dir = Path(args.out_dir)
     if args.summary_only:
-        write_summary(out_dir, rows_from_runs(out_dir), command)
+        write_summary(out_dir, command)
         return 0
     if not (args.model and args.dtype):
         ap.error("--model and --dtype are required unless --summary-only")
     rows = measure(args.model, args.dtype, args.benches.split(","), args.limit, variants, out_dir, command)
-    write_summary(out_dir, rows, command)
+    write_summary(out_dir, command)
     print(tabulate(rows, headers="keys", floatfmt=".3f"))
     return 0
 

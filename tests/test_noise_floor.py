@@ -63,7 +63,7 @@ def test_summary_compares_every_saved_run_afresh(tmp_path):
         (runs / f"m_float32_obqa_{run['variant']}.json").write_text(json.dumps(run))
     stale = {k: v for k, v in noise_floor.comparison_row(ref, other).items() if k != "cpu"}
     (tmp_path / "noise_floor.json").write_text(json.dumps({"rows": [stale], "commands": ["old"]}))
-    noise_floor.write_summary(tmp_path, [], "new")
+    noise_floor.write_summary(tmp_path, "new")
     (row,) = json.loads((tmp_path / "noise_floor.json").read_text())["rows"]
     assert (row["cpu"], row["answer_flips"]) == (f"{noise_floor.LEGACY_RUN_CPU} / Intel Xeon", 1)
     assert f"{noise_floor.LEGACY_RUN_CPU} / Intel Xeon" in (tmp_path / "noise_floor.md").read_text()
