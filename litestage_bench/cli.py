@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--acc-tol", type=float, default=0.0,
                          help="widen the reference's accuracy / agreement 95%% CI by this much (default 0)")
     compare.add_argument("--speed-tol", type=float, default=0.10,
-                         help="a speedup more than this fraction below the reference's regresses (default 0.10)")
+                         help="a speedup more than this fraction below the reference's, with the upper end of "
+                              "its 95%% CI below too, regresses (default 0.10)")
     compare.set_defaults(func=cmd_compare)
     return ap
 

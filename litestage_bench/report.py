@@ -358,15 +358,20 @@ def _agreement(r: ResultRecord) -> tuple[float, tuple[float, float]] | None:
 
 def regression_status(b: ResultRecord, c: ResultRecord, acc_tol: float, speed_tol: float) -> list[str]:
     """Why the current record regressed against the reference: accuracy or agreement outside the
-    reference's 95% CI (widened by ``acc_tol``), or speedup below reference x (1 - speed_tol)."""
+    reference's 95% CI (widened by ``acc_tol``), or a speedup below reference x (1 - speed_tol)
+    by its whole 95% CI (the point alone, when the record has no CI)."""
     status = []
     if _outside(c.accuracy, b.accuracy_ci95, acc_tol):
         status.append("REGRESSION: accuracy outside reference CI")
     ref_agree, cur_agree = _agreement(b), _agreement(c)
     if ref_agree and cur_agree and _outside(cur_agree[0], ref_agree[1], acc_tol):
         status.append("REGRESSION: agreement outside reference CI")
-    if b.speedup is not None and c.speedup is not None and c.speedup < b.speedup * (1 - speed_tol):
-        status.append("REGRESSION: speed")
+    if b.speedup is not None and c.speedup is not None:
+        # A few timed questions give a wide speedup CI (CI's machines also vary): a point estimate
+        # below the bar whose CI still reaches it is noise, not a regression.
+        best_plausible = c.speedup_ci95[1] if c.speedup_ci95 else c.speedup
+        if best_plausible < b.speedup * (1 - speed_tol):
+            status.append("REGRESSION: speed")
     return status
 
 
@@ -381,8 +386,9 @@ def compare_records(
 
     Records match on (model, benchmark, method, policy name, split, n). Regressions: accuracy, or
     answer agreement with dense, outside the reference's 95% CI (Wilson; widened by ``acc_tol``);
-    a speedup below ``baseline * (1 - speed_tol)`` (speedups are ratios measured side by side in
-    one run, never seconds across machines); a reference record missing from ``current``.
+    a speedup below ``baseline * (1 - speed_tol)`` with the upper end of its 95% CI below it too
+    (speedups are ratios measured side by side in one run, never seconds across machines); a
+    reference record missing from ``current``.
     A changed executed-cost fraction is flagged "plan changed" but is not a regression by itself;
     records only in ``current`` (new cases) are listed. The current record's comparison with dense
     (agreement, flips, answer KL, McNemar p, speedup CI) is shown beside it.
@@ -418,7 +424,7 @@ def compare_records(
         "## Comparison: current vs baseline",
         "",
         f"Regression: accuracy or agreement outside the reference's 95% CI (+/-{acc_tol:.3f}), speedup more "
-        f"than {speed_tol:.0%} below the reference's, or a reference case missing.",
+        f"than {speed_tol:.0%} below the reference's with its whole 95% CI, or a reference case missing.",
         "",
     ]
     if rows:

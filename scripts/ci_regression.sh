@@ -2,7 +2,7 @@
 # CI regression report (issue 9): a small grid on the default model, compared with the committed
 # reference grid in results/reference/ by `litestage-bench compare` (exit 1 on a regression:
 # accuracy or agreement outside the reference's 95% CI, a speedup more than SPEED_TOL below the
-# reference's, or a missing case). Speedups are ratios measured within one run, never seconds.
+# reference's by its whole 95% CI, or a missing case). Speedups are ratios measured within one run, never seconds.
 #   bash scripts/ci_regression.sh            # grid into a temporary folder, then the report
 #   bash scripts/ci_regression.sh --update   # regenerate results/reference/ (commit it, saying why)
 set -euo pipefail

@@ -367,6 +367,17 @@ def test_compare_flags_speed_drop_and_tolerates_small_change():
     assert not regressed
 
 
+def test_compare_speed_regression_needs_the_whole_ci_below_the_bar():
+    # 30% below 2.0 is 1.4: a point of 1.3 whose CI reaches 1.5 is noise; one whose CI ends at 1.35 is not
+    ref = [make_record(speedup=2.0)]
+    noisy = dataclasses.replace(make_record(speedup=1.3), speedup_ci95=(1.1, 1.5))
+    slow = dataclasses.replace(make_record(speedup=1.3), speedup_ci95=(1.2, 1.35))
+    report, regressed = compare_records(ref, [noisy], speed_tol=0.3)
+    assert not regressed and "-35.0%" in report and "1.30x [1.10, 1.50]" in report
+    report, regressed = compare_records(ref, [slow], speed_tol=0.3)
+    assert regressed and "REGRESSION: speed" in report
+
+
 def test_compare_plan_change_new_and_missing_cases():
     base = [make_record(cost=1.0), make_record("dense", speedup=None)]
     cur = [make_record(cost=0.6), make_record("flexidepth")]
