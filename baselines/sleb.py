@@ -10,12 +10,16 @@ the calibration questions (stage 2: one per option) instead of 128 x 2048 wikite
 NLL is that of next-token prediction over the tokens after the shared few-shot header (each row
 predicts its tokens 2.. from their predecessors; the header is identical for every prompt); the
 search removes `--max-skip` blocks (default: half the layers, the range a k sweep needs) and writes
-the removal order with the perplexity after each removal; `run --k K` removes the first K.
+the removal order with the perplexity after each removal; `run --k K` removes the first K. A search
+whose `--out` already holds a policy of the same search with fewer removals continues its order
+(after checking that its last NLL reproduces) instead of repeating its rounds.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -68,10 +72,16 @@ class NLLMeter:
 
 
 def removal_order(meter: NLLMeter, num_layers: int, count: int, early_barrier: int = EARLY_BARRIER,
-                  latter_barrier: int = LATTER_BARRIER, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """SLEB's greedy rounds: the removal order, the NLL after each removal and every round's scores."""
-    alive, removed, nlls, rounds = list(range(num_layers)), [], [], []
-    for round_no in range(1, count + 1):
+                  latter_barrier: int = LATTER_BARRIER, log: Callable[[str], None] = print,
+                  prior: dict[str, Any] | None = None) -> dict[str, Any]:
+    """SLEB's greedy rounds: the removal order, the NLL after each removal and every round's scores.
+
+    ``prior`` (the findings of an earlier search on the same texts) supplies the first rounds: the
+    rounds are greedy and deterministic, so continuing its order equals searching from scratch."""
+    prior = prior or {}
+    removed, nlls, rounds = (list(prior.get(key, [])) for key in ("removal_order", "nll", "rounds"))
+    alive = [j for j in range(num_layers) if j not in removed]
+    for round_no in range(len(removed) + 1, count + 1):
         candidates = alive[early_barrier:len(alive) - latter_barrier]
         if not candidates:
             break
@@ -126,11 +136,49 @@ def search(session, bench: str, args, config, command: str, log) -> dict:
     meter = NLLMeter(cal.ex, cal.texts.header, texts)
     log(f"[search] sleb: {count} removals, NLL over {meter.tokens} tokens of {len(texts)} stage texts")
     dense = meter.nll(SkipSet())
-    found = removal_order(meter, layers, count, log=log)
     options = {"limit": len(cal.items), "seed": args.seed, "removals": count,
                "barriers": {"early": EARLY_BARRIER, "latter": LATTER_BARRIER},
                "text": "every stage's prompt + dense output, next-token NLL of the tokens after the shared header"}
-    return policy_record("sleb", session, bench, config, cal, command, options, **found,
-                         dense_nll=dense, dense_perplexity=math.exp(dense), nll_tokens=meter.tokens,
-                         nll_passes=meter.passes)
+    fresh = policy_record("sleb", session, bench, config, cal, command, options)
+    out = getattr(args, "out", None)
+    prior = continuable(Path(out), fresh, meter, count, log) if out else None
+    found = removal_order(meter, layers, count, log=log, prior=prior)
+    record = policy_record("sleb", session, bench, config, cal, command, options, **found,
+                           dense_nll=dense, dense_perplexity=math.exp(dense), nll_tokens=meter.tokens,
+                           nll_passes=meter.passes)
+    if prior:
+        # the cost of the whole removal order: the earlier search's rounds plus this one's
+        record["continued_from"] = {"removals": len(prior["removal_order"]), "search_cost": prior["search_cost"],
+                                    "command": prior.get("command")}
+        record["search_cost"]["wall_seconds"] += prior["search_cost"].get("wall_seconds", 0.0)
+    return record
+
+
+# what must match for an earlier policy's rounds to be this search's first rounds
+SAME_SEARCH = ("method", "model", "num_layers", "dtype", "bench", "reasoner_config", "calibration")
+
+
+def continuable(path: Path, fresh: dict[str, Any], meter: NLLMeter, count: int,
+                log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The earlier SLEB policy at ``path`` when this search extends it: the same model, data,
+    calibration items and options except a larger removal count, and its last NLL reproduced by
+    one pass here (the same texts and numerics). Otherwise None: the search starts from scratch."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    fresh = json.loads(json.dumps(fresh))  # tuples as lists, as in the file
+    same_options = {k: v for k, v in old.get("options", {}).items() if k != "removals"} == \
+        {k: v for k, v in fresh["options"].items() if k != "removals"}
+    order = old.get("removal_order") or []
+    if not (same_options and all(old.get(k) == fresh[k] for k in SAME_SEARCH) and 0 < len(order) < count
+            and len(old.get("nll") or []) == len(order) and len(old.get("rounds") or []) == len(order)):
+        return None
+    again = meter.nll(SkipSet.layers(order))
+    if not math.isclose(again, old["nll"][-1], rel_tol=1e-6):
+        log(f"[search] sleb: {path} has another NLL for its removals ({old['nll'][-1]:.6f}, here {again:.6f}): "
+            "searching from scratch")
+        return None
+    log(f"[search] sleb: continuing {path} after its {len(order)} removals {order}")
+    return old
 

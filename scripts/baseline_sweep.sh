@@ -14,6 +14,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 dense="results/comparison/${model}_${bench}_dense.json"
 [ -f "$dense" ] || { echo "no dense record $dense: run scripts/first_comparison.sh $model $limit $bench" >&2; exit 2; }
 mkdir -p results/baselines results/policies
+removals() { python -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["removal_order"]))' "$1"; }
 for point in "$@"; do
   method=${point%%=*} ks=${point#*=}
   [ "$method" != "$point" ] || { echo "bad point '$point': write METHOD=K[,K...]" >&2; exit 2; }
@@ -26,7 +27,10 @@ for point in "$@"; do
       # one pass over the stage texts of 50 questions, 31.5k tokens, took about a minute on 1 CPU thread)
       most=$(tr ',' '\n' <<<"$ks" | sort -n | tail -n 1)
       extra=(); [ "$method" != sleb ] || extra=(--max-skip "$most" --limit "${SLEB_LIMIT:-10}")
-      [ -f "$pol" ] || litestage-bench search --method "$method" --model "$model" --bench "$bench" "${extra[@]}" --out "$pol"
+      # a SLEB policy with fewer removals than asked for is extended (the search continues its order)
+      if [ -f "$pol" ] && { [ "$method" != sleb ] || [ "$(removals "$pol")" -ge "$most" ]; }; then :; else
+        litestage-bench search --method "$method" --model "$model" --bench "$bench" "${extra[@]}" --out "$pol"
+      fi
       policy=(--policy "$pol");;
   esac
   for k in ${ks//,/ }; do

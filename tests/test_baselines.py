@@ -283,6 +283,17 @@ def test_sleb_removes_the_harmless_block_first_and_rescores_every_round(sleb_cas
     assert found["perplexity"] == pytest.approx([math.exp(x) for x in found["nll"]])
 
 
+def test_sleb_continuing_an_earlier_order_equals_searching_from_scratch(sleb_case):
+    model, ex, texts = sleb_case
+    meter = NLLMeter(ex, HEADER, [t for s in STAGES for t in texts.texts(s)], batch_size=2)
+    whole = removal_order(meter, 6, 3, log=lambda m: None)
+    first = removal_order(meter, 6, 1, log=lambda m: None)
+    passes = meter.passes
+    continued = removal_order(meter, 6, 3, log=lambda m: None, prior=json.loads(json.dumps(first)))
+    assert continued == whole
+    assert meter.passes - passes == 3 + 2  # rounds 2 and 3 only: 3 then 2 candidates
+
+
 def test_sleb_method_takes_the_first_k_of_the_order():
     policy = {"schema_version": 1, "method": "sleb", "model": "tiny", "num_layers": 6, "removal_order": [3, 1, 4],
               "perplexity": [10.0, 11.0, 15.0]}
@@ -469,7 +480,7 @@ def test_cli_passes_k_and_refuses_it_where_it_means_nothing(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["adaskip", "shortgpt", "sleb"])
-def test_search_reads_only_calibration_items_and_writes_a_usable_policy(name, tokenizer, monkeypatch):
+def test_search_reads_only_calibration_items_and_writes_a_usable_policy(name, tokenizer, monkeypatch, tmp_path):
     model = tiny_llama(tokenizer)
     calib = [Question(f"c{i}", q.stem + f" (variant {i})", q.options, q.labels, q.answer)
              for i, q in enumerate(QUESTIONS * 2)]
@@ -504,6 +515,23 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(name, to
     for stage_plan in plan.stages.values():
         stage_plan.validate(4)
     assert r.solve_batch(QUESTIONS[:1], plan)  # the plan runs in the reasoner
+    if name == "sleb":  # a larger search into the same file continues the earlier removal order
+        out = tmp_path / "sleb.json"
+        first = SEARCHES[name](session, "obqa", SimpleNamespace(**{**vars(args), "max_skip": 1, "out": str(out)}),
+                               r.cfg, "test", lambda m: None)
+        out.write_text(json.dumps(first))
+        logs = []
+        more = SEARCHES[name](session, "obqa", SimpleNamespace(**{**vars(args), "out": str(out)}), r.cfg, "test",
+                              logs.append)
+        assert any("continuing" in m for m in logs)
+        assert more["removal_order"] == policy["removal_order"] and more["rounds"] == policy["rounds"]
+        assert more["continued_from"]["removals"] == 1
+        out.write_text(json.dumps({**first, "nll": [first["nll"][0] + 0.5]}))  # not this search's numbers
+        logs.clear()
+        again = SEARCHES[name](session, "obqa", SimpleNamespace(**{**vars(args), "out": str(out)}), r.cfg, "test",
+                               logs.append)
+        assert "continued_from" not in again and any("from scratch" in m for m in logs)
+        assert again["removal_order"] == policy["removal_order"]
     # an overlap between calibration and evaluation is refused
     splits["eval"] = calib[:1]
     with pytest.raises(UserError, match="also evaluation"):
