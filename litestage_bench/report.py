@@ -180,10 +180,10 @@ def rules_table(records: list[ResultRecord], fmt: str = "github") -> str:
     rows = []
     for r in sorted(records, key=_sort_key):
         one_step = r.extra.get("one_step_accuracy", {})
-        rows.append([r.model, r.benchmark, r.method, r.n,
+        rows.append([r.model, r.benchmark, r.method, policy_name(r.policy), r.n,
                      *(fmt_num(r.accuracy_by_rule.get(rule), ".3f") for rule in ("regex", "letter", "cloze")),
                      *(fmt_num(one_step.get(rule, {}).get("accuracy"), ".3f") for rule in ("letter", "cloze"))])
-    headers = ["model", "bench", "method", "n", "3-stage regex", "3-stage letter", "3-stage cloze",
+    headers = ["model", "bench", "method", "policy", "n", "3-stage regex", "3-stage letter", "3-stage cloze",
                "one-step letter", "one-step cloze"]
     return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
 

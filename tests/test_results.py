@@ -425,15 +425,16 @@ def test_compare_with_itself_never_regresses(correct):
 
 
 def test_rules_table_shows_each_rule_and_the_one_step_answer():
-    from litestage_bench.report import rules_table
+    from litestage_bench.report import policy_name, rules_table
     rec = make_record("dense", speedup=1.0)
     rec.extra["one_step_accuracy"] = {"letter": {"accuracy": 0.25}, "cloze": {"accuracy": 0.5}}
     table = rules_table([rec])
     row = table.splitlines()[2]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[4:7] == [format(rec.accuracy_by_rule[r], ".3f") if r in rec.accuracy_by_rule else "-"
+    assert cells[3] == policy_name(rec.policy)  # tells apart several policies of one method
+    assert cells[5:8] == [format(rec.accuracy_by_rule[r], ".3f") if r in rec.accuracy_by_rule else "-"
                           for r in ("regex", "letter", "cloze")]
-    assert cells[7:9] == ["0.250", "0.500"]
+    assert cells[8:10] == ["0.250", "0.500"]
 
 
 # ----------------------------------------------------------------------------- comparison with dense
