@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--min-agreement", type=float, help="fidelity target: answer agreement with dense >= A")
     search.add_argument("--granularity", choices=("sublayer", "layer"), default="sublayer")
     search.add_argument("--ranking", choices=("cosine", "iterative"), default="cosine")
+    search.add_argument("--iterative-pool", type=_positive, default=16,
+                        help="units re-measured per round of the iterative ranking (default 16; fewer is faster)")
     search.add_argument("--uniform", action="store_true", help="one #skip for all stages (ablation)")
     search.add_argument("--max-skip", type=_non_negative, help="largest #skip swept (default: half the units)")
     search.add_argument("--step", type=_positive, default=1, help="#skip step of the budget sweeps (default 1)")

@@ -430,5 +430,5 @@ def options_from_args(args) -> SearchOptions:
         timed=args.timed or min(SearchOptions.timed, args.limit or SearchOptions.limit),
         batch_size=args.batch_size, granularity=args.granularity, ranking=args.ranking,
         budget="uniform" if args.uniform else "stagewise", max_skip=args.max_skip, step=args.step,
-        patience=args.patience,
+        patience=args.patience, iterative_pool=args.iterative_pool,
         early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed)

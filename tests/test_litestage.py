@@ -355,3 +355,14 @@ def test_search_times_at_most_its_calibration_items(extra, timed):
     opts = litestage.options_from_args(args)
     opts.check()
     assert opts.timed == timed
+    assert opts.iterative_pool == SearchOptions.iterative_pool
+
+
+def test_search_takes_the_iterative_pool_and_refuses_a_bad_one(capsys):
+    from litestage_bench.cli import build_parser
+    base = ["search", "--method", "litestage", "--bench", "obqa", "--out", "p.json", "--ranking", "iterative"]
+    args = build_parser().parse_args([*base, "--iterative-pool", "4"])
+    assert litestage.options_from_args(args).iterative_pool == 4
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--iterative-pool", "0"])
+    assert "--iterative-pool" in capsys.readouterr().err
