@@ -49,6 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="items of them timed at batch 1 per case, 0 = all (default: min(limit, 5); 1 in the smoke)")
     group.addoption("--batch-size", type=int, default=8, help="questions per batch for accuracy (default 8)")
     group.addoption("--dtype", default=None, help="float32 or bfloat16 (default: the model's default)")
+    group.addoption("--numerics", default=None,
+                    help="float32, bfloat16 or bf16-matmul (litestage_bench/numerics.py; default: the dtype's own)")
     group.addoption("--device", default="cpu", help="cpu, cuda (xdist: worker i uses GPU i modulo the count) or cuda:N")
     group.addoption("--grid-out", default="results/grid",
                     help="folder for the records, table.md, grid.json and Pareto plots (only with --benchmark-only)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
@@ -32,7 +33,7 @@ class ArchAdapter:
             base = base.language_model
             config = config.get_text_config()
         # The executor passes boolean masks, which the sdpa attention path reads as "may attend".
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = register_attention()
         self.config = config
         self.model_type = model_type
         self.is_gemma = model_type.startswith("gemma3")
@@ -66,7 +67,7 @@ class ArchAdapter:
         """The attention sub-layer's contribution to the residual stream."""
         block = self.layers[layer]
         out, _ = block.self_attn(hidden_states=block.input_layernorm(x), position_embeddings=rope,
-                                 attention_mask=mask, past_key_values=cache)
+                                 attention_mask=mask, past_key_values=cache, **{EXECUTOR_FLAG: True})
         if self.is_gemma:
             out = block.post_attention_layernorm(out)
         return out
@@ -93,6 +94,44 @@ class ArchAdapter:
         half = key.shape[-1] // 2
         rotated = torch.cat((-key[..., half:], key[..., :half]), dim=-1)
         return key * cos + rotated * sin, value
+
+
+ATTENTION_NAME = "litestage_sdpa"
+EXECUTOR_FLAG = "litestage_executor"
+
+
+def _sdpa_grouped(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                  **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention, except that a block of several queries attends to grouped
+    key/value heads in place (SDPA's ``enable_gqa``) instead of copying each kv head per query head
+    (``repeat_kv``). transformers takes the grouped path only without a mask, and the executor always
+    passes one; the copy of a long cache per layer cost 16% of a batched 1.5B question. Single-query
+    steps keep transformers' own path. Both give the same bits (tests/test_numerics.py)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    # only the executor's calls (flagged, always with a boolean mask) take the grouped path; transformers'
+    # own callers (`generate`, a plain forward) get exactly their sdpa
+    executor_call = kwargs.pop(EXECUTOR_FLAG, False)
+    if (not executor_call or groups == 1 or query.shape[2] == 1 or attention_mask is None
+            or kwargs.get("position_bias") is not None):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                         scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> str:
+    """Register the executor's attention function with transformers; returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, _sdpa_grouped)
+    # transformers' own forwards build their masks by implementation name: sdpa's, as before
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
+    return ATTENTION_NAME
 
 
 def _params(module: nn.Module) -> int:

@@ -18,6 +18,9 @@ EXIT_USAGE = 2
 EXIT_REGRESSION = 1
 
 
+NUMERICS_HELP = ("arithmetic: float32, bfloat16, or bf16-matmul (a float32 model whose linear layers multiply "
+                 "in bf16 with fp32 accumulation; default: the dtype's own)")
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -50,9 +53,9 @@ def cmd_load(args: argparse.Namespace) -> int:
             old = os.environ.get(CACHE_ENV)
             os.environ[CACHE_ENV] = tmp
             try:
-                first = load_model(args.model, dtype=args.dtype)
+                first = load_model(args.model, dtype=args.dtype, numerics=args.numerics)
                 del first.model
-                second = load_model(args.model, dtype=args.dtype)
+                second = load_model(args.model, dtype=args.dtype, numerics=args.numerics)
             finally:
                 if old is None:
                     os.environ.pop(CACHE_ENV)
@@ -63,9 +66,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["load", "seconds", "from cache"], floatfmt=".2f"))
         print(f"speed-up of the cached load: {first.load_seconds / second.load_seconds:.1f}x")
     else:
-        loaded = load_model(args.model, dtype=args.dtype)
+        loaded = load_model(args.model, dtype=args.dtype, numerics=args.numerics)
         print(f"{args.model}: {loaded.load_seconds:.2f} s ({'from cache' if loaded.from_cache else 'converted'}) "
-              f"dtype={loaded.dtype} source={loaded.source}")
+              f"dtype={loaded.dtype} numerics={loaded.numerics} source={loaded.source}")
     return 0
 
 
@@ -112,7 +115,7 @@ def _method_options(args: argparse.Namespace, policy: dict | None) -> dict | Non
 def cmd_run(args: argparse.Namespace) -> int:
     from .benchmarks import check_bench, check_split, resolve_data_dir
     from .methods import load_policy, make_method
-    from .models import MODELS, resolve_dtype
+    from .models import check_numerics
     from .results import write_record
     from .runner import Session, default_config, run_benchmark
 
@@ -120,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_bench(args.bench)
     check_split(args.split)
     resolve_data_dir(args.data_dir)
-    resolve_dtype(args.dtype, MODELS.get(args.model))
+    check_numerics(args.model, args.dtype, args.numerics)
     policy = load_policy(args.policy)
     if policy is not None and args.no_early_exit:
         policy["early_exit_off"] = True
@@ -134,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_rule(args.answer_rule)
     k = f"-k{args.k}" if args.k is not None else ""
     out = Path(args.out) if args.out else Path("results") / f"{args.model}_{args.bench}_{method.name}{k}.json"
-    session = Session.open(args.model, dtype=args.dtype, device=args.device)
+    session = Session.open(args.model, dtype=args.dtype, device=args.device, numerics=args.numerics)
     config = default_config(session.loaded, shots=args.shots, answer_rule=args.answer_rule,
                             max_new_tokens=_stage_caps(args.max_new_tokens))
     record = run_benchmark(session, args.bench, method, split=args.split, limit=args.limit, config=config,
@@ -152,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .benchmarks import check_bench, resolve_data_dir
     from .methods import METHODS, SEARCHES, load_plugins
-    from .models import MODELS, resolve_dtype
+    from .models import check_numerics
     from .results import atomic_write
     from .runner import Session, default_config, log
 
@@ -164,9 +167,9 @@ def cmd_search(args: argparse.Namespace) -> int:
                         f"run it directly with `litestage-bench run`; methods with a search: {', '.join(sorted(SEARCHES))}")
     check_bench(args.bench)
     resolve_data_dir(args.data_dir)
-    resolve_dtype(args.dtype, MODELS.get(args.model))
+    check_numerics(args.model, args.dtype, args.numerics)
     out = Path(args.out)
-    session = Session.open(args.model, dtype=args.dtype, device=args.device)
+    session = Session.open(args.model, dtype=args.dtype, device=args.device, numerics=args.numerics)
     config = default_config(session.loaded, shots=args.shots)
     policy = SEARCHES[args.method](session, args.bench, args, config, _command_line(), log)
     atomic_write(out, lambda fh: json.dump(policy, fh, indent=1))
@@ -220,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     load = sub.add_parser("load", help="load (and cache) a model; report the load time")
     load.add_argument("--model", default=DEFAULT_MODEL)
     load.add_argument("--dtype")
+    load.add_argument("--numerics", help=NUMERICS_HELP)
     load.add_argument("--fresh-cache", action="store_true", help="time a first load into a temporary cache, then a cached one")
     load.set_defaults(func=cmd_load)
 
@@ -242,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", type=_positive, help="seeded subset of N items (the same N every time)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--dtype", help="float32 or bfloat16 (default: the model's CPU default)")
+    run.add_argument("--numerics", help=NUMERICS_HELP)
     run.add_argument("--device", default="cpu")
     run.add_argument("--shots", type=int, help="few-shot demos (default 1)")
     run.add_argument("--answer-rule", help="regex, letter, cloze, regex+letter, regex+cloze (default: per model)")
@@ -282,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--shots", type=int)
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--dtype")
+    search.add_argument("--numerics", help=NUMERICS_HELP)
     search.add_argument("--device", default="cpu")
     search.add_argument("--data-dir")
     search.add_argument("--out", required=True)

@@ -347,7 +347,7 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     if not texts.header:
         raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")
     base_key = {"v": __version__, "model": name, "source": session.loaded.source, "dtype": session.loaded.dtype,
-                "bench": bench, "items": [q.id for q in items], "timed": [q.id for q in timed_items],
+                "numerics": session.loaded.numerics, "bench": bench, "items": [q.id for q in items], "timed": [q.id for q in timed_items],
                 "config": config.to_dict(), "cpu": machine_info().get("cpu"), "threads": _threads(),
                 "device": str(session.executor.device)}
     cache_dir = cache_dir or cache_root() / "search" / f"{name}-{bench}"
@@ -388,7 +388,8 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
 
     return {
         "schema_version": POLICY_SCHEMA_VERSION, "method": "litestage", "model": name,
-        "num_layers": facts.num_layers, "dtype": session.loaded.dtype, "bench": bench,
+        "num_layers": facts.num_layers, "dtype": session.loaded.dtype, "numerics": session.loaded.numerics,
+        "bench": bench,
         "options": asdict(opts), "reasoner_config": config.to_dict(), "target": target,
         "calibration": {"split": "calib", "n": len(items), "ids": [q.id for q in items],
                         "timed_ids": [q.id for q in timed_items], "dense_accuracy": dense_acc,

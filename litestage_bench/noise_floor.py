@@ -1,12 +1,15 @@
 """The numeric noise floor: how often dense disagrees with itself when nothing that matters changed.
 
-`python -m litestage_bench.noise_floor --model M --dtype D [--benches B,..] [--limit 50]` runs the
+`python -m litestage_bench.noise_floor --model M --numerics N [--benches B,..] [--limit 50]` runs the
 dense reasoner on the same evaluation items under a reference setting (batch 1, one thread, options
 decoded as one batch, cross-stage KV reuse, shared-header cache) and under variants that should not
 change anything, then counts answer flips and identical outputs per variant. Every run is saved
 compactly under `results/numerics/runs/` (resumable, one file per model x dtype x benchmark x
 variant); the summary goes to `results/numerics/noise_floor.{json,md}`, which records read through
-``noise_floor_for``. CPU only: on CUDA nothing is measured, but records keep the same fields.
+``noise_floor_for``. Runs are keyed by numerics (``numerics.NUMERICS``; the run files' ``dtype``
+field holds it, as it did when numerics were only dtypes). The summary also compares each numerics'
+runs with float32's on the same items and variant: that is a different rounding of the same model,
+not noise, and it is reported apart (``vs_float32``). CPU only: on CUDA nothing is measured, but records keep the same fields.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 from tabulate import tabulate
 
 from .benchmarks import load_split
+from .numerics import NUMERICS
 from .plan import DENSE
 from .prompts import STAGES
 from .results import ItemResult, machine_info, write_text_atomic
@@ -43,7 +47,8 @@ LEGACY_RUN_CPU = "AMD EPYC"
 
 
 def noise_floor_for(model: str, dtype: str, device: str = "cpu") -> dict:
-    """The measured noise floor that applies to a record of this model and dtype (or why none does)."""
+    """The measured noise floor that applies to a record of this model and numerics (passed as
+    `dtype`: float32, bfloat16, bf16-matmul), or why none does."""
     base = {"model": model, "dtype": dtype, "device": device, "measured": False}
     if not str(device).startswith("cpu"):
         return {**base, "note": "not measured on this device (the noise floor is measured on CPU only)"}
@@ -55,7 +60,7 @@ def noise_floor_for(model: str, dtype: str, device: str = "cpu") -> dict:
     entry = summary.get(f"{model}|{dtype}")
     if entry is None:
         return {**base, "note": f"no measurement for {model} {dtype}: run `python -m litestage_bench.noise_floor "
-                                f"--model {model} --dtype {dtype}`"}
+                                f"--model {model} --numerics {dtype}`"}
     return {**base, **entry, "measured": True, "source": "results/numerics/noise_floor.json"}
 
 
@@ -83,7 +88,7 @@ def _run_variant(session, bench: str, variant: str, items) -> list[dict]:
     overrides = {"options_one_at_a_time": {"batch_options": False}, "reprefill": {"reuse_kv": False},
                  "no_header_cache": {"header_cache": False}}.get(variant, {})
     reasoner = session.reasoner(bench, default_config(session.loaded, **overrides))
-    label = f"noise {session.loaded.name} {session.loaded.dtype} {bench} {variant}"
+    label = f"noise {session.loaded.name} {session.loaded.numerics} {bench} {variant}"
     threads = torch.get_num_threads()
     torch.set_num_threads(2 if variant == "threads2" else 1)
     try:
@@ -113,10 +118,10 @@ def compare(reference: list[dict], other: list[dict]) -> dict:
 
 
 def measure(model: str, dtype: str, benches: list[str], limit: int, variants: list[str], out_dir: Path,
-            command: str) -> list[dict]:
+            command: str, reference: bool = True) -> list[dict]:
     from .runner import Session, log
 
-    session = Session.open(model, dtype=dtype)
+    session = Session.open(model, numerics=dtype)
     cpu = machine_info()["cpu"]
     runs = out_dir / "runs"
     rows = []
@@ -124,20 +129,21 @@ def measure(model: str, dtype: str, benches: list[str], limit: int, variants: li
         items = load_split(bench, "eval", limit=limit)
         ids = [q.id for q in items]
         saved: dict[str, dict] = {}
-        for variant in ["reference", *variants]:
+        for variant in (["reference"] if reference else []) + variants:
             path = runs / f"{model}_{dtype}_{bench}_{variant}.json"
             if path.exists() and json.loads(path.read_text()).get("ids") == ids:
                 saved[variant] = json.loads(path.read_text())  # resumed
                 log(f"[noise] {path.name}: already measured")
                 continue
-            if variant == "other_cpu" and _run_cpu(saved["reference"]) == cpu:
+            if variant == "other_cpu" and "reference" in saved and _run_cpu(saved["reference"]) == cpu:
                 log(f"[noise] {model} {dtype} {bench} other_cpu: skipped: the reference run was measured on this "
                     f"CPU ({cpu}); rerun it on another one")
                 continue
             saved[variant] = {"model": model, "dtype": dtype, "bench": bench, "variant": variant, "ids": ids,
                               "command": command, "cpu": cpu, "items": _run_variant(session, bench, variant, items)}
             write_text_atomic(path, json.dumps(saved[variant]))
-        rows += [comparison_row(saved["reference"], saved[v]) for v in variants if v in saved]
+        if "reference" in saved:
+            rows += [comparison_row(saved["reference"], saved[v]) for v in variants if v in saved]
     return rows
 
 
@@ -156,6 +162,23 @@ def rows_from_runs(out_dir: Path) -> list[dict]:
         runs[(d["model"], d["dtype"], d["bench"], d["variant"])] = d
     return [comparison_row(runs[(m, dt, b, "reference")], run) for (m, dt, b, v), run in sorted(runs.items())
             if v in VARIANTS and (m, dt, b, "reference") in runs]
+
+
+def vs_float32_rows(out_dir: Path) -> list[dict]:
+    """Each non-float32 run against float32's run of the same model, benchmark and variant on the same
+    items: how far the other rounding moves answers (not a noise floor)."""
+    runs = {}
+    for path in sorted((out_dir / "runs").glob("*.json")):
+        d = json.loads(path.read_text())
+        runs[(d["model"], d["dtype"], d["bench"], d["variant"])] = d
+    rows = []
+    for (m, dt, b, v), run in sorted(runs.items()):
+        ref = runs.get((m, "float32", b, v))
+        if dt == "float32" or ref is None:
+            continue
+        rows.append({"model": m, "dtype": dt, "bench": b, "variant": v,
+                     "cpu": f"{_run_cpu(ref)} / {_run_cpu(run)}", **compare(ref["items"], run["items"])})
+    return rows
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -199,23 +222,31 @@ def _merge_summary(out_dir: Path, command: str) -> None:
     # the commands that measured the runs (each run file keeps its own), then this one
     measured = [json.loads(f.read_text()).get("command") for f in sorted((out_dir / "runs").glob("*.json"))]
     commands = list(dict.fromkeys([*old.get("commands", []), *filter(None, measured), command]))
+    versus = vs_float32_rows(out_dir)
     doc = {"commands": commands, "machine": machine_info(), "variants": VARIANTS, "rows": rows,
-           "by_config": summarise(rows)}
+           "by_config": summarise(rows), "vs_float32": versus}
     write_text_atomic(path, json.dumps(doc, indent=1))
     table = tabulate([[r["model"], r["dtype"], r["bench"], r["variant"], r.get("cpu", ""), r["n"],
                        f"{r['answer_flips']} ({r['answer_flip_rate']:.1%})", f"{r['identical_outputs']:.1%}",
                        f"{r['identical_recall']:.1%}", f"{r['accuracy_reference']:.3f} / {r['accuracy_variant']:.3f}"]
                       for r in rows],
-                     headers=["model", "dtype", "bench", "variant", "CPU (reference / variant)", "n", "answer flips", "identical outputs",
-                              "identical recall", "acc ref / variant"], tablefmt="github")
+                     headers=["model", "numerics", "bench", "variant", "CPU (reference / variant)", "n", "answer flips",
+                              "identical outputs", "identical recall", "acc ref / variant"], tablefmt="github")
+    versus_table = tabulate([[r["model"], r["dtype"], r["bench"], r["variant"], r["cpu"], r["n"],
+                              f"{r['answer_flips']} ({r['answer_flip_rate']:.1%})", f"{r['identical_outputs']:.1%}",
+                              f"{r['accuracy_reference']:.3f} / {r['accuracy_variant']:.3f}"] for r in versus],
+                            headers=["model", "numerics", "bench", "setting", "CPU (float32 / numerics)", "n",
+                                     "answers changed", "identical outputs", "acc float32 / numerics"],
+                            tablefmt="github")
     worst = tabulate([[k, v["n_items"], f"{v['answer_flip_rate']:.1%}", f"{v['pooled_answer_flip_rate']:.2%}",
                        f"{v['identical_output_rate']:.1%}"] for k, v in sorted(doc["by_config"].items())],
-                     headers=["model|dtype", "items", "worst flip rate", "pooled flip rate", "lowest identical outputs"],
+                     headers=["model|numerics", "items", "worst flip rate", "pooled flip rate", "lowest identical outputs"],
                      tablefmt="github")
     variants = "\n".join(f"- `{k}`: {v}" for k, v in VARIANTS.items())
     md = (f"# Numeric noise floor (dense vs itself)\n\nReference: batch 1, 1 thread, options as one batch, "
-          f"cross-stage KV reuse, header cache. Variants:\n{variants}\n\n{table}\n\n## Per model and dtype\n\n"
-          f"{worst}\n\nEach row's runs were measured on the CPUs its CPU column names. Summary written on: "
+          f"cross-stage KV reuse, header cache. Variants:\n{variants}\n\n{table}\n\n## Per model and numerics\n\n"
+          f"{worst}\n\n## Against float32 (a different rounding of the same model, not noise)\n\n"
+          f"Each run compared with float32's run of the same items and setting.\n\n{versus_table}\n\nEach row's runs were measured on the CPUs its CPU column names. Summary written on: "
           f"{doc['machine']['cpu']}, torch {doc['machine']['torch']}, "
           f"transformers {doc['machine']['transformers']}.\n\nProduced by:\n"
           + "\n".join(f"- `{c}`" for c in commands) + "\n")
@@ -226,11 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m litestage_bench.noise_floor", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"])
+    ap.add_argument("--numerics", "--dtype", dest="numerics", choices=list(NUMERICS),
+                    help="float32, bfloat16 or bf16-matmul (numerics.py)")
     ap.add_argument("--benches", default="obqa,csqa,strategyqa")
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out-dir", default=str(DEFAULT_DIR))
+    ap.add_argument("--no-reference", action="store_true",
+                    help="measure only the variants (e.g. float32's batched run, to compare another numerics' with)")
     ap.add_argument("--summary-only", action="store_true",
                     help="measure nothing: rebuild the summary from the saved runs (after an interrupted run)")
     args = ap.parse_args(argv)
@@ -244,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_only:
         write_summary(out_dir, command)
         return 0
-    if not (args.model and args.dtype):
-        ap.error("--model and --dtype are required unless --summary-only")
-    rows = measure(args.model, args.dtype, args.benches.split(","), args.limit, variants, out_dir, command)
+    if not (args.model and args.numerics):
+        ap.error("--model and --numerics are required unless --summary-only")
+    rows = measure(args.model, args.numerics, args.benches.split(","), args.limit, variants, out_dir, command,
+                   reference=not args.no_reference)
     write_summary(out_dir, command)
     print(tabulate(rows, headers="keys", floatfmt=".3f"))
     return 0

@@ -94,6 +94,7 @@ class ResultRecord:
     mcnemar_p: float | None = None  # exact McNemar, method vs dense on the same items
     noise_floor: dict | None = None
     timing: dict = field(default_factory=dict)  # how latencies were taken (timed_ids, batch sizes...)
+    numerics: str | None = None  # numerics.NUMERICS; absent in older records (= their dtype's own)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ def build_record(
     dtype: str | None = None,
     threads: int | None = None,
     device: str | None = None,
+    numerics: str | None = None,
 ) -> ResultRecord:
     """Compute every aggregate of a record from its items and stamp machine and time.
 
@@ -197,6 +199,7 @@ def build_record(
         chance=_finite_or_none(chance),
         noise_floor=dict(noise_floor) if noise_floor is not None else None,
         timing=dict(timing or {}),
+        numerics=numerics or dtype,
         **comparison,
     )
 

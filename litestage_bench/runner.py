@@ -58,8 +58,8 @@ class Session:
     executor: SkipExecutor
 
     @staticmethod
-    def open(model: str, dtype: str | None = None, device: str = "cpu") -> "Session":
-        loaded = load_model(model, dtype=dtype, device=device)
+    def open(model: str, dtype: str | None = None, device: str = "cpu", numerics: str | None = None) -> "Session":
+        loaded = load_model(model, dtype=dtype, device=device, numerics=numerics)
         return Session(loaded, SkipExecutor(loaded.model))
 
     def reasoner(self, bench: str, config: ReasonerConfig, data_dir=None) -> Reasoner:
@@ -171,12 +171,14 @@ def with_latencies(results: list[ItemResult], timed: list[ItemResult]) -> list[I
 
 
 def load_dense_reference(path: str, *, model: str, bench: str, split: str, dtype: str, config: ReasonerConfig,
-                         items: list[Question]) -> list[ItemResult]:
+                         items: list[Question], numerics: str | None = None) -> list[ItemResult]:
     """Per-item dense results from an earlier `run` with the same model, data, items and settings."""
     rec = load_record(path)
-    want = {"model": model, "benchmark": bench, "split": split, "method": "dense", "dtype": dtype}
+    rec_dtype = rec.dtype or rec.extra.get("dtype")
+    want = {"model": model, "benchmark": bench, "split": split, "method": "dense", "dtype": dtype,
+            "numerics": numerics or dtype}
     got = {"model": rec.model, "benchmark": rec.benchmark, "split": rec.split, "method": rec.method,
-           "dtype": rec.dtype or rec.extra.get("dtype")}
+           "dtype": rec_dtype, "numerics": rec.numerics or rec_dtype}
     wrong = [f"{k} {got[k]!r} (need {v!r})" for k, v in want.items() if got[k] != v]
     if rec.config != config.to_dict():
         wrong.append("reasoner settings differ")
@@ -186,7 +188,8 @@ def load_dense_reference(path: str, *, model: str, bench: str, split: str, dtype
         wrong.append(f"{len(missing)} of the {len(items)} items missing (e.g. {missing[0]})")
     if wrong:
         raise UserError(f"dense record {path} does not match this run: {'; '.join(wrong)}",
-                        "re-run dense with the same --model/--bench/--limit/--dtype/settings, or drop --dense-record")
+                        "re-run dense with the same --model/--bench/--limit/--dtype/--numerics/settings, "
+                        "or drop --dense-record")
     return [by_id[q.id] for q in items]
 
 
@@ -209,12 +212,13 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     dense_items = None
     if not is_dense and dense_record:
         dense_items = load_dense_reference(dense_record, model=session.loaded.name, bench=bench, split=split,
-                                           dtype=session.loaded.dtype, config=config, items=items)
+                                           dtype=session.loaded.dtype, config=config, items=items,
+                                           numerics=session.loaded.numerics)
     checkpoint = None
     if checkpoint_path:
         checkpoint = RunCheckpoint(checkpoint_path, {
             "model": session.loaded.name, "source": session.loaded.source, "dtype": session.loaded.dtype,
-            "bench": bench, "split": split, "items": [q.id for q in items], "method": method.describe(),
+            "numerics": session.loaded.numerics, "bench": bench, "split": split, "items": [q.id for q in items], "method": method.describe(),
             "config": config.to_dict(), "batch_size": batch_size, "timed": timed, "seed": seed,
             "dense_record": dense_record, "threads": torch.get_num_threads(), "device": str(session.executor.device)})
         if checkpoint.resumed:
@@ -239,7 +243,7 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
               "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["method"]]),
               "resumed_timed": resumed_timed}
     extra: dict = {"load_seconds": session.loaded.load_seconds, "load_from_cache": session.loaded.from_cache,
-                   "dtype": session.loaded.dtype, "seed": seed, "limit": limit,
+                   "dtype": session.loaded.dtype, "numerics": session.loaded.numerics, "seed": seed, "limit": limit,
                    "demos": [d.question.id for d in reasoner.prompts.demos]}
     if dense_record:
         extra["dense_record"] = dense_record
@@ -250,8 +254,9 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
                         policy=method.describe(), answer_rule=config.answer_rule, items=results,
                         command=command, config=config.to_dict(), speedup=1.0 if is_dense else None, extra=extra,
                         dense_items=dense_items, chance=chance_rate(bench, split, data_dir),
-                        noise_floor=noise_floor_for(session.loaded.name, session.loaded.dtype, device),
-                        timing=timing, dtype=session.loaded.dtype, threads=torch.get_num_threads(), device=device)
+                        noise_floor=noise_floor_for(session.loaded.name, session.loaded.numerics, device),
+                        timing=timing, dtype=session.loaded.dtype, numerics=session.loaded.numerics,
+                        threads=torch.get_num_threads(), device=device)
 
 
 def one_step_accuracy(reasoner: Reasoner, items: list[Question]) -> dict:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `tox -e gpu`: the full benchmark grid on CUDA -- both embedded models (plus any hub ids in
-# $LITESTAGE_GPU_MODELS, comma-separated), bfloat16, the whole evaluation splits ($LITESTAGE_GPU_LIMIT,
+# $LITESTAGE_GPU_MODELS, comma-separated), bfloat16 ($LITESTAGE_GPU_NUMERICS), the whole evaluation splits ($LITESTAGE_GPU_LIMIT,
 # default 0 = all), one xdist worker per GPU (`-n auto`: conftest counts the GPUs), records and
 # tables in results/grid-gpu. Extra arguments go to pytest (a later option overrides the script's).
 # Without a CUDA device it installs nothing and exits 0, saying it skipped: tox stays green on CPU.
@@ -22,5 +22,6 @@ python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'tox 
 # LITESTAGE_GPU_BASE_MODELS: the embedded models (set it empty to run only $LITESTAGE_GPU_MODELS)
 base=${LITESTAGE_GPU_BASE_MODELS-smollm2-135m,qwen2.5-coder-0.5b}
 models="$(printf '%s' "$base${LITESTAGE_GPU_MODELS:+,$LITESTAGE_GPU_MODELS}" | sed 's/^,//')"
-exec python -m pytest --benchmark-only -n auto --device cuda --dtype bfloat16 --models "$models" \
+# LITESTAGE_GPU_NUMERICS: bfloat16 (default on CUDA), float32 or bf16-matmul (litestage_bench/numerics.py)
+exec python -m pytest --benchmark-only -n auto --device cuda --numerics "${LITESTAGE_GPU_NUMERICS:-bfloat16}" --models "$models" \
   --points sweep --limit "${LITESTAGE_GPU_LIMIT:-0}" --timed 50 --batch-size 32 --grid-out results/grid-gpu "$@"

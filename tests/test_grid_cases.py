@@ -9,7 +9,7 @@ from litestage_bench.grid.cases import DEFAULT_POINTS, SWEEP_POINTS, GridCase, s
 from litestage_bench.prompts import STAGES
 
 DEFAULTS = {"--models": None, "--benches": None, "--methods": None, "--points": None, "--stages": "all",
-            "--limit": None, "--timed": None, "--batch-size": 8, "--dtype": None, "--device": "cpu",
+            "--limit": None, "--timed": None, "--batch-size": 8, "--dtype": None, "--numerics": None, "--device": "cpu",
             "--policy-dir": "results/policies", "--no-search": False, "--search-limit": None}
 
 
@@ -77,6 +77,8 @@ def test_sweep_points():
     ({"batch_size": 0}, "--batch-size 0"),
     ({"device": "tpu"}, "unknown device"),
     ({"dtype": "float8"}, "float8"),
+    ({"numerics": "int3"}, "unknown numerics 'int3'"),
+    ({"dtype": "bfloat16", "numerics": "bf16-matmul"}, "needs --dtype float32"),
 ])
 def test_bad_options_are_one_line_errors(options, message):
     with pytest.raises(UserError) as err:

@@ -280,7 +280,8 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     monkeypatch.setattr(r, "solve_batch", spy_batch)
     monkeypatch.setattr(r, "solve", spy_one)
     session = SimpleNamespace(reasoner=lambda bench, cfg, data_dir=None: r, executor=r.ex,
-                              loaded=SimpleNamespace(name="tiny", source="test", dtype="float32"))
+                              loaded=SimpleNamespace(name="tiny", source="test", dtype="float32",
+                                                     numerics="float32"))
     opts = SearchOptions(target="agreement", min_agreement=0.5, limit=6, timed=2, batch_size=3, max_skip=2,
                          patience=1, harm_items=2, harm_profile=True)
     policy = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)

@@ -38,7 +38,7 @@ def test_other_cpu_runs_only_against_a_reference_from_another_cpu(tmp_path, monk
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "m_float32_obqa_reference.json").write_text(json.dumps(ref))
     calls = []
-    monkeypatch.setattr(runner.Session, "open", classmethod(lambda cls, model, dtype: SimpleNamespace()))
+    monkeypatch.setattr(runner.Session, "open", classmethod(lambda cls, model, numerics: SimpleNamespace()))
     monkeypatch.setattr(noise_floor, "load_split", lambda bench, split, limit: questions)
     monkeypatch.setattr(noise_floor, "machine_info", lambda: {"cpu": "Intel Xeon"})
     monkeypatch.setattr(noise_floor, "_run_variant",

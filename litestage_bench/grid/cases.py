@@ -12,7 +12,8 @@ from pathlib import Path
 from ..benchmarks import BENCHMARKS, check_bench
 from ..errors import UserError
 from ..methods import METHODS, load_plugins
-from ..models import DEFAULT_MODEL, MODELS, resolve_dtype
+from ..models import DEFAULT_MODEL, MODELS, check_numerics
+from ..numerics import storage_dtype
 from ..prompts import STAGES
 
 # Budget points (k, in each method's own unit) for the methods that take one. The default run
@@ -210,6 +211,7 @@ class GridSelection:
     batch_size: int
     dtype: str | None
     device: str
+    numerics: str | None
     policy_dir: Path
     search_missing: bool
     search_limit: int | None
@@ -267,11 +269,11 @@ def selection_from_options(get, main_job: bool) -> GridSelection:
         timed = min(limit or MAIN_TIMED, MAIN_TIMED) if main_job else SMOKE_TIMED
     timed = timed or None
     batch = _count(get("--batch-size"), "batch-size", zero_means_all=False)
-    dtype = get("--dtype")
-    resolve_dtype(dtype, None)  # checks the name
+    dtype, numerics = get("--dtype"), get("--numerics")
+    check_numerics(DEFAULT_MODEL, dtype or storage_dtype(numerics) or "float32", numerics)  # checks the names
     search_limit = _count(get("--search-limit"), "search-limit", zero_means_all=False)
     return GridSelection(models=models, benches=benches, methods=methods, points=points,
                          stage_sets=parse_stage_sets(get("--stages")), limit=limit, timed=timed,
-                         batch_size=batch or 8, dtype=dtype, device=check_device(get("--device")),
+                         batch_size=batch or 8, dtype=dtype, device=check_device(get("--device")), numerics=numerics,
                          policy_dir=Path(get("--policy-dir")), search_missing=not get("--no-search"),
                          search_limit=search_limit, main_job=main_job)

@@ -77,7 +77,8 @@ class GridContext:
         if self._session is None or self._session[0] != model:
             self._session = None
             self._reasoners.clear()
-            self._session = (model, Session.open(model, dtype=self.selection.dtype, device=self.device))
+            self._session = (model, Session.open(model, dtype=self.selection.dtype, device=self.device,
+                                                   numerics=self.selection.numerics))
         return self._session[1]
 
     def reasoner(self, model: str, bench: str) -> tuple[Reasoner, ReasonerConfig]:
@@ -155,7 +156,7 @@ def accuracy_config(ctx: GridContext, case: GridCase, method: Method, items, pol
     demos = hashlib.sha256(repr(reasoner.prompts.demos).encode()).hexdigest()[:20]
     return {
         "what": "litestage-bench grid accuracy", "model": case.model, "weights": weights_id(loaded),
-        "dtype": loaded.dtype, "device": torch.device(ctx.device).type,
+        "dtype": loaded.dtype, "numerics": loaded.numerics, "device": torch.device(ctx.device).type,
         "data": _data_fingerprint(case.bench, os.environ.get(DATA_DIR_ENV)), "split": "eval", "seed": SEED, "items": [q.id for q in items],
         "method": method.describe(), "policy_sha256": (policy_source or {}).get("sha256"),
         "stages": list(case.stages), "config": config.to_dict(), "demos_sha256": demos,
@@ -202,9 +203,9 @@ def run_case(case: GridCase, ctx: GridContext, benchmark: Any) -> CaseResult:
     return CaseResult(
         case=case, items=with_latencies(results, clock["m"]), policy=method.describe(), config=config.to_dict(),
         answer_rule=config.answer_rule, accuracy_cached=cached, accuracy_seconds=accuracy_seconds, timing=timing,
-        search=source, dtype=session.loaded.dtype, device=device, threads=torch.get_num_threads(),
+        search=source, dtype=session.loaded.dtype, numerics=session.loaded.numerics, device=device, threads=torch.get_num_threads(),
         worker=ctx.worker, chance=chance_rate(case.bench, "eval"),
-        noise_floor=noise_floor_for(case.model, session.loaded.dtype, device),
+        noise_floor=noise_floor_for(case.model, session.loaded.numerics, device),
         cache_key=cache_key(key_config) if ctx.cache.folder else None, command=ctx.command,
         extra={"load_seconds": session.loaded.load_seconds, "load_from_cache": session.loaded.from_cache,
                "limit": sel.limit, "seed": SEED, "demos": [d.question.id for d in reasoner.prompts.demos],

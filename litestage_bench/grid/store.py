@@ -33,6 +33,7 @@ class CaseResult:
     timing: dict  # timed_ids, n_timed, seconds, batch1_vs_batched...
     search: dict | None = None  # where a searched policy came from, and what a search cost
     dtype: str | None = None
+    numerics: str | None = None
     device: str | None = None
     threads: int | None = None
     worker: str = "main"
@@ -67,7 +68,7 @@ def build_case_record(result: CaseResult, dense: CaseResult | None) -> ResultRec
         answer_rule=result.answer_rule, items=[_copy(it) for it in result.items], command=result.command,
         config=result.config, speedup=1.0 if is_dense else None, extra={**result.extra, "grid": grid},
         dense_items=[_copy(it) for it in dense.items] if same_items and not is_dense else None,
-        chance=result.chance, noise_floor=result.noise_floor, timing=result.timing, dtype=result.dtype,
+        chance=result.chance, noise_floor=result.noise_floor, timing=result.timing, dtype=result.dtype, numerics=result.numerics,
         threads=result.threads, device=result.device)
 
 
@@ -121,7 +122,7 @@ def extra_info(result: CaseResult, record: ResultRecord) -> dict:
         "latency_s": record.latency_s, "stage_latency_s": record.stage_latency_s,
         "speedup": record.speedup, "speedup_ci95": list(record.speedup_ci95) if record.speedup_ci95 else None,
         "policy_source": (result.search or {}).get("source"), "search_seconds": (result.search or {}).get("seconds"),
-        "dtype": result.dtype, "device": result.device, "threads": result.threads, "worker": result.worker,
+        "dtype": result.dtype, "numerics": result.numerics, "device": result.device, "threads": result.threads, "worker": result.worker,
     }
     return json_safe(info)  # pytest-benchmark writes extra_info into its JSON
 
