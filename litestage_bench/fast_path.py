@@ -7,7 +7,7 @@ per chunk / question / repetition, warm-up excluded):
 - seconds per question at batch 1 (how speedups are timed);
 - batch-1 decode tokens/s of the executor (64 tokens after a Recall prompt), against the memory-bandwidth
   limit: the bytes one decoded token reads (the format's own, and float32's) at the read bandwidth
-  measured here with the same threads;
+  measured here with the same threads, once per repetition between the decode runs;
 - skip efficiency (measured / ideal decode speedup of whole-layer plans, as `speed.py`);
 - answers changed against float32 on the batched items, and the noise floor `noise_floor.py` measured.
 Peak resident memory is taken per numerics in a child process that loads the model and runs one
@@ -75,7 +75,7 @@ def measure(model: str, numerics: list[str], bench: str, limit: int, timed: int,
     reasoners = {n: s.reasoner(bench, default_config(s.loaded)) for n, s in sessions.items()}
     items = load_split(bench, "eval", limit=limit)
     for n, r in reasoners.items():  # warm-up: allocator, header cache, kernels
-        r.solve_batch(items[:min(batch_size, len(items))], DENSE)
+        r.solve_batch(items[:2], DENSE)
         r.solve(items[0], DENSE)
     order = list(numerics)
     batched = {n: 0.0 for n in numerics}
@@ -97,7 +97,9 @@ def measure(model: str, numerics: list[str], bench: str, limit: int, timed: int,
     log(f"[fast_path] {model} batch 1: " + ", ".join(f"{n} {statistics.median(v):.2f} s/q" for n, v in single.items()))
     prompt = _recall_prompt(sessions[numerics[0]], bench)
     decode = {n: [] for n in numerics}
+    bandwidths = []
     for _ in range(repeats):
+        bandwidths.append(read_bandwidth_gb_s(repeats=3))  # beside the decode runs, under the same load
         for n in order:
             ex = sessions[n].executor
             synchronize(ex.device)
@@ -105,7 +107,7 @@ def measure(model: str, numerics: list[str], bench: str, limit: int, timed: int,
             ex.generate([prompt], StagePlan(), new_tokens)
             decode[n].append(new_tokens / (time.perf_counter() - start))
         order.reverse()
-    bandwidth = read_bandwidth_gb_s()
+    bandwidth = statistics.median(bandwidths)
     reference = numerics[0]
     rows = {}
     for n in numerics:

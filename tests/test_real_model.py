@@ -97,3 +97,25 @@ def test_header_cache_and_batching_change_nothing_on_smollm2(session):
     for a, b in zip(one_by_one, cached.solve_batch(items, DENSE)):
         assert (a.outputs, a.predictions_by_rule) == (b.outputs, b.predictions_by_rule)
         assert a.option_scores["cloze"] == pytest.approx(b.option_scores["cloze"], abs=1e-4)
+
+
+def test_bf16_matmul_stays_near_float32_on_smollm2(session):
+    """The fast path on the real model: logits of every position of a prompt within 5% of the float32
+    logits' range (observed 0.9% on this 59-token prompt), and the same greedy token at nearly every
+    position (observed: all) (the greedy
+    token is exact given the hidden state; the hidden states differ by bf16 rounding)."""
+    fast = Session.open("smollm2-135m", numerics="bf16-matmul")
+    assert fast.loaded.numerics == "bf16-matmul" and fast.loaded.dtype == "float32"
+    tok = session.loaded.tokenizer
+    ids = tok("Question: Which of these would let the most heat travel through? (A) a new pair of jeans "
+              "(B) a steel spoon in a cafeteria (C) a cotton candy at a store (D) a calvin klein cotton hat\n"
+              "Recall: Metal is a thermal conductor.").input_ids
+    logits = {}
+    for name, s in (("float32", session), ("fast", fast)):
+        ex = s.executor
+        x = torch.tensor([ids])
+        logits[name] = ex.forward(ex.new_cache(1), x, torch.ones_like(x, dtype=torch.bool), StagePlan().prefill,
+                                  StagePlan(), CostMeter(), logits="all")[0]
+    ref, got = logits["float32"], logits["fast"]
+    assert float((got - ref).abs().max()) <= 0.05 * float(ref.max() - ref.min())
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
