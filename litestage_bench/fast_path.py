@@ -189,7 +189,7 @@ def write_table(out_dir: Path) -> None:
     for r in doc["rows"]:
         vs = r.get("vs_float32") or {}
         nf = r["noise_floor_flips"]
-        floor = (f"{nf['answer_flip_rate']:.1%} ({nf['answer_flips']}/{nf['comparisons']})"
+        floor = (f"worst {nf['answer_flip_rate']:.1%}; pooled {nf['answer_flips']}/{nf['comparisons']}"
                  if nf.get("answer_flip_rate") is not None else "not measured")
         flips = "" if r["answer_flips_vs_float32"] is None else f"{r['answer_flips_vs_float32']}/{r['n_items']}"
         rows.append([r["model"], r["numerics"], f"{r['items_per_hour']:.0f} ({vs.get('items_per_hour', 1):.2f}x)",
