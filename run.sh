@@ -33,10 +33,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# glibc hands every large tensor a fresh mmap by default, so each new activation buffer page-faults
-# in; serving them from the heap made a batched CPU run ~20% faster (float32 and bf16-matmul alike).
-export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4294967296}
-
 # The project's machines keep the benchmark files beside the checkout.
 if [ -z "${LITESTAGE_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
   LITESTAGE_DATA_DIR="$(cd ../shared/data && pwd)"

@@ -267,9 +267,9 @@ def resolve_dtype(name: str | None, spec: ModelSpec | None) -> str:
 
 
 def release_freed_memory() -> None:
-    """Hand memory freed inside the heap back to the OS (glibc). With MALLOC_MMAP_THRESHOLD_ raised
-    (run.sh) large tensors live in the heap, so the float32 weights a numerics conversion replaced
-    would otherwise stay resident: 13.5 GB instead of ~6 GB for the 1.5B model."""
+    """Hand memory freed inside the heap back to the OS (glibc). With MALLOC_MMAP_THRESHOLD_ raised in
+    the environment large tensors live in the heap, and the float32 weights a numerics conversion
+    replaced would otherwise stay resident."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

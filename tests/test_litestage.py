@@ -38,9 +38,11 @@ def _logits_with_max(values: list[float], vocab: int = 8) -> torch.Tensor:
 
 
 def _fire_step(confidences: list[float], window: int, threshold: float) -> int | None:
-    """The first step whose window (the last `window` confidences, all present) has mean <= threshold."""
+    """The first step whose window (the last `window` confidences, all present) has mean <= threshold.
+    The mean is taken in float32 as the callback takes it: in float64, three equal float32 values
+    average exactly to a threshold that float32's rounded mean exceeds (a boundary hypothesis found)."""
     for t in range(window - 1, len(confidences)):
-        if sum(confidences[t - window + 1:t + 1]) / window <= threshold:
+        if float(torch.tensor(confidences[t - window + 1:t + 1]).mean()) <= threshold:
             return t
     return None
 
