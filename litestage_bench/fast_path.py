@@ -30,7 +30,9 @@ import torch
 from tabulate import tabulate
 
 from .benchmarks import load_split
+from .errors import UserError
 from .executor import synchronize
+from .models import check_numerics
 from .noise_floor import noise_floor_for
 from .plan import DENSE, StagePlan
 from .results import machine_info, write_text_atomic
@@ -235,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         write_table(out_dir)
         return 0
     numerics = [n for n in args.numerics.split(",") if n]
+    try:
+        for n in numerics:
+            check_numerics(args.model, None, n)
+    except UserError as err:
+        print(f"fast_path: error: {err}", file=sys.stderr)
+        return 2
     command = "python -m litestage_bench.fast_path " + " ".join(sys.argv[1:] if argv is None else argv)
     rss = {}
     for n in numerics:
