@@ -34,6 +34,7 @@ from .errors import UserError
 from .executor import synchronize
 from .models import check_numerics
 from .noise_floor import noise_floor_for
+from .numerics import text_model
 from .plan import DENSE, StagePlan
 from .results import machine_info, write_text_atomic
 from .runner import Session, default_config, log
@@ -59,7 +60,7 @@ def read_bandwidth_gb_s(size_mb: int = 1024, repeats: int = 5) -> float:
 def bytes_per_token(model: torch.nn.Module, float32: bool = False) -> int:
     """Weight bytes one batch-1 decode step reads: the decoder layers, final norm and LM head (the
     embedding contributes one row). `float32`: as if every weight were float32."""
-    base = model.model.language_model if hasattr(model.model, "language_model") else model.model
+    base = text_model(model)
     tensors = [p for layer in base.layers for p in layer.parameters()]
     tensors += list(base.norm.parameters()) + [model.lm_head.weight]
     return sum(t.numel() * (4 if float32 else t.element_size()) for t in tensors)

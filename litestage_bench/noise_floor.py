@@ -154,23 +154,24 @@ def comparison_row(reference: dict, run: dict) -> dict:
             **compare(reference["items"], run["items"])}
 
 
-def rows_from_runs(out_dir: Path) -> list[dict]:
-    """Comparison rows from every saved run that has its reference."""
+def load_runs(out_dir: Path) -> dict[tuple[str, str, str, str], dict]:
+    """Every saved run by (model, numerics, benchmark, variant)."""
     runs = {}
     for path in sorted((out_dir / "runs").glob("*.json")):
         d = json.loads(path.read_text())
         runs[(d["model"], d["dtype"], d["bench"], d["variant"])] = d
+    return runs
+
+
+def rows_from_runs(runs: dict[tuple[str, str, str, str], dict]) -> list[dict]:
+    """Comparison rows from every saved run that has its reference."""
     return [comparison_row(runs[(m, dt, b, "reference")], run) for (m, dt, b, v), run in sorted(runs.items())
             if v in VARIANTS and (m, dt, b, "reference") in runs]
 
 
-def vs_float32_rows(out_dir: Path) -> list[dict]:
+def vs_float32_rows(runs: dict[tuple[str, str, str, str], dict]) -> list[dict]:
     """Each non-float32 run against float32's run of the same model, benchmark and variant on the same
     items: how far the other rounding moves answers (not a noise floor)."""
-    runs = {}
-    for path in sorted((out_dir / "runs").glob("*.json")):
-        d = json.loads(path.read_text())
-        runs[(d["model"], d["dtype"], d["bench"], d["variant"])] = d
     rows = []
     for (m, dt, b, v), run in sorted(runs.items()):
         ref = runs.get((m, "float32", b, v))
@@ -215,14 +216,15 @@ def _merge_summary(out_dir: Path, command: str) -> None:
     path = out_dir / "noise_floor.json"
     old = json.loads(path.read_text()) if path.exists() else {"rows": [], "commands": []}
     # every saved run is compared afresh (older summaries lack newer fields); a row whose runs are gone stays
-    fresh = rows_from_runs(out_dir)
+    runs = load_runs(out_dir)
+    fresh = rows_from_runs(runs)
     replaced = {(r["model"], r["dtype"], r["bench"], r["variant"]) for r in fresh}
     rows = [r for r in old["rows"] if (r["model"], r["dtype"], r["bench"], r["variant"]) not in replaced] + fresh
     rows.sort(key=lambda r: (r["model"], r["dtype"], r["bench"], r["variant"]))
     # the commands that measured the runs (each run file keeps its own), then this one
-    measured = [json.loads(f.read_text()).get("command") for f in sorted((out_dir / "runs").glob("*.json"))]
+    measured = [run.get("command") for run in runs.values()]
     commands = list(dict.fromkeys([*old.get("commands", []), *filter(None, measured), command]))
-    versus = vs_float32_rows(out_dir)
+    versus = vs_float32_rows(runs)
     doc = {"commands": commands, "machine": machine_info(), "variants": VARIANTS, "rows": rows,
            "by_config": summarise(rows), "vs_float32": versus}
     write_text_atomic(path, json.dumps(doc, indent=1))

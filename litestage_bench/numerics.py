@@ -39,9 +39,7 @@ def resolve_numerics(numerics: str | None, dtype: str) -> str:
     """The numerics name to use: explicit (checked against the dtype), else the dtype's own."""
     if numerics is None or numerics == dtype:
         return dtype
-    if numerics not in NUMERICS:
-        raise UserError(f"unknown numerics '{numerics}'", f"use one of: {', '.join(NUMERICS)}")
-    needs = NUMERICS[numerics][0]
+    needs = storage_dtype(numerics)
     if needs != dtype:
         raise UserError(f"numerics '{numerics}' needs --dtype {needs}, not {dtype}",
                         f"drop --dtype or pass --dtype {needs}")
@@ -57,6 +55,21 @@ def storage_dtype(numerics: str | None) -> str | None:
     return NUMERICS[numerics][0]
 
 
+def _bf16_matmul(xb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """[rows, in] bf16 @ weight.T in fp32 accumulation, as float32. One row takes torch's bf16
+    matrix-vector kernel, which streams the weights at memory speed (a 1-row GEMM does not); both
+    kernels give the same bits per row (tests/test_numerics.py)."""
+    if xb.shape[0] == 1:
+        return torch.mv(weight, xb[0])[None].float()
+    return F.linear(xb, weight).float()
+
+
+def text_model(model: nn.Module) -> nn.Module:
+    """The decoder stack (embeddings, layers, final norm); a multimodal wrapper's (gemma3) text model."""
+    base = model.model
+    return base.language_model if hasattr(base, "language_model") else base
+
+
 class Bf16MatmulLinear(nn.Module):
     """A linear layer with bf16 weights and bf16-rounded inputs, fp32 accumulation, fp32 result."""
 
@@ -68,14 +81,8 @@ class Bf16MatmulLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xb = x.to(torch.bfloat16)
-        if xb.numel() == self.in_features:
-            # one row (batch-1 decode): torch's bf16 matrix-vector kernel streams the weights at
-            # memory speed; a 1-row GEMM does not
-            y = torch.mv(self.weight, xb.reshape(-1)).reshape(*x.shape[:-1], self.out_features)
-        else:
-            y = F.linear(xb, self.weight)
-        y = y.float()
+        y = _bf16_matmul(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight)
+        y = y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
 
@@ -101,8 +108,7 @@ class ScreenedBf16Head(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         flat = h.reshape(-1, h.shape[-1]).float()
-        hb = flat.to(torch.bfloat16)
-        y = (torch.mv(self.weight, hb[0])[None] if flat.shape[0] == 1 else F.linear(hb, self.weight)).float()
+        y = _bf16_matmul(flat.to(torch.bfloat16), self.weight)
         if self.bias is not None:
             y = y + self.bias
         bound = self.row_norm[None, :] * (flat.norm(dim=-1, keepdim=True) * _DOT_BOUND) + y.abs() * _OUT_BOUND
@@ -120,9 +126,8 @@ def apply_numerics(model: nn.Module, numerics: str) -> int:
     (the decoder layers' linears, and the LM head as a screened head)."""
     if numerics != "bf16-matmul":
         return 0
-    layers = _decoder_layers(model)
     converted = 0
-    for layer in layers:
+    for layer in text_model(model).layers:
         for parent in list(layer.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:
@@ -131,9 +136,3 @@ def apply_numerics(model: nn.Module, numerics: str) -> int:
     model.lm_head = ScreenedBf16Head(model.lm_head)
     return converted + 1
 
-
-def _decoder_layers(model: nn.Module) -> list[nn.Module]:
-    base = model.model
-    if hasattr(base, "language_model"):  # multimodal wrappers (gemma3): their text model
-        base = base.language_model
-    return list(base.layers)

@@ -13,7 +13,6 @@ from ..benchmarks import BENCHMARKS, check_bench
 from ..errors import UserError
 from ..methods import METHODS, load_plugins
 from ..models import DEFAULT_MODEL, MODELS, check_numerics
-from ..numerics import storage_dtype
 from ..prompts import STAGES
 
 # Budget points (k, in each method's own unit) for the methods that take one. The default run
@@ -270,7 +269,7 @@ def selection_from_options(get, main_job: bool) -> GridSelection:
     timed = timed or None
     batch = _count(get("--batch-size"), "batch-size", zero_means_all=False)
     dtype, numerics = get("--dtype"), get("--numerics")
-    check_numerics(DEFAULT_MODEL, dtype or storage_dtype(numerics) or "float32", numerics)  # checks the names
+    check_numerics(DEFAULT_MODEL, dtype, numerics)  # checks the names and their pair
     search_limit = _count(get("--search-limit"), "search-limit", zero_means_all=False)
     return GridSelection(models=models, benches=benches, methods=methods, points=points,
                          stage_sets=parse_stage_sets(get("--stages")), limit=limit, timed=timed,
