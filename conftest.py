@@ -46,7 +46,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--limit", type=int, default=None,
                     help="items per benchmark, 0 = the whole evaluation split (default: 10 with --benchmark-only, 2 otherwise)")
     group.addoption("--timed", type=int, default=None,
-                    help="items of them timed at batch 1 per case, 0 = all (default: min(limit, 5); 1 in the smoke)")
+                    help="items of them timed at batch 1 per case, 0 = all (default: min(limit, 3); 1 in the smoke)")
+    group.addoption("--rounds", type=int, default=None,
+                    help="interleaved rounds per timed item: dense and the case's method back to back, the order "
+                         "alternating (default 2)")
     group.addoption("--batch-size", type=int, default=8, help="questions per batch for accuracy (default 8)")
     group.addoption("--dtype", default=None, help="float32 or bfloat16 (default: the model's default)")
     group.addoption("--numerics", default=None,

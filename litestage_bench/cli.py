@@ -1,6 +1,8 @@
 """`litestage-bench` command line: models, data, run, search, report, compare.
 
-Bad input exits with status 2 and one line `litestage-bench: error: PROBLEM -- fix: FIX`.
+Bad input exits with status 2 and one line `litestage-bench: error: PROBLEM -- fix: FIX`. An
+unexpected exception (a bug) also exits 2, after its traceback and a line
+`litestage-bench: internal error: TYPE: MESSAGE`: status 1 means only "compare found a regression".
 """
 from __future__ import annotations
 
@@ -8,13 +10,14 @@ import argparse
 import json
 import shlex
 import sys
+import traceback
 from pathlib import Path
 
 from tabulate import tabulate
 
 from .errors import UserError
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad input, or an internal error: anything but a verdict
 EXIT_REGRESSION = 1
 
 
@@ -143,6 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = run_benchmark(session, args.bench, method, split=args.split, limit=args.limit, config=config,
                            data_dir=args.data_dir, command=_command_line(), seed=args.seed, one_step=args.one_step,
                            batch_size=args.batch_size, timed=args.timed or None, dense_record=args.dense_record,
+                           rounds=args.rounds,
                            checkpoint_path=str(out) + ".partial.jsonl")
     write_record(out, record)
     Path(str(out) + ".partial.jsonl").unlink(missing_ok=True)  # the record holds everything now
@@ -214,7 +218,7 @@ def _command_line() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from .benchmarks import BENCHMARKS
     from .models import DEFAULT_MODEL
-    from .runner import DEFAULT_BATCH_SIZE, DEFAULT_TIMED
+    from .runner import DEFAULT_BATCH_SIZE, DEFAULT_ROUNDS, DEFAULT_TIMED
     ap = argparse.ArgumentParser(prog="litestage-bench", description="Layer skipping for multi-stage reasoning, benchmarked.")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -256,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"questions per batch for accuracy (default {DEFAULT_BATCH_SIZE}; latency is always batch 1)")
     run.add_argument("--timed", type=_non_negative, default=DEFAULT_TIMED,
                      help=f"seeded items timed at batch 1 for latency/speedup (default {DEFAULT_TIMED}; 0 = all)")
+    run.add_argument("--rounds", type=_positive, default=DEFAULT_ROUNDS,
+                     help=f"interleaved rounds per timed item: dense and the method back to back, the order "
+                          f"alternating (default {DEFAULT_ROUNDS})")
     run.add_argument("--dense-record", help="a dense record of the same model/items/settings to compare with "
                                             "(default: run dense on the same items in this run)")
     run.add_argument("--no-early-exit", action="store_true", help="ignore the policy's early-exit rules (ablation)")
@@ -267,8 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--model", default=DEFAULT_MODEL)
     search.add_argument("--bench", required=True)
     search.add_argument("--method", required=True)
-    search.add_argument("--limit", type=_positive, help="calibration items (default 50)")
+    search.add_argument("--limit", type=_positive, help="calibration items (default 200: the target tests' stated "
+                        "power, recorded in the policy)")
     search.add_argument("--timed", type=_positive, help="of them timed at batch 1 per candidate (default 10, or all of a smaller --limit)")
+    search.add_argument("--rounds", type=_positive, default=1,
+                        help="interleaved rounds of dense and the candidate per timed item (default 1: the order "
+                             "alternates by item)")
     search.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE)
     target = search.add_mutually_exclusive_group()
     target.add_argument("--tolerance", type=float, help="accuracy target: dense calibration accuracy minus P points "
@@ -281,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--uniform", action="store_true", help="one #skip for all stages (ablation)")
     search.add_argument("--max-skip", type=_non_negative, help="largest #skip swept (default: half the units)")
     search.add_argument("--step", type=_positive, default=1, help="#skip step of the budget sweeps (default 1)")
-    search.add_argument("--patience", type=_positive, default=2, help="stop a sweep after N misses in a row")
+    search.add_argument("--patience", type=_positive, default=2,
+                        help="stop a sweep after N candidates in a row clearly miss the target (upper bound below it)")
+    search.add_argument("--confidence", type=float, default=0.95,
+                        help="one-sided confidence of each candidate's target test (default 0.95)")
     search.add_argument("--no-early-exit", action="store_true", help="do not search early-exit thresholds")
     search.add_argument("--harm-profile", action="store_true", help="also measure every unit's single-skip KL")
     search.add_argument("--shots", type=int)
@@ -301,22 +315,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "accuracy difference, McNemar p, answer agreement, speedup ratio")
     report.set_defaults(func=cmd_report)
 
-    compare = sub.add_parser("compare", help="regression report against reference records; exit 1 on a regression")
+    compare = sub.add_parser(
+        "compare",
+        help="regression report against reference records; exit 0 none, 1 on a regression, 2 on an error",
+        description="Match records on model/benchmark/method/policy/split/n. Answers: float32 on CPU on both sides "
+                    "(reproducible: no answer flip in any noise-floor comparison) is exact, any changed answer "
+                    "regresses; otherwise accuracy or agreement outside the reference's 95% CI (+/- --acc-tol). "
+                    "Speed: the speedup ratio current/reference below 1 - tolerance, the tolerance 3 standard "
+                    "errors of the per-round speedups and at least --speed-tol (records without round speedups: "
+                    "the whole 95% CI more than --speed-tol below). A reference case missing regresses too.")
     compare.add_argument("baseline", help="reference: a record JSON or a folder of them (a grid folder: its records/)")
     compare.add_argument("current", help="the same for the current run")
     compare.add_argument("--acc-tol", type=float, default=0.0,
-                         help="widen the reference's accuracy / agreement 95%% CI by this much (default 0)")
+                         help="widen the reference's accuracy / agreement 95%% CI by this much, when the "
+                              "answers are not compared exactly (default 0)")
     compare.add_argument("--speed-tol", type=float, default=0.10,
-                         help="a speedup more than this fraction below the reference's, with the upper end of "
-                              "its 95%% CI below too, regresses (default 0.10)")
+                         help="the smallest speed tolerance, a fraction in [0, 1): a speedup ratio current/reference "
+                              "below 1 - max(this, 3 standard errors of the per-round speedups) regresses; without "
+                              "round speedups, a speedup more than this below the reference's with the upper end "
+                              "of its 95%% CI below too (default 0.10)")
     compare.set_defaults(func=cmd_compare)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # inside: a failing import is an internal error too
         return args.func(args)
     except UserError as err:
         print(f"litestage-bench: error: {err}", file=sys.stderr)
@@ -324,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("litestage-bench: interrupted; no result file was written", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug must never read as a verdict (compare's 1 = regression)
+        traceback.print_exc()
+        print(f"litestage-bench: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -103,6 +103,15 @@ class _DynamicState:
         self.skip_rows = (mean >= self.rule.threshold) & candidates
 
 
+@dataclass
+class BlockClock:
+    """Seconds and tokens of the multi-token forwards (prompt prefill, answer scoring) while it is
+    attached to an executor; the rest of a timed stage is decode."""
+
+    seconds: float = 0.0
+    tokens: int = 0
+
+
 def synchronize(device: torch.device | str) -> None:
     """Wait for queued device work, so that a timer reads real elapsed time."""
     if torch.device(device).type == "cuda":
@@ -117,10 +126,24 @@ class SkipExecutor:
         self.arch = ArchAdapter(model)
         self.device = next(model.parameters()).device
         self.num_layers = self.arch.num_layers
+        self.block_clock: BlockClock | None = None  # set by a timed reasoner stage
+
+    def forward(self, cache: SkipKVCache, input_ids: torch.Tensor, valid: torch.Tensor, *args, **kwargs):
+        """`_forward`, timed into `block_clock` when one is attached and the block has several tokens."""
+        clock = self.block_clock
+        if clock is None or input_ids.shape[1] == 1:
+            return self._forward(cache, input_ids, valid, *args, **kwargs)
+        synchronize(self.device)
+        start = time.perf_counter()
+        out = self._forward(cache, input_ids, valid, *args, **kwargs)
+        synchronize(self.device)
+        clock.seconds += time.perf_counter() - start
+        clock.tokens += int(valid.sum())
+        return out
 
     # --- one forward over a block of tokens -------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, cache: SkipKVCache, input_ids: torch.Tensor, valid: torch.Tensor, skip: SkipSet,
+    def _forward(self, cache: SkipKVCache, input_ids: torch.Tensor, valid: torch.Tensor, skip: SkipSet,
                 plan: StagePlan, meter: CostMeter, logits: str = "last", fill: frozenset[int] = frozenset(),
                 dynamic: _DynamicState | None = None, probe: SubLayerProbe | None = None) -> torch.Tensor | None:
         """Process [rows, q] tokens, appending them to the cache. `fill`: attention layers whose

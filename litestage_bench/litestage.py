@@ -11,12 +11,19 @@ Offline, on the calibration split (``search``):
    (dense accuracy minus a tolerance in points, or a minimum answer agreement with dense);
 3. early exit: per stage, the same sweep over confidence thresholds (from the dense run's
    confidence distribution), keeping the fastest that meets the target.
+"Fastest" is the highest speedup over dense measured interleaved (dense and the candidate back to
+back on the timed items, ``runner.time_items``). "Meets" is a decision at a stated confidence
+(``decide``): the candidate's test is paired against dense on the same calibration items, and its
+one-sided lower bound must pass (accuracy non-inferiority within the tolerance, or agreement at or
+above the minimum). The default calibration size gives the tests a stated power (``target_power``,
+recorded in the policy).
 Online (``LiteStage``, `run --method litestage --policy P`): the per-stage skip sets and exit rules.
 
-Cost controls: stage outputs a candidate does not change are reused (``StageMemo``), every stage
-starts from the shared-header cache, a sweep stops after `patience` candidates in a row miss the
-target, and each measured candidate is stored on disk by its full configuration, so an
-interrupted search resumes.
+Cost controls: stage outputs a candidate does not change are reused (``StageMemo``; batched
+accuracy only, timing always re-runs), every stage starts from the shared-header cache, a sweep
+stops only after `patience` candidates in a row clearly miss the target by their upper bounds,
+and each measured candidate is stored on disk by its full configuration and the code version, so
+an interrupted search resumes and a changed code measures afresh.
 """
 from __future__ import annotations
 
@@ -28,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, metrics
+from . import metrics, stats
+from .code_version import code_version
 from .benchmarks import Question, load_split, normalize_stem, subset
 from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking, ranking_vs_harm,
                           skip_set, sublayer_similarity)
@@ -40,7 +48,8 @@ from .plan import SkipPlan, SkipSet, StagePlan
 from .prompts import STAGES
 from .reasoner import Callbacks, Reasoner, StageMemo
 from .results import ItemResult, atomic_write, machine_info
-from .runner import evaluate_items, model_facts, seed_everything
+from .runner import evaluate_items, model_facts, seed_everything, time_items
+from .timing import paired_speedup
 
 POLICY_SCHEMA_VERSION = 1
 
@@ -119,15 +128,17 @@ class SearchOptions:
     target: str = "accuracy"  # "accuracy": dense calibration accuracy - tolerance; "agreement": min agreement
     tolerance: float = 4.0  # points
     min_agreement: float = 0.9
-    limit: int = 50  # calibration items
-    timed: int = 10  # of them timed at batch 1 per candidate (latency)
+    limit: int = 200  # calibration items: the power of the target tests at the default targets (target_power)
+    timed: int = 10  # of them timed at batch 1 per candidate, interleaved with dense (speedup)
+    rounds: int = 1  # interleaved rounds per timed item (1: the order alternates by item)
+    confidence: float = 0.95  # one-sided confidence of every target decision
     batch_size: int = 8  # accuracy runs
     granularity: str = "sublayer"  # or "layer" (whole layers, ablation)
     ranking: str = "cosine"  # or "iterative" (re-measured joint harm after each added unit)
     budget: str = "stagewise"  # or "uniform" (one #skip for all stages, ablation)
     step: int = 1
     max_skip: int | None = None  # default: half of the units
-    patience: int = 2  # stop a sweep after this many candidates in a row miss the target
+    patience: int = 2  # stop a sweep after this many candidates in a row clearly miss the target (by their bounds)
     early_exit: bool = True
     exit_window: int = 4
     exit_confidence: str = "max_prob"
@@ -144,7 +155,9 @@ class SearchOptions:
                   (self.budget in ("stagewise", "uniform"), "budget must be 'stagewise' or 'uniform'"),
                   (0 <= self.min_agreement <= 1, "min agreement must be within 0..1"),
                   (self.tolerance >= 0, "tolerance must be >= 0 points"),
-                  (self.step >= 1 and self.patience >= 1 and self.limit >= 1, "step, patience and limit must be >= 1"),
+                  (self.step >= 1 and self.patience >= 1 and self.limit >= 1 and self.rounds >= 1,
+                   "step, patience, limit and rounds must be >= 1"),
+                  (0.5 < self.confidence < 1, "confidence must be within 0.5..1"),
                   (1 <= self.timed <= self.limit, "timed must be within 1..limit")]
         for ok, msg in checks:
             if not ok:
@@ -165,43 +178,81 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def meets(target: dict, m: dict) -> bool:
+def decide(target: dict, m: dict, confidence: float) -> dict:
+    """The target test of one candidate, paired against dense on the same calibration items.
+
+    Accuracy: non-inferiority of (candidate - dense) accuracy within the tolerance; agreement: the
+    answer agreement with dense at or above the minimum. Each with one-sided bounds at `confidence`
+    (stats.paired_difference_bounds, stats.proportion_bounds). "meets": the lower bound passes;
+    "clearly misses": the upper bound fails too; "undecided": neither."""
+    n = m["flips"]["n"]
     if target["kind"] == "accuracy":
-        return m["accuracy"] >= target["min_accuracy"] - 1e-9
-    return m["agreement"] >= target["min_agreement"] - 1e-9
+        est, low, high = stats.paired_difference_bounds(m["flips"]["wrong_to_correct"], m["flips"]["correct_to_wrong"],
+                                                        n, confidence)
+        bar = -target["tolerance_points"] / 100
+    else:
+        est, low, high = stats.proportion_bounds(round(m["agreement"] * n), n, confidence)
+        bar = target["min_agreement"]
+    decision = "meets" if low >= bar - 1e-12 else ("clearly misses" if high < bar - 1e-12 else "undecided")
+    return {"statistic": "accuracy difference" if target["kind"] == "accuracy" else "agreement",
+            "estimate": est, "lower": low, "upper": high, "bar": bar, "confidence": confidence, "n": n,
+            "decision": decision}
 
 
-def fastest_meeting(rows: list[dict], target: dict) -> dict:
-    """The measured row with the lowest latency among those that meet the target."""
-    ok = [r for r in rows if meets(target, r)]
-    if not ok:
-        raise UserError("no candidate met the target, not even the unchanged plan", "loosen the target")
-    return min(ok, key=lambda r: r["latency_s"])
+def meets(row: dict) -> bool:
+    return row["test"]["decision"] == "meets"
 
 
-def sweep(measure: Callable[[Any], dict], values: list, target: dict, patience: int) -> tuple[dict, list[dict]]:
-    """Measure candidates in order until `patience` in a row miss the target; return the fastest
-    meeting one and every measured row. values[0] is the unchanged setting (it meets the target)."""
+def fastest_meeting(rows: list[dict]) -> dict:
+    """The row with the highest measured speedup among those that meet the target; rows[0] is the
+    setting accepted before the sweep (the unchanged plan), which always qualifies."""
+    ok = [rows[0]] + [r for r in rows[1:] if meets(r)]
+    return max(ok, key=lambda r: r["speedup"])
+
+
+def sweep(measure: Callable[[Any], dict], values: list, patience: int) -> tuple[dict, list[dict]]:
+    """Measure candidates in order; a sweep ends early only after `patience` candidates in a row
+    clearly miss the target by their bounds (an undecided or a meeting one resets the count), so a
+    dip of a noisy, non-monotone curve does not hide later candidates. values[0] is the setting
+    accepted so far. Returns the fastest meeting row and every measured row."""
     rows, misses = [], 0
     for value in values:
         row = measure(value)
         rows.append(row)
-        misses = 0 if meets(target, row) else misses + 1
+        misses = misses + 1 if len(rows) > 1 and row["test"]["decision"] == "clearly misses" else 0
         if misses >= patience:
             break
-    return fastest_meeting(rows, target), rows
+    return fastest_meeting(rows), rows
+
+
+def target_power(opts: "SearchOptions", n: int) -> dict:
+    """The power of the target test at `n` calibration items: for the accuracy target, when a
+    candidate is as accurate as dense and flips the correctness of 5%, 10% or 20% of items; for
+    the agreement target, when its true agreement is the minimum + 0.05 (or 0.97)."""
+    if opts.target == "accuracy":
+        return {"n": n, "tolerance_points": opts.tolerance, "confidence": opts.confidence,
+                "assuming": "equal accuracy; discordance = share of items whose correctness differs",
+                "power_by_discordance": {str(d): stats.noninferiority_power(n, opts.tolerance / 100, d, opts.confidence)
+                                         for d in (0.05, 0.1, 0.2)}}
+    trues = sorted({min(opts.min_agreement + 0.05, 1.0), max(0.97, opts.min_agreement)})
+    return {"n": n, "min_agreement": opts.min_agreement, "confidence": opts.confidence,
+            "power_by_true_agreement": {f"{t:g}": stats.agreement_power(n, opts.min_agreement, t, opts.confidence)
+                                        for t in trues}}
 
 
 class CandidateMeter:
-    """Accuracy / agreement on the calibration items (batched) and batch-1 latency on a timed subset,
-    per candidate plan; results are stored on disk by the full configuration."""
+    """Accuracy / agreement on the calibration items (batched) and the speedup over dense on a
+    timed subset (batch 1, dense and the candidate interleaved), per candidate plan; measurements
+    are stored on disk by the full configuration (code version included), decisions are not: each
+    row's target test is computed on reading, once `target` is set."""
 
     def __init__(self, reasoner: Reasoner, items: list[Question], timed_items: list[Question],
-                 dense: list[ItemResult], base_key: dict, cache_dir: Path, batch_size: int,
+                 dense: list[ItemResult], base_key: dict, cache_dir: Path, opts: "SearchOptions",
                  log: Callable[[str], None], memo: StageMemo) -> None:
         self.reasoner, self.items, self.timed_items, self.dense = reasoner, items, timed_items, dense
-        self.base_key, self.cache_dir, self.batch_size, self.log = base_key, cache_dir, batch_size, log
+        self.base_key, self.cache_dir, self.opts, self.log = base_key, cache_dir, opts, log
         self.memo = memo
+        self.target: dict | None = None  # set once dense's calibration accuracy is known
         self.measured = 0
         self.from_disk = 0
 
@@ -218,22 +269,34 @@ class CandidateMeter:
             atomic_write(path, lambda fh: json.dump(row, fh))
             self.measured += 1
         row = {**row, "label": label, **(meta or {})}
-        self.log(f"[search] {label}: acc {row['accuracy']:.3f} agreement {row['agreement']:.3f} "
-                 f"latency {row['latency_s']:.2f} s tokens {row['tokens']}")
+        row["test"] = decide(self.target, row, self.opts.confidence) if self.target else {"decision": "reference"}
+        t = row["test"]
+        bounds = f" {t['statistic']} {t['estimate']:+.3f} [{t['lower']:+.3f}, {t['upper']:+.3f}]" if self.target else ""
+        self.log(f"[search] {label}: acc {row['accuracy']:.3f} agreement {row['agreement']:.3f}{bounds} "
+                 f"-> {t['decision']}; speedup {row['speedup']:.2f}x tokens {row['tokens']}")
         return row
 
     def _run(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
         start = time.perf_counter()
         misses = self.memo.misses
-        results = evaluate_items(self.reasoner, plan, callbacks, self.items, self.batch_size, progress=False,
+        results = evaluate_items(self.reasoner, plan, callbacks, self.items, self.opts.batch_size, progress=False,
                                  memo=self.memo)
-        timed = [self.reasoner.solve(q, plan, callbacks, self.memo) for q in self.timed_items]
+        # batch-1 timing without the memo: every stage is re-run, dense beside the candidate
+        pipelines = {"candidate": (plan, callbacks)}
+        if plan.stages or callbacks:
+            pipelines["dense"] = (SkipPlan(), {})
+        timed = time_items(self.reasoner, pipelines, self.timed_items, warmup=0, progress=False,
+                           rounds=self.opts.rounds)
+        paired = (paired_speedup(timed["dense"], timed["candidate"]) if "dense" in timed
+                  else {"speedup": 1.0, "ci95": (1.0, 1.0), "speedup_rounds": []})
         fid = aggregate_fidelity(self.dense, results, self.reasoner.cfg.answer_rule)
         acc, ci = metrics.accuracy_ci95([r.correct for r in results])
+        cand = timed["candidate"]
         return {"accuracy": acc, "accuracy_ci95": ci, "agreement": fid["agreement"], "answer_kl": fid.get("answer_kl"),
-                "flips": {k: fid[k] for k in ("correct_to_wrong", "wrong_to_correct", "changed")},
-                "latency_s": statistics.fmean(r.latency_s for r in timed),
-                "stage_latency_s": {s: statistics.fmean(r.stage_latency_s[s] for r in timed) for s in STAGES},
+                "flips": {**{k: fid[k] for k in ("correct_to_wrong", "wrong_to_correct", "changed")}, "n": len(results)},
+                "speedup": paired["speedup"], "speedup_ci95": paired["ci95"], "speedup_rounds": paired["speedup_rounds"],
+                "latency_s": statistics.fmean(r.latency_s for r in cand),
+                "stage_latency_s": {s: statistics.fmean(r.stage_latency_s[s] for r in cand) for s in STAGES},
                 "tokens": {s: round(statistics.fmean(r.tokens[s] for r in results), 2) for s in STAGES},
                 "executed_cost_fraction": {s: statistics.fmean(r.executed_cost_fraction[s] for r in results)
                                            for s in STAGES},
@@ -249,7 +312,7 @@ class SearchState:
     rules: dict[str, ExitRule | None] = field(default_factory=lambda: {s: None for s in STAGES})
 
 
-def _budget_sweeps(meter: CandidateMeter, ranking: list, order: list[str], opts: SearchOptions, target: dict,
+def _budget_sweeps(meter: CandidateMeter, ranking: list, order: list[str], opts: SearchOptions,
                    state: SearchState) -> list[dict]:
     """Step 2: per stage (slowest first) or uniform, the fastest #skip that meets the target."""
     max_skip = opts.max_skip if opts.max_skip is not None else len(ranking) // 2
@@ -259,7 +322,7 @@ def _budget_sweeps(meter: CandidateMeter, ranking: list, order: list[str], opts:
         def uniform(n: int) -> dict:
             return meter.measure({s: skip_set(ranking, n) for s in STAGES}, state.rules, f"uniform #skip={n}",
                                  {"sweep": "uniform", "n_skip": n})
-        best, measured = sweep(uniform, values, target, opts.patience)
+        best, measured = sweep(uniform, values, opts.patience)
         rows += measured
         state.sets = {s: skip_set(ranking, best["n_skip"]) for s in STAGES}
         state.n_skip = {s: best["n_skip"] for s in STAGES}
@@ -268,7 +331,7 @@ def _budget_sweeps(meter: CandidateMeter, ranking: list, order: list[str], opts:
         def stage_candidate(n: int, stage: str = stage) -> dict:
             sets = {**state.sets, stage: skip_set(ranking, n)}
             return meter.measure(sets, state.rules, f"{stage} #skip={n}", {"sweep": stage, "n_skip": n})
-        best, measured = sweep(stage_candidate, values, target, opts.patience)
+        best, measured = sweep(stage_candidate, values, opts.patience)
         rows += measured
         state.sets[stage] = skip_set(ranking, best["n_skip"])
         state.n_skip[stage] = best["n_skip"]
@@ -276,7 +339,7 @@ def _budget_sweeps(meter: CandidateMeter, ranking: list, order: list[str], opts:
 
 
 def _exit_sweeps(meter: CandidateMeter, thresholds: dict[str, list[float]], order: list[str], opts: SearchOptions,
-                 target: dict, state: SearchState) -> list[dict]:
+                 state: SearchState) -> list[dict]:
     """Step 3: per stage (slowest first), the fastest early-exit threshold (or none) meeting the target."""
     rows: list[dict] = []
     for stage in order:
@@ -285,7 +348,7 @@ def _exit_sweeps(meter: CandidateMeter, thresholds: dict[str, list[float]], orde
             label = f"{stage} exit " + ("off" if rule is None else f"<= {threshold:.4g}")
             return meter.measure(state.sets, {**state.rules, stage: rule}, label,
                                  {"sweep": f"{stage} early exit", "threshold": threshold})
-        best, measured = sweep(exit_candidate, [None, *thresholds[stage]], target, opts.patience)
+        best, measured = sweep(exit_candidate, [None, *thresholds[stage]], opts.patience)
         rows += measured
         threshold = best["threshold"]
         state.rules[stage] = None if threshold is None else ExitRule(opts.exit_window, threshold, opts.exit_confidence)
@@ -346,13 +409,13 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     texts = StageTexts(reasoner.header.ids if reasoner.header else [], trace)
     if not texts.header:
         raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")
-    base_key = {"v": __version__, "model": name, "source": session.loaded.source, "dtype": session.loaded.dtype,
+    base_key = {"code": code_version(), "model": name, "source": session.loaded.source, "dtype": session.loaded.dtype,
                 "numerics": session.loaded.numerics, "bench": bench, "items": [q.id for q in items], "timed": [q.id for q in timed_items],
                 "config": config.to_dict(), "cpu": machine_info().get("cpu"), "threads": _threads(),
                 "device": str(session.executor.device)}
     cache_dir = cache_dir or cache_root() / "search" / f"{name}-{bench}"
     # the memo already holds dense's stages
-    meter = CandidateMeter(reasoner, items, timed_items, dense, base_key, cache_dir, opts.batch_size, log, memo)
+    meter = CandidateMeter(reasoner, items, timed_items, dense, base_key, cache_dir, opts, log, memo)
     for q in items[:1]:  # warm-up (allocator, header cache), not timed
         reasoner.solve(q, SkipPlan())
     dense_row = meter.measure({}, {}, "dense", {"sweep": "dense", "n_skip": 0})
@@ -364,6 +427,7 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                   "min_accuracy": dense_acc - opts.tolerance / 100}
     else:
         target = {"kind": "agreement", "min_agreement": opts.min_agreement}
+    meter.target = target
 
     log(f"[search] importance over the dense stage prefills ({sum(len(texts.prompts(s)) for s in STAGES)} prompts)")
     per_stage = sublayer_similarity(session.executor, texts, opts.batch_size)
@@ -377,12 +441,12 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
         ranking = iterative_ranking(harm, ranking, length, opts.iterative_pool, log)
 
     state = SearchState()
-    rows = [dense_row] + _budget_sweeps(meter, ranking, order, opts, target, state)
+    rows = [dense_row] + _budget_sweeps(meter, ranking, order, opts, state)
     thresholds = {s: [] for s in STAGES}
     if opts.early_exit:
         thresholds = {s: sorted({_quantile(recorders[s].means, q) for q in opts.exit_quantiles}, reverse=True)
                       if recorders[s].means else [] for s in STAGES}
-        rows += _exit_sweeps(meter, thresholds, order, opts, target, state)
+        rows += _exit_sweeps(meter, thresholds, order, opts, state)
     final = meter.measure(state.sets, state.rules, "chosen", {"sweep": "chosen"})
     harm_report = _harm_report(harm, state.sets, ranking, scores, opts, log)
 
@@ -399,13 +463,14 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
         "stages": {s: {"n_skip": state.n_skip[s], "skip": state.sets[s].to_dict()} for s in STAGES},
         "early_exit": {s: (state.rules[s].to_dict() if state.rules[s] else None) for s in STAGES},
         "exit_thresholds_swept": thresholds,
-        "chosen": {**final, "speedup_vs_dense": dense_row["latency_s"] / final["latency_s"]},
+        "chosen": {**final, "speedup_vs_dense": final["speedup"]},
+        "power": target_power(opts, len(items)),
         "candidates": rows, "harm": harm_report,
         "search_cost": {"wall_seconds": time.perf_counter() - started, "stage_runs": meter.memo.misses,
                         "stage_runs_reused": meter.memo.hits, "candidates_measured": meter.measured,
                         "candidates_from_disk": meter.from_disk, "harm_passes": harm.passes,
                         "cache_dir": str(cache_dir)},
-        "machine": machine_info(), "command": command,
+        "machine": machine_info(), "code_version": base_key["code"], "command": command,
     }
 
 
@@ -428,8 +493,8 @@ def options_from_args(args) -> SearchOptions:
         min_agreement=args.min_agreement if args.min_agreement is not None else 0.9,
         limit=args.limit or SearchOptions.limit,
         # a --limit below the default timed count times all its items (an explicit --timed is checked)
-        timed=args.timed or min(SearchOptions.timed, args.limit or SearchOptions.limit),
+        timed=args.timed or min(SearchOptions.timed, args.limit or SearchOptions.limit), rounds=args.rounds,
         batch_size=args.batch_size, granularity=args.granularity, ranking=args.ranking,
         budget="uniform" if args.uniform else "stagewise", max_skip=args.max_skip, step=args.step,
-        patience=args.patience, iterative_pool=args.iterative_pool,
+        patience=args.patience, confidence=args.confidence, iterative_pool=args.iterative_pool,
         early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed)

@@ -95,7 +95,7 @@ def _run_variant(session, bench: str, variant: str, items) -> list[dict]:
         if variant == "batched":
             results = evaluate_items(reasoner, DENSE, {}, items, 8, label)
         else:
-            results = time_items(reasoner, {"dense": (DENSE, {})}, items, label, warmup=0)["dense"]
+            results = time_items(reasoner, {"dense": (DENSE, {})}, items, label, warmup=0, rounds=1)["dense"]
     finally:
         torch.set_num_threads(threads)
     log(f"[{label}] done")

@@ -25,7 +25,7 @@ import torch
 from . import answers
 from .benchmarks import Question, normalize_stem
 from .demos import Demo
-from .executor import CostMeter, Generation, SkipExecutor, TokenCallback, synchronize
+from .executor import BlockClock, CostMeter, Generation, SkipExecutor, TokenCallback, synchronize
 from .header_cache import HeaderCache, shared_header_ids
 from .kvcache import SkipKVCache
 from .plan import SkipPlan, StagePlan
@@ -75,6 +75,7 @@ class _StageRun:
     cost: CostMeter
     seconds: float = 0.0
     scored: list | None = None  # summarize: per question (predictions by rule, option scores)
+    blocks: BlockClock | None = None  # timed runs: the multi-token forwards (prefill, answer scoring)
 
 
 class StageMemo:
@@ -200,10 +201,15 @@ class Reasoner:
             if hit is not None:
                 runs[stage], held = hit, None
                 continue
+            blocks = self.ex.block_clock = BlockClock() if timed else None
             begin = time.perf_counter()
-            runs[stage], held = self._run_stage(stage, qs, headers, runs, plan.for_stage(stage), callbacks, held)
-            synchronize(self.ex.device)
+            try:
+                runs[stage], held = self._run_stage(stage, qs, headers, runs, plan.for_stage(stage), callbacks, held)
+                synchronize(self.ex.device)
+            finally:
+                self.ex.block_clock = None
             runs[stage].seconds = time.perf_counter() - begin
+            runs[stage].blocks = blocks
             if memo is not None:
                 memo.put(stage, key, runs[stage])
         return [self._item(q, i, runs, timed) for i, q in enumerate(qs)]
@@ -291,6 +297,7 @@ class Reasoner:
         prediction, rule = answers.decide(self.cfg.answer_rule, predictions)
         decode = self.tok.decode
         stage_latency = {s: runs[s].seconds for s in STAGES} if timed else {}
+        blocks = {s: runs[s].blocks for s in STAGES if timed and runs[s].blocks is not None}
         return ItemResult(
             id=q.id, answer=q.answer, prediction=prediction, rule=rule, correct=prediction == q.answer,
             latency_s=sum(stage_latency.values()) if timed else math.nan, stage_latency_s=stage_latency,
@@ -300,6 +307,8 @@ class Reasoner:
                      "summarize": decode(summary)},
             predictions_by_rule=predictions, option_scores=scores,
             executed_cost_fraction={s: runs[s].cost.fraction for s in STAGES},
+            prefill_s={s: b.seconds for s, b in blocks.items()},
+            prefill_tokens={s: b.tokens for s, b in blocks.items()},
         )
 
     def _score(self, qs: list[Question], g3: Generation, summaries: list[list[int]], plan: StagePlan,

@@ -19,7 +19,7 @@ from typing import IO, Any, Callable
 
 from . import __version__
 from . import fidelity as fid
-from . import metrics, stats
+from . import metrics, stats, timing as paired_timing
 from .errors import UserError
 
 # 2 added dtype/threads/device, the comparison with dense and per-item option scores; 1 still reads.
@@ -49,6 +49,13 @@ class ItemResult:
     # log-likelihood of each option's text
     option_scores: dict[str, list[float]] = field(default_factory=dict)
     fidelity: dict = field(default_factory=dict)  # fidelity.item_fidelity vs dense; {} for dense
+    # timed items: per stage, seconds and tokens of the multi-token forwards (the prompt's prefill
+    # and answer scoring; for a batch of one question); the rest of the stage's time is decode
+    prefill_s: dict[str, float] = field(default_factory=dict)
+    prefill_tokens: dict[str, int] = field(default_factory=dict)
+    # interleaved timing: one entry per round {"stage_s": {...}, "prefill_s": {...}, "first": bool}
+    # (first: this pipeline ran first in the round); latency_s and stage_latency_s are their medians
+    timing_rounds: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +102,8 @@ class ResultRecord:
     noise_floor: dict | None = None
     timing: dict = field(default_factory=dict)  # how latencies were taken (timed_ids, batch sizes...)
     numerics: str | None = None  # numerics.NUMERICS; absent in older records (= their dtype's own)
+    # timing.decompose: per stage and "total", speedup = token_factor x per_token_factor
+    speedup_decomposition: dict | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +172,7 @@ def build_record(
     acc, ci = stats.accuracy_ci95([it.correct for it in items])
     comparison = _compare_with_dense(items, dense_items, answer_rule, chance, speedup) if dense_items is not None else {}
     speedup = comparison.pop("speedup", speedup)
+    timing = {**(timing or {}), **comparison.pop("timing", {})}
     rule_counts = Counter(it.rule for it in items)
     rules_tried = {r for it in items for r in it.predictions_by_rule}
     accuracy_by_rule = {
@@ -198,7 +208,7 @@ def build_record(
         device=device,
         chance=_finite_or_none(chance),
         noise_floor=dict(noise_floor) if noise_floor is not None else None,
-        timing=dict(timing or {}),
+        timing=timing,
         numerics=numerics or dtype,
         **comparison,
     )
@@ -228,10 +238,14 @@ def _compare_with_dense(
         "speedup": speedup,
     }
     if speedup is None:
-        d_lat, m_lat = metrics.timed_pairs([d.latency_s for d, _ in pairs], [m.latency_s for _, m in pairs])
-        if d_lat:
-            out["speedup"] = _finite_or_none(metrics.speedup(d_lat, m_lat))
-            out["speedup_ci95"] = stats.speedup_ci95(d_lat, m_lat)
+        dense_side, method_side = [d for d, _ in pairs], [m for _, m in pairs]
+        paired = paired_timing.paired_speedup(dense_side, method_side)
+        if paired["n_items"]:
+            out["speedup"] = _finite_or_none(paired["speedup"])
+            out["speedup_ci95"] = paired["ci95"]
+            out["speedup_decomposition"] = paired_timing.decompose(dense_side, method_side)
+            out["timing"] = {"rounds": paired["rounds"], "speedup_rounds": paired["speedup_rounds"],
+                             "speedup_estimator": "geometric mean of paired per-item ratios (timing.py)"}
     return out
 
 

@@ -23,6 +23,7 @@ from .plan import DENSE, SkipPlan
 from .prompts import STAGES
 from .reasoner import Callbacks, Reasoner, ReasonerConfig, StageMemo, select_demos
 from .results import ItemResult, ResultRecord, build_record, load_record
+from .timing import DEFAULT_ROUNDS, merge_rounds, with_latencies
 
 SEED = 0
 
@@ -91,7 +92,7 @@ def run_items(reasoner: Reasoner, method: Method, facts: ModelFacts, items: list
               label: str = "", warmup: int = 1, progress: bool = True) -> list[ItemResult]:
     """Solve every item (batch 1) after `warmup` untimed questions; prints progress to stderr."""
     timed = time_items(reasoner, {"m": (checked_plan(method, facts), method_callbacks(method))}, items,
-                       label, warmup=warmup, progress=progress)
+                       label, warmup=warmup, progress=progress, rounds=1)
     return timed["m"]
 
 
@@ -102,12 +103,17 @@ def _progress(label: str, done: int, total: int, results: list[ItemResult], star
     log(f"[{label}] {done}/{total} acc={acc:.3f} {elapsed / done:.2f} s/question, eta {eta / 60:.1f} min")
 
 
+def timed_phase(rounds: int) -> str:
+    """The checkpoint phase of timed questions (rounds=1 reads checkpoints from before rounds)."""
+    return "timed" if rounds == 1 else f"timed x{rounds} rounds"
+
+
 def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callbacks]], items: list[Question],
                label: str = "", warmup: int = 1, progress: bool = True,
-               checkpoint: RunCheckpoint | None = None) -> dict[str, list[ItemResult]]:
-    """Batch-1 latency of each pipeline on the same items, question by question, interleaved.
-
-    The order alternates per question so that drift of a shared machine hits every pipeline alike;
+               checkpoint: RunCheckpoint | None = None, rounds: int = DEFAULT_ROUNDS) -> dict[str, list[ItemResult]]:
+    """Batch-1 latency of each pipeline on the same items, interleaved: per question, `rounds`
+    rounds in which every pipeline solves it back to back, the order alternating by question and
+    round, so that drift of a shared machine hits every pipeline alike (`timing.py` pairs the rounds).
     `warmup` questions per pipeline (which also fill the header cache) are excluded. With a
     checkpoint, questions timed before an interruption are read back instead of re-timed."""
     for plan, callbacks in pipelines.values():
@@ -115,18 +121,25 @@ def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callback
             reasoner.solve(q, plan, callbacks)
     names = list(pipelines)
     out: dict[str, list[ItemResult]] = {name: [] for name in names}
+    phase = timed_phase(rounds)
     start = time.perf_counter()
     for i, q in enumerate(items, 1):
-        done = checkpoint.get("timed", q.id) if checkpoint else None
+        done = checkpoint.get(phase, q.id) if checkpoint else None
         if done is None:
-            done_by_name = {name: reasoner.solve(q, *pipelines[name]) for name in (names if i % 2 else names[::-1])}
-            done = [done_by_name[name] for name in names]
+            per_round: dict[str, list[ItemResult]] = {name: [] for name in names}
+            firsts: list[str] = []
+            for r in range(rounds):
+                order = names if (i + r) % 2 else names[::-1]
+                firsts.append(order[0])
+                for name in order:
+                    per_round[name].append(reasoner.solve(q, *pipelines[name]))
+            done = [merge_rounds(per_round[name], [f == name for f in firsts]) for name in names]
             if checkpoint:
-                checkpoint.put("timed", q.id, done)
+                checkpoint.put(phase, q.id, done)
         for name, item in zip(names, done):
             out[name].append(item)
         if progress and (i % 10 == 0 or i == len(items)):
-            _progress(f"{label} timed x{len(names)}", i, len(items), out[names[0]], start)
+            _progress(f"{label} timed x{len(names)} x{rounds} rounds", i, len(items), out[names[0]], start)
     return out
 
 
@@ -163,13 +176,6 @@ def chance_rate(bench: str, split: str, data_dir=None) -> float:
     return sum(1 / len(q.labels) for q in questions) / len(questions)
 
 
-def with_latencies(results: list[ItemResult], timed: list[ItemResult]) -> list[ItemResult]:
-    """Copies of `results` whose timed items carry the latencies measured at batch 1."""
-    by_id = {r.id: r for r in timed}
-    return [replace(r, latency_s=by_id[r.id].latency_s, stage_latency_s=dict(by_id[r.id].stage_latency_s))
-            if r.id in by_id else r for r in results]
-
-
 def load_dense_reference(path: str, *, model: str, bench: str, split: str, dtype: str, config: ReasonerConfig,
                          items: list[Question], numerics: str | None = None) -> list[ItemResult]:
     """Per-item dense results from an earlier `run` with the same model, data, items and settings."""
@@ -196,7 +202,8 @@ def load_dense_reference(path: str, *, model: str, bench: str, split: str, dtype
 def run_benchmark(session: Session, bench: str, method: Method, *, split: str = "eval", limit: int | None = None,
                   config: ReasonerConfig, data_dir=None, command: str = "", seed: int = SEED,
                   one_step: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, timed: int | None = DEFAULT_TIMED,
-                  dense_record: str | None = None, checkpoint_path: str | None = None) -> ResultRecord:
+                  dense_record: str | None = None, checkpoint_path: str | None = None,
+                  rounds: int = DEFAULT_ROUNDS) -> ResultRecord:
     """The whole `litestage-bench run`: one record for model x benchmark x method.
 
     Accuracy (and, for a non-dense method, dense's on the same items) is computed `batch_size`
@@ -232,13 +239,13 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     pipelines = {"method": (plan, callbacks)}
     if not is_dense:
         pipelines["dense"] = (DENSE, {})
-    resumed_timed = checkpoint.count("timed") if checkpoint else 0
-    clock = time_items(reasoner, pipelines, timed_items, label, checkpoint=checkpoint)
+    resumed_timed = checkpoint.count(timed_phase(rounds)) if checkpoint else 0
+    clock = time_items(reasoner, pipelines, timed_items, label, checkpoint=checkpoint, rounds=rounds)
     results = with_latencies(results, clock["method"])
     if dense_items is not None:
         dense_items = with_latencies(dense_items, clock["dense"])
     timing = {"timed_ids": [q.id for q in timed_items], "n_timed": len(timed_items), "batch_size_timed": 1,
-              "accuracy_batch_size": batch_size, "warmup_questions": 1,
+              "accuracy_batch_size": batch_size, "warmup_questions": 1, "rounds": rounds,
               # how often the batch-1 (timed) run reproduced the batched one on the timed items
               "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["method"]]),
               "resumed_timed": resumed_timed}

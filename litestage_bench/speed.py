@@ -38,13 +38,15 @@ def timed(fn: Callable[[], object], device) -> float:
 
 
 def side_by_side(fns: dict[str, Callable[[], object]], device, repeats: int) -> dict[str, float]:
-    """Median seconds of each callable; one warm-up each, then interleaved repetitions."""
+    """Median seconds of each callable; one warm-up each, then interleaved repetitions whose order
+    alternates (forward, then reversed), so that no callable always follows the same one."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, device))
+    names = list(fns)
+    for rep in range(repeats):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            times[name].append(timed(fns[name], device))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -115,10 +117,13 @@ def reasoner_vs_naive(session: Session, bench: str, limit: int) -> dict:
     naive.solve(items[0])
     secs: dict[str, list[float]] = {"executor": [], "executor_no_prefix_reuse": [], "naive": []}
     same = same_unshared = 0
-    for q in items:  # interleaved, question by question
+    for i, q in enumerate(items):  # interleaved, question by question, the order alternating
+        if i % 2:
+            preds, naive_secs = naive.solve(q)
         res = run_items(reasoner, method, facts, [q], warmup=0, progress=False)[0]
         res_unshared = run_items(unshared, method, facts, [q], warmup=0, progress=False)[0]
-        preds, naive_secs = naive.solve(q)
+        if not i % 2:
+            preds, naive_secs = naive.solve(q)
         secs["executor"].append(res.latency_s)
         secs["executor_no_prefix_reuse"].append(res_unshared.latency_s)
         secs["naive"].append(naive_secs)

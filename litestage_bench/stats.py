@@ -1,14 +1,13 @@
 """Tests of significance and confidence intervals, all from scipy (method.md §5).
 
 Wilson intervals for accuracies, exact McNemar for method vs dense on the same items, a t interval
-for paired accuracy differences and a seeded paired bootstrap for speedups. No formula is written out
-here: each function only shapes its inputs for scipy and its outputs for JSON (plain floats, ``nan``
+for paired accuracy differences, and one-sided bounds with their power for the LiteStage search's
+decisions (the speedup's bootstrap lives in ``timing``). No formula is written out here: each function only shapes its inputs for scipy and its outputs for JSON (plain floats, ``nan``
 where a statistic is undefined). scipy is imported inside the functions so that importing this module
 (through ``metrics``) stays cheap for commands that never compute a statistic.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 NAN = float("nan")
@@ -58,46 +57,6 @@ def mcnemar_exact_p(method_correct: Sequence[bool], dense_correct: Sequence[bool
     return float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
 
 
-def _median_ratio(dense, method, axis: int = -1):
-    """Vectorised statistic for the bootstrap: median(dense) / median(method) along ``axis``."""
-    import numpy as np
-
-    return np.median(dense, axis=axis) / np.median(method, axis=axis)
-
-
-def speedup_ci95(
-    dense_latencies: Sequence[float],
-    method_latencies: Sequence[float],
-    seed: int = 0,
-    n_resamples: int = 2000,
-) -> tuple[float, float]:
-    """Seeded paired-bootstrap 95% percentile interval of ``median(dense) / median(method)``.
-
-    Both lists hold latencies of the same items in the same order. Fewer than two items gives
-    ``(nan, nan)``; degenerate data (every latency equal) gives a collapsed interval, not an error.
-    Raises ``ValueError`` when the lengths differ.
-    """
-    if len(dense_latencies) != len(method_latencies):
-        raise ValueError(
-            f"speedup_ci95 needs the same items: {len(dense_latencies)} dense vs {len(method_latencies)} method"
-        )
-    if len(dense_latencies) < 2:
-        return NAN, NAN
-    import numpy as np
-    from scipy.stats import bootstrap
-
-    d = np.asarray(dense_latencies, dtype=float)
-    m = np.asarray(method_latencies, dtype=float)
-    # Percentile rather than BCa: BCa needs a jackknife that degenerates when all latencies are equal.
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore")
-        res = bootstrap(
-            (d, m), _median_ratio, paired=True, vectorized=True, n_resamples=n_resamples,
-            confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed),
-        )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
 def paired_difference(a: Sequence[bool], b: Sequence[bool]) -> dict:
     """Compare two methods on the same items: mean of ``a_i - b_i`` and its 95% t interval.
 
@@ -128,3 +87,57 @@ def paired_difference(a: Sequence[bool], b: Sequence[bool]) -> dict:
         ci = (max(-1.0, min(low, mean)), min(1.0, max(high, mean)))
     return {"mean_diff": mean, "ci95": ci, "n": n, "a_only": a_only, "b_only": b_only}
 
+
+
+# --------------------------------------------------------------------------------------------
+# One-sided bounds for decisions at a stated confidence (the LiteStage search's target tests)
+
+
+def paired_difference_bounds(gained: int, lost: int, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(estimate, lower, upper)`` of the mean paired difference ``(gained - lost) / n`` over ``n``
+    items, each bound one-sided at ``confidence``: scipy's one-sample t test on the per-item
+    differences (+1 gained, -1 lost, 0 otherwise). With no discordant item both bounds are the point
+    (the two sides answered alike on every item); ``n == 0`` gives nans."""
+    if n == 0:
+        return NAN, NAN, NAN
+    mean = (gained - lost) / n
+    if gained + lost == 0 or n < 2:
+        return mean, mean, mean
+    from scipy.stats import ttest_1samp
+
+    diffs = [1] * gained + [-1] * lost + [0] * (n - gained - lost)
+    low = ttest_1samp(diffs, 0.0, alternative="greater").confidence_interval(confidence).low
+    high = ttest_1samp(diffs, 0.0, alternative="less").confidence_interval(confidence).high
+    return mean, float(low), float(high)
+
+
+def proportion_bounds(k: int, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(estimate, lower, upper)`` of a proportion ``k / n``, each bound one-sided at ``confidence``
+    (exact Clopper-Pearson: the two-sided interval at ``2 * confidence - 1``); nans when ``n == 0``."""
+    if n == 0:
+        return NAN, NAN, NAN
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=2 * confidence - 1, method="exact")
+    return k / n, float(ci.low), float(ci.high)
+
+
+def noninferiority_power(n: int, tolerance: float, discordance: float, confidence: float = 0.95) -> float:
+    """Power of the paired non-inferiority test (lower bound of the difference above ``-tolerance``)
+    when the two sides are equally accurate and a fraction ``discordance`` of items differ in
+    correctness: normal approximation, the per-item difference has variance ``discordance``."""
+    from scipy.stats import norm
+
+    if discordance <= 0:
+        return 1.0
+    return float(norm.cdf(tolerance * n ** 0.5 / discordance ** 0.5 - norm.ppf(confidence)))
+
+
+def agreement_power(n: int, minimum: float, true_agreement: float, confidence: float = 0.95) -> float:
+    """Power of the agreement test (one-sided Clopper-Pearson lower bound at or above ``minimum``)
+    when the true agreement is ``true_agreement``: exact, summing the binomial over every count
+    whose bound passes."""
+    from scipy.stats import binom
+
+    passing = [k for k in range(n + 1) if proportion_bounds(k, n, confidence)[1] >= minimum]
+    return float(binom.sf(passing[0] - 1, n, true_agreement)) if passing else 0.0

@@ -194,7 +194,7 @@ def test_two_processes_on_one_entry_compute_it_once(tmp_path):
 
 
 def test_code_version_follows_the_sources_that_shape_results(tmp_path, monkeypatch):
-    from litestage_bench.grid import cache as grid_cache
+    from litestage_bench import code_version as grid_cache
 
     pkg, base = tmp_path / "litestage_bench", tmp_path / "baselines"
     for path in (pkg / "executor.py", pkg / "report.py", pkg / "grid" / "run.py", pkg / "grid" / "report.py",

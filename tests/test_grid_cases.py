@@ -10,7 +10,7 @@ from litestage_bench.prompts import STAGES
 
 DEFAULTS = {"--models": None, "--benches": None, "--methods": None, "--points": None, "--stages": "all",
             "--limit": None, "--timed": None, "--batch-size": 8, "--dtype": None, "--numerics": None, "--device": "cpu",
-            "--policy-dir": "results/policies", "--no-search": False, "--search-limit": None}
+            "--policy-dir": "results/policies", "--no-search": False, "--search-limit": None, "--rounds": None}
 
 
 def select(main_job: bool = True, **options):
@@ -20,7 +20,8 @@ def select(main_job: bool = True, **options):
 
 def test_main_job_defaults(tmp_path):
     sel = select(policy_dir=str(tmp_path))
-    assert (sel.models, sel.benches, sel.limit, sel.timed) == (["smollm2-135m"], ["obqa", "csqa", "strategyqa"], 10, 5)
+    assert (sel.models, sel.benches, sel.limit, sel.timed) == (["smollm2-135m"], ["obqa", "csqa", "strategyqa"], 10, 3)
+    assert sel.rounds == 2
     assert sel.methods[0] == "dense" and "plan" not in sel.methods and "litestage" in sel.methods
     cases = sel.cases()
     first = [c for c in cases if c.bench == "obqa"]

@@ -17,7 +17,7 @@ from litestage_bench.calibration import (HarmMeter, StageTexts, accumulate, cosi
 from litestage_bench.early_exit import ConfidenceExit, ConfidenceRecorder, ExitRule
 from litestage_bench.errors import UserError
 from litestage_bench.executor import SkipExecutor
-from litestage_bench.litestage import LiteStage, SearchOptions, check_disjoint, fastest_meeting, sweep
+from litestage_bench.litestage import LiteStage, SearchOptions, check_disjoint
 from litestage_bench.methods import ModelFacts
 from litestage_bench.plan import SkipPlan, SkipSet, StagePlan
 from litestage_bench.prompts import STAGES
@@ -156,31 +156,64 @@ def test_harm_is_zero_for_identities_and_iterative_ranking_finds_them():
 
 # ------------------------------------------------------------------------------ the search's choice rule
 
-ACC_TARGET = {"kind": "accuracy", "min_accuracy": 0.50}
+ACC_TARGET = {"kind": "accuracy", "tolerance_points": 4.0}
 
 
-def test_sweep_picks_the_fastest_candidate_meeting_the_target_when_latency_is_not_monotone():
-    # #skip:        0     1     2     3     4     5     6
-    accuracy = [0.52, 0.50, 0.49, 0.51, 0.51, 0.45, 0.44]
-    latency = [0.32, 0.31, 0.29, 0.30, 0.33, 0.28, 0.27]  # #skip=4 is slower than 3; 5 and 6 miss
+def _row(n_skip, gained, lost, speedup, n=200, target=ACC_TARGET):
+    """A measured candidate on n paired calibration items (gained / lost: items only it / only dense
+    got right), with its target test."""
+    row = {"n_skip": n_skip, "accuracy": 0.5 + (gained - lost) / n, "agreement": 1 - (gained + lost) / n,
+           "speedup": speedup, "flips": {"wrong_to_correct": gained, "correct_to_wrong": lost, "n": n}}
+    return {**row, "test": litestage.decide(target, row, 0.95)}
+
+
+def test_decisions_use_one_sided_bounds():
+    same = _row(1, 0, 0, 1.1)["test"]
+    assert same["decision"] == "meets" and same["lower"] == same["upper"] == 0.0
+    dip = _row(2, 4, 14, 1.2)["test"]  # -5 points, but 18 discordant items of 200: the bounds straddle -4
+    assert dip["estimate"] == pytest.approx(-0.05) and dip["lower"] < -0.04 < dip["upper"]
+    assert dip["decision"] == "undecided"
+    assert _row(3, 2, 40, 1.5)["test"]["decision"] == "clearly misses"
+    # -2 points with 30 discordant items: the point passes, the lower bound does not
+    assert _row(4, 13, 17, 1.3)["test"]["decision"] == "undecided"
+    agree = {"kind": "agreement", "min_agreement": 0.9}
+    assert _row(1, 0, 4, 1.0, target=agree)["test"]["decision"] == "meets"  # 196/200: lower bound 0.955
+    assert _row(1, 5, 12, 1.0, target=agree)["test"]["decision"] == "undecided"  # 183/200 = 0.915
+    assert _row(1, 20, 20, 1.0, target=agree)["test"]["decision"] == "clearly misses"  # 0.80
+
+
+def test_sweep_survives_a_dip_and_picks_the_fastest_meeting_candidate():
+    """A noisy, non-monotone curve: #skip 2-4 dip below the target by their point estimates (the old
+    rule, two misses in a row, stopped at 3), #skip 5 recovers, 6 and 7 clearly miss."""
+    curve = {0: (0, 0, 1.0), 1: (1, 1, 1.10), 2: (4, 14, 1.20), 3: (3, 13, 1.25), 4: (5, 15, 1.30),
+             5: (2, 1, 1.40), 6: (2, 40, 1.60), 7: (1, 45, 1.70), 8: (0, 60, 1.80)}
     seen = []
 
     def measure(n):
         seen.append(n)
-        return {"n_skip": n, "accuracy": accuracy[n], "agreement": 1.0, "latency_s": latency[n]}
+        return _row(n, *curve[n])
 
-    best, rows = sweep(measure, list(range(7)), ACC_TARGET, patience=2)
-    assert best["n_skip"] == 3  # not the largest passing #skip (4), not the fastest overall (6)
-    assert seen == [0, 1, 2, 3, 4, 5, 6]  # 2 misses in a row only at 5, 6
-    best, rows = sweep(measure, list(range(7)), ACC_TARGET, patience=1)
-    assert seen[7:] == [0, 1, 2] and best["n_skip"] == 1  # stops at the first miss (2)
+    best, rows = litestage.sweep(measure, list(range(9)), patience=2)
+    assert [r["accuracy"] < 0.46 for r in rows[2:5]] == [True] * 3  # below the target by the point
+    assert best["n_skip"] == 5
+    assert seen == [0, 1, 2, 3, 4, 5, 6, 7]  # ends after 6 and 7 clearly miss; 8 is never measured
+    best, rows = litestage.sweep(measure, list(range(9)), patience=3)
+    assert best["n_skip"] == 5 and seen[8:] == list(range(9))
 
 
-def test_agreement_target_and_no_candidate():
-    rows = [{"accuracy": 0.9, "agreement": 0.85, "latency_s": 1.0}, {"accuracy": 0.1, "agreement": 0.95, "latency_s": 2.0}]
-    assert fastest_meeting(rows, {"kind": "agreement", "min_agreement": 0.9}) is rows[1]
-    with pytest.raises(UserError):
-        fastest_meeting(rows, {"kind": "agreement", "min_agreement": 0.99})
+def test_fastest_meeting_keeps_the_accepted_setting_and_prefers_speed():
+    rows = [_row(0, 0, 0, 1.0), _row(1, 0, 0, 1.3), _row(2, 0, 0, 1.2), _row(3, 2, 40, 2.0)]
+    assert litestage.fastest_meeting(rows) is rows[1]
+    only_base = [_row(0, 0, 0, 1.0), _row(3, 2, 40, 2.0)]
+    assert litestage.fastest_meeting(only_base) is only_base[0]  # the unchanged setting always qualifies
+
+
+def test_default_calibration_size_has_its_stated_power():
+    opts = SearchOptions()
+    power = litestage.target_power(opts, opts.limit)["power_by_discordance"]
+    assert opts.limit == 200 and power["0.05"] >= 0.8 > power["0.1"]
+    agree = litestage.target_power(SearchOptions(target="agreement"), opts.limit)["power_by_true_agreement"]
+    assert agree["0.95"] >= 0.79
 
 
 def test_calibration_overlap_is_refused():
@@ -294,7 +327,9 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     assert policy["search_cost"]["candidates_measured"] >= 2
     assert -1.0 <= policy["harm"]["spearman_dissimilarity_vs_kl"] <= 1.0
     for row in policy["candidates"]:
-        assert {"accuracy", "agreement", "latency_s", "tokens", "stage_runs"} <= set(row)
+        assert {"accuracy", "agreement", "latency_s", "speedup", "tokens", "stage_runs", "test"} <= set(row)
+    assert {r["test"]["decision"] for r in policy["candidates"][1:]} <= {"meets", "undecided", "clearly misses"}
+    assert policy["power"]["n"] == 6
     # the policy round-trips through JSON into the method
     method = LiteStage(json.loads(json.dumps(policy)))
     method.plan(ModelFacts("tiny", 4, (1,) * 4, (1,) * 4))
@@ -302,6 +337,11 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     again = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
     assert again["search_cost"]["candidates_measured"] == 0
     assert again["stages"] == policy["stages"]
+    # the stored candidates are keyed on the code version: a code change measures afresh
+    monkeypatch.setattr(litestage, "code_version", lambda: "another version of the sources")
+    changed = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
+    cost = ("candidates_measured", "candidates_from_disk")  # from disk: settings repeated within one search
+    assert [changed["search_cost"][k] for k in cost] == [policy["search_cost"][k] for k in cost]
 
 
 class FakeMeter:
@@ -311,25 +351,26 @@ class FakeMeter:
     LATENCY = {"recall": [3.0, 2.9, 2.5, 2.7, 2.6, 2.0], "analyze": [5.0, 4.0, 4.5, 3.5, 3.0, 2.0],
                "summarize": [1.0, 0.9, 0.95, 0.8, 0.7, 0.6]}
 
-    def __init__(self, ranking):
-        self.ranking = ranking
+    def __init__(self, ranking, min_accuracy):
+        self.ranking, self.min_accuracy = ranking, min_accuracy
         self.calls = []
 
     def measure(self, sets, rules, label, meta=None):
         n = {s: len(sets.get(s, SkipSet()).attn) + len(sets.get(s, SkipSet()).ffn) for s in STAGES}
         self.calls.append(dict(n))
-        return {"accuracy": 0.5 - 0.01 * sum(n.values()), "agreement": 1.0,
-                "latency_s": sum(self.LATENCY[s][n[s]] for s in STAGES),
-                **(meta or {})}
+        accuracy = 0.5 - 0.01 * sum(n.values())
+        latency = sum(self.LATENCY[s][n[s]] for s in STAGES)
+        decision = "meets" if accuracy >= self.min_accuracy - 1e-9 else "clearly misses"
+        return {"accuracy": accuracy, "agreement": 1.0, "latency_s": latency, "speedup": 9.0 / latency,
+                "test": {"decision": decision}, **(meta or {})}
 
 
 def test_stagewise_sweeps_fix_each_stage_in_order_with_the_others_held():
     ranking = [("attn", j) for j in range(6)]
-    meter = FakeMeter(ranking)
+    meter = FakeMeter(ranking, 0.46)  # at most 4 units in total
     state = litestage.SearchState()
     opts = SearchOptions(max_skip=5, patience=1)
-    target = {"kind": "accuracy", "min_accuracy": 0.46}  # at most 4 units in total
-    litestage._budget_sweeps(meter, ranking, ["analyze", "recall", "summarize"], opts, target, state)
+    litestage._budget_sweeps(meter, ranking, ["analyze", "recall", "summarize"], opts, state)
     # analyze first: 0..4 meet (4 is fastest), 5 misses; then recall may only add 0 (0.46 reached)
     assert state.n_skip == {"analyze": 4, "recall": 0, "summarize": 0}
     assert state.sets["analyze"] == skip_set(ranking, 4)
@@ -339,10 +380,10 @@ def test_stagewise_sweeps_fix_each_stage_in_order_with_the_others_held():
 
 def test_uniform_budget_uses_one_skip_count_for_every_stage():
     ranking = [("ffn", j) for j in range(6)]
-    meter = FakeMeter(ranking)
+    meter = FakeMeter(ranking, 0.44)
     state = litestage.SearchState()
     opts = SearchOptions(max_skip=5, patience=1, budget="uniform")
-    litestage._budget_sweeps(meter, ranking, list(STAGES), opts, {"kind": "accuracy", "min_accuracy": 0.44}, state)
+    litestage._budget_sweeps(meter, ranking, list(STAGES), opts, state)
     assert all(len(set(c.values())) == 1 for c in meter.calls)
     # #skip 0, 1, 2 meet the target (3 x 2 units: 0.44); 1 is the fastest (7.8 s < 7.95 s < 9.0 s)
     assert [c["recall"] for c in meter.calls] == [0, 1, 2, 3]

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from litestage_bench import metrics, stats
+from litestage_bench import metrics, stats, timing
 
 
 def test_wilson_matches_closed_form():
@@ -66,43 +66,66 @@ def test_paired_difference_t_interval_and_edges():
     assert metrics.paired_difference(a, b) == d
 
 
-def _latencies(n: int, ratio: float = 2.0) -> tuple[list[float], list[float]]:
-    """Method latencies around 1 s with a deterministic wobble; dense is ``ratio`` times slower."""
-    method = [1.0 + 0.3 * math.sin(i * 1.7) for i in range(n)]
-    dense = [ratio * m * (1.0 + 0.1 * math.cos(i * 2.3)) for i, m in enumerate(method)]
-    return dense, method
+def _item_log_ratios(n: int, ratio: float = 2.0) -> list[float]:
+    """Per-item mean log speedups around log(ratio) with a deterministic wobble."""
+    return [math.log(ratio * (1.0 + 0.1 * math.cos(i * 2.3)) / (1.0 + 0.3 * math.sin(i * 1.7))) for i in range(n)]
 
 
 def test_speedup_ci_is_reproducible_and_contains_the_point():
-    dense, method = _latencies(40)
-    ci = stats.speedup_ci95(dense, method, seed=3)
-    assert ci == stats.speedup_ci95(dense, method, seed=3)
-    assert ci != stats.speedup_ci95(dense, method, seed=4)
-    point = metrics.speedup(dense, method)
+    logs = _item_log_ratios(40)
+    ci = timing.bootstrap_gm_ci95(logs, seed=3)
+    assert ci == timing.bootstrap_gm_ci95(logs, seed=3)
+    assert ci != timing.bootstrap_gm_ci95(logs, seed=4)
+    point = math.exp(sum(logs) / len(logs))
     assert ci[0] <= point <= ci[1]
     assert 1.5 < ci[0] and ci[1] < 2.5
 
 
 def test_speedup_ci_narrows_with_more_items():
-    small = stats.speedup_ci95(*_latencies(10))
-    large = stats.speedup_ci95(*_latencies(400))
+    small = timing.bootstrap_gm_ci95(_item_log_ratios(10))
+    large = timing.bootstrap_gm_ci95(_item_log_ratios(400))
     assert large[1] - large[0] < small[1] - small[0]
 
 
 def test_speedup_ci_degenerate_and_short_inputs():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert stats.speedup_ci95([2.0] * 5, [1.0] * 5) == (2.0, 2.0)
-    assert all(math.isnan(x) for x in stats.speedup_ci95([1.0], [1.0]))
-    assert all(math.isnan(x) for x in stats.speedup_ci95([], []))
-    with pytest.raises(ValueError):
-        stats.speedup_ci95([1.0, 2.0], [1.0])
+        assert timing.bootstrap_gm_ci95([math.log(2.0)] * 5) == pytest.approx((2.0, 2.0))
+    assert all(math.isnan(x) for x in timing.bootstrap_gm_ci95([0.1]))
+    assert all(math.isnan(x) for x in timing.bootstrap_gm_ci95([]))
 
 
-def test_median_and_speedup_skip_untimed_items():
+def test_median_skips_untimed_items():
     nan = float("nan")
     assert metrics.median([3.0, nan, 1.0, None, 2.0]) == 2.0
     assert math.isnan(metrics.median([nan]))
-    # the pair (nan, 1.0) is dropped on both sides: median(4, 6) / median(2, 3)
-    assert metrics.speedup([nan, 4.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx(2.0)
-    assert math.isnan(metrics.speedup([nan], [1.0]))
+
+
+
+def test_one_sided_bounds_of_a_paired_difference_match_the_t_formula():
+    from scipy.stats import t
+
+    gained, lost, n = 6, 14, 200
+    est, low, high = stats.paired_difference_bounds(gained, lost, n, 0.95)
+    mean = (gained - lost) / n
+    sd = math.sqrt(((gained + lost) / n - mean ** 2) * n / (n - 1))
+    half = t.ppf(0.95, n - 1) * sd / math.sqrt(n)
+    assert (est, low, high) == pytest.approx((mean, mean - half, mean + half))
+    assert stats.paired_difference_bounds(0, 0, 50) == (0.0, 0.0, 0.0)  # identical answers: no spread
+    assert stats.paired_difference_bounds(3, 3, 100, 0.99)[1] < stats.paired_difference_bounds(3, 3, 100, 0.9)[1]
+
+
+def test_one_sided_proportion_bounds_are_clopper_pearson():
+    est, low, high = stats.proportion_bounds(50, 50, 0.95)
+    assert est == 1.0 and high == 1.0 and low == pytest.approx(0.05 ** (1 / 50))  # all successes: alpha^(1/n)
+    est, low, high = stats.proportion_bounds(0, 20, 0.95)
+    assert low == 0.0 and high == pytest.approx(1 - 0.05 ** (1 / 20))
+
+
+def test_power_grows_with_items_and_falls_with_discordance():
+    assert stats.noninferiority_power(200, 0.04, 0.05) > stats.noninferiority_power(50, 0.04, 0.05)
+    assert stats.noninferiority_power(200, 0.04, 0.05) > stats.noninferiority_power(200, 0.04, 0.2)
+    assert stats.noninferiority_power(10, 0.04, 0.0) == 1.0
+    # exact agreement power: at the minimum itself the test keeps its level (<= 5%)
+    assert stats.agreement_power(200, 0.9, 0.9) <= 0.05
+    assert stats.agreement_power(200, 0.9, 0.95) > stats.agreement_power(100, 0.9, 0.95)

@@ -14,23 +14,16 @@ import hashlib
 import json
 import os
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import __version__
 from ..checkpoint import RunCheckpoint
+from ..code_version import code_version
 from ..errors import UserError
 from ..locking import file_lock
 from ..results import ItemResult, atomic_write, item_from_dict, item_to_dict
 
 CACHE_SCHEMA = 1
-PACKAGE = Path(__file__).resolve().parents[1]
-# Modules that render, drive or store results but cannot change a case's items: editing them keeps
-# the cache (grid/run.py, which builds and runs the case, counts).
-NOT_IN_CODE_VERSION = {"report.py", "cli.py", "__main__.py", "speed.py", "tuning.py", "shots.py", "noise_floor.py",
-                       "grid/__init__.py", "grid/cases.py", "grid/cache.py", "grid/store.py", "grid/report.py",
-                       "grid/workers.py"}
 
 
 def canonical(obj: Any) -> str:
@@ -43,25 +36,6 @@ def canonical(obj: Any) -> str:
 
 def cache_key(config: dict) -> str:
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:32]
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """sha256 of the package and baselines sources that shape results, with the torch and
-    transformers versions (kernels change numerics): any edit there invalidates the cache."""
-    import torch
-    import transformers
-
-    digest = hashlib.sha256(f"{__version__}|{torch.__version__}|{transformers.__version__}".encode())
-    roots = [PACKAGE, PACKAGE.parent / "baselines"]
-    for root in roots:
-        for path in sorted(root.rglob("*.py")):
-            rel = path.relative_to(root)
-            if rel.as_posix() in NOT_IN_CODE_VERSION:
-                continue
-            digest.update(f"{root.name}/{rel.as_posix()}\0".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:20]
 
 
 def weights_id(loaded) -> str:

@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..methods import METHODS, load_plugins
 from ..models import DEFAULT_MODEL, MODELS, check_numerics
 from ..prompts import STAGES
+from ..timing import DEFAULT_ROUNDS
 
 # Budget points (k, in each method's own unit) for the methods that take one. The default run
 # takes one mid point per method, so that a cold run of the default grid stays near 20 minutes on a
@@ -36,7 +37,7 @@ SMOKE_METHODS = "dense,unified"
 SMOKE_POINTS = {"unified": (4,)}
 SMOKE_LIMIT, SMOKE_TIMED = 2, 1
 MAIN_LIMIT = 10  # items per benchmark in `pytest --benchmark-only`
-MAIN_TIMED = 5  # of them timed at batch 1 per case in `pytest --benchmark-only`
+MAIN_TIMED = 3  # of them timed at batch 1 per case in `pytest --benchmark-only` (with dense, 2 rounds each)
 UNRUNNABLE = {"plan": "it needs a plan file: use `litestage-bench run --method plan --policy FILE`"}
 STAGE_ABBREV = {"recall": "R", "analyze": "A", "summarize": "S"}
 
@@ -207,6 +208,7 @@ class GridSelection:
     stage_sets: list[tuple[str, ...]]
     limit: int | None  # None: the whole evaluation split
     timed: int | None  # items timed per case (None: all of them)
+    rounds: int  # interleaved rounds of dense and the method per timed item
     batch_size: int
     dtype: str | None
     device: str
@@ -271,8 +273,9 @@ def selection_from_options(get, main_job: bool) -> GridSelection:
     dtype, numerics = get("--dtype"), get("--numerics")
     check_numerics(DEFAULT_MODEL, dtype, numerics)  # checks the names and their pair
     search_limit = _count(get("--search-limit"), "search-limit", zero_means_all=False)
+    rounds = _count(get("--rounds"), "rounds", zero_means_all=False) or DEFAULT_ROUNDS
     return GridSelection(models=models, benches=benches, methods=methods, points=points,
-                         stage_sets=parse_stage_sets(get("--stages")), limit=limit, timed=timed,
+                         stage_sets=parse_stage_sets(get("--stages")), limit=limit, timed=timed, rounds=rounds,
                          batch_size=batch or 8, dtype=dtype, device=check_device(get("--device")), numerics=numerics,
                          policy_dir=Path(get("--policy-dir")), search_missing=not get("--no-search"),
                          search_limit=search_limit, main_job=main_job)

@@ -14,19 +14,20 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ..prompts import STAGES
-from ..report import fmt_num, fmt_p, fmt_stages, noise_floor_notes
+from ..report import DECOMPOSITION_COLUMNS, decomposition_cells, fmt_num, fmt_p, fmt_stages, noise_floor_notes
 from ..results import ResultRecord, atomic_write, machine_info, write_record, write_text_atomic
 from .cases import slug
 from .store import CaseResult, GridStore
 
 GRID_SCHEMA = 1
 COLUMNS = ["method", "point", "stages", "n", "accuracy [95% CI]", "d acc vs dense", "agreement",
-           "flips -c2w/+w2c", "McNemar p", "speedup [95% CI]", "s/question", "stage s R/A/S", "tokens R/A/S",
-           "cost frac R/A/S", "accuracy from", "policy"]
+           "flips -c2w/+w2c", "McNemar p", "speedup [95% CI]", *DECOMPOSITION_COLUMNS, "s/question",
+           "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "accuracy from", "policy"]
 STAGE_COLUMNS = ["method", "point", "stages", "stage", "s/question", "share of question", "speedup vs dense",
-                 "tokens", "token ratio vs dense", "cost frac", "output = dense"]
+                 *DECOMPOSITION_COLUMNS, "tokens", "token ratio vs dense", "cost frac", "output = dense"]
 # Columns that hold measured times: the only ones in which a rerun or an `-n N` run may differ.
-TIMING_COLUMNS = {"speedup [95% CI]", "s/question", "stage s R/A/S", "share of question", "speedup vs dense"}
+TIMING_COLUMNS = {"speedup [95% CI]", "s/question", "stage s R/A/S", "share of question", "speedup vs dense",
+                  *DECOMPOSITION_COLUMNS[1:]}
 
 
 def _ci(point, ci, fmt: str, suffix: str = "") -> str:
@@ -46,7 +47,8 @@ def main_row(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -> 
     flips = f"-{fid.get('correct_to_wrong', 0)}/+{fid.get('wrong_to_correct', 0)}" if fid else "-"
     return [rec.method, res.case.point, res.case.stage_label, str(rec.n),
             _ci(rec.accuracy, rec.accuracy_ci95, ".3f"), fmt_num(d_acc, "+.3f"), fmt_num(fid.get("agreement"), ".3f"),
-            flips, fmt_p(rec.mcnemar_p), _ci(rec.speedup, rec.speedup_ci95, ".2f", "x"), fmt_num(rec.latency_s, ".3f"),
+            flips, fmt_p(rec.mcnemar_p), _ci(rec.speedup, rec.speedup_ci95, ".2f", "x"),
+            *decomposition_cells(rec, "total"), fmt_num(rec.latency_s, ".3f"),
             fmt_stages(rec.stage_latency_s, ".3f"), fmt_stages(rec.tokens, ".1f"),
             fmt_stages(rec.executed_cost_fraction, ".2f"), "cache" if res.accuracy_cached else "computed",
             _policy_cell(res)]
@@ -55,15 +57,14 @@ def main_row(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -> 
 def stage_rows(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -> list[list[str]]:
     fid = rec.fidelity or {}
     total = sum(v for v in rec.stage_latency_s.values() if v is not None and math.isfinite(v))
+    parts = rec.speedup_decomposition or {}
     rows = []
     for s in STAGES:
         lat = rec.stage_latency_s.get(s)
-        d_lat = dense.stage_latency_s.get(s) if dense is not None else None
-        ok = lat is not None and d_lat is not None and math.isfinite(lat) and math.isfinite(d_lat) and lat > 0
         rows.append([rec.method, res.case.point, res.case.stage_label, s, fmt_num(lat, ".3f"),
                      fmt_num(lat / total if total and lat is not None else None, ".0%"),
-                     fmt_num(d_lat / lat if ok else None, ".2f"), fmt_num(rec.tokens.get(s), ".1f"),
-                     fmt_num((fid.get("token_ratio") or {}).get(s), ".2f"),
+                     fmt_num((parts.get(s) or {}).get("speedup"), ".2f"), *decomposition_cells(rec, s),
+                     fmt_num(rec.tokens.get(s), ".1f"), fmt_num((fid.get("token_ratio") or {}).get(s), ".2f"),
                      fmt_num(rec.executed_cost_fraction.get(s), ".2f"),
                      fmt_num((fid.get("stage_exact_match") or {}).get(s), ".2f")])
     return rows
@@ -199,8 +200,12 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
         "Accuracy: all n items, batched (`accuracy from`: `cache` = read from the accuracy cache, only re-timed). "
         "Latency: median per question at batch 1 on the seeded timed items, after one warm-up question "
         "(on CUDA a warm-up pass over all timed items). "
-        "Speedup: dense's median latency / the method's on the same timed items, in the same process; "
-        "95% CI by paired bootstrap. Flips and agreement compare answers with dense's on the same items.", ""]
+        "Speedup: dense and the method timed back to back on each timed item, R rounds with the order "
+        "alternating; the geometric mean of the paired per-item ratios, with a 95% CI by bootstrap over items "
+        "(litestage_bench/timing.py). It splits exactly into `fewer tokens` (dense's generated tokens / the "
+        "method's) x `cheaper tokens` (seconds per generated token, dense's / the method's); `prefill/decode "
+        "s/tok` give seconds per processed token of each phase apart (dense's / the method's). "
+        "Flips and agreement compare answers with dense's on the same items.", ""]
     for g in rendered["groups"]:
         png = f"pareto_{slug(g['model'])}_{g['bench']}.png"
         written = pareto_plot(g["model"], g["bench"], g["_pairs"], folder / png)

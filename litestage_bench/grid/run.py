@@ -26,11 +26,12 @@ from ..methods import SEARCHES, Method, load_policy, make_method
 from ..models import cache_root
 from ..noise_floor import compact, compare, noise_floor_for
 from ..packaged import sha256_file
-from ..plan import SkipPlan
+from ..plan import DENSE, SkipPlan
 from ..reasoner import Reasoner, ReasonerConfig
 from ..results import atomic_write
+from ..timing import with_latencies
 from ..runner import (SEED, Session, chance_rate, checked_plan, default_config, evaluate_items, method_callbacks,
-                      model_facts, seed_everything, time_items, with_latencies)
+                      model_facts, seed_everything, time_items)
 from .cache import AccuracyCache, cache_key, code_version, weights_id
 from .cases import GridCase, GridSelection, needs_search
 from .store import CaseResult
@@ -185,23 +186,32 @@ def run_case(case: GridCase, ctx: GridContext, benchmark: Any) -> CaseResult:
     accuracy_seconds = time.perf_counter() - start
 
     timed_items = subset(items, sel.timed, SEED)
-    # Warm-up, not timed: the allocator and this plan's header cache. On CUDA every timed item: kernels load
+    # dense and the method back to back on every timed item, R rounds (runner.time_items): the
+    # speedup is a ratio measured side by side, whatever the machine did between cases
+    pipelines = {"m": (plan, callbacks)}
+    if case.method != "dense":
+        pipelines["dense"] = (DENSE, {})
+    # Warm-up, not timed: the allocator and each plan's header cache. On CUDA every timed item: kernels load
     # lazily at first use of each shape, and with one question the group's first case (dense) paid for the
     # later cases' loads (a tiny model's dense read 3-4x slower than its 1-layer-skip plans on an H200).
     warmup = timed_items if session.executor.device.type == "cuda" else timed_items[:1]
-    for q in warmup:
-        reasoner.solve(q, plan, callbacks)
+    for pipeline in pipelines.values():
+        for q in warmup:
+            reasoner.solve(q, *pipeline)
     start = time.perf_counter()
-    clock = benchmark.pedantic(time_items, args=(reasoner, {"m": (plan, callbacks)}, timed_items),
-                               kwargs={"label": label, "warmup": 0, "progress": False}, rounds=1, iterations=1)
+    clock = benchmark.pedantic(time_items, args=(reasoner, pipelines, timed_items),
+                               kwargs={"label": label, "warmup": 0, "progress": False, "rounds": sel.rounds},
+                               rounds=1, iterations=1)
     timed_seconds = time.perf_counter() - start
     timing = {"timed_ids": [q.id for q in timed_items], "n_timed": len(timed_items), "batch_size_timed": 1,
               "accuracy_batch_size": sel.batch_size, "warmup_questions": len(warmup), "seconds": timed_seconds,
+              "rounds": sel.rounds, "interleaved_with_dense": "dense" in pipelines,
               # how often the batch-1 (timed) run reproduced the batched (or cached) one
               "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["m"]])}
     device = str(session.executor.device)
     return CaseResult(
-        case=case, items=with_latencies(results, clock["m"]), policy=method.describe(), config=config.to_dict(),
+        case=case, items=with_latencies(results, clock["m"]), dense_timed=clock.get("dense", []),
+        policy=method.describe(), config=config.to_dict(),
         answer_rule=config.answer_rule, accuracy_cached=cached, accuracy_seconds=accuracy_seconds, timing=timing,
         search=source, dtype=session.loaded.dtype, numerics=session.loaded.numerics, device=device, threads=torch.get_num_threads(),
         worker=ctx.worker, chance=chance_rate(case.bench, "eval"),

@@ -8,9 +8,11 @@ same items. So the records and tables of `-n N` and of a serial run differ only 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from ..results import ItemResult, ResultRecord, build_record, item_from_dict, item_to_dict, json_safe
+from ..timing import with_latencies
 from .cases import GridCase
 
 SPLIT = "eval"
@@ -31,6 +33,8 @@ class CaseResult:
     accuracy_cached: bool  # the items came from the accuracy cache (only the timing ran)
     accuracy_seconds: float  # wall time of the batched accuracy run (or of reading the cache)
     timing: dict  # timed_ids, n_timed, seconds, batch1_vs_batched...
+    # dense's timings interleaved with this case's on its timed items (empty for dense itself)
+    dense_timed: list[ItemResult] = field(default_factory=list)
     search: dict | None = None  # where a searched policy came from, and what a search cost
     dtype: str | None = None
     numerics: str | None = None
@@ -44,15 +48,17 @@ class CaseResult:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("case", "items")}
-        return {**d, "case": self.case.to_dict(), "items": [item_to_dict(it) for it in self.items]}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("case", "items", "dense_timed")}
+        return {**d, "case": self.case.to_dict(), "items": [item_to_dict(it) for it in self.items],
+                "dense_timed": [item_to_dict(it) for it in self.dense_timed]}
 
     @staticmethod
     def from_dict(d: dict) -> "CaseResult":
         d = dict(d)
         case = GridCase.from_dict(d.pop("case"))
         items = [item_from_dict(it) for it in d.pop("items")]
-        return CaseResult(case=case, items=items, **d)
+        dense_timed = [item_from_dict(it) for it in d.pop("dense_timed", [])]
+        return CaseResult(case=case, items=items, dense_timed=dense_timed, **d)
 
 
 def build_case_record(result: CaseResult, dense: CaseResult | None) -> ResultRecord:
@@ -67,9 +73,18 @@ def build_case_record(result: CaseResult, dense: CaseResult | None) -> ResultRec
         model=c.model, benchmark=c.bench, split=SPLIT, method=c.method, policy=result.policy,
         answer_rule=result.answer_rule, items=[_copy(it) for it in result.items], command=result.command,
         config=result.config, speedup=1.0 if is_dense else None, extra={**result.extra, "grid": grid},
-        dense_items=[_copy(it) for it in dense.items] if same_items and not is_dense else None,
+        dense_items=_dense_side(dense, result) if same_items and not is_dense else None,
         chance=result.chance, noise_floor=result.noise_floor, timing=result.timing, dtype=result.dtype, numerics=result.numerics,
         threads=result.threads, device=result.device)
+
+
+def _dense_side(dense: CaseResult, result: CaseResult) -> list[ItemResult]:
+    """Dense's items (answers from the dense case) with the timings taken beside this case's, so
+    that the speedup pairs rounds measured back to back (none: no speedup for this case)."""
+    items = [_copy(it) for it in dense.items]
+    untimed = [replace(it, latency_s=math.nan, stage_latency_s={}, prefill_s={}, prefill_tokens={}, timing_rounds=[])
+               for it in items]
+    return with_latencies(untimed, result.dense_timed)
 
 
 def _copy(item: ItemResult) -> ItemResult:

@@ -1,0 +1,71 @@
+"""The headline table: LiteStage against the best baseline at matched speedup and at matched agreement."""
+from __future__ import annotations
+
+import pytest
+
+from litestage_bench import headline
+from litestage_bench.results import ItemResult, build_record, write_record
+
+N = 40
+
+
+def _items(correct: list[bool], seconds: float) -> list[ItemResult]:
+    return [ItemResult(id=f"q{i}", answer="A", prediction="A" if c else "B", rule="letter", correct=c,
+                       latency_s=seconds, stage_latency_s={"recall": seconds / 2, "analyze": seconds / 4,
+                                                           "summarize": seconds / 4},
+                       tokens={"recall": 10, "analyze": 20, "summarize": 5})
+            for i, c in enumerate(correct)]
+
+
+DENSE = [i % 2 == 0 for i in range(N)]
+
+
+def _record(method: str, correct: list[bool], seconds: float, name: str):
+    return build_record(model="m", benchmark="obqa", split="eval", method=method, policy={"name": name},
+                        answer_rule="letter", items=_items(correct, seconds), command=f"run {name}", config={},
+                        dense_items=_items(DENSE, 2.0))
+
+
+def _flip(correct: list[bool], idx) -> list[bool]:
+    return [not c if i in idx else c for i, c in enumerate(correct)]
+
+
+def test_matched_speedup_picks_the_most_accurate_baseline_within_a_tenth():
+    lite = _record("litestage", DENSE, 1.0, "litestage")  # 2.00x, dense's answers
+    near_good = _record("unified", _flip(DENSE, {0, 2}), 1.05, "unified-k4")  # 1.90x, loses 2 items
+    near_bad = _record("shortgpt", _flip(DENSE, range(0, 20, 2)), 0.97, "shortgpt-k4")  # 2.06x, loses 10
+    far = _record("sleb", DENSE, 1.6, "sleb-k2")  # 1.25x: outside +/-0.1x, though as accurate as dense
+    speed_row = headline.matched_rows([lite, near_good, near_bad, far])[0]
+    assert speed_row[2] == "unified-k4"  # the most accurate of the two within 0.1x
+    assert speed_row[4].startswith("accuracy +0.050") and "(+2/-0)" in speed_row[4]
+    assert speed_row[5] == "0.500"  # exact McNemar with 2 discordant items
+
+
+def test_no_baseline_within_the_speed_window_says_so():
+    lite = _record("litestage", DENSE, 1.0, "litestage")
+    far = _record("sleb", DENSE, 1.6, "sleb-k2")
+    rows = headline.matched_rows([lite, far])
+    assert rows[0][2].startswith("none (nearest sleb-k2 at 1.25x)")
+
+
+def test_matched_agreement_compares_speedups_with_a_test():
+    lite = _record("litestage", _flip(DENSE, range(0, 2)), 1.0, "litestage")  # agreement 0.95
+    same_agree = _record("unified", _flip(DENSE, range(0, 3)), 1.6, "unified-k4")  # agreement 0.925
+    rows = headline.matched_rows([lite, same_agree])
+    agree_row = rows[1]
+    assert agree_row[2] == "unified-k4" and agree_row[4] == "speedup ratio 1.60x"
+    ratio, p = headline.speed_ratio_test(lite, same_agree)
+    assert ratio == pytest.approx(1.6)
+    assert p is not None and p < 0.001  # every item's ratio is exact: both CIs collapse
+
+
+def test_markdown_through_the_command_line(tmp_path, capsys):
+    recs = [_record("litestage", DENSE, 1.0, "litestage"), _record("unified", DENSE, 1.05, "unified-k4")]
+    for r in recs:
+        write_record(tmp_path / f"{r.policy['name']}.json", r)
+    out = tmp_path / "table.md"
+    assert headline.main([str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## m / obqa" in text and "fewer tokens x" in text and "LiteStage against the best baseline" in text
+    assert headline.main([str(tmp_path / "missing")]) == 2
+    assert "litestage-bench: error:" in capsys.readouterr().err
