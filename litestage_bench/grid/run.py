@@ -3,9 +3,10 @@ on disk) and its latency (batch 1, timed by pytest-benchmark).
 
 As `litestage-bench run` does, accuracy is computed `batch_size` questions at a time on all the
 case's items and latency at batch 1 on a seeded subset (`timed`), after one untimed warm-up
-question (on CUDA, an untimed pass over the whole subset). Dense is a case of its own in the same
-process (the same xdist worker), so every method's speedup is a ratio of latencies measured side
-by side on the same timed items.
+question per pipeline (on CUDA, an untimed pass over the whole subset). Every non-dense case
+times dense and its method back to back on each timed item, R rounds with the order alternating
+(`runner.time_items`), so its speedup pairs latencies measured moments apart. Dense is also a case
+of its own in the same process (the same xdist worker): its answers are every case's reference.
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ from ..packaged import sha256_file
 from ..plan import DENSE, SkipPlan
 from ..reasoner import Reasoner, ReasonerConfig
 from ..results import atomic_write
-from ..timing import with_latencies
 from ..runner import (SEED, Session, chance_rate, checked_plan, default_config, evaluate_items, method_callbacks,
                       model_facts, seed_everything, time_items)
+from ..timing import with_latencies
 from .cache import AccuracyCache, cache_key, code_version, weights_id
 from .cases import GridCase, GridSelection, needs_search
 from .store import CaseResult
