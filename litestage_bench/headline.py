@@ -19,7 +19,6 @@ import argparse
 import math
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 from tabulate import tabulate
 
@@ -28,7 +27,7 @@ from .errors import UserError
 from .fidelity import same_answer
 from .report import (DECOMPOSITION_COLUMNS, decomposition_cells, flips_cell, fmt_num, fmt_p, paired_cell, policy_name,
                      speedup_ci_cell)
-from .results import ResultRecord, load_records, write_text_atomic
+from .results import ResultRecord, emit_markdown, load_records
 
 SPEED_MATCH = 0.1  # x
 AGREEMENT_MATCH = 0.05
@@ -155,16 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write the markdown here too")
     args = ap.parse_args(argv)
     command = "python -m litestage_bench.headline " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
-        records = [r for path in args.records for r in load_records(path)]
-        text = headline_markdown(records, command)
-        if args.out:
-            write_text_atomic(Path(args.out), text)
-    except UserError as err:
-        print(f"litestage-bench: error: {err}", file=sys.stderr)
-        return 2
-    print(text)
-    return 0
+    return emit_markdown(lambda: headline_markdown([r for path in args.records for r in load_records(path)], command),
+                         args.out)
 
 
 if __name__ == "__main__":

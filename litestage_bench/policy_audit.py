@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from .errors import UserError
 from .litestage import decide
-from .results import write_text_atomic
+from .results import emit_markdown
 
 COLUMNS = ["policy", "target", "calibration n", "chosen: estimate [one-sided bounds]", "chosen: decision now",
            "candidates meeting the point rule", "meets", "undecided", "clearly misses"]
@@ -58,19 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="also write the markdown table here")
     args = ap.parse_args(argv)
     command = "python -m litestage_bench.policy_audit " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def render() -> str:
         table = tabulate([audit_row(p, args.confidence) for p in args.policies], headers=COLUMNS,
                          tablefmt="github", disable_numparse=True)
-        text = (f"# LiteStage policies under the confidence rule\n\nRendered with `{command}`.\n\n"
+        return (f"# LiteStage policies under the confidence rule\n\nRendered with `{command}`.\n\n"
                 f"Accuracy target: the paired difference (candidate - dense); agreement target: the agreement; "
                 f"bounds one-sided at {args.confidence:g}.\n\n{table}\n")
-        if args.out:
-            write_text_atomic(args.out, text)
-    except UserError as err:
-        print(f"litestage-bench: error: {err}", file=sys.stderr)
-        return 2
-    print(text)
-    return 0
+
+    return emit_markdown(render, args.out)
 
 
 if __name__ == "__main__":

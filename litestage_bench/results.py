@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -416,6 +417,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Atomically write ``text`` (markdown tables and the like) to ``path``."""
     return atomic_write(path, lambda fh: fh.write(text))
+
+
+def emit_markdown(render: Callable[[], str], out: str | os.PathLike | None) -> int:
+    """The tail of a table command: render the markdown, write it to `out` (when given) and print it;
+    exit status 0, or 2 with one line `litestage-bench: error: ...` on bad input (nothing written)."""
+    try:
+        text = render()
+        if out:
+            write_text_atomic(out, text)
+    except UserError as err:
+        print(f"litestage-bench: error: {err}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
 
 
 def write_record(path: str | os.PathLike, record: ResultRecord) -> Path:
