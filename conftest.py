@@ -53,7 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--batch-size", type=int, default=8, help="questions per batch for accuracy (default 8)")
     group.addoption("--dtype", default=None, help="float32 or bfloat16 (default: the model's default)")
     group.addoption("--numerics", default=None,
-                    help="float32, bfloat16 or bf16-matmul (litestage_bench/numerics.py; default: the dtype's own)")
+                    help="float32, bfloat16 or bf16-matmul (litestage_bench/engine/numerics.py; default: the dtype's own)")
     group.addoption("--device", default="cpu", help="cpu, cuda (xdist: worker i uses GPU i modulo the count) or cuda:N")
     group.addoption("--grid-out", default="results/grid",
                     help="folder for the records, table.md, grid.json and Pareto plots (only with --benchmark-only)")
@@ -92,7 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # reads its latencies from the reasoner, so it runs as the main job with pytest-benchmark's own
         # statistics off; conftest skips the non-benchmark tests instead (below).
         config.option.benchmark_only = False
-    from litestage_bench.errors import UserError
+    from litestage_bench.core.errors import UserError
     from litestage_bench.grid.cases import selection_from_options
     from litestage_bench.grid.store import GridStore
     from litestage_bench.grid.workers import Progress
@@ -173,10 +173,10 @@ def _command(config: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def grid_context(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory):
     """The grid's per-process state: selection, one model at a time, accuracy cache, policies."""
+    from litestage_bench.engine.models import cache_root
     from litestage_bench.grid.cache import AccuracyCache
     from litestage_bench.grid.run import GridContext
     from litestage_bench.grid.workers import pin_worker, worker_id
-    from litestage_bench.models import cache_root
     sel = pytestconfig.stash[_SELECTION]
     _, device = pin_worker(sel.device)
     cache_opt = pytestconfig.getoption("--grid-cache")
@@ -273,6 +273,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                                          "finished batches of the running ones) is cached: rerun the same command to resume")
         return
     from litestage_bench.grid.report import write_grid
+
     # Only the main job writes under results/; the plain-pytest smoke writes to a temp folder.
     folder = config.getoption("--grid-out") if sel.main_job else _smoke_folder(config)
     # the session's wall time (from configure: model loads, searches and all cases), for serial vs -n N

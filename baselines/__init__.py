@@ -1,4 +1,4 @@
-"""Prior training-free skipping methods, each a ``litestage_bench.methods.Method``.
+"""Prior training-free skipping methods, each a ``litestage_bench.engine.method.Method``.
 
 Each module registers its method (and, for the calibrating ones, its search) when imported:
 - ``adaskip``: sub-layer cosine ranking, norm-ratio scaling, decode-time FFN extension (search);

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestage_bench.calibration import skip_set
-from litestage_bench.errors import UserError
-from litestage_bench.methods import register, register_search
-from litestage_bench.plan import SUBLAYERS, DynamicFFN, StagePlan
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine.plan import SUBLAYERS, DynamicFFN, StagePlan
+from litestage_bench.methods.calibration import skip_set
+from litestage_bench.methods.registry import register, register_search
 
 from .common import (PHASES, Baseline, SublayerStats, all_stage_prompts, calibrate, choice, dense_prefills, flag,
-                     policy_fix, policy_record, phase_plan, whole)
+                     phase_plan, policy_fix, policy_record, whole)
 
 DEFAULT_LIMIT = 20  # the reference calibrates on its first 20 requests
 WARMUP_STEPS = 20  # the reference's decode statistics window

@@ -18,16 +18,14 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from litestage_bench import litestage
-from litestage_bench.benchmarks import Question, load_split
-from litestage_bench.calibration import StageTexts, prefill_after_header
-from litestage_bench.errors import UserError
-from litestage_bench.executor import SkipExecutor
-from litestage_bench.header_cache import HeaderCache
-from litestage_bench.methods import Method, ModelFacts
-from litestage_bench.plan import SUBLAYERS, SkipPlan, SkipSet, StagePlan
-from litestage_bench.prompts import STAGES
-from litestage_bench.results import ItemResult, machine_info
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine.executor import SkipExecutor
+from litestage_bench.engine.plan import STAGES, SUBLAYERS, SkipPlan, SkipSet, StagePlan
+from litestage_bench.evaluation.benchmarks import Question, check_disjoint, load_split
+from litestage_bench.evaluation.header_cache import HeaderCache
+from litestage_bench.methods.calibration import StageTexts, prefill_after_header
+from litestage_bench.methods.registry import Method, ModelFacts
+from litestage_bench.records.results import ItemResult, machine_info
 
 POLICY_SCHEMA_VERSION = 1
 # keys the CLI / policy loader put into a policy dict; anything else makes it a method's own file
@@ -242,14 +240,14 @@ def calibrate(session, bench: str, args, config, name: str, default_limit: int,
               log: Callable[[str], None]) -> Calibration:
     """Load only the calibration split (checked disjoint from evaluation), run the dense reasoner on
     it and keep every stage's prompts and outputs."""
-    from litestage_bench.runner import evaluate_items, seed_everything
+    from litestage_bench.evaluation.runner import evaluate_items, seed_everything
 
     started = time.perf_counter()
     seed_everything(args.seed)
     items = load_split(bench, "calib", limit=args.limit or default_limit, data_dir=args.data_dir, seed=args.seed)
     if not items:
         raise UserError(f"the calibration split of {bench} is empty", "check the data folder")
-    litestage.check_disjoint(items, load_split(bench, "eval", data_dir=args.data_dir))
+    check_disjoint(items, load_split(bench, "eval", data_dir=args.data_dir))
     reasoner = session.reasoner(bench, config, args.data_dir)
     log(f"[search] {name}: dense on {len(items)} calibration items of {bench}")
     with reasoner.tracing() as trace:

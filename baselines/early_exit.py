@@ -8,7 +8,7 @@ Suite decision: `phase` "all" (default, the same as a model truncated to L-k lay
 """
 from __future__ import annotations
 
-from litestage_bench.methods import register
+from litestage_bench.methods.registry import register
 
 from .common import FixedLayersBaseline
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestage_bench.methods import register, register_search
-from litestage_bench.plan import StagePlan
+from litestage_bench.engine.plan import StagePlan
+from litestage_bench.methods.registry import register, register_search
 
 from .common import (Baseline, LayerCosine, all_stage_texts, calibrate, dense_prefills, layer_list, policy_record,
                      skip_layers_plan)

@@ -25,11 +25,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from litestage_bench.errors import UserError
-from litestage_bench.methods import register
-from litestage_bench.plan import SkipPlan, SkipSet, StagePlan
-from litestage_bench.prompts import STAGES
-from litestage_bench.reasoner import DEFAULT_MAX_NEW_TOKENS
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine.plan import STAGES, SkipPlan, SkipSet, StagePlan
+from litestage_bench.evaluation.reasoner import DEFAULT_MAX_NEW_TOKENS
+from litestage_bench.methods.registry import register
 
 from .common import Baseline, choice, whole
 

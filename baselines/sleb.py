@@ -24,11 +24,11 @@ from typing import Any, Callable
 
 import torch
 
-from litestage_bench.calibration import prefill_after_header
-from litestage_bench.executor import SkipExecutor
-from litestage_bench.header_cache import HeaderCache
-from litestage_bench.methods import register, register_search
-from litestage_bench.plan import SkipSet, StagePlan
+from litestage_bench.engine.executor import SkipExecutor
+from litestage_bench.engine.plan import SkipSet, StagePlan
+from litestage_bench.evaluation.header_cache import HeaderCache
+from litestage_bench.methods.calibration import prefill_after_header
+from litestage_bench.methods.registry import register, register_search
 
 from .common import Baseline, all_stage_texts, calibrate, check_k, chunks, layer_list, policy_record, skip_layers_plan
 

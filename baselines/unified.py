@@ -2,7 +2,7 @@
 spread evenly over the depth, the same for every input (the paper picks k from the target speedup;
 here k is swept so that methods meet at matched speedup).
 
-Layers: ``speed.even_layers`` — the first and the last layer always run and the k skipped layers
+Layers: ``engine.plan.even_layers`` — the first and the last layer always run and the k skipped layers
 sit at the centres of k equal bins of the L-2 inner layers (the paper: "intermediate layers ... in a
 balanced manner"; AdaSkip's re-implementation instead skips `layer % (L // k) == 1`).
 Suite decision: `phase` "all" (default: prompt and generated tokens skip the same layers, which
@@ -10,8 +10,8 @@ is what makes the strategy batch- and KV-cache-friendly) or "decode" (prompts ru
 """
 from __future__ import annotations
 
-from litestage_bench.methods import register
-from litestage_bench.speed import even_layers
+from litestage_bench.engine.plan import even_layers
+from litestage_bench.methods.registry import register
 
 from .common import FixedLayersBaseline
 

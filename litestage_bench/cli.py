@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .errors import UserError
+from .core.errors import UserError
 
 EXIT_USAGE = 2  # bad input, or an internal error: anything but a verdict
 EXIT_REGRESSION = 1
@@ -39,7 +39,7 @@ def _non_negative(text: str) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import describe_models
+    from .engine.models import describe_models
     print(tabulate(describe_models(), headers="keys"))
     print("\nAlso accepted: any local model folder, a local .gguf file, or a Hugging Face id (online).")
     return 0
@@ -49,7 +49,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     """Load a model (converting and caching it when needed) and report the time it took."""
     import os
     import tempfile
-    from .models import CACHE_ENV, load_model
+
+    from .engine.models import CACHE_ENV, load_model
     if args.fresh_cache:
         # measure a first load: convert into a throw-away cache, then load again from it
         with tempfile.TemporaryDirectory(prefix="litestage-cache-") as tmp:
@@ -76,8 +77,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .benchmarks import load_split
-    from .prompts import question_block
+    from .evaluation.benchmarks import load_split
+    from .evaluation.prompts import question_block
     items = load_split(args.bench, args.split, limit=args.limit, data_dir=args.data_dir, seed=args.seed)
     print(f"{args.bench} {args.split}: {len(items)} items")
     if items:
@@ -99,7 +100,7 @@ def _stage_caps(text: str | None) -> dict[str, int] | None:
 def _method_options(args: argparse.Namespace, policy: dict | None) -> dict | None:
     """--k (and --max-new-tokens, for methods that follow the stage caps) reach the method through
     its policy dict."""
-    from .methods import METHODS, load_plugins
+    from .methods.registry import METHODS, load_plugins
     load_plugins()
     factory = METHODS.get(args.method)
     if factory is None:
@@ -116,11 +117,11 @@ def _method_options(args: argparse.Namespace, policy: dict | None) -> dict | Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .benchmarks import check_bench, check_split, resolve_data_dir
-    from .methods import load_policy, make_method
-    from .models import check_numerics
-    from .results import write_record
-    from .runner import Session, default_config, run_benchmark
+    from .engine.models import check_numerics
+    from .evaluation.benchmarks import check_bench, check_split, resolve_data_dir
+    from .evaluation.runner import Session, default_config, run_benchmark
+    from .methods.registry import load_policy, make_method
+    from .records.results import write_record
 
     # Validate every cheap argument before the (slow) model load.
     check_bench(args.bench)
@@ -133,10 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     method = make_method(args.method, _method_options(args, policy))
     method.check_model(args.model)
     if args.dense_record:
-        from .results import load_record
+        from .records.results import load_record
         load_record(args.dense_record)  # a missing or malformed file fails now, not after the run
     if args.answer_rule:
-        from .answers import check_rule
+        from .records.fidelity import check_rule
         check_rule(args.answer_rule)
     k = f"-k{args.k}" if args.k is not None else ""
     out = Path(args.out) if args.out else Path("results") / f"{args.model}_{args.bench}_{method.name}{k}.json"
@@ -150,18 +151,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                            checkpoint_path=str(out) + ".partial.jsonl")
     write_record(out, record)
     Path(str(out) + ".partial.jsonl").unlink(missing_ok=True)  # the record holds everything now
-    from .report import results_table
+    from .records.report import results_table
     print(results_table([record]))
     print(f"wrote {out}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .benchmarks import check_bench, resolve_data_dir
-    from .methods import METHODS, SEARCHES, load_plugins
-    from .models import check_numerics
-    from .results import atomic_write
-    from .runner import Session, default_config, log
+    from .engine.models import check_numerics
+    from .evaluation.benchmarks import check_bench, resolve_data_dir
+    from .evaluation.runner import Session, default_config, log
+    from .methods.registry import METHODS, SEARCHES, load_plugins
+    from .records.results import atomic_write
 
     load_plugins()
     if args.method not in METHODS:
@@ -184,8 +185,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import pareto_plot, results_table, rules_table, versus_table
-    from .results import load_record, write_text_atomic
+    from .records.report import pareto_plot, results_table, rules_table, versus_table
+    from .records.results import load_record, write_text_atomic
     records = [load_record(p) for p in args.results]
     table = f"{results_table(records)}\n\nAnswer rules (accuracy on the same generations):\n\n{rules_table(records)}"
     if args.vs:
@@ -203,8 +204,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import compare_records
-    from .results import load_records
+    from .records.report import compare_records
+    from .records.results import load_records
     report, regressed = compare_records(load_records(args.baseline), load_records(args.current),
                                         acc_tol=args.acc_tol, speed_tol=args.speed_tol)
     print(report)
@@ -216,9 +217,9 @@ def _command_line() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .benchmarks import BENCHMARKS
-    from .models import DEFAULT_MODEL
-    from .runner import DEFAULT_BATCH_SIZE, DEFAULT_ROUNDS, DEFAULT_TIMED
+    from .engine.models import DEFAULT_MODEL
+    from .evaluation.benchmarks import BENCHMARKS
+    from .evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_ROUNDS, DEFAULT_TIMED
     ap = argparse.ArgumentParser(prog="litestage-bench", description="Layer skipping for multi-stage reasoning, benchmarked.")
     sub = ap.add_subparsers(dest="command", required=True)
 

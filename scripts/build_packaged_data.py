@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from litestage_bench import benchmarks as B  # noqa: E402
-from litestage_bench import packaged  # noqa: E402
+from litestage_bench.evaluation import benchmarks as B  # noqa: E402
+from litestage_bench.evaluation import packaged  # noqa: E402
 
 # Provenance, from shared/data/README.md (the data folder's own README).
 TINYTHINKER = "shengminp/TinyThinker @ c5bf33773e7ec5f859b7196fc3632fff26ea683c"

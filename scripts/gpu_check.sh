@@ -21,7 +21,7 @@ if [ "$mode" = prepare ]; then
   python - "$dir" <<'EOF'
 import sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from litestage_bench.models import load_model
+from litestage_bench.engine.models import load_model
 out = sys.argv[1]
 tok = load_model("smollm2-135m", dtype="float32").tokenizer
 tok.save_pretrained(f"{out}/tokenizer")

@@ -22,6 +22,6 @@ python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'tox 
 # LITESTAGE_GPU_BASE_MODELS: the embedded models (set it empty to run only $LITESTAGE_GPU_MODELS)
 base=${LITESTAGE_GPU_BASE_MODELS-smollm2-135m,qwen2.5-coder-0.5b}
 models="$(printf '%s' "$base${LITESTAGE_GPU_MODELS:+,$LITESTAGE_GPU_MODELS}" | sed 's/^,//')"
-# LITESTAGE_GPU_NUMERICS: bfloat16 (default on CUDA), float32 or bf16-matmul (litestage_bench/numerics.py)
+# LITESTAGE_GPU_NUMERICS: bfloat16 (default on CUDA), float32 or bf16-matmul (litestage_bench/engine/numerics.py)
 exec python -m pytest --benchmark-only -n auto --device cuda --numerics "${LITESTAGE_GPU_NUMERICS:-bfloat16}" --models "$models" \
   --points sweep --limit "${LITESTAGE_GPU_LIMIT:-0}" --timed 50 --batch-size 32 --grid-out results/grid-gpu "$@"

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from litestage_bench.errors import UserError
+from litestage_bench.core.errors import UserError
 from litestage_bench.grid.store import GRID_PROPERTY, extra_info
 
 

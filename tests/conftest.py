@@ -1,6 +1,5 @@
 """Fixtures of the tests that run the reasoner on a tiny random llama (tests/tiny_reasoner.py)."""
 import pytest
-
 from tiny_reasoner import smollm2_tokenizer, tiny_llama
 
 

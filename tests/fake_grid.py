@@ -8,9 +8,9 @@ import os
 import random
 import time
 
+from litestage_bench.engine.plan import STAGES
 from litestage_bench.grid.store import CaseResult
-from litestage_bench.prompts import STAGES
-from litestage_bench.results import ItemResult
+from litestage_bench.records.results import ItemResult
 
 N_ITEMS = 6
 

@@ -6,16 +6,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_models import PROMPT, tiny_model
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from litestage_bench import answers
-from litestage_bench.errors import UserError
-from litestage_bench.executor import SkipExecutor
-from litestage_bench.naive import NaiveReasoner
-from litestage_bench.plan import StagePlan
-from litestage_bench.prompts import PromptBuilder, StopTokens
-from tiny_models import PROMPT, tiny_model
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine.executor import SkipExecutor
+from litestage_bench.engine.plan import StagePlan
+from litestage_bench.evaluation import answers
+from litestage_bench.evaluation.prompts import PromptBuilder, StopTokens
+from litestage_bench.records.fidelity import RULES, check_rule
+from litestage_bench.studies.naive import NaiveReasoner
 
 LABELS = ("A", "B", "C", "D")
 
@@ -80,14 +81,14 @@ def test_decide(rule, predictions, expected):
 
 
 def test_every_rule_is_decided_by_one_of_its_parts():
-    for rule in answers.RULES:
-        assert answers.decide(answers.check_rule(rule), PREDICTIONS)[1] in rule.split("+")
+    for rule in RULES:
+        assert answers.decide(check_rule(rule), PREDICTIONS)[1] in rule.split("+")
 
 
 @pytest.mark.parametrize("rule", ["", "REGEX", "letter+regex", "regex+letter+cloze", "cloze+", "mc"])
 def test_check_rule_rejects_unknown_rules(rule):
     with pytest.raises(UserError, match="unknown answer rule") as err:
-        answers.check_rule(rule)
+        check_rule(rule)
     assert "regex+cloze" in err.value.fix
 
 
@@ -293,7 +294,7 @@ def test_stage_content_on_a_real_tokenizer(alias):
     """Qwen has ".\\n" and ".S" tokens, SmolLM2 splits them: both cut a stage to the same text."""
     from transformers import AutoTokenizer
 
-    from litestage_bench.models import MODELS, _converted_dir
+    from litestage_bench.engine.models import MODELS, _converted_dir
     folder = _converted_dir(MODELS[alias])
     if not (folder / "tokenizer.json").exists():
         pytest.skip(f"{alias} is not converted yet (run `litestage-bench load --model {alias}`)")

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import ARCHS, PROMPT, all_logits, assert_close, tiny_model
+from tiny_reasoner import QUESTIONS, reasoner, tiny_llama
 
 import baselines.common as common
 from baselines.adaskip import adaskip_stage_plan, sublayer_ranking
@@ -18,18 +20,14 @@ from baselines.shortgpt import bi_ranking, block_influence
 from baselines.skipdecode import schedule_plan, skip_counts
 from baselines.sleb import NLLMeter, removal_order
 from baselines.unified import unified_layers
-from litestage_bench.benchmarks import Question
-from litestage_bench.calibration import StageTexts
 from litestage_bench.cli import main
-from litestage_bench.errors import UserError
-from litestage_bench import executor
-from litestage_bench.executor import CostMeter, SkipExecutor
-from litestage_bench.methods import SEARCHES, ModelFacts, load_plugins, make_method
-from litestage_bench.plan import PREFILL_STEP, SkipSet, StagePlan
-from litestage_bench.prompts import STAGES
-
-from tiny_models import ARCHS, PROMPT, all_logits, assert_close, tiny_model
-from tiny_reasoner import QUESTIONS, reasoner, tiny_llama
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine import executor
+from litestage_bench.engine.executor import CostMeter, SkipExecutor
+from litestage_bench.engine.plan import PREFILL_STEP, STAGES, SkipSet, StagePlan
+from litestage_bench.evaluation.benchmarks import Question
+from litestage_bench.methods.calibration import StageTexts
+from litestage_bench.methods.registry import SEARCHES, ModelFacts, load_plugins, make_method
 
 load_plugins()
 

@@ -1,4 +1,4 @@
-"""Tests for litestage_bench.benchmarks and litestage_bench.demos (real data, offline)."""
+"""Tests for litestage_bench.evaluation.benchmarks and litestage_bench.evaluation.demos (real data, offline)."""
 from __future__ import annotations
 
 import json
@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from litestage_bench.benchmarks import (
-    BENCHMARKS,
-    DATA_DIR_ENV,
-    SPLITS,
-    STRATEGYQA_EVAL_SIZE,
-    Question,
-    load_split,
-    normalize_stem,
-    split_ids,
-)
-from litestage_bench.demos import load_demos, parse_options
-from litestage_bench.errors import UserError
+from litestage_bench.core.errors import UserError
+from litestage_bench.evaluation.benchmarks import (BENCHMARKS, DATA_DIR_ENV, SPLITS, STRATEGYQA_EVAL_SIZE, Question,
+                                                   load_split, normalize_stem, split_ids)
+from litestage_bench.evaluation.demos import load_demos, parse_options
 
 
 def _data_dir() -> Path | None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from litestage_bench.checkpoint import RunCheckpoint
-from litestage_bench.plan import SkipPlan
-from litestage_bench.results import ItemResult
-from litestage_bench.runner import evaluate_items, time_items
-
 from tiny_reasoner import QUESTIONS, reasoner
+
+from litestage_bench.engine.plan import SkipPlan
+from litestage_bench.evaluation.checkpoint import RunCheckpoint
+from litestage_bench.evaluation.runner import evaluate_items, time_items
+from litestage_bench.records.results import ItemResult
 
 
 def _item(i: str, latency: float = math.nan) -> ItemResult:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from litestage_bench.cli import EXIT_USAGE, main
-from litestage_bench.errors import UserError
-from litestage_bench.models import assemble_gguf
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine.models import assemble_gguf
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -111,7 +111,7 @@ def test_sha256_mismatch_is_refused_and_leaves_nothing(tmp_path):
 
 
 def test_sha256_mismatch_through_the_cli(capsys, tmp_path, monkeypatch):
-    from litestage_bench import models
+    from litestage_bench.engine import models
     fake = tmp_path / "chunk.bin"
     fake.write_bytes(b"GGUF-but-not-the-right-bytes")
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
@@ -123,7 +123,7 @@ def test_sha256_mismatch_through_the_cli(capsys, tmp_path, monkeypatch):
 
 
 def test_missing_model_package_names_the_install_command(capsys, tmp_path, monkeypatch):
-    from litestage_bench import models
+    from litestage_bench.engine import models
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     code, _, err = run_cli(["run", "--bench", "obqa", "--model", "gemma3-270m", "--out", str(tmp_path / "r.json")], capsys)
@@ -189,8 +189,9 @@ def test_litestage_policy_for_another_model_is_refused_before_loading(over, need
 
 
 def test_compare_reads_record_folders_and_exits_1_on_a_regression(tmp_path, capsys):
-    from litestage_bench.results import write_record
     from test_results import make_record
+
+    from litestage_bench.records.results import write_record
     ref, cur = tmp_path / "reference", tmp_path / "grid"
     for method, correct in (("dense", [True] * 8), ("unified", [True] * 6 + [False] * 2)):
         write_record(ref / f"{method}.json", make_record(method, correct=correct, speedup=1.3))
@@ -205,8 +206,9 @@ def test_compare_reads_record_folders_and_exits_1_on_a_regression(tmp_path, caps
 
 
 def test_report_vs_adds_the_paired_table_and_refuses_unrelated_records(tmp_path, capsys):
-    from litestage_bench.results import write_record
     from test_results import make_record
+
+    from litestage_bench.records.results import write_record
     paths = {}
     for method, bench in (("litestage", "obqa"), ("shortgpt", "obqa"), ("unified", "csqa")):
         paths[method] = write_record(tmp_path / f"{method}.json", make_record(method, benchmark=bench))

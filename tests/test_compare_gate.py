@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from litestage_bench import report
 from litestage_bench.cli import EXIT_REGRESSION, EXIT_USAGE, main
-from litestage_bench.report import changed_answers, compare_records, exact_numerics
-from litestage_bench.results import ItemResult, build_record, record_to_dict, write_record
+from litestage_bench.records import report
+from litestage_bench.records.report import changed_answers, compare_records, exact_numerics
+from litestage_bench.records.results import ItemResult, build_record, record_to_dict, write_record
 
 N = 200
 FLIPPED = "q137"

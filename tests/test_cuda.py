@@ -12,13 +12,13 @@ import copy
 
 import pytest
 import torch
-
-from baselines.skipdecode import schedule_plan
-from litestage_bench.executor import SkipExecutor
-from litestage_bench.plan import DENSE, SkipPlan, SkipSet, StagePlan
 from test_reasoner import assert_same
 from tiny_models import ARCHS, PROMPT, all_logits, assert_close, tiny_model
 from tiny_reasoner import CAPS, QUESTIONS, STAGEWISE, STATIC, reasoner
+
+from baselines.skipdecode import schedule_plan
+from litestage_bench.engine.executor import SkipExecutor
+from litestage_bench.engine.plan import DENSE, SkipPlan, SkipSet, StagePlan
 
 pytestmark = pytest.mark.gpu
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from litestage_bench.executor import CostMeter, SkipExecutor
-from litestage_bench.plan import DynamicFFN, SkipPlan, SkipSet, StagePlan
 from tiny_models import ARCHS, PROMPT, StepLogits, all_logits, assert_close, tiny_model, without_layer
+
+from litestage_bench.engine.executor import CostMeter, SkipExecutor
+from litestage_bench.engine.plan import DynamicFFN, SkipPlan, SkipSet, StagePlan
 
 
 @pytest.fixture(scope="module", params=ARCHS)

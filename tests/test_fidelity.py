@@ -1,4 +1,4 @@
-"""Fast tests for litestage_bench.fidelity on constructed item results (no models)."""
+"""Fast tests for litestage_bench.records.fidelity on constructed item results (no models)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from litestage_bench import fidelity
-from litestage_bench.errors import UserError
-from litestage_bench.results import ItemResult
+from litestage_bench.core.errors import UserError
+from litestage_bench.records import fidelity
+from litestage_bench.records.results import ItemResult
 
 
 def item(i: int, prediction: str | None, answer: str = "A", **kw) -> ItemResult:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from litestage_bench.grid.cache import AccuracyCache, cache_key
-from litestage_bench.results import ItemResult
+from litestage_bench.records.results import ItemResult
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"model": "m", "weights": "sha", "items": ["a", "b", "c", "d"], "method": {"name": "unified-k4"}}
@@ -79,7 +79,7 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from litestage_bench.grid import cache as grid_cache
-from litestage_bench.results import ItemResult
+from litestage_bench.records.results import ItemResult
 
 folder, mode, ready = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 config = json.loads(sys.argv[4])
@@ -162,7 +162,7 @@ TWO = r"""
 import json, sys, time
 from pathlib import Path
 from litestage_bench.grid.cache import AccuracyCache
-from litestage_bench.results import ItemResult
+from litestage_bench.records.results import ItemResult
 
 folder, barrier, me, config = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 (barrier / me).touch()
@@ -194,11 +194,11 @@ def test_two_processes_on_one_entry_compute_it_once(tmp_path):
 
 
 def test_code_version_follows_the_sources_that_shape_results(tmp_path, monkeypatch):
-    from litestage_bench import code_version as grid_cache
+    from litestage_bench.core import code_version as grid_cache
 
     pkg, base = tmp_path / "litestage_bench", tmp_path / "baselines"
-    for path in (pkg / "executor.py", pkg / "report.py", pkg / "grid" / "run.py", pkg / "grid" / "report.py",
-                 base / "unified.py"):
+    for path in (pkg / "engine" / "executor.py", pkg / "records" / "report.py", pkg / "grid" / "run.py",
+                 pkg / "grid" / "report.py", base / "unified.py"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("# v1\n")
     monkeypatch.setattr(grid_cache, "PACKAGE", pkg)
@@ -208,10 +208,10 @@ def test_code_version_follows_the_sources_that_shape_results(tmp_path, monkeypat
         return grid_cache.code_version()
 
     v1 = version()
-    for rendering_only in (pkg / "report.py", pkg / "grid" / "report.py"):
+    for rendering_only in (pkg / "records" / "report.py", pkg / "grid" / "report.py"):
         rendering_only.write_text("# v2\n")
         assert version() == v1, rendering_only
-    for shaping in (pkg / "executor.py", pkg / "grid" / "run.py", base / "unified.py"):
+    for shaping in (pkg / "engine" / "executor.py", pkg / "grid" / "run.py", base / "unified.py"):
         before = version()
         shaping.write_text("# v2\n")
         assert version() != before, shaping

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from litestage_bench.errors import UserError
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine.plan import STAGES
 from litestage_bench.grid.cases import DEFAULT_POINTS, SWEEP_POINTS, GridCase, selection_from_options
-from litestage_bench.prompts import STAGES
 
 DEFAULTS = {"--models": None, "--benches": None, "--methods": None, "--points": None, "--stages": "all",
             "--limit": None, "--timed": None, "--batch-size": 8, "--dtype": None, "--numerics": None, "--device": "cpu",

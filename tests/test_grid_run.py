@@ -6,21 +6,19 @@ from __future__ import annotations
 import math
 
 import pytest
+from test_grid_cases import DEFAULTS
+from tiny_reasoner import CAPS, smollm2_tokenizer, tiny_llama
 
-from litestage_bench.errors import UserError
-from litestage_bench.executor import SkipExecutor
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine.executor import SkipExecutor
+from litestage_bench.engine.models import LoadedModel
+from litestage_bench.engine.plan import STAGES, SkipPlan, SkipSet, StagePlan
+from litestage_bench.evaluation.runner import Session
 from litestage_bench.grid.cache import AccuracyCache
 from litestage_bench.grid.cases import GridCase, selection_from_options, slug
 from litestage_bench.grid.run import GridContext, run_case
 from litestage_bench.grid.store import GridStore, extra_info
-from litestage_bench.methods import METHODS, SEARCHES, Method
-from litestage_bench.models import LoadedModel
-from litestage_bench.plan import SkipPlan, SkipSet, StagePlan
-from litestage_bench.prompts import STAGES
-from litestage_bench.runner import Session
-
-from test_grid_cases import DEFAULTS
-from tiny_reasoner import CAPS, smollm2_tokenizer, tiny_llama
+from litestage_bench.methods.registry import METHODS, SEARCHES, Method
 
 
 class FakeBenchmark:

@@ -1,4 +1,4 @@
-"""The harm profile without a search (`python -m litestage_bench.harm_profile`): calibration items
+"""The harm profile without a search (`python -m litestage_bench.studies.harm_profile`): calibration items
 only, every sub-layer skipped alone, joint vs summed harm, and the summary table."""
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import json
 from types import SimpleNamespace
 
 import pytest
-
-from litestage_bench import harm_profile
-
 from tiny_reasoner import calibration_splits, reasoner, split_loader
+
+from litestage_bench.studies import harm_profile
 
 
 def test_profile_reads_only_calibration_items_and_adds_up(model, tokenizer, monkeypatch, tmp_path):

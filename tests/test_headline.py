@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from litestage_bench import headline
-from litestage_bench.results import ItemResult, build_record, write_record
+from litestage_bench.records.results import ItemResult, build_record, write_record
+from litestage_bench.studies import headline
 
 N = 40
 

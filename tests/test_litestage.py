@@ -9,23 +9,21 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from litestage_bench import litestage
-from litestage_bench.benchmarks import Question
-from litestage_bench.calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking,
-                                         skip_set, sublayer_similarity)
-from litestage_bench.early_exit import ConfidenceExit, ConfidenceRecorder, ExitRule
-from litestage_bench.errors import UserError
-from litestage_bench.executor import SkipExecutor
-from litestage_bench.litestage import LiteStage, SearchOptions, check_disjoint
-from litestage_bench.methods import ModelFacts
-from litestage_bench.plan import SkipPlan, SkipSet, StagePlan
-from litestage_bench.prompts import STAGES
-from litestage_bench.reasoner import StageMemo
-from litestage_bench.runner import evaluate_items
-
 from tiny_models import PROMPT, tiny_model
 from tiny_reasoner import QUESTIONS, STAGEWISE, calibration_splits, reasoner, split_loader
+
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine.early_exit import ConfidenceExit, ConfidenceRecorder, ExitRule
+from litestage_bench.engine.executor import SkipExecutor
+from litestage_bench.engine.plan import STAGES, SkipPlan, SkipSet, StagePlan
+from litestage_bench.evaluation.benchmarks import Question, check_disjoint
+from litestage_bench.evaluation.reasoner import StageMemo
+from litestage_bench.evaluation.runner import evaluate_items
+from litestage_bench.methods import litestage
+from litestage_bench.methods.calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking,
+                                                 skip_set, sublayer_similarity)
+from litestage_bench.methods.litestage import LiteStage, SearchOptions
+from litestage_bench.methods.registry import ModelFacts
 
 # ------------------------------------------------------------------------------ early exit
 

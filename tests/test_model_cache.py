@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from litestage_bench import models
+from litestage_bench.engine import models
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"config.json": "{}", "tokenizer.json": "tok", "model.safetensors": "weights"}
@@ -23,7 +23,7 @@ FILES = {"config.json": "{}", "tokenizer.json": "tok", "model.safetensors": "wei
 CHILD = r"""
 import dataclasses, json, sys, time
 from pathlib import Path
-from litestage_bench import models
+from litestage_bench.engine import models
 
 fake, sha, barrier, me = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 FILES = json.loads(sys.argv[5])

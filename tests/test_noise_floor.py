@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from litestage_bench import noise_floor, runner
-from litestage_bench.benchmarks import Question
+from litestage_bench.evaluation import runner
+from litestage_bench.evaluation.benchmarks import Question
+from litestage_bench.studies import noise_floor
 
 
 def _item(i: int, prediction: str, recall: str = "r") -> dict:

@@ -13,15 +13,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from litestage_bench.arch import ATTENTION_NAME
-from litestage_bench.errors import UserError
-from litestage_bench.executor import SkipExecutor
-from litestage_bench.numerics import (Bf16MatmulLinear, ScreenedBf16Head, apply_numerics, resolve_numerics,
-                                      storage_dtype)
-from litestage_bench.plan import SkipSet, StagePlan
-from litestage_bench.results import build_record
 from tiny_models import ARCHS, PROMPT, all_logits, tiny_model
+
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine.arch import ATTENTION_NAME
+from litestage_bench.engine.executor import SkipExecutor
+from litestage_bench.engine.numerics import (Bf16MatmulLinear, ScreenedBf16Head, apply_numerics, resolve_numerics,
+                                             storage_dtype)
+from litestage_bench.engine.plan import SkipSet, StagePlan
+from litestage_bench.records.results import build_record
 
 # bf16 rounds to 8 significant bits (2^-8 relative). Through a 4-layer tiny model the logits of the
 # bf16-matmul path stay within 3% of the float32 logits' range; observed ~0.5%.

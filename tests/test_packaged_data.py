@@ -12,22 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from litestage_bench import benchmarks, packaged
-from litestage_bench.benchmarks import (
-    BENCHMARKS,
-    DATA_DIR_ENV,
-    HUB,
-    PACKAGED,
-    SPLITS,
-    data_fingerprint,
-    load_split,
-    normalize_stem,
-    resolve_data_dir,
-    resolve_source,
-    subset,
-)
-from litestage_bench.demos import load_demos
-from litestage_bench.errors import UserError
+from litestage_bench.core.errors import UserError
+from litestage_bench.evaluation import benchmarks, packaged
+from litestage_bench.evaluation.benchmarks import (BENCHMARKS, DATA_DIR_ENV, HUB, PACKAGED, SPLITS, data_fingerprint,
+                                                   load_split, normalize_stem, resolve_data_dir, resolve_source, subset)
+from litestage_bench.evaluation.demos import load_demos
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

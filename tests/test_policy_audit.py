@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from litestage_bench import policy_audit
+from litestage_bench.studies import policy_audit
 
 
 def _cand(accuracy, gained, lost):

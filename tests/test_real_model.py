@@ -7,13 +7,13 @@ import os
 import pytest
 import torch
 
-from litestage_bench.benchmarks import load_split
 from litestage_bench.cli import main
-from litestage_bench.executor import CostMeter, SkipExecutor
-from litestage_bench.models import load_model
-from litestage_bench.naive import NaiveReasoner
-from litestage_bench.plan import DENSE, StagePlan
-from litestage_bench.runner import Session, default_config
+from litestage_bench.engine.executor import CostMeter, SkipExecutor
+from litestage_bench.engine.models import load_model
+from litestage_bench.engine.plan import DENSE, StagePlan
+from litestage_bench.evaluation.benchmarks import load_split
+from litestage_bench.evaluation.runner import Session, default_config
+from litestage_bench.studies.naive import NaiveReasoner
 
 pytestmark = pytest.mark.slow
 needs_data = pytest.mark.skipif(not os.environ.get("LITESTAGE_DATA_DIR"), reason="no LITESTAGE_DATA_DIR")

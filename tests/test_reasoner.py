@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from litestage_bench.header_cache import shared_header_ids
-from litestage_bench.naive import NaiveReasoner
-from litestage_bench.plan import DENSE
-
 from tiny_reasoner import QUESTIONS, STAGEWISE, STATIC, reasoner
+
+from litestage_bench.engine.plan import DENSE
+from litestage_bench.evaluation.header_cache import shared_header_ids
+from litestage_bench.studies.naive import NaiveReasoner
 
 SCORE_ATOL = 1e-4
 

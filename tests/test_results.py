@@ -10,20 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from litestage_bench import metrics, results, timing
-from litestage_bench.errors import UserError
-from litestage_bench.report import STAGES, compare_records, pareto_plot, policy_name, results_table, versus_table
-from litestage_bench.results import (
-    SCHEMA_VERSION,
-    ItemResult,
-    ResultRecord,
-    build_record,
-    load_record,
-    record_from_dict,
-    record_to_dict,
-    write_record,
-    write_text_atomic,
-)
+from litestage_bench.core.errors import UserError
+from litestage_bench.records import metrics, results, timing
+from litestage_bench.records.report import (STAGES, compare_records, pareto_plot, policy_name, results_table,
+                                            versus_table)
+from litestage_bench.records.results import (SCHEMA_VERSION, ItemResult, ResultRecord, build_record, load_record,
+                                             record_from_dict, record_to_dict, write_record, write_text_atomic)
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -422,7 +414,7 @@ def test_compare_with_itself_never_regresses(correct):
 
 
 def test_rules_table_shows_each_rule_and_the_one_step_answer():
-    from litestage_bench.report import policy_name, rules_table
+    from litestage_bench.records.report import policy_name, rules_table
     rec = make_record("dense", speedup=1.0)
     rec.extra["one_step_accuracy"] = {"letter": {"accuracy": 0.25}, "cloze": {"accuracy": 0.5}}
     table = rules_table([rec])

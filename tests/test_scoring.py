@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from litestage_bench import answers
-from litestage_bench.executor import CostMeter, SkipExecutor
-from litestage_bench.kvcache import SkipKVCache
-from litestage_bench.plan import SkipSet, StagePlan
 from tiny_models import ARCHS, PROMPT, all_logits, assert_close, tiny_model, without_layer
+
+from litestage_bench.engine.executor import CostMeter, SkipExecutor
+from litestage_bench.engine.kvcache import SkipKVCache
+from litestage_bench.engine.plan import SkipSet, StagePlan
+from litestage_bench.evaluation import answers
 
 CONTINUATIONS = [[70, 71, 72, 73], [74], [75, 76]]  # unequal lengths: rows get left padding
 PLANS = {

@@ -1,4 +1,4 @@
-"""Fast tests for litestage_bench.stats: scipy-backed intervals and tests, against hand-computed values."""
+"""Fast tests for litestage_bench.records.stats: scipy-backed intervals and tests, against hand-computed values."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from litestage_bench import metrics, stats, timing
+from litestage_bench.records import metrics, stats, timing
 
 
 def test_wilson_matches_closed_form():

@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from litestage_bench import timing
-from litestage_bench.benchmarks import Question
-from litestage_bench.plan import DENSE, SkipPlan
-from litestage_bench.results import ItemResult
-from litestage_bench.runner import time_items
+from litestage_bench.engine.plan import DENSE, SkipPlan
+from litestage_bench.evaluation.benchmarks import Question
+from litestage_bench.evaluation.runner import time_items
+from litestage_bench.records import timing
+from litestage_bench.records.results import ItemResult
 
 METHOD = SkipPlan({}, "method")
 TRUE_SPEEDUP = 2.0

@@ -6,8 +6,8 @@ import copy
 
 import torch
 
-from litestage_bench.executor import CostMeter, SkipExecutor
-from litestage_bench.plan import StagePlan
+from litestage_bench.engine.executor import CostMeter, SkipExecutor
+from litestage_bench.engine.plan import StagePlan
 
 ARCHS = ("llama", "qwen2", "gemma3")
 LOGIT_ATOL = 1e-4  # float32; observed differences are ~1e-6 on the tiny models
@@ -19,8 +19,8 @@ def tiny_model(arch: str, layers: int = 4, seed: int = 0, head_scale: float = 20
     tied: unscaled). Random init leaves logits nearly flat (std ~0.16); x20 separates greedy choices
     and makes the absolute LOGIT_ATOL ~20x tighter relative to the logits' spread (an injected 0.01%
     error in batched K/V values fails the logit comparisons at x20 and passes them at x1)."""
-    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
-                              Qwen2Config, Qwen2ForCausalLM)
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
     torch.manual_seed(seed)
     common = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from litestage_bench.benchmarks import Question
-from litestage_bench.demos import Demo
-from litestage_bench.executor import SkipExecutor
-from litestage_bench.plan import SkipPlan, SkipSet, StagePlan
-from litestage_bench.reasoner import Reasoner, ReasonerConfig
+from litestage_bench.engine.executor import SkipExecutor
+from litestage_bench.engine.plan import SkipPlan, SkipSet, StagePlan
+from litestage_bench.evaluation.benchmarks import Question
+from litestage_bench.evaluation.demos import Demo
+from litestage_bench.evaluation.reasoner import Reasoner, ReasonerConfig
 
 CAPS = {"recall": 10, "analyze": 6, "summarize": 5}
 
@@ -35,7 +35,7 @@ def smollm2_tokenizer():
     if os.environ.get("LITESTAGE_TEST_TOKENIZER"):
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(os.environ["LITESTAGE_TEST_TOKENIZER"])
-    from litestage_bench.models import load_model
+    from litestage_bench.engine.models import load_model
     return load_model("smollm2-135m", dtype="float32").tokenizer
 
 

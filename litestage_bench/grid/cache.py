@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from ..checkpoint import RunCheckpoint
-from ..code_version import code_version
-from ..errors import UserError
-from ..locking import file_lock
-from ..results import ItemResult, atomic_write, item_from_dict, item_to_dict
+from ..core.code_version import code_version
+from ..core.errors import UserError
+from ..core.locking import file_lock
+from ..evaluation.checkpoint import RunCheckpoint
+from ..records.results import ItemResult, atomic_write, item_from_dict, item_to_dict
 
 CACHE_SCHEMA = 1
 

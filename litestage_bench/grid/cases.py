@@ -9,12 +9,12 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..benchmarks import BENCHMARKS, check_bench
-from ..errors import UserError
-from ..methods import METHODS, load_plugins
-from ..models import DEFAULT_MODEL, MODELS, check_numerics
-from ..prompts import STAGES
-from ..timing import DEFAULT_ROUNDS
+from ..core.errors import UserError
+from ..engine.models import DEFAULT_MODEL, MODELS, check_numerics
+from ..engine.plan import STAGES
+from ..evaluation.benchmarks import BENCHMARKS, check_bench
+from ..methods.registry import METHODS, load_plugins
+from ..records.timing import DEFAULT_ROUNDS
 
 # Budget points (k, in each method's own unit) for the methods that take one. The default run
 # takes one mid point per method, so that a cold run of the default grid stays near 20 minutes on a

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from ..prompts import STAGES
-from ..report import DECOMPOSITION_COLUMNS, decomposition_cells, fmt_num, fmt_p, fmt_stages, noise_floor_notes
-from ..results import ResultRecord, atomic_write, machine_info, write_record, write_text_atomic
+from ..engine.plan import STAGES
+from ..records.report import DECOMPOSITION_COLUMNS, decomposition_cells, fmt_num, fmt_p, fmt_stages, noise_floor_notes
+from ..records.results import ResultRecord, atomic_write, machine_info, write_record, write_text_atomic
 from .cases import slug
 from .store import CaseResult, GridStore
 
@@ -202,7 +202,7 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
         "(on CUDA a warm-up pass over all timed items). "
         "Speedup: dense and the method timed back to back on each timed item, R rounds with the order "
         "alternating; the geometric mean of the paired per-item ratios, with a 95% CI by bootstrap over items "
-        "(litestage_bench/timing.py). It splits exactly into `fewer tokens` (dense's generated tokens / the "
+        "(litestage_bench/records/timing.py). It splits exactly into `fewer tokens` (dense's generated tokens / the "
         "method's) x `cheaper tokens` (seconds per generated token, dense's / the method's); `prefill/decode "
         "s/tok` give seconds per processed token of each phase apart (dense's / the method's). "
         "Flips and agreement compare answers with dense's on the same items.", ""]

@@ -20,19 +20,19 @@ from typing import Any, Callable
 
 import torch
 
-from ..benchmarks import DATA_DIR_ENV, data_fingerprint, load_split, subset
-from ..errors import UserError
-from ..locking import file_lock
-from ..methods import SEARCHES, Method, load_policy, make_method
-from ..models import cache_root
-from ..noise_floor import compact, compare, noise_floor_for
-from ..packaged import sha256_file
-from ..plan import DENSE, SkipPlan
-from ..reasoner import Reasoner, ReasonerConfig
-from ..results import atomic_write
-from ..runner import (SEED, Session, chance_rate, checked_plan, default_config, evaluate_items, method_callbacks,
-                      model_facts, seed_everything, time_items)
-from ..timing import with_latencies
+from ..core.errors import UserError
+from ..core.locking import file_lock
+from ..engine.models import cache_root
+from ..engine.plan import DENSE, SkipPlan
+from ..evaluation.benchmarks import DATA_DIR_ENV, data_fingerprint, load_split, subset
+from ..evaluation.packaged import sha256_file
+from ..evaluation.reasoner import Reasoner, ReasonerConfig
+from ..evaluation.runner import (SEED, Session, chance_rate, checked_plan, default_config, evaluate_items,
+                                 method_callbacks, model_facts, seed_everything, time_items)
+from ..methods.registry import SEARCHES, Method, load_policy, make_method
+from ..records.noise import compact, compare, noise_floor_for
+from ..records.results import atomic_write
+from ..records.timing import with_latencies
 from .cache import AccuracyCache, cache_key, code_version, weights_id
 from .cases import GridCase, GridSelection, needs_search
 from .store import CaseResult

@@ -11,8 +11,8 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
-from ..results import ItemResult, ResultRecord, build_record, item_from_dict, item_to_dict, json_safe
-from ..timing import with_latencies
+from ..records.results import ItemResult, ResultRecord, build_record, item_from_dict, item_to_dict, json_safe
+from ..records.timing import with_latencies
 from .cases import GridCase
 
 SPLIT = "eval"

@@ -1,0 +1,77 @@
+"""Resumable runs: finished work of a long `run`, kept beside its output until the record is written.
+
+Each finished batch (accuracy) and each timed question is appended as one JSON line to
+``OUT.partial.jsonl`` and flushed; the first line holds a fingerprint of everything that decides the
+results (model, dtype, items, method, settings). A rerun of the same command reads the lines back
+and continues after them; a different command (other fingerprint) starts afresh; a line cut off
+by a kill is ignored. Timed questions from before an interruption were timed in the earlier
+process (the record counts them in ``timing.resumed_timed``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..records.results import ItemResult, item_from_dict, item_to_dict, write_text_atomic
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class RunCheckpoint:
+    """Lists of items per (phase, key), read from and appended to a JSON-lines file."""
+
+    def __init__(self, path: str | os.PathLike, config: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.fingerprint = fingerprint(config)
+        self.entries: dict[tuple[str, str], list[ItemResult]] = {}
+        if self._load():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+
+    def _load(self) -> bool:
+        """Read a checkpoint of the same run; False when there is none (or another run's)."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            if json.loads(lines[0]).get("fingerprint") != self.fingerprint:
+                return False
+        except (OSError, ValueError, IndexError, AttributeError):
+            return False
+        good = lines[:1]
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+                self.entries[(entry["phase"], entry["key"])] = [item_from_dict(it) for it in entry["items"]]
+            except (ValueError, KeyError, TypeError):
+                break  # a line cut off by a kill: it and anything after it are redone
+            good.append(line)
+        if len(good) < len(lines):  # drop the cut-off tail, so that new lines follow good ones
+            write_text_atomic(self.path, "\n".join(good) + "\n")
+        return True
+
+    @property
+    def resumed(self) -> int:
+        return len(self.entries)
+
+    def get(self, phase: str, key: str) -> list[ItemResult] | None:
+        return self.entries.get((phase, key))
+
+    def put(self, phase: str, key: str, items: list[ItemResult]) -> None:
+        self.entries[(phase, key)] = items
+        line = json.dumps({"phase": phase, "key": key, "items": [item_to_dict(it) for it in items]})
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def count(self, phase: str) -> int:
+        return sum(1 for p, _ in self.entries if p == phase)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,269 @@
+"""Run a method over a benchmark split: accuracy in batches, latency at batch 1, the record with its
+comparison to dense."""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from ..core.errors import UserError
+from ..engine.executor import SkipExecutor
+from ..engine.method import Method, ModelFacts, model_facts
+from ..engine.models import LoadedModel, load_model
+from ..engine.plan import DENSE, STAGES, SkipPlan
+from ..records import metrics
+from ..records.noise import compact, compare, noise_floor_for
+from ..records.results import ItemResult, ResultRecord, build_record, load_record
+from ..records.timing import DEFAULT_ROUNDS, merge_rounds, with_latencies
+from .benchmarks import Question, load_split, normalize_stem, subset
+from .checkpoint import RunCheckpoint
+from .demos import load_demos
+from .reasoner import Callbacks, Reasoner, ReasonerConfig, StageMemo, select_demos
+
+SEED = 0
+
+
+def seed_everything(seed: int = SEED) -> None:
+    """Greedy decoding is deterministic; seeds pin anything else (subsets, hypothesis-free code)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_config(loaded: LoadedModel, **overrides) -> ReasonerConfig:
+    """The model's default reasoner settings (answer rule and chat use come from its spec)."""
+    spec = loaded.spec
+    cfg = ReasonerConfig(answer_rule=spec.default_answer_rule if spec else "letter",
+                         chat=spec.use_chat_template if spec else True)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    return cfg
+
+
+@dataclass
+class Session:
+    """A loaded model with its executor, ready to run reasoners on any benchmark."""
+
+    loaded: LoadedModel
+    executor: SkipExecutor
+
+    @staticmethod
+    def open(model: str, dtype: str | None = None, device: str = "cpu", numerics: str | None = None) -> "Session":
+        loaded = load_model(model, dtype=dtype, device=device, numerics=numerics)
+        return Session(loaded, SkipExecutor(loaded.model))
+
+    def reasoner(self, bench: str, config: ReasonerConfig, data_dir=None) -> Reasoner:
+        eval_stems = {normalize_stem(q.stem) for q in load_split(bench, "eval", data_dir=data_dir)}
+        demos = select_demos(load_demos(bench, data_dir), config.shots, eval_stems)
+        return Reasoner(self.executor, self.loaded.tokenizer, demos, config)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+DEFAULT_BATCH_SIZE = 8  # questions per batch for accuracy (batch-8 decode is several times faster per token)
+DEFAULT_TIMED = 50  # seeded items timed at batch 1 for latency and speedup
+
+
+def checked_plan(method: Method, facts: ModelFacts) -> SkipPlan:
+    plan = method.plan(facts)
+    for stage_plan in plan.stages.values():
+        stage_plan.validate(facts.num_layers)
+    return plan
+
+
+def method_callbacks(method: Method) -> Callbacks:
+    return {s: method.token_callback(s) for s in STAGES}
+
+
+def run_items(reasoner: Reasoner, method: Method, facts: ModelFacts, items: list[Question],
+              label: str = "", warmup: int = 1, progress: bool = True) -> list[ItemResult]:
+    """Solve every item (batch 1) after `warmup` untimed questions; prints progress to stderr."""
+    timed = time_items(reasoner, {"m": (checked_plan(method, facts), method_callbacks(method))}, items,
+                       label, warmup=warmup, progress=progress, rounds=1)
+    return timed["m"]
+
+
+def _progress(label: str, done: int, total: int, results: list[ItemResult], start: float) -> None:
+    acc = sum(r.correct for r in results) / max(len(results), 1)
+    elapsed = time.perf_counter() - start
+    eta = elapsed / done * (total - done)
+    log(f"[{label}] {done}/{total} acc={acc:.3f} {elapsed / done:.2f} s/question, eta {eta / 60:.1f} min")
+
+
+def timed_phase(rounds: int) -> str:
+    """The checkpoint phase of timed questions (rounds=1 reads checkpoints from before rounds)."""
+    return "timed" if rounds == 1 else f"timed x{rounds} rounds"
+
+
+def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callbacks]], items: list[Question],
+               label: str = "", warmup: int = 1, progress: bool = True,
+               checkpoint: RunCheckpoint | None = None, rounds: int = DEFAULT_ROUNDS) -> dict[str, list[ItemResult]]:
+    """Batch-1 latency of each pipeline on the same items, interleaved: per question, `rounds`
+    rounds in which every pipeline solves it back to back, the order alternating by question and
+    round, so that drift of a shared machine hits every pipeline alike (`timing.py` pairs the rounds).
+    `warmup` questions per pipeline (which also fill the header cache) are excluded. With a
+    checkpoint, questions timed before an interruption are read back instead of re-timed."""
+    for plan, callbacks in pipelines.values():
+        for q in items[:warmup]:
+            reasoner.solve(q, plan, callbacks)
+    names = list(pipelines)
+    out: dict[str, list[ItemResult]] = {name: [] for name in names}
+    phase = timed_phase(rounds)
+    start = time.perf_counter()
+    for i, q in enumerate(items, 1):
+        done = checkpoint.get(phase, q.id) if checkpoint else None
+        if done is None:
+            per_round: dict[str, list[ItemResult]] = {name: [] for name in names}
+            firsts: list[str] = []
+            for r in range(rounds):
+                order = names if (i + r) % 2 else names[::-1]
+                firsts.append(order[0])
+                for name in order:
+                    per_round[name].append(reasoner.solve(q, *pipelines[name]))
+            done = [merge_rounds(per_round[name], [f == name for f in firsts]) for name in names]
+            if checkpoint:
+                checkpoint.put(phase, q.id, done)
+        for name, item in zip(names, done):
+            out[name].append(item)
+        if progress and (i % 10 == 0 or i == len(items)):
+            _progress(f"{label} timed x{len(names)} x{rounds} rounds", i, len(items), out[names[0]], start)
+    return out
+
+
+def evaluate_items(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, items: list[Question],
+                   batch_size: int = DEFAULT_BATCH_SIZE, label: str = "", progress: bool = True,
+                   checkpoint: RunCheckpoint | None = None, phase: str = "batch",
+                   memo: StageMemo | None = None) -> list[ItemResult]:
+    """Accuracy and outputs at throughput: `batch_size` questions per batch, no latency. With a
+    checkpoint, batches finished before an interruption are read back (`phase` names the pipeline);
+    a stage memo reuses stages unchanged since an earlier call (budget searches)."""
+    results: list[ItemResult] = []
+    start = time.perf_counter()
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        key = ",".join(q.id for q in chunk)
+        done = checkpoint.get(phase, key) if checkpoint else None
+        if done is None:
+            done = reasoner.solve_batch(chunk, plan, callbacks, memo)
+            if checkpoint:
+                checkpoint.put(phase, key, done)
+        results += done
+        if progress:
+            _progress(f"{label} batch {batch_size}", len(results), len(items), results, start)
+    return results
+
+
+def chance_rate(bench: str, split: str, data_dir=None) -> float:
+    """Accuracy of guessing: 1/#options, or for StrategyQA (yes/no, unbalanced) the split's
+    majority-class rate."""
+    questions = load_split(bench, split, data_dir=data_dir)
+    if bench == "strategyqa":
+        counts = Counter(q.answer for q in questions)
+        return max(counts.values()) / len(questions)
+    return sum(1 / len(q.labels) for q in questions) / len(questions)
+
+
+def load_dense_reference(path: str, *, model: str, bench: str, split: str, dtype: str, config: ReasonerConfig,
+                         items: list[Question], numerics: str | None = None) -> list[ItemResult]:
+    """Per-item dense results from an earlier `run` with the same model, data, items and settings."""
+    rec = load_record(path)
+    rec_dtype = rec.dtype or rec.extra.get("dtype")
+    want = {"model": model, "benchmark": bench, "split": split, "method": "dense", "dtype": dtype,
+            "numerics": numerics or dtype}
+    got = {"model": rec.model, "benchmark": rec.benchmark, "split": rec.split, "method": rec.method,
+           "dtype": rec_dtype, "numerics": rec.numerics or rec_dtype}
+    wrong = [f"{k} {got[k]!r} (need {v!r})" for k, v in want.items() if got[k] != v]
+    if rec.config != config.to_dict():
+        wrong.append("reasoner settings differ")
+    by_id = {it.id: it for it in rec.items}
+    missing = [q.id for q in items if q.id not in by_id]
+    if missing:
+        wrong.append(f"{len(missing)} of the {len(items)} items missing (e.g. {missing[0]})")
+    if wrong:
+        raise UserError(f"dense record {path} does not match this run: {'; '.join(wrong)}",
+                        "re-run dense with the same --model/--bench/--limit/--dtype/--numerics/settings, "
+                        "or drop --dense-record")
+    return [by_id[q.id] for q in items]
+
+
+def run_benchmark(session: Session, bench: str, method: Method, *, split: str = "eval", limit: int | None = None,
+                  config: ReasonerConfig, data_dir=None, command: str = "", seed: int = SEED,
+                  one_step: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, timed: int | None = DEFAULT_TIMED,
+                  dense_record: str | None = None, checkpoint_path: str | None = None,
+                  rounds: int = DEFAULT_ROUNDS) -> ResultRecord:
+    """The whole `litestage-bench run`: one record for model x benchmark x method.
+
+    Accuracy (and, for a non-dense method, dense's on the same items) is computed `batch_size`
+    questions at a time; latency at batch 1 on a seeded subset of `timed` items (None: all),
+    dense and method interleaved in this process, so that the speedup is measured side by side."""
+    seed_everything(seed)
+    items = load_split(bench, split, limit=limit, data_dir=data_dir, seed=seed)
+    reasoner = session.reasoner(bench, config, data_dir)
+    facts = model_facts(session.executor, session.loaded.name)
+    plan, callbacks = checked_plan(method, facts), method_callbacks(method)
+    label = f"{session.loaded.name} {bench} {method.name}"
+    is_dense = method.name == "dense"
+    dense_items = None
+    if not is_dense and dense_record:
+        dense_items = load_dense_reference(dense_record, model=session.loaded.name, bench=bench, split=split,
+                                           dtype=session.loaded.dtype, config=config, items=items,
+                                           numerics=session.loaded.numerics)
+    checkpoint = None
+    if checkpoint_path:
+        checkpoint = RunCheckpoint(checkpoint_path, {
+            "model": session.loaded.name, "source": session.loaded.source, "dtype": session.loaded.dtype,
+            "numerics": session.loaded.numerics, "bench": bench, "split": split, "items": [q.id for q in items], "method": method.describe(),
+            "config": config.to_dict(), "batch_size": batch_size, "timed": timed, "seed": seed,
+            "dense_record": dense_record, "threads": torch.get_num_threads(), "device": str(session.executor.device)})
+        if checkpoint.resumed:
+            log(f"[{label}] resuming: {checkpoint.resumed} finished batches / timed questions in {checkpoint_path}")
+    results = evaluate_items(reasoner, plan, callbacks, items, batch_size, label, checkpoint=checkpoint)
+    if not is_dense and dense_items is None:
+        dense_items = evaluate_items(reasoner, DENSE, {}, items, batch_size, f"{label}: dense reference",
+                                     checkpoint=checkpoint, phase="dense batch")
+
+    timed_items = subset(items, timed, seed)
+    pipelines = {"method": (plan, callbacks)}
+    if not is_dense:
+        pipelines["dense"] = (DENSE, {})
+    resumed_timed = checkpoint.count(timed_phase(rounds)) if checkpoint else 0
+    clock = time_items(reasoner, pipelines, timed_items, label, checkpoint=checkpoint, rounds=rounds)
+    results = with_latencies(results, clock["method"])
+    if dense_items is not None:
+        dense_items = with_latencies(dense_items, clock["dense"])
+    timing = {"timed_ids": [q.id for q in timed_items], "n_timed": len(timed_items), "batch_size_timed": 1,
+              "accuracy_batch_size": batch_size, "warmup_questions": 1, "rounds": rounds,
+              # how often the batch-1 (timed) run reproduced the batched one on the timed items
+              "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["method"]]),
+              "resumed_timed": resumed_timed}
+    extra: dict = {"load_seconds": session.loaded.load_seconds, "load_from_cache": session.loaded.from_cache,
+                   "dtype": session.loaded.dtype, "numerics": session.loaded.numerics, "seed": seed, "limit": limit,
+                   "demos": [d.question.id for d in reasoner.prompts.demos]}
+    if dense_record:
+        extra["dense_record"] = dense_record
+    if one_step:
+        extra["one_step_accuracy"] = one_step_accuracy(reasoner, items)
+    device = str(session.executor.device)
+    return build_record(model=session.loaded.name, benchmark=bench, split=split, method=method.name,
+                        policy=method.describe(), answer_rule=config.answer_rule, items=results,
+                        command=command, config=config.to_dict(), speedup=1.0 if is_dense else None, extra=extra,
+                        dense_items=dense_items, chance=chance_rate(bench, split, data_dir),
+                        noise_floor=noise_floor_for(session.loaded.name, session.loaded.numerics, device),
+                        timing=timing, dtype=session.loaded.dtype, numerics=session.loaded.numerics,
+                        threads=torch.get_num_threads(), device=device)
+
+
+def one_step_accuracy(reasoner: Reasoner, items: list[Question]) -> dict:
+    """Accuracy of answering with no reasoning (letter and cloze), on the same items."""
+    hits = {"letter": [], "cloze": []}
+    for q in items:
+        for rule, pred in reasoner.one_step(q).items():
+            hits[rule].append(pred == q.answer)
+    scored = {rule: metrics.accuracy_ci95(v) for rule, v in hits.items()}
+    return {rule: {"accuracy": acc, "ci95": ci} for rule, (acc, ci) in scored.items()}

@@ -1,0 +1,489 @@
+"""LiteStage (Kang, Song, Kim, arXiv 2510.14211): stage-wise sub-layer skipping plus early exit.
+
+Offline, on the calibration split (``search``):
+1. importance: mean input/output cosine of every attention and FFN sub-layer over the dense prefill
+   of each stage's prompts, kept per stage and summed over the stages into one ranking
+   (``calibration.py``); optionally an iterative ranking that re-measures the joint harm after
+   each added skip (SLEB-style ablation);
+2. a latency-aware budget search: stages from slowest to fastest (measured dense latency); for the
+   current stage sweep #skip = 0, step, 2*step, ... (the top-#skip units of the ranking) with the
+   other stages' choices fixed; keep the fastest measured setting that meets the target
+   (dense accuracy minus a tolerance in points, or a minimum answer agreement with dense);
+3. early exit: per stage, the same sweep over confidence thresholds (from the dense run's
+   confidence distribution), keeping the fastest that meets the target.
+"Fastest" is the highest speedup over dense measured interleaved (dense and the candidate back to
+back on the timed items, ``runner.time_items``). "Meets" is a decision at a stated confidence
+(``decide``): the candidate's test is paired against dense on the same calibration items, and its
+one-sided lower bound must pass (accuracy non-inferiority within the tolerance, or agreement at or
+above the minimum). The default calibration size gives the tests a stated power (``target_power``,
+recorded in the policy).
+Online (``LiteStage``, `run --method litestage --policy P`): the per-stage skip sets and exit rules.
+
+Cost controls: stage outputs a candidate does not change are reused (``StageMemo``; batched
+accuracy only, timing always re-runs), every stage starts from the shared-header cache, a sweep
+stops only after `patience` candidates in a row clearly miss the target by their upper bounds,
+and each measured candidate is stored on disk by its full configuration and the code version, so
+an interrupted search resumes and a changed code measures afresh.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core.code_version import code_version
+from ..core.errors import UserError
+from ..engine.early_exit import ConfidenceExit, ConfidenceRecorder, ExitRule
+from ..engine.plan import STAGES, SkipPlan, SkipSet, StagePlan
+from ..evaluation.benchmarks import Question, check_disjoint, load_split, subset
+from ..evaluation.reasoner import Callbacks, Reasoner, StageMemo
+from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
+from ..records import metrics, stats
+from ..records.fidelity import aggregate_fidelity
+from ..records.results import ItemResult, atomic_write, machine_info
+from ..records.timing import paired_speedup
+from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking, ranking_vs_harm,
+                          skip_set, sublayer_similarity)
+from .registry import Method, ModelFacts, register, register_search
+
+POLICY_SCHEMA_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------------
+# the method
+
+
+def plan_from_sets(sets: dict[str, SkipSet], name: str = "litestage") -> SkipPlan:
+    """Static per-stage plans (prefill and decode skip the same set); empty sets run dense."""
+    return SkipPlan({s: StagePlan.static(k) for s, k in sets.items() if k}, name)
+
+
+def exit_callbacks(rules: dict[str, ExitRule | None]) -> Callbacks:
+    return {s: ConfidenceExit(r) for s, r in rules.items() if r is not None}
+
+
+@register("litestage")
+class LiteStage(Method):
+    """Applies a policy written by `litestage-bench search --method litestage`."""
+
+    name = "litestage"
+    needs_search = True
+
+    def __init__(self, policy: dict[str, Any] | None = None) -> None:
+        if policy is None:
+            raise UserError("method 'litestage' needs a policy file",
+                            "write one with `litestage-bench search --method litestage ... --out P.json`, "
+                            "then pass --policy P.json")
+        where = policy.get("path", "the policy")
+        if policy.get("method") != "litestage" or policy.get("schema_version") != POLICY_SCHEMA_VERSION:
+            raise UserError(f"{where} is not a LiteStage policy (method {policy.get('method')!r}, schema "
+                            f"{policy.get('schema_version')!r})", "pass a file written by `litestage-bench search "
+                            "--method litestage`")
+        try:
+            self.sets = {s: SkipSet.from_dict(policy["stages"][s]["skip"]) for s in STAGES}
+            self.rules = {s: ExitRule.from_dict(policy.get("early_exit", {}).get(s)) for s in STAGES}
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{where} is malformed ({err!r})", "regenerate it with `litestage-bench search`") from err
+        self.policy = policy
+        self.early_exit = not policy.get("early_exit_off", False)
+
+    def check_model(self, model: str) -> None:
+        if self.policy.get("model") != model:
+            raise UserError(f"policy {self.policy.get('path', '')} was searched for model "
+                            f"{self.policy.get('model')!r}, not {model!r}",
+                            f"search a policy for {model} or run with --model {self.policy.get('model')}")
+
+    def plan(self, facts: ModelFacts) -> SkipPlan:
+        self.check_model(facts.name)
+        if self.policy.get("num_layers") != facts.num_layers:
+            raise UserError(f"policy {self.policy.get('path', '')} is for {self.policy.get('num_layers')} layers, "
+                            f"the model has {facts.num_layers}", "search a policy for this model")
+        return plan_from_sets(self.sets)
+
+    def token_callback(self, stage: str):
+        rule = self.rules.get(stage)
+        return ConfidenceExit(rule) if rule is not None and self.early_exit else None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "policy": self.policy.get("path"),
+                "stages": {s: self.sets[s].to_dict() for s in STAGES},
+                "early_exit": {s: (r.to_dict() if r and self.early_exit else None) for s, r in self.rules.items()},
+                "early_exit_enabled": self.early_exit, "target": self.policy.get("target"),
+                "options": self.policy.get("options")}
+
+
+# ------------------------------------------------------------------------------------------------
+# the search
+
+
+@dataclass
+class SearchOptions:
+    """Every choice of the search (suite decisions where the paper is silent), recorded in the policy."""
+
+    target: str = "accuracy"  # "accuracy": dense calibration accuracy - tolerance; "agreement": min agreement
+    tolerance: float = 4.0  # points
+    min_agreement: float = 0.9
+    limit: int = 200  # calibration items: the power of the target tests at the default targets (target_power)
+    timed: int = 10  # of them timed at batch 1 per candidate, interleaved with dense (speedup)
+    rounds: int = 1  # interleaved rounds per timed item (1: the order alternates by item)
+    confidence: float = 0.95  # one-sided confidence of every target decision
+    batch_size: int = 8  # accuracy runs
+    granularity: str = "sublayer"  # or "layer" (whole layers, ablation)
+    ranking: str = "cosine"  # or "iterative" (re-measured joint harm after each added unit)
+    budget: str = "stagewise"  # or "uniform" (one #skip for all stages, ablation)
+    step: int = 1
+    max_skip: int | None = None  # default: half of the units
+    patience: int = 2  # stop a sweep after this many candidates in a row clearly miss the target (by their bounds)
+    early_exit: bool = True
+    exit_window: int = 4
+    exit_confidence: str = "max_prob"
+    exit_quantiles: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    harm_items: int = 8  # calibration questions whose stage prompts measure KL harm
+    harm_profile: bool = False  # every unit skipped alone, with its rank correlation to the cosine ranking
+    iterative_pool: int | None = 16  # candidates per iterative round (None: all)
+    seed: int = 0
+
+    def check(self) -> None:
+        checks = [(self.target in ("accuracy", "agreement"), "target must be 'accuracy' or 'agreement'"),
+                  (self.granularity in ("sublayer", "layer"), "granularity must be 'sublayer' or 'layer'"),
+                  (self.ranking in ("cosine", "iterative"), "ranking must be 'cosine' or 'iterative'"),
+                  (self.budget in ("stagewise", "uniform"), "budget must be 'stagewise' or 'uniform'"),
+                  (0 <= self.min_agreement <= 1, "min agreement must be within 0..1"),
+                  (self.tolerance >= 0, "tolerance must be >= 0 points"),
+                  (self.step >= 1 and self.patience >= 1 and self.limit >= 1 and self.rounds >= 1,
+                   "step, patience, limit and rounds must be >= 1"),
+                  (0.5 < self.confidence < 1, "confidence must be within 0.5..1"),
+                  (1 <= self.timed <= self.limit, "timed must be within 1..limit")]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(f"bad search option: {msg}", "see `litestage-bench search --help`")
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def decide(target: dict, m: dict, confidence: float) -> dict:
+    """The target test of one candidate, paired against dense on the same calibration items.
+
+    Accuracy: non-inferiority of (candidate - dense) accuracy within the tolerance; agreement: the
+    answer agreement with dense at or above the minimum. Each with one-sided bounds at `confidence`
+    (stats.paired_difference_bounds, stats.proportion_bounds). "meets": the lower bound passes;
+    "clearly misses": the upper bound fails too; "undecided": neither."""
+    n = m["flips"]["n"]
+    if target["kind"] == "accuracy":
+        est, low, high = stats.paired_difference_bounds(m["flips"]["wrong_to_correct"], m["flips"]["correct_to_wrong"],
+                                                        n, confidence)
+        bar = -target["tolerance_points"] / 100
+    else:
+        est, low, high = stats.proportion_bounds(round(m["agreement"] * n), n, confidence)
+        bar = target["min_agreement"]
+    decision = "meets" if low >= bar - 1e-12 else ("clearly misses" if high < bar - 1e-12 else "undecided")
+    return {"statistic": "accuracy difference" if target["kind"] == "accuracy" else "agreement",
+            "estimate": est, "lower": low, "upper": high, "bar": bar, "confidence": confidence, "n": n,
+            "decision": decision}
+
+
+def meets(row: dict) -> bool:
+    return row["test"]["decision"] == "meets"
+
+
+def fastest_meeting(rows: list[dict]) -> dict:
+    """The row with the highest measured speedup among those that meet the target; rows[0] is the
+    setting accepted before the sweep (the unchanged plan), which always qualifies."""
+    ok = [rows[0]] + [r for r in rows[1:] if meets(r)]
+    return max(ok, key=lambda r: r["speedup"])
+
+
+def sweep(measure: Callable[[Any], dict], values: list, patience: int) -> tuple[dict, list[dict]]:
+    """Measure candidates in order; a sweep ends early only after `patience` candidates in a row
+    clearly miss the target by their bounds (an undecided or a meeting one resets the count), so a
+    dip of a noisy, non-monotone curve does not hide later candidates. values[0] is the setting
+    accepted so far. Returns the fastest meeting row and every measured row."""
+    rows, misses = [], 0
+    for value in values:
+        row = measure(value)
+        rows.append(row)
+        misses = misses + 1 if len(rows) > 1 and row["test"]["decision"] == "clearly misses" else 0
+        if misses >= patience:
+            break
+    return fastest_meeting(rows), rows
+
+
+def target_power(opts: "SearchOptions", n: int) -> dict:
+    """The power of the target test at `n` calibration items: for the accuracy target, when a
+    candidate is as accurate as dense and flips the correctness of 5%, 10% or 20% of items; for
+    the agreement target, when its true agreement is the minimum + 0.05 (or 0.97)."""
+    if opts.target == "accuracy":
+        return {"n": n, "tolerance_points": opts.tolerance, "confidence": opts.confidence,
+                "assuming": "equal accuracy; discordance = share of items whose correctness differs",
+                "power_by_discordance": {str(d): stats.noninferiority_power(n, opts.tolerance / 100, d, opts.confidence)
+                                         for d in (0.05, 0.1, 0.2)}}
+    trues = sorted({min(opts.min_agreement + 0.05, 1.0), max(0.97, opts.min_agreement)})
+    return {"n": n, "min_agreement": opts.min_agreement, "confidence": opts.confidence,
+            "power_by_true_agreement": {f"{t:g}": stats.agreement_power(n, opts.min_agreement, t, opts.confidence)
+                                        for t in trues}}
+
+
+class CandidateMeter:
+    """Accuracy / agreement on the calibration items (batched) and the speedup over dense on a
+    timed subset (batch 1, dense and the candidate interleaved), per candidate plan; measurements
+    are stored on disk by the full configuration (code version included), decisions are not: each
+    row's target test is computed on reading, once `target` is set."""
+
+    def __init__(self, reasoner: Reasoner, items: list[Question], timed_items: list[Question],
+                 dense: list[ItemResult], base_key: dict, cache_dir: Path, opts: "SearchOptions",
+                 log: Callable[[str], None], memo: StageMemo) -> None:
+        self.reasoner, self.items, self.timed_items, self.dense = reasoner, items, timed_items, dense
+        self.base_key, self.cache_dir, self.opts, self.log = base_key, cache_dir, opts, log
+        self.memo = memo
+        self.target: dict | None = None  # set once dense's calibration accuracy is known
+        self.measured = 0
+        self.from_disk = 0
+
+    def measure(self, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None], label: str,
+                meta: dict | None = None) -> dict:
+        config = {"sets": {s: sets.get(s, SkipSet()).to_dict() for s in STAGES},
+                  "exits": {s: (rules[s].to_dict() if rules.get(s) else None) for s in STAGES}}
+        path = self.cache_dir / f"{_sha({**self.base_key, **config})}.json"
+        if path.is_file():
+            self.from_disk += 1
+            row = json.loads(path.read_text())
+        else:
+            row = {**config, **self._run(plan_from_sets(sets), exit_callbacks(rules))}
+            atomic_write(path, lambda fh: json.dump(row, fh))
+            self.measured += 1
+        row = {**row, "label": label, **(meta or {})}
+        row["test"] = decide(self.target, row, self.opts.confidence) if self.target else {"decision": "reference"}
+        t = row["test"]
+        bounds = f" {t['statistic']} {t['estimate']:+.3f} [{t['lower']:+.3f}, {t['upper']:+.3f}]" if self.target else ""
+        self.log(f"[search] {label}: acc {row['accuracy']:.3f} agreement {row['agreement']:.3f}{bounds} "
+                 f"-> {t['decision']}; speedup {row['speedup']:.2f}x tokens {row['tokens']}")
+        return row
+
+    def _run(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
+        start = time.perf_counter()
+        misses = self.memo.misses
+        results = evaluate_items(self.reasoner, plan, callbacks, self.items, self.opts.batch_size, progress=False,
+                                 memo=self.memo)
+        # batch-1 timing without the memo: every stage is re-run, dense beside the candidate
+        pipelines = {"candidate": (plan, callbacks)}
+        if plan.stages or callbacks:
+            pipelines["dense"] = (SkipPlan(), {})
+        timed = time_items(self.reasoner, pipelines, self.timed_items, warmup=0, progress=False,
+                           rounds=self.opts.rounds)
+        paired = (paired_speedup(timed["dense"], timed["candidate"]) if "dense" in timed
+                  else {"speedup": 1.0, "ci95": (1.0, 1.0), "speedup_rounds": []})
+        fid = aggregate_fidelity(self.dense, results, self.reasoner.cfg.answer_rule)
+        acc, ci = metrics.accuracy_ci95([r.correct for r in results])
+        cand = timed["candidate"]
+        return {"accuracy": acc, "accuracy_ci95": ci, "agreement": fid["agreement"], "answer_kl": fid.get("answer_kl"),
+                "flips": {**{k: fid[k] for k in ("correct_to_wrong", "wrong_to_correct", "changed")}, "n": len(results)},
+                "speedup": paired["speedup"], "speedup_ci95": paired["ci95"], "speedup_rounds": paired["speedup_rounds"],
+                "latency_s": statistics.fmean(r.latency_s for r in cand),
+                "stage_latency_s": {s: statistics.fmean(r.stage_latency_s[s] for r in cand) for s in STAGES},
+                "tokens": {s: round(statistics.fmean(r.tokens[s] for r in results), 2) for s in STAGES},
+                "executed_cost_fraction": {s: statistics.fmean(r.executed_cost_fraction[s] for r in results)
+                                           for s in STAGES},
+                "stage_runs": self.memo.misses - misses, "seconds": time.perf_counter() - start}
+
+
+@dataclass
+class SearchState:
+    """What the sweeps have fixed so far."""
+
+    sets: dict[str, SkipSet] = field(default_factory=lambda: {s: SkipSet() for s in STAGES})
+    n_skip: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STAGES})
+    rules: dict[str, ExitRule | None] = field(default_factory=lambda: {s: None for s in STAGES})
+
+
+def _budget_sweeps(meter: CandidateMeter, ranking: list, order: list[str], opts: SearchOptions,
+                   state: SearchState) -> list[dict]:
+    """Step 2: per stage (slowest first) or uniform, the fastest #skip that meets the target."""
+    max_skip = opts.max_skip if opts.max_skip is not None else len(ranking) // 2
+    values = list(range(0, min(max_skip, len(ranking)) + 1, opts.step))
+    rows: list[dict] = []
+    if opts.budget == "uniform":
+        def uniform(n: int) -> dict:
+            return meter.measure({s: skip_set(ranking, n) for s in STAGES}, state.rules, f"uniform #skip={n}",
+                                 {"sweep": "uniform", "n_skip": n})
+        best, measured = sweep(uniform, values, opts.patience)
+        rows += measured
+        state.sets = {s: skip_set(ranking, best["n_skip"]) for s in STAGES}
+        state.n_skip = {s: best["n_skip"] for s in STAGES}
+        return rows
+    for stage in order:
+        def stage_candidate(n: int, stage: str = stage) -> dict:
+            sets = {**state.sets, stage: skip_set(ranking, n)}
+            return meter.measure(sets, state.rules, f"{stage} #skip={n}", {"sweep": stage, "n_skip": n})
+        best, measured = sweep(stage_candidate, values, opts.patience)
+        rows += measured
+        state.sets[stage] = skip_set(ranking, best["n_skip"])
+        state.n_skip[stage] = best["n_skip"]
+    return rows
+
+
+def _exit_sweeps(meter: CandidateMeter, thresholds: dict[str, list[float]], order: list[str], opts: SearchOptions,
+                 state: SearchState) -> list[dict]:
+    """Step 3: per stage (slowest first), the fastest early-exit threshold (or none) meeting the target."""
+    rows: list[dict] = []
+    for stage in order:
+        def exit_candidate(threshold: float | None, stage: str = stage) -> dict:
+            rule = None if threshold is None else ExitRule(opts.exit_window, threshold, opts.exit_confidence)
+            label = f"{stage} exit " + ("off" if rule is None else f"<= {threshold:.4g}")
+            return meter.measure(state.sets, {**state.rules, stage: rule}, label,
+                                 {"sweep": f"{stage} early exit", "threshold": threshold})
+        best, measured = sweep(exit_candidate, [None, *thresholds[stage]], opts.patience)
+        rows += measured
+        threshold = best["threshold"]
+        state.rules[stage] = None if threshold is None else ExitRule(opts.exit_window, threshold, opts.exit_confidence)
+    return rows
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def _harm_report(harm: HarmMeter, sets: dict[str, SkipSet], ranking: list, scores: dict[str, list[float]],
+                 opts: SearchOptions, log) -> dict:
+    """Joint KL of each chosen stage set beside the sum of its members' single harms; optionally
+    the whole single-skip profile and its rank correlation with the cosine ranking."""
+    units = [u for u in ranking if u[0] != "layer"] if opts.granularity == "sublayer" else list(ranking)
+    singles: dict[tuple, float] = {}
+    if opts.harm_profile:
+        log(f"[search] harm profile: {len(units)} single skips")
+        singles = harm.single_harms(units, log)
+    out: dict[str, Any] = {"tokens": harm.tokens, "items": opts.harm_items, "stage_sets": {}}
+    for stage, chosen in sets.items():
+        members = [u for u in units if skip_set([u]).attn <= chosen.attn and skip_set([u]).ffn <= chosen.ffn]
+        for u in members:
+            if u not in singles:
+                singles[u] = harm.kl(skip_set([u]))
+        out["stage_sets"][stage] = {"joint_kl": harm.kl(chosen), "sum_single_kl": sum(singles[u] for u in members),
+                                    "units": len(members)}
+    if opts.harm_profile:
+        out.update(ranking_vs_harm(units, singles, scores))
+    return out
+
+
+def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, command: str = "",
+           cache_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
+    """The whole offline LiteStage search on the calibration split; returns the policy."""
+    from ..engine.models import cache_root
+
+    opts.check()
+    started = time.perf_counter()
+    seed_everything(opts.seed)
+    items = load_split(bench, "calib", limit=opts.limit, data_dir=data_dir, seed=opts.seed)
+    if not items:
+        raise UserError(f"the calibration split of {bench} is empty", "check the data folder")
+    check_disjoint(items, load_split(bench, "eval", data_dir=data_dir))
+    timed_items = subset(items, opts.timed, opts.seed)
+    reasoner = session.reasoner(bench, config, data_dir)
+    facts = model_facts(session.executor, session.loaded.name)
+    name = session.loaded.name
+
+    # dense: answers, stage texts and confidence distributions in one batched run, then batch-1 timing
+    log(f"[search] {name} {bench}: dense on {len(items)} calibration items")
+    recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
+    memo = StageMemo()
+    with reasoner.tracing() as trace:
+        dense = evaluate_items(reasoner, SkipPlan(), recorders, items, opts.batch_size, f"{name} {bench} dense",
+                               memo=memo)
+    texts = StageTexts(reasoner.header.ids if reasoner.header else [], trace)
+    if not texts.header:
+        raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")
+    base_key = {"code": code_version(), "model": name, "source": session.loaded.source, "dtype": session.loaded.dtype,
+                "numerics": session.loaded.numerics, "bench": bench, "items": [q.id for q in items], "timed": [q.id for q in timed_items],
+                "config": config.to_dict(), "cpu": machine_info().get("cpu"), "threads": _threads(),
+                "device": str(session.executor.device)}
+    cache_dir = cache_dir or cache_root() / "search" / f"{name}-{bench}"
+    # the memo already holds dense's stages
+    meter = CandidateMeter(reasoner, items, timed_items, dense, base_key, cache_dir, opts, log, memo)
+    for q in items[:1]:  # warm-up (allocator, header cache), not timed
+        reasoner.solve(q, SkipPlan())
+    dense_row = meter.measure({}, {}, "dense", {"sweep": "dense", "n_skip": 0})
+    order = sorted(STAGES, key=lambda s: -dense_row["stage_latency_s"][s])
+
+    dense_acc = dense_row["accuracy"]
+    if opts.target == "accuracy":
+        target = {"kind": "accuracy", "tolerance_points": opts.tolerance, "dense_accuracy": dense_acc,
+                  "min_accuracy": dense_acc - opts.tolerance / 100}
+    else:
+        target = {"kind": "agreement", "min_agreement": opts.min_agreement}
+    meter.target = target
+
+    log(f"[search] importance over the dense stage prefills ({sum(len(texts.prompts(s)) for s in STAGES)} prompts)")
+    per_stage = sublayer_similarity(session.executor, texts, opts.batch_size)
+    scores = accumulate(per_stage)
+    ranking = cosine_ranking(scores, opts.granularity)
+    harm_ids = {q.id for q in items[:opts.harm_items]}
+    harm_prompts = [p for s in STAGES for p in texts.prompts(s, per_question=True, ids=harm_ids)]
+    harm = HarmMeter(session.executor, texts.header, harm_prompts)
+    if opts.ranking == "iterative":
+        length = opts.max_skip if opts.max_skip is not None else len(ranking) // 2
+        ranking = iterative_ranking(harm, ranking, length, opts.iterative_pool, log)
+
+    state = SearchState()
+    rows = [dense_row] + _budget_sweeps(meter, ranking, order, opts, state)
+    thresholds = {s: [] for s in STAGES}
+    if opts.early_exit:
+        thresholds = {s: sorted({_quantile(recorders[s].means, q) for q in opts.exit_quantiles}, reverse=True)
+                      if recorders[s].means else [] for s in STAGES}
+        rows += _exit_sweeps(meter, thresholds, order, opts, state)
+    final = meter.measure(state.sets, state.rules, "chosen", {"sweep": "chosen"})
+    harm_report = _harm_report(harm, state.sets, ranking, scores, opts, log)
+
+    return {
+        "schema_version": POLICY_SCHEMA_VERSION, "method": "litestage", "model": name,
+        "num_layers": facts.num_layers, "dtype": session.loaded.dtype, "numerics": session.loaded.numerics,
+        "bench": bench,
+        "options": asdict(opts), "reasoner_config": config.to_dict(), "target": target,
+        "calibration": {"split": "calib", "n": len(items), "ids": [q.id for q in items],
+                        "timed_ids": [q.id for q in timed_items], "dense_accuracy": dense_acc,
+                        "dense_accuracy_ci95": dense_row["accuracy_ci95"],
+                        "dense_stage_latency_s": dense_row["stage_latency_s"], "stage_order": order},
+        "importance": per_stage, "accumulated": scores, "ranking": [list(u) for u in ranking],
+        "stages": {s: {"n_skip": state.n_skip[s], "skip": state.sets[s].to_dict()} for s in STAGES},
+        "early_exit": {s: (state.rules[s].to_dict() if state.rules[s] else None) for s in STAGES},
+        "exit_thresholds_swept": thresholds,
+        "chosen": {**final, "speedup_vs_dense": final["speedup"]},
+        "power": target_power(opts, len(items)),
+        "candidates": rows, "harm": harm_report,
+        "search_cost": {"wall_seconds": time.perf_counter() - started, "stage_runs": meter.memo.misses,
+                        "stage_runs_reused": meter.memo.hits, "candidates_measured": meter.measured,
+                        "candidates_from_disk": meter.from_disk, "harm_passes": harm.passes,
+                        "cache_dir": str(cache_dir)},
+        "machine": machine_info(), "code_version": base_key["code"], "command": command,
+    }
+
+
+def _threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+@register_search("litestage")
+def search_command(session, bench: str, args, config, command: str, log) -> dict:
+    """`litestage-bench search --method litestage`: options from the command line."""
+    return search(session, bench, options_from_args(args), config, data_dir=args.data_dir, command=command, log=log)
+
+
+def options_from_args(args) -> SearchOptions:
+    """The search options of parsed `litestage-bench search` arguments."""
+    return SearchOptions(
+        target="agreement" if args.min_agreement is not None else "accuracy",
+        tolerance=args.tolerance if args.tolerance is not None else 4.0,
+        min_agreement=args.min_agreement if args.min_agreement is not None else 0.9,
+        limit=args.limit or SearchOptions.limit,
+        # a --limit below the default timed count times all its items (an explicit --timed is checked)
+        timed=args.timed or min(SearchOptions.timed, args.limit or SearchOptions.limit), rounds=args.rounds,
+        batch_size=args.batch_size, granularity=args.granularity, ranking=args.ranking,
+        budget="uniform" if args.uniform else "stagewise", max_skip=args.max_skip, step=args.step,
+        patience=args.patience, confidence=args.confidence, iterative_pool=args.iterative_pool,
+        early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed)

@@ -1,0 +1,600 @@
+"""Comparative tables, the accuracy/speedup Pareto plot, and regression comparison of records."""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from tabulate import tabulate
+
+from ..core.errors import UserError
+from . import metrics, stats
+from .fidelity import same_answer
+from .results import ResultRecord, atomic_write
+
+STAGES = ("recall", "analyze", "summarize")
+
+
+def _searched_label(policy: dict) -> str:
+    """A searched policy's label from what the record says about it: target, the ablation options
+    that differ from the defaults, and whether early exit ran (litestage-acc4, -agree0.9-no-exit, ...)."""
+    target, opts = policy.get("target") or {}, policy.get("options") or {}
+    parts = [str(policy["name"])]
+    if target.get("kind") == "accuracy":
+        parts.append(f"acc{target.get('tolerance_points'):g}")
+    elif target.get("kind") == "agreement":
+        parts.append(f"agree{target.get('min_agreement'):g}")
+    parts += [opts[k] for k, default in (("budget", "stagewise"), ("granularity", "sublayer"), ("ranking", "cosine"))
+              if opts.get(k, default) != default]
+    if policy.get("early_exit_enabled") is False or opts.get("early_exit") is False:
+        parts.append("no-exit")
+    return "-".join(parts)
+
+
+def policy_name(policy: dict | str | None) -> str:
+    """Short policy label: a searched policy's label (target and ablations), else the dict's
+    ``name``, else a policy file's stem, else ``-``."""
+    if isinstance(policy, dict):
+        if policy.get("name") and isinstance(policy.get("target"), dict):
+            return _searched_label(policy)
+        if policy.get("name"):
+            return str(policy["name"])
+        for key in ("path", "file"):
+            if isinstance(policy.get(key), str) and policy[key]:
+                return Path(policy[key]).stem
+        return "-"
+    if isinstance(policy, str) and policy:
+        return Path(policy).stem
+    return "-"
+
+
+def fmt_num(x: float | None, fmt: str) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return format(x, fmt)
+
+
+def fmt_stages(d: dict[str, float], fmt: str) -> str:
+    """``R/A/S`` values in stage order (``-`` for a stage the record lacks)."""
+    return "/".join(fmt_num(d.get(s), fmt) for s in STAGES)
+
+
+def _accuracy(r: ResultRecord) -> str:
+    lo, hi = r.accuracy_ci95
+    return f"{fmt_num(r.accuracy, '.3f')} [{fmt_num(lo, '.3f')}, {fmt_num(hi, '.3f')}]"
+
+
+def _speedup(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
+
+
+def speedup_ci_cell(r: ResultRecord) -> str:
+    """``1.23x [1.10, 1.35]``; just the point when the record has no interval."""
+    point = _speedup(r.speedup)
+    if point == "-" or r.speedup_ci95 is None:
+        return point
+    lo, hi = r.speedup_ci95
+    return f"{point} [{fmt_num(lo, '.2f')}, {fmt_num(hi, '.2f')}]"
+
+
+# timing.decompose: speedup = fewer tokens x cheaper tokens; then each phase's seconds per token
+DECOMPOSITION_COLUMNS = ["fewer tokens x", "cheaper tokens x", "prefill s/tok x", "decode s/tok x"]
+_DECOMPOSITION_KEYS = ("token_factor", "per_token_factor", "prefill_per_token_factor", "decode_per_token_factor")
+
+
+def decomposition_cells(r: ResultRecord, part: str = "total") -> list[str]:
+    """The record's speedup decomposition for a stage or ``total`` (``-`` where not measured)."""
+    row = (r.speedup_decomposition or {}).get(part) or {}
+    return [fmt_num(row.get(k), ".2f") for k in _DECOMPOSITION_KEYS]
+
+
+def _fid(r: ResultRecord, key: str) -> float | None:
+    return r.fidelity.get(key) if r.fidelity else None
+
+
+def flips_cell(r: ResultRecord) -> str:
+    """Answer flips vs dense as ``-correct_to_wrong/+wrong_to_correct``."""
+    if not r.fidelity:
+        return "-"
+    return f"-{r.fidelity.get('correct_to_wrong', 0)}/+{r.fidelity.get('wrong_to_correct', 0)}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or not math.isfinite(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _fidelity_cells(r: ResultRecord) -> list[str]:
+    """agreement, flips, answer KL, McNemar p (``-`` for dense and records without a comparison)."""
+    return [fmt_num(_fid(r, "agreement"), ".3f"), flips_cell(r), fmt_num(_fid(r, "answer_kl"), ".4f"), fmt_p(r.mcnemar_p)]
+
+
+def _threads(threads: object) -> str:
+    if isinstance(threads, int):
+        return f"{threads} thread{'' if threads == 1 else 's'}"
+    return f"threads {threads}"  # a description such as "1 (reference) vs 2"
+
+
+def noise_floor_note(r: ResultRecord) -> str | None:
+    """``noise floor (bfloat16, 1 thread): 2.0% answer flips over 100 items``, the floor's own
+    ``note`` when it was not measured, or ``None`` when the record carries no noise floor.
+
+    Reads ``answer_flip_rate``, ``n_items``, ``dtype``, ``threads`` and ``note`` (as
+    ``records.noise.noise_floor_for`` writes them), falling back to the record's own dtype and threads.
+    """
+    nf = r.noise_floor
+    if not nf:
+        return None
+    threads = nf.get("threads", r.threads)
+    where = ", ".join(x for x in (nf.get("dtype") or r.dtype, None if threads is None else _threads(threads)) if x)
+    head = f"noise floor ({where})" if where else "noise floor"
+    rate = nf.get("answer_flip_rate")
+    if not isinstance(rate, (int, float)):
+        return f"{head}: {nf['note']}" if nf.get("note") else None
+    n = nf.get("n_items")
+    return f"{head}: {rate:.1%} answer flips" + (f" over {n} items" if n else "")
+
+
+def noise_floor_notes(records: list[ResultRecord]) -> list[str]:
+    """The distinct noise-floor notes of ``records``, in table order."""
+    notes: list[str] = []
+    for r in sorted(records, key=_sort_key):
+        note = noise_floor_note(r)
+        if note and note not in notes:
+            notes.append(note)
+    return notes
+
+
+def _with_notes(table: str, records: list[ResultRecord]) -> str:
+    notes = noise_floor_notes(records)
+    return table + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "")
+
+
+def _rules(r: ResultRecord) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in r.answer_rule_counts.items())
+    return f"{r.answer_rule} ({counts})" if counts else r.answer_rule
+
+
+def _sort_key(r: ResultRecord) -> tuple:
+    return (r.model, r.benchmark, r.method, policy_name(r.policy))
+
+
+def results_table(records: list[ResultRecord], fmt: str = "github") -> str:
+    """One row per record, sorted by model, benchmark, method; per-stage columns are R/A/S.
+
+    The comparison with dense (agreement, flips ``-c2w/+w2c``, answer KL, McNemar p, retention) is
+    ``-`` for dense and for records without one. Noise-floor notes follow the table when records carry one.
+    """
+    headers = [
+        "model", "bench", "method", "policy", "n", "accuracy [95% CI]", "speedup [95% CI]", *DECOMPOSITION_COLUMNS,
+        "agreement", "flips -c2w/+w2c", "answer KL", "McNemar p", "retention", "latency s/q",
+        "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "answer rule (counts)",
+    ]
+    rows = [
+        [
+            r.model, r.benchmark, r.method, policy_name(r.policy), r.n, _accuracy(r), speedup_ci_cell(r),
+            *decomposition_cells(r), *_fidelity_cells(r), fmt_num(r.retention, ".2f"),
+            fmt_num(r.latency_s, ".3f"), fmt_stages(r.stage_latency_s, ".3f"), fmt_stages(r.tokens, ".1f"),
+            fmt_stages(r.executed_cost_fraction, ".2f"), _rules(r),
+        ]
+        for r in sorted(records, key=_sort_key)
+    ]
+    return _with_notes(tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True), records)
+
+
+def rules_table(records: list[ResultRecord], fmt: str = "github") -> str:
+    """Accuracy of every answer rule on the same generations, beside a one-step (no reasoning)
+    answer on the same items when the record has one (`run --one-step`)."""
+    rows = []
+    for r in sorted(records, key=_sort_key):
+        one_step = r.extra.get("one_step_accuracy", {})
+        rows.append([r.model, r.benchmark, r.method, policy_name(r.policy), r.n,
+                     *(fmt_num(r.accuracy_by_rule.get(rule), ".3f") for rule in ("regex", "letter", "cloze")),
+                     *(fmt_num(one_step.get(rule, {}).get("accuracy"), ".3f") for rule in ("letter", "cloze"))])
+    headers = ["model", "bench", "method", "policy", "n", "3-stage regex", "3-stage letter", "3-stage cloze",
+               "one-step letter", "one-step cloze"]
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
+def _label(r: ResultRecord) -> str:
+    pol = policy_name(r.policy)
+    return r.method if pol in ("-", r.method) else f"{r.method} ({pol})"
+
+
+def versus_table(records: list[ResultRecord], vs: ResultRecord, fmt: str = "github") -> str:
+    """Every record against ``vs`` on the items both hold (same model and benchmark): accuracy of
+    each, the paired difference with its 95% CI, the exact McNemar p of the two, how often their
+    answers agree, and the ratio of their speedups over dense.
+
+    Each speedup was measured against dense in its own run, so the ratio of speedups is indicative,
+    not a side-by-side timing. Records of another model or benchmark, ``vs`` itself, and records
+    sharing no item id with ``vs`` are left out.
+    """
+    ref = {it.id: it for it in vs.items}
+    headers = ["model", "bench", "record", "n paired", f"accuracy (vs {_label(vs)})",
+               "paired d [95% CI] (+gained/-lost)", "McNemar p", "answer agreement", "speedup ratio"]
+    rows = []
+    for r in sorted(records, key=_sort_key):
+        if r is vs or (r.model, r.benchmark) != (vs.model, vs.benchmark):
+            continue
+        pairs = [(it, ref[it.id]) for it in r.items if it.id in ref]
+        if not pairs:
+            continue
+        mine, theirs = [a.correct for a, _ in pairs], [b.correct for _, b in pairs]
+        agree = sum(same_answer(a, b) for a, b in pairs) / len(pairs)
+        ratio = r.speedup / vs.speedup if r.speedup and vs.speedup else None
+        rows.append([
+            r.model, r.benchmark, _label(r), len(pairs),
+            f"{sum(mine) / len(pairs):.3f} ({sum(theirs) / len(pairs):.3f})",
+            paired_cell(mine, theirs), fmt_p(stats.mcnemar_exact_p(mine, theirs)), f"{agree:.3f}", _speedup(ratio),
+        ])
+    if not rows:
+        raise UserError(
+            f"no record shares items with {_label(vs)} ({vs.model}/{vs.benchmark})",
+            "pass records of the same model and benchmark, run on the same --limit/--seed items",
+        )
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
+def pareto_plot(records: list[ResultRecord], path: str | os.PathLike) -> Path:
+    """Accuracy (with 95% CI) against speedup, one panel per (model, benchmark), saved as PNG.
+
+    A dense record without a speedup sits at 1.0; other records without one are skipped.
+    Raises ``UserError`` when no record can be placed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points: dict[tuple[str, str], list[tuple[ResultRecord, float]]] = defaultdict(list)
+    for r in records:
+        x = r.speedup if r.speedup is not None else (1.0 if r.method == "dense" else None)
+        if x is None or not math.isfinite(x) or not math.isfinite(r.accuracy):
+            continue
+        points[(r.model, r.benchmark)].append((r, x))
+    if not points:
+        raise UserError(
+            "no record has both a speedup and an accuracy to plot",
+            "run the methods together with the dense baseline so records carry a speedup",
+        )
+
+    methods = sorted({r.method for group in points.values() for r, _ in group})
+    colours = matplotlib.colormaps["tab10"]
+    markers = "osD^v<>pP*Xh"
+    style = {m: (colours(i % 10), markers[i % len(markers)]) for i, m in enumerate(methods)}
+
+    panels = sorted(points)
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows), squeeze=False)
+    try:
+        for ax, key in zip(axes.flat, panels):
+            labelled: set[str] = set()
+            for r, x in sorted(points[key], key=lambda p: p[1]):
+                colour, marker = style[r.method]
+                lo, hi = r.accuracy_ci95
+                yerr = [[max(0.0, r.accuracy - lo)], [max(0.0, hi - r.accuracy)]] if math.isfinite(lo + hi) else None
+                ax.errorbar(
+                    [x], [r.accuracy], yerr=yerr, fmt=marker, color=colour, capsize=3,
+                    label=None if r.method in labelled else r.method,
+                )
+                labelled.add(r.method)
+                name = policy_name(r.policy)
+                if name != "-":
+                    ax.annotate(name, (x, r.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+            ax.set_title(f"{key[0]} / {key[1]}")
+            ax.set_xlabel("speedup vs dense (x)")
+            ax.set_ylabel("accuracy (95% CI)")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        fig.suptitle("Accuracy vs speedup (up and right is better)")
+        fig.tight_layout()
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
+    finally:
+        plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Regression comparison
+
+# Changed-answer ids named in a status before "+K more".
+SHOWN_IDS = 10
+
+
+def _match_key(r: ResultRecord) -> tuple:
+    return (r.model, r.benchmark, r.method, policy_name(r.policy), r.split, r.n)
+
+
+def _key_label(key: tuple) -> str:
+    model, bench, method, pol, split, n = key
+    return f"{model}/{bench}/{method}/{pol} ({split}, n={n})"
+
+
+def _is_num(x: object, none_ok: bool = False) -> bool:
+    return (x is None and none_ok) or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def _token_split(r: ResultRecord) -> str:
+    """``fewer tokens x cheaper tokens`` of the whole question (``-`` without a decomposition)."""
+    fewer, cheaper = decomposition_cells(r)[:2]
+    return "-" if fewer == cheaper == "-" else f"{fewer} x {cheaper}"
+
+
+def _check_comparable(r: ResultRecord, side: str, i: int) -> None:
+    """``UserError`` when a field that compare reads has the wrong type: ``load_record`` checks the
+    keys and the numbers it converts, not every type, and a bad value must not crash the gate."""
+    def bad(what: str) -> UserError:
+        label = "/".join(str(x) for x in (r.model, r.benchmark, r.method))
+        return UserError(f"{side} record #{i + 1} ({label}) is malformed: {what}",
+                         "re-run `litestage-bench run` (or the grid) to regenerate it")
+
+    for name in ("model", "benchmark", "method", "split"):
+        if not isinstance(getattr(r, name), str):
+            raise bad(f"{name!r} must be a string")
+    for name in ("numerics", "dtype", "device"):
+        if not isinstance(getattr(r, name), (str, type(None))):
+            raise bad(f"{name!r} must be a string or null")
+    if not isinstance(r.n, int) or isinstance(r.n, bool):
+        raise bad("'n' must be a whole number")
+    if not isinstance(r.policy, (dict, str, type(None))):
+        raise bad("'policy' must be an object, a path or null")
+    if not _is_num(r.accuracy) or not all(_is_num(x) for x in r.accuracy_ci95):
+        raise bad("'accuracy' and 'accuracy_ci95' must be numbers")
+    if not _is_num(r.speedup, none_ok=True) or not _is_num(r.mcnemar_p, none_ok=True):
+        raise bad("'speedup' and 'mcnemar_p' must be numbers or null")
+    if r.speedup_ci95 is not None and not all(_is_num(x) for x in r.speedup_ci95):
+        raise bad("'speedup_ci95' must be a pair of numbers")
+    cost = r.executed_cost_fraction
+    if not isinstance(cost, dict) or not all(_is_num(v, none_ok=True) for v in cost.values()):
+        raise bad("'executed_cost_fraction' must map stages to numbers")
+    for name in ("fidelity", "noise_floor"):
+        if not isinstance(getattr(r, name), (dict, type(None))):
+            raise bad(f"{name!r} must be an object or null")
+    f = r.fidelity or {}
+    if not all(_is_num(f.get(k), none_ok=True) for k in ("n", "agreement", "answer_kl", "correct_to_wrong",
+                                                          "wrong_to_correct")):
+        raise bad("'fidelity' counts and rates must be numbers")
+    if not isinstance(r.timing, dict) or not isinstance(r.timing.get("speedup_rounds", []), (list, type(None))):
+        raise bad("'timing' must be an object and its 'speedup_rounds' a list")
+    for j, it in enumerate(r.items):
+        if not isinstance(it.id, str):
+            raise bad(f"items[{j}].id must be a string")
+        if not isinstance(it.prediction, (str, type(None))) or not isinstance(it.correct, bool):
+            raise bad(f"items[{j}] needs a string (or null) 'prediction' and a true/false 'correct'")
+
+
+def _index(records: Iterable[ResultRecord], side: str) -> dict[tuple, ResultRecord]:
+    out: dict[tuple, ResultRecord] = {}
+    for i, r in enumerate(records):
+        _check_comparable(r, side, i)
+        key = _match_key(r)
+        if key in out:
+            raise UserError(
+                f"{side} has two records for {_key_label(key)}",
+                f"pass each model/benchmark/method/policy only once on the {side} side",
+            )
+        out[key] = r
+    return out
+
+
+def _paired(base: ResultRecord, cur: ResultRecord) -> str:
+    """Paired difference current - baseline when both carry per-item results on the same ids."""
+    b = {it.id: it.correct for it in base.items}
+    c = {it.id: it.correct for it in cur.items}
+    if not b or b.keys() != c.keys():
+        return "-"
+    ids = sorted(b)
+    return paired_cell([c[i] for i in ids], [b[i] for i in ids])
+
+
+def paired_cell(a: list[bool], b: list[bool]) -> str:
+    """``a - b`` on the same items: ``+0.015 [-0.053, +0.083] (+25/-22)`` (gained / lost by ``a``)."""
+    d = metrics.paired_difference(a, b)
+    lo, hi = d["ci95"]
+    return f"{d['mean_diff']:+.3f} [{fmt_num(lo, '+.3f')}, {fmt_num(hi, '+.3f')}] (+{d['a_only']}/-{d['b_only']})"
+
+
+def _plan_change(base: dict[str, float], cur: dict[str, float], tol: float = 1e-9) -> str:
+    changes = []
+    for s in list(dict.fromkeys([*base, *cur])):
+        x, y = base.get(s), cur.get(s)
+        if x is None or y is None or abs(x - y) > tol:
+            changes.append(f"{s} {fmt_num(x, '.2f')}->{fmt_num(y, '.2f')}")
+    return "; ".join(changes)
+
+
+def _outside(x: float, ci, slack: float) -> bool:
+    lo, hi = ci
+    return x < lo - slack - 1e-12 or x > hi + slack + 1e-12
+
+
+def _agreement(r: ResultRecord) -> tuple[float, tuple[float, float]] | None:
+    """Answer agreement with dense and its Wilson 95% CI, when the record compares with dense."""
+    f = r.fidelity or {}
+    if f.get("agreement") is None or not f.get("n"):
+        return None
+    n = int(f["n"])
+    return f["agreement"], stats.wilson_ci95(round(f["agreement"] * n), n)
+
+
+def exact_numerics(b: ResultRecord, c: ResultRecord) -> bool:
+    """Whether both records' answers must match item for item (exact mode)."""
+    # float32 on CPU had 0 answer flips in every noise-floor comparison (noise_floor.py: threads,
+    # batching, KV reuse, another CPU), so there a changed answer is a change, not rounding noise.
+    return all((r.numerics or r.dtype) == "float32" and str(r.device or "cpu").split(":")[0] == "cpu"
+               for r in (b, c))
+
+
+def changed_answers(b: ResultRecord, c: ResultRecord) -> list[str]:
+    """Ids whose prediction differs between the records, or that only one of them has (in item order)."""
+    def answers(r: ResultRecord) -> dict:
+        out: dict = {}
+        for it in r.items:  # a list per id: a repeated id is compared in order, not overwritten
+            out.setdefault(it.id, []).append(it.prediction)
+        return out
+
+    pb, pc = answers(b), answers(c)
+    return [str(i) for i in dict.fromkeys([*pb, *pc]) if pb.get(i) != pc.get(i)]
+
+
+def _changed_status(ids: list[str]) -> str:
+    shown = ", ".join(ids[:SHOWN_IDS]) + (f" +{len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
+    return f"REGRESSION: {len(ids)} answer{'s' if len(ids) != 1 else ''} changed (ids: {shown})"
+
+
+def _log_rounds(r: ResultRecord) -> list[float]:
+    """log of the record's finite, positive per-round speedups (``timing["speedup_rounds"]``)."""
+    rounds = (r.timing or {}).get("speedup_rounds") or []
+    return [math.log(x) for x in rounds if _is_num(x) and math.isfinite(x) and x > 0]
+
+
+def speed_check(b: ResultRecord, c: ResultRecord, speed_tol: float) -> tuple[bool, str]:
+    """Whether the current speedup regressed against the reference's, and the tolerance cell.
+
+    With at least 2 per-round speedups on both sides, the ratio is judged on a log scale:
+    ``log(c / b) < -max(-log(1 - speed_tol), 3 * sqrt(s_b^2 / R_b + s_c^2 / R_c))``, where ``s`` is
+    the standard deviation of a side's log round speedups and ``R`` its rounds. The second term is
+    three standard errors of the difference of the two mean log speedups, so the bar follows the
+    spread the runs actually showed (few or noisy rounds widen it; 3 rather than 2 because an sd
+    from 3 rounds is itself rough). ``speed_tol`` is the smallest tolerance: rounds of one run
+    share a machine and a moment, so they miss the run-to-run and machine-to-machine spread.
+    Without rounds on a side: regressed when even the upper end of the current 95% CI (the point,
+    without a CI) is below ``b * (1 - speed_tol)``. No speedup on a side: nothing to judge.
+    """
+    if b.speedup is None or c.speedup is None:
+        return False, "-"
+    lb, lc = _log_rounds(b), _log_rounds(c)
+    if len(lb) >= 2 and len(lc) >= 2 and b.speedup > 0 and c.speedup > 0:
+        spread = 3 * math.sqrt(statistics.variance(lb) / len(lb) + statistics.variance(lc) / len(lc))
+        tol_log = max(-math.log(1 - speed_tol), spread)
+        return math.log(c.speedup / b.speedup) < -tol_log, f"-{1 - math.exp(-tol_log):.0%}"
+    # A few timed questions give a wide speedup CI (CI's machines also vary): a point estimate
+    # below the bar whose CI still reaches it is noise, not a regression.
+    best_plausible = c.speedup_ci95[1] if c.speedup_ci95 else c.speedup
+    return best_plausible < b.speedup * (1 - speed_tol), f"-{speed_tol:.0%} (whole CI)"
+
+
+def regression_status(b: ResultRecord, c: ResultRecord, acc_tol: float, speed_tol: float) -> list[str]:
+    """Why the current record regressed against the reference. Answers: in exact mode
+    (``exact_numerics``) any changed answer; otherwise accuracy or agreement outside the reference's
+    95% CI (widened by ``acc_tol``). Speed: ``speed_check``."""
+    status = []
+    if exact_numerics(b, c):
+        changed = changed_answers(b, c)
+        if changed:
+            status.append(_changed_status(changed))
+    else:
+        if _outside(c.accuracy, b.accuracy_ci95, acc_tol):
+            status.append("REGRESSION: accuracy outside reference CI")
+        ref_agree, cur_agree = _agreement(b), _agreement(c)
+        if ref_agree and cur_agree and _outside(cur_agree[0], ref_agree[1], acc_tol):
+            status.append("REGRESSION: agreement outside reference CI")
+    if speed_check(b, c, speed_tol)[0]:
+        status.append("REGRESSION: speed")
+    return status
+
+
+def _gate_lines(n_exact: int, n_matched: int, acc_tol: float, speed_tol: float) -> list[str]:
+    """The report's header: which answer rule applied (exact or 95% CI) and the speed rule."""
+    exact = "exact (float32 on CPU: any changed answer)"
+    ci = f"95% CI (accuracy or agreement outside the reference's 95% CI, +/-{acc_tol:.3f})"
+    if n_matched and n_exact == n_matched:
+        answers = exact
+    elif n_exact:
+        answers = f"{exact} for the {n_exact} cases with a changed-answers count; {ci} for the others"
+    else:
+        answers = ci
+    return [
+        f"Regression gate: answers {answers}; speed: the ratio current/reference below 1 - its tolerance "
+        f"('speed tol': 3 standard errors of the per-round speedups, at least {speed_tol:.0%}), or, without "
+        f"round speedups, more than {speed_tol:.0%} below the reference's with its whole 95% CI; "
+        "or a reference case missing.",
+    ]
+
+
+def compare_records(
+    baseline: list[ResultRecord],
+    current: list[ResultRecord],
+    acc_tol: float = 0.0,
+    speed_tol: float = 0.10,
+) -> tuple[str, bool]:
+    """Regression report (markdown) of ``current`` against the reference ``baseline``, and whether
+    one regressed.
+
+    Records match on (model, benchmark, method, policy name, split, n). Regressions:
+
+    - answers, exact mode (``exact_numerics``: float32 on CPU on both sides, where the noise floor
+      never saw an answer flip): any item whose prediction changed, or an id on one side only;
+    - answers, otherwise (across numerics or devices): accuracy, or answer agreement with dense,
+      outside the reference's 95% CI (Wilson; widened by ``acc_tol``);
+    - speed (``speed_check``): the speedup ratio current/reference below 1 minus a tolerance of 3
+      standard errors of the two sides' per-round speedups, at least ``speed_tol``; for records
+      without per-round speedups, a speedup below ``baseline * (1 - speed_tol)`` with the upper end
+      of its 95% CI below it too (speedups are ratios measured side by side in one run, never
+      seconds across machines);
+    - a reference record missing from ``current``.
+
+    A record with a field of the wrong type raises ``UserError``, as do two records with the same key
+    on one side. A changed executed-cost fraction is flagged "plan changed" but is not a regression by
+    itself; records only in ``current`` (new cases) are listed. The current record's comparison with
+    dense (agreement, flips, answer KL, McNemar p, speedup CI) is shown beside it.
+    """
+    if not 0 <= speed_tol < 1:
+        raise UserError(f"speed tolerance {speed_tol} is not a fraction in [0, 1)", "pass e.g. --speed-tol 0.10")
+    base = _index(baseline, "baseline")
+    cur = _index(current, "current")
+    headers = [
+        "record", "acc base [95% CI]", "acc cur", "d acc", "paired d [95% CI] (+gained/-lost)", "changed answers",
+        "speedup base", "speedup cur", "d speedup", "speed tol", "fewer x cheaper tokens cur", "cost fraction change",
+        "agreement cur",
+        "flips cur", "answer KL cur", "McNemar p cur", "speedup cur [95% CI]", "status",
+    ]
+    rows = []
+    missing = sorted(base.keys() - cur.keys())
+    matched = sorted(base.keys() & cur.keys())
+    regressed = bool(missing)
+    n_exact = 0
+    for key in matched:
+        b, c = base[key], cur[key]
+        status = regression_status(b, c, acc_tol, speed_tol)
+        regressed = regressed or bool(status)
+        changed = "-"
+        if exact_numerics(b, c):
+            n_exact += 1
+            changed = str(len(changed_answers(b, c)))
+        d_speed = "-"
+        if b.speedup and c.speedup is not None:
+            d_speed = f"{(c.speedup / b.speedup - 1) * 100:+.1f}%"
+        plan = _plan_change(b.executed_cost_fraction, c.executed_cost_fraction)
+        if plan:
+            status.append("plan changed")
+        rows.append([
+            _key_label(key), _accuracy(b), fmt_num(c.accuracy, ".3f"), fmt_num(c.accuracy - b.accuracy, "+.3f"),
+            _paired(b, c), changed, _speedup(b.speedup), _speedup(c.speedup), d_speed,
+            speed_check(b, c, speed_tol)[1], _token_split(c), plan or "-", *_fidelity_cells(c), speedup_ci_cell(c),
+            ", ".join(status) or "ok",
+        ])
+    rows += [[_key_label(key), _accuracy(base[key]), *["-"] * (len(headers) - 3), "REGRESSION: missing case"]
+             for key in missing]
+
+    parts = ["## Comparison: current vs baseline", "", *_gate_lines(n_exact, len(matched), acc_tol, speed_tol), ""]
+    if rows:
+        parts += [_with_notes(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
+                              [cur[k] for k in matched]), ""]
+    else:
+        parts += ["No record appears on both sides.", ""]
+    new_cases = sorted(cur.keys() - base.keys())
+    if new_cases:
+        parts.append("Only in current (new cases, not compared):")
+        parts += [f"- {_key_label(k)}" for k in new_cases]
+        parts.append("")
+    parts.append("Result: REGRESSION" if regressed else "Result: no regression")
+    return "\n".join(parts) + "\n", regressed

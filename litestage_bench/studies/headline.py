@@ -1,0 +1,162 @@
+"""The headline comparison: per model and benchmark, every method's speedup with its CI and its
+decomposition, accuracy, agreement, flips and McNemar p against dense; then LiteStage against the
+best baseline at matched speedup and at matched agreement, each difference with its test.
+
+    python -m litestage_bench.studies.headline RECORD.json|FOLDER ... --out results/headline/table.md
+
+Matching (suite decisions):
+- matched speedup: the baselines whose speedup is within +/-0.1x of LiteStage's; the best is the
+  most accurate of them. The difference is LiteStage's accuracy minus the baseline's on the same
+  items (paired, 95% t interval) with the exact McNemar p of the two.
+- matched agreement: the baselines whose answer agreement with dense is within +/-0.05 of
+  LiteStage's; the best is the fastest of them. The difference is the ratio of their speedups, with a z test on the log ratio
+  whose standard errors come from each speedup's 95% CI (each speedup was measured against dense
+  in its own interleaved run, so the two are independent estimates).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import defaultdict
+
+from tabulate import tabulate
+
+from ..core.errors import UserError
+from ..records import stats
+from ..records.fidelity import same_answer
+from ..records.report import (DECOMPOSITION_COLUMNS, decomposition_cells, flips_cell, fmt_num, fmt_p, paired_cell,
+                              policy_name, speedup_ci_cell)
+from ..records.results import ResultRecord, emit_markdown, load_records
+
+SPEED_MATCH = 0.1  # x
+AGREEMENT_MATCH = 0.05
+LITESTAGE = "litestage"
+
+
+def _label(r: ResultRecord) -> str:
+    name = policy_name(r.policy)
+    return r.method if name in ("-", r.method) else name
+
+
+def method_rows(records: list[ResultRecord]) -> list[list[str]]:
+    rows = []
+    for r in sorted(records, key=lambda r: (r.method != "dense", -(r.speedup or 0))):
+        lo, hi = r.accuracy_ci95
+        agreement = (r.fidelity or {}).get("agreement")
+        rows.append([_label(r), str(r.n), speedup_ci_cell(r), *decomposition_cells(r),
+                     f"{r.accuracy:.3f} [{lo:.3f}, {hi:.3f}]", fmt_num(agreement, ".3f"), flips_cell(r),
+                     fmt_p(r.mcnemar_p), str(r.timing.get("n_timed", "-")), str(r.timing.get("rounds", "-"))])
+    return rows
+
+
+def _paired(a: ResultRecord, b: ResultRecord) -> tuple[list[bool], list[bool], float]:
+    """Correctness of a and b on their shared items, and how often their answers agree."""
+    theirs = {it.id: it for it in b.items}
+    pairs = [(it, theirs[it.id]) for it in a.items if it.id in theirs]
+    if not pairs:
+        raise UserError(f"{_label(a)} and {_label(b)} share no item", "compare records run on the same --limit/--seed items")
+    agree = sum(same_answer(x, y) for x, y in pairs) / len(pairs)
+    return [x.correct for x, _ in pairs], [y.correct for _, y in pairs], agree
+
+
+def _log_se(r: ResultRecord) -> float | None:
+    """Standard error of log(speedup) read off its 95% CI (None without a finite one)."""
+    if not r.speedup_ci95 or not all(x and x > 0 and math.isfinite(x) for x in r.speedup_ci95):
+        return None
+    lo, hi = r.speedup_ci95
+    return (math.log(hi) - math.log(lo)) / (2 * 1.959964)
+
+
+def speed_ratio_test(a: ResultRecord, b: ResultRecord) -> tuple[float, float | None]:
+    """(a's speedup / b's, two-sided p of the z test on the log ratio; None without CIs)."""
+    ratio = a.speedup / b.speedup
+    se_a, se_b = _log_se(a), _log_se(b)
+    if se_a is None or se_b is None:
+        return ratio, None
+    if se_a + se_b == 0:  # both CIs collapsed: every item's ratio was the same, the ratio is exact
+        return ratio, 1.0 if ratio == 1 else 0.0
+    from scipy.stats import norm
+
+    z = math.log(ratio) / math.hypot(se_a, se_b)
+    return ratio, float(2 * norm.sf(abs(z)))
+
+
+def matched_rows(records: list[ResultRecord]) -> list[list[str]]:
+    """LiteStage policies against the best baseline at matched speedup and at matched agreement."""
+    lite = [r for r in records if r.method == LITESTAGE and r.speedup]
+    base = [r for r in records if r.method not in (LITESTAGE, "dense") and r.speedup]
+    rows = []
+    for L in lite:
+        near = [b for b in base if abs(b.speedup - L.speedup) <= SPEED_MATCH]
+        if near:
+            best = max(near, key=lambda b: b.accuracy)
+            mine, theirs, agree = _paired(L, best)
+            rows.append([_label(L), f"speedup {L.speedup:.2f}x +/-{SPEED_MATCH}x", _label(best),
+                         f"{best.speedup:.2f}x", "accuracy " + paired_cell(mine, theirs),
+                         fmt_p(stats.mcnemar_exact_p(mine, theirs)), f"{agree:.3f}"])
+        else:
+            nearest = min(base, key=lambda b: abs(b.speedup - L.speedup), default=None)
+            rows.append([_label(L), f"speedup {L.speedup:.2f}x +/-{SPEED_MATCH}x",
+                         "none" + (f" (nearest {_label(nearest)} at {nearest.speedup:.2f}x)" if nearest else ""),
+                         "-", "-", "-", "-"])
+        l_agree = (L.fidelity or {}).get("agreement")
+        by_agreement = [b for b in base if l_agree is not None and (b.fidelity or {}).get("agreement") is not None
+                        and abs(b.fidelity["agreement"] - l_agree) <= AGREEMENT_MATCH]
+        if by_agreement:
+            best = max(by_agreement, key=lambda b: b.speedup)
+            ratio, p = speed_ratio_test(L, best)
+            rows.append([_label(L), f"agreement {l_agree:.3f} +/-{AGREEMENT_MATCH}", _label(best),
+                         f"{best.speedup:.2f}x (agreement {best.fidelity['agreement']:.3f})",
+                         f"speedup ratio {ratio:.2f}x", fmt_p(p), "-"])
+        else:
+            rows.append([_label(L), f"agreement {fmt_num(l_agree, '.3f')} +/-{AGREEMENT_MATCH}", "none", "-", "-", "-", "-"])
+    return rows
+
+
+def missing_methods(group: list[ResultRecord]) -> list[str]:
+    """Registered methods the grid runs (every one but `plan`) without a record in the group."""
+    from ..methods.registry import METHODS, load_plugins
+
+    load_plugins()
+    have = {r.method for r in group}
+    return [m for m in sorted(METHODS) if m not in have and m != "plan"]
+
+
+METHOD_COLUMNS = ["method", "n", "speedup [95% CI]", *DECOMPOSITION_COLUMNS, "accuracy [95% CI]", "agreement",
+                  "flips -c2w/+w2c", "McNemar p", "timed", "rounds"]
+MATCH_COLUMNS = ["LiteStage", "matched on", "best baseline", "its speedup", "difference (LiteStage - baseline)",
+                 "p", "answer agreement"]
+
+
+def headline_markdown(records: list[ResultRecord], command: str) -> str:
+    groups: dict[tuple[str, str], list[ResultRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.model, r.benchmark)].append(r)
+    parts = ["# Headline comparison", "", f"Rendered with `{command}`.", ""]
+    for (model, bench), group in sorted(groups.items()):
+        parts += [f"## {model} / {bench}", "",
+                  tabulate(method_rows(group), headers=METHOD_COLUMNS, tablefmt="github", disable_numparse=True), ""]
+        if any(r.method == LITESTAGE for r in group):
+            parts += ["LiteStage against the best baseline:", "",
+                      tabulate(matched_rows(group), headers=MATCH_COLUMNS, tablefmt="github", disable_numparse=True), ""]
+        missing = missing_methods(group)
+        if missing:
+            parts += [f"No record yet: {', '.join(missing)}.", ""]
+        parts += ["Records:", *sorted({f"- `{r.command}`" for r in group if r.command}), ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m litestage_bench.studies.headline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("records", nargs="+", help="record files or folders of records")
+    ap.add_argument("--out", help="write the markdown here too")
+    args = ap.parse_args(argv)
+    command = "python -m litestage_bench.studies.headline " + " ".join(sys.argv[1:] if argv is None else argv)
+    return emit_markdown(lambda: headline_markdown([r for path in args.records for r in load_records(path)], command),
+                         args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
