@@ -36,18 +36,20 @@ def no_cache_step_logits(ex: SkipExecutor, prompt: list[int], generated: list[in
 
 
 def test_empty_plan_matches_hf_logits(arch_model):
-    _, model = arch_model
+    arch, model = arch_model
     with torch.inference_mode():
-        ref = model(torch.tensor([PROMPT])).logits[0]
+        ref = tiny_model(arch)(torch.tensor([PROMPT])).logits[0]
     assert_close(all_logits(SkipExecutor(model), PROMPT), ref)
 
 
 def test_empty_plan_greedy_equals_generate(arch_model):
-    _, model = arch_model
+    arch, model = arch_model
     ex = SkipExecutor(model)
     got, (logits,) = generate_logged(ex, [PROMPT], StagePlan(), 16)
+    # the reference is a fresh copy (same seed): the executor switches its model's attention function,
+    # and transformers' own (gemma2: eager, soft-capped) is the one to match
     with torch.inference_mode():
-        ref = model.generate(torch.tensor([PROMPT]), max_new_tokens=16, min_new_tokens=16, do_sample=False,
+        ref = tiny_model(arch).generate(torch.tensor([PROMPT]), max_new_tokens=16, min_new_tokens=16, do_sample=False,
                              eos_token_id=None, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
     assert got.tokens[0] == ref.sequences[0, len(PROMPT):].tolist()
     assert_close(logits, torch.cat(ref.logits))
@@ -130,7 +132,7 @@ def per_position_logits(ex: SkipExecutor, seq: list[int], sets: list[SkipSet]) -
             hidden = hidden + keep_attn * arch.attn_delta(i, hidden, ropes[i], mask, None)
             keep_ffn = torch.tensor([i not in s.ffn for s in sets], dtype=hidden.dtype)[None, :, None]
             hidden = hidden + keep_ffn * arch.ffn_delta(i, hidden)
-        return arch.lm_head(arch.norm(hidden[0])).float()
+        return arch.logits(hidden[0]).float()
 
 
 def step_sets(plan: StagePlan, prompt_len: int, generated: int) -> list[SkipSet]:
@@ -298,3 +300,26 @@ def test_executed_cost_is_monotone_in_the_skip_set(small, extra):
     cost_small = ex.generate([PROMPT], StagePlan.static(small), 4).cost.fraction
     cost_big = ex.generate([PROMPT], StagePlan.static(big), 4).cost.fraction
     assert cost_big <= cost_small + 1e-12
+
+
+def test_fused_projection_costs_match_their_weights():
+    """phi3's fused qkv / gate-up projections cost what their weights say: skipping every FFN (or
+    every attention) leaves the other's share, and a skipped layer's keys/values cost their rows."""
+    model = tiny_model("phi3")
+    ex = SkipExecutor(model)
+    layer = model.model.layers[0]
+    attn = layer.self_attn.qkv_proj.weight.numel() + layer.self_attn.o_proj.weight.numel()
+    ffn = layer.mlp.gate_up_proj.weight.numel() + layer.mlp.down_proj.weight.numel()
+    n = ex.num_layers
+    no_ffn = ex.generate([PROMPT], StagePlan.static(SkipSet.of(ffn=range(n))), 5)
+    assert no_ffn.cost.fraction == pytest.approx(attn / (attn + ffn))
+    no_attn = ex.generate([PROMPT], StagePlan.static(SkipSet.of(attn=range(n))), 5)
+    assert no_attn.cost.fraction == pytest.approx(ffn / (attn + ffn))
+    config = model.config
+    kv_rows = 2 * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    assert ex.arch.kv_flops == [2 * kv_rows * config.hidden_size] * n
+    # the same dimensions unfused (llama: separate q/k/v and gate/up projections) cost the same
+    llama = SkipExecutor(tiny_model("llama")).arch
+    assert (ex.arch.attn_flops, ex.arch.ffn_flops, ex.arch.kv_flops) == (llama.attn_flops, llama.ffn_flops,
+                                                                          llama.kv_flops)
+

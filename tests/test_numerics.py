@@ -120,7 +120,9 @@ def test_skipping_stays_exact_under_bf16_matmul(arch):
     assert not torch.equal(whole, all_logits(ex, PROMPT))
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+# gemma2's soft-capped attention has no sdpa path (ours is eager, checked against transformers' eager
+# attention by the executor tests)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "gemma2"])
 def test_grouped_attention_gives_the_same_bits_as_transformers_sdpa(arch):
     model = tiny_model(arch)
     ex = SkipExecutor(model)

@@ -9,7 +9,7 @@ import torch
 from litestage_bench.engine.executor import CostMeter, SkipExecutor
 from litestage_bench.engine.plan import StagePlan
 
-ARCHS = ("llama", "qwen2", "gemma3")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "olmo2", "granite")
 LOGIT_ATOL = 1e-4  # float32; observed differences are ~1e-6 on the tiny models
 PROMPT = [5, 17, 33, 2, 81, 40, 9, 64, 12, 7, 55, 3]
 
@@ -19,21 +19,38 @@ def tiny_model(arch: str, layers: int = 4, seed: int = 0, head_scale: float = 20
     tied: unscaled). Random init leaves logits nearly flat (std ~0.16); x20 separates greedy choices
     and makes the absolute LOGIT_ATOL ~20x tighter relative to the logits' spread (an injected 0.01%
     error in batched K/V values fails the logit comparisons at x20 and passes them at x1)."""
-    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
+    import transformers as tf
     torch.manual_seed(seed)
     common = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   attn_implementation="sdpa")
+    # short sliding windows so that the window actually bites in the tests
+    types = ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2)
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common))
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
+    elif arch == "mistral":  # every layer sliding
+        model = tf.MistralForCausalLM(tf.MistralConfig(**common, sliding_window=6))
     elif arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common))
+        model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**common))
+    elif arch == "qwen3":  # q/k norms per head
+        model = tf.Qwen3ForCausalLM(tf.Qwen3Config(**common, head_dim=16))
+    elif arch == "phi3":  # fused qkv and gate/up projections; half the head dimensions rotated
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+        model = tf.Phi3ForCausalLM(tf.Phi3Config(**common, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                                 rope_parameters=rope))
+    elif arch == "gemma2":  # attention and final logit soft-capping (small caps, so that they bite)
+        common["attn_implementation"] = "eager"  # transformers' gemma2 has no sdpa path (soft-capping)
+        model = tf.Gemma2ForCausalLM(tf.Gemma2Config(**common, head_dim=16, sliding_window=6, layer_types=types,
+                                                     query_pre_attn_scalar=16, attn_logit_softcapping=2.0,
+                                                     final_logit_softcapping=1.0))
     elif arch == "gemma3":
-        # a short sliding window so that the window actually bites in the tests
-        types = ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2)
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=16, sliding_window=6, layer_types=types,
-                                                   query_pre_attn_scalar=16))
+        model = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**common, head_dim=16, sliding_window=6, layer_types=types,
+                                                         query_pre_attn_scalar=16))
+    elif arch == "olmo2":  # norms after each sub-layer, q/k norms over the whole projection
+        model = tf.Olmo2ForCausalLM(tf.Olmo2Config(**common, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    elif arch == "granite":  # embedding, residual, attention and logit multipliers away from 1
+        model = tf.GraniteForCausalLM(tf.GraniteConfig(**common, embedding_multiplier=6.0, residual_multiplier=0.5,
+                                                       attention_multiplier=0.2, logits_scaling=0.25))
     else:
         raise ValueError(arch)
     if head_scale != 1.0 and not model.config.tie_word_embeddings:

@@ -195,7 +195,7 @@ class SkipExecutor:
             return None
         if logits == "last":
             hidden = hidden[:, -1:]
-        return arch.lm_head(arch.norm(hidden)).float()
+        return arch.logits(hidden).float()
 
     def _dynamic_ffn(self, i: int, hidden: torch.Tensor, valid: torch.Tensor, dyn: _DynamicState,
                      plan: StagePlan, meter: CostMeter) -> torch.Tensor:
