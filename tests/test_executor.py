@@ -323,3 +323,21 @@ def test_fused_projection_costs_match_their_weights():
     assert (ex.arch.attn_flops, ex.arch.ffn_flops, ex.arch.kv_flops) == (llama.attn_flops, llama.ffn_flops,
                                                                           llama.kv_flops)
 
+
+def test_unsupported_model_type_is_refused_before_weights_load(tmp_path, monkeypatch):
+    import transformers
+
+    from litestage_bench.core.errors import UserError
+    from litestage_bench.engine.models import load_model
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "hidden_size": 32}))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights or tokenizer loaded before the model type was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_load)
+    with pytest.raises(UserError) as err:
+        load_model(str(tmp_path))
+    assert "'mamba' is not supported" in err.value.problem
+    assert all(family in err.value.fix for family in ("llama", "qwen3", "phi3", "gemma2", "olmo2", "granite"))

@@ -13,6 +13,7 @@ import ctypes
 import gc
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -283,6 +284,25 @@ def check_numerics(name: str, dtype: str | None, numerics: str | None) -> tuple[
     return resolved, resolve_numerics(numerics, resolved)
 
 
+def check_model_type(source: str, kwargs: dict) -> None:
+    """``UserError`` before any weights load when the model's family is one the executor cannot run.
+    A local folder's config.json is read directly (transformers may not know the type at all);
+    anything else goes through AutoConfig, which reads only the configuration."""
+    from .arch import check_supported
+
+    config_file = Path(source) / "config.json"
+    try:
+        if not kwargs and config_file.is_file():
+            model_type = json.loads(config_file.read_text()).get("model_type")
+        else:
+            from transformers import AutoConfig
+            model_type = AutoConfig.from_pretrained(source, **kwargs).model_type
+    except (OSError, ValueError):
+        return  # missing or unreadable: the load itself reports it
+    if model_type:
+        check_supported(model_type)
+
+
 def load_model(name: str = DEFAULT_MODEL, dtype: str | None = None, device: str = "cpu",
                numerics: str | None = None) -> LoadedModel:
     """Load an alias, a local folder / .gguf file, or a Hugging Face id; eval mode, on device,
@@ -309,6 +329,7 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | None = None, device: str 
         else:
             raise UserError(f"unknown model '{name}'",
                             f"use an alias ({', '.join(MODELS)}), a local model folder, or a Hugging Face id")
+    check_model_type(source, kwargs)
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
