@@ -17,7 +17,7 @@ from tiny_models import ARCHS, PROMPT, all_logits, tiny_model
 
 from litestage_bench.core.errors import UserError
 from litestage_bench.engine.arch import ATTENTION_NAME
-from litestage_bench.engine.executor import SkipExecutor
+from litestage_bench.engine.executor import CostMeter, SkipExecutor
 from litestage_bench.engine.numerics import (Bf16MatmulLinear, ScreenedBf16Head, apply_numerics, resolve_numerics,
                                              storage_dtype)
 from litestage_bench.engine.plan import SkipSet, StagePlan
@@ -154,3 +154,25 @@ def test_a_record_always_carries_its_numerics():
                   items=[], command="", config={})
     assert build_record(**common, dtype="float32").numerics == "float32"
     assert build_record(**common, dtype="float32", numerics="bf16-matmul").numerics == "bf16-matmul"
+
+
+@pytest.mark.parametrize("numerics", ["float32", "bf16-matmul"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_filled_keys_values_equal_the_attention_modules_own(arch, numerics):
+    """What a skipped attention layer writes for later readers (``kv_only``: fused projections, q/k
+    norms, partial rotary) is what its attention module writes when it runs, under either numerics."""
+    ex = SkipExecutor(bf16_model(arch) if numerics == "bf16-matmul" else tiny_model(arch))
+    seen = {}
+
+    def probe(layer, kind, before, after, valid):
+        if kind == "attn":
+            seen[layer] = before
+
+    cache = ex.new_cache(1)
+    ex.prefill(cache, [PROMPT], StagePlan(), 1, CostMeter(), probe=probe)
+    positions = torch.arange(len(PROMPT))[None]
+    for layer in (0, 2):
+        with torch.inference_mode():
+            key, value = ex.arch.kv_only(layer, seen[layer], ex.arch.rope(seen[layer], positions)[layer])
+        assert torch.allclose(key, cache.keys[layer][:, :, :len(PROMPT)], atol=1e-5, rtol=0)
+        assert torch.allclose(value, cache.values[layer][:, :, :len(PROMPT)], atol=1e-5, rtol=0)

@@ -125,12 +125,15 @@ class ArchAdapter:
         normed = x if self.is_olmo2 else block.input_layernorm(x)
         shape = (*normed.shape[:-1], -1, attn.head_dim)
         if hasattr(attn, "qkv_proj"):  # phi3: one fused projection, queries first, then keys, values
+            qkv = attn.qkv_proj
             kv_width = attn.num_key_value_heads * attn.head_dim
-            q_width = attn.qkv_proj.out_features - 2 * kv_width
-            weight, bias = attn.qkv_proj.weight[q_width:], None
-            if attn.qkv_proj.bias is not None:
-                bias = attn.qkv_proj.bias[q_width:]
-            key, value = F.linear(normed, weight, bias).split(kv_width, dim=-1)
+            q_width = qkv.out_features - 2 * kv_width
+            if type(qkv) is nn.Linear:  # only the key/value rows
+                bias = None if qkv.bias is None else qkv.bias[q_width:]
+                kv = F.linear(normed, qkv.weight[q_width:], bias)
+            else:  # a converted layer (bf16-matmul numerics): its own arithmetic, queries discarded
+                kv = qkv(normed)[..., q_width:]
+            key, value = kv.split(kv_width, dim=-1)
         else:
             key, value = attn.k_proj(normed), attn.v_proj(normed)
         if self.is_olmo2:  # olmo2 normalises the whole key projection, before the split into heads
