@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib.metadata import EntryPoint
@@ -82,6 +83,17 @@ def test_editing_an_external_plugin_changes_the_code_version(tmp_path, monkeypat
         code_version.cache_clear()
 
 
+def test_a_broken_plugin_stops_the_cli_with_one_line(tmp_path, monkeypatch, capsys):
+    from litestage_bench.cli import main
+    _fake_distribution(tmp_path, "raise ImportError('needs the package foo')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "_LOADED", {})  # discover the group afresh
+    code = main(["run", "--bench", "obqa", "--method", "dense", "--limit", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("litestage-bench: error: plugin 'fake'")
+    assert "needs the package foo" in err and "pip uninstall fake-method-plugin" in err
+
+
 def test_the_package_imports_no_plugin_by_name():
     code = ("import sys, litestage_bench, litestage_bench.cli, litestage_bench.methods.registry; "
             "print(sorted(m for m in sys.modules if m.startswith(('baselines', 'litestage_bench.methods.litestage'))))")
@@ -150,8 +162,9 @@ def test_examples_installed_offline_run_through_the_cli_and_the_grid(tmp_path):
     from tiny_reasoner import smollm2_tokenizer, tiny_llama
     python = _venv_with_this_environment(tmp_path / "venv")
     for example in ("skip_third_ffn", "arc_numeric"):
+        source = shutil.copytree(EXAMPLES / example, tmp_path / "src" / example)  # the build writes in-tree
         subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation",
-                        "--quiet", str(EXAMPLES / example)], check=True, cwd=tmp_path,
+                        "--quiet", str(source)], check=True, cwd=tmp_path,
                        env={**os.environ, "PIP_NO_INPUT": "1"})
     model_dir = tmp_path / "tiny-model"  # a local model folder: a tiny random llama, SmolLM2's tokenizer
     tokenizer = smollm2_tokenizer()

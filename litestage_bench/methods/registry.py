@@ -21,6 +21,7 @@ from ..engine.plan import DENSE, SkipPlan
 
 MethodFactory = Callable[[dict[str, Any] | None], Method]
 METHODS: dict[str, MethodFactory] = {}
+IN_REGISTRY = ("dense", "plan")  # defined below, not plugins
 
 
 def register(name: str) -> Callable[[MethodFactory], MethodFactory]:
@@ -74,10 +75,10 @@ def load_plugins() -> None:
     """Import every method entry point and register it under its name (imported once per process;
     the suite's own methods are entry points too)."""
     for name, factory in load_group(METHODS_GROUP).items():
-        if METHODS.get(name, factory) is not factory:
-            raise UserError(f"method plugin {name!r} clashes with another method of that name",
+        if name in IN_REGISTRY:
+            raise UserError(f"method plugin {name!r} takes the name of a method of the suite",
                             "rename the entry point in the plugin's pyproject.toml")
-        METHODS[name] = factory
+        METHODS.setdefault(name, factory)  # a module may have registered itself on import
 
 
 @register("dense")
