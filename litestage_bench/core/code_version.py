@@ -1,5 +1,6 @@
-"""The version of the code that shapes results: a hash of the package's and the baselines' sources
-with the torch and transformers versions. The grid's accuracy cache and the LiteStage search's
+"""The version of the code that shapes results: a hash of the package's and the baselines' sources,
+of the installed method and benchmark plugins' sources (core/plugins.py) and of the torch and
+transformers versions. The grid's accuracy cache and the LiteStage search's
 candidate cache are keyed on it, so an edit to any such source invalidates what they stored."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .. import __version__
+from .plugins import external_plugins
 
 PACKAGE = Path(__file__).resolve().parents[1]
 # Modules that render, drive or store results but cannot change a case's items: editing them keeps
@@ -20,7 +22,7 @@ NOT_IN_CODE_VERSION = {"records/report.py", "cli.py", "__main__.py", "studies/sp
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """sha256 of the package and baselines sources that shape results, with the torch and
+    """sha256 of the package, baselines and plugin sources that shape results, with the torch and
     transformers versions (kernels change numerics): any edit there invalidates the cache."""
     import torch
     import transformers
@@ -34,4 +36,6 @@ def code_version() -> str:
                 continue
             digest.update(f"{root.name}/{rel.as_posix()}\0".encode())
             digest.update(path.read_bytes())
+    for plugin in external_plugins():
+        digest.update(f"plugin {plugin['group']} {plugin['name']}={plugin['value']} {plugin['sha256']}\0".encode())
     return digest.hexdigest()[:20]

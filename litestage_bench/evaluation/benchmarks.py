@@ -1,4 +1,5 @@
-"""Benchmark loading: OBQA, CSQA and StrategyQA as multiple-choice ``Question`` lists.
+"""Benchmark loading: OBQA, CSQA and StrategyQA, and the benchmark plugins (``jsonl_bench.py``),
+as multiple-choice ``Question`` lists.
 
 Source of the data: the ``data_dir`` argument, else the ``LITESTAGE_DATA_DIR`` environment
 variable, else the copy packaged with the suite (``litestage_bench/data``, offline). Either may name
@@ -17,14 +18,15 @@ import json
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..core.errors import UserError
+from ..core.plugins import BENCHMARKS_GROUP, load_group
 from . import packaged
 
-BENCHMARKS: tuple[str, ...] = ("obqa", "csqa", "strategyqa")
+BENCHMARKS: tuple[str, ...] = ("obqa", "csqa", "strategyqa")  # built in; plugins: plugin_benchmarks()
 SPLITS: tuple[str, ...] = ("eval", "calib")
 DATA_DIR_ENV = "LITESTAGE_DATA_DIR"
 # Keywords accepted in place of a folder (data_dir / $LITESTAGE_DATA_DIR / --data-dir).
@@ -61,6 +63,8 @@ class Question:
     options: tuple[str, ...]
     labels: tuple[str, ...]
     answer: str
+    # a plugin's labels as in its file ("1".."4"), when `labels` are the option letters they map to
+    original_labels: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def answer_index(self) -> int:
@@ -75,11 +79,26 @@ def normalize_stem(text: str) -> str:
 # ---------------------------------------------------------------- validation helpers
 
 
+def plugin_benchmarks() -> dict[str, Any]:
+    """name -> spec (``jsonl_bench.JsonlBenchmark``) of every installed benchmark plugin."""
+    specs = load_group(BENCHMARKS_GROUP)
+    for name, spec in specs.items():
+        if name in BENCHMARKS or not callable(getattr(spec, "load", None)):
+            raise UserError(f"benchmark plugin {name!r} is not a JsonlBenchmark or shadows a built-in benchmark",
+                            "declare a litestage_bench.evaluation.jsonl_bench.JsonlBenchmark under a new name")
+    return specs
+
+
+def plugin_spec(bench: str) -> Any | None:
+    """The plugin spec of a benchmark; None for a built-in one (no plugin is imported then)."""
+    return None if bench in BENCHMARKS else plugin_benchmarks().get(bench)
+
+
 def check_bench(bench: str) -> str:
-    if bench not in BENCHMARKS:
+    if bench not in BENCHMARKS and plugin_spec(bench) is None:
         raise UserError(
             f"unknown benchmark {bench!r}",
-            f"use one of: {', '.join(BENCHMARKS)}",
+            f"use one of: {', '.join((*BENCHMARKS, *sorted(plugin_benchmarks())))}",
         )
     return bench
 
@@ -237,12 +256,18 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
 
 
 def strategyqa_split(questions: Iterable[Question]) -> dict[str, list[Question]]:
-    """Fixed seeded split of the labelled StrategyQA questions into eval / calib.
+    """Fixed seeded split of the labelled StrategyQA questions into eval / calib
+    (``STRATEGYQA_EVAL_SIZE`` items for eval)."""
+    return seeded_split(questions, STRATEGYQA_EVAL_SIZE)
+
+
+def seeded_split(questions: Iterable[Question], eval_size: int) -> dict[str, list[Question]]:
+    """Fixed seeded split into eval / calib.
 
     Sort by id, shuffle with ``random.Random(STRATEGYQA_SPLIT_SEED)``, then walk the
     shuffled list by question-text group (questions with the same text always go to the
     same side, so the two splits never share a question text) and fill eval up to
-    ``STRATEGYQA_EVAL_SIZE`` items; the rest is calib. Both lists come back sorted by id.
+    ``eval_size`` items; the rest is calib. Both lists come back sorted by id.
     """
     items = sorted(questions, key=lambda q: q.id)
     rng = random.Random(STRATEGYQA_SPLIT_SEED)
@@ -253,7 +278,7 @@ def strategyqa_split(questions: Iterable[Question]) -> dict[str, list[Question]]
     eval_items: list[Question] = []
     calib_items: list[Question] = []
     for group in groups.values():
-        if len(eval_items) + len(group) <= STRATEGYQA_EVAL_SIZE:
+        if len(eval_items) + len(group) <= eval_size:
             eval_items.extend(group)
         else:
             calib_items.extend(group)
@@ -376,6 +401,9 @@ def _load_packaged(bench: str, split: str) -> list[Question]:
 
 
 def _load_full_split(bench: str, split: str, data_dir: str | os.PathLike | None) -> list[Question]:
+    spec = plugin_spec(bench)
+    if spec is not None:  # a plugin ships its own file: the data folder does not apply
+        return spec.load(bench, split)
     root = resolve_source(data_dir)
     if root == PACKAGED:
         return _load_packaged(bench, split)
@@ -442,6 +470,8 @@ def data_fingerprint(bench: str, data_dir: str | os.PathLike | None = None) -> d
     folder or the hub holding the same items gives the same hash.
     """
     check_bench(bench)
+    if plugin_spec(bench) is not None:
+        return {"source": "plugin", "items_sha256": items_sha256({s: load_split(bench, s) for s in SPLITS})}
     source = resolve_source(data_dir)
     kind = source if isinstance(source, str) else "folder"
     if source == PACKAGED:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..core.errors import UserError
 from . import packaged
-from .benchmarks import DATA_DIR_ENV, Question, check_bench, resolve_data_dir
+from .benchmarks import DATA_DIR_ENV, Question, check_bench, plugin_spec, resolve_data_dir
 
 DEMO_DIR = "tinythinker"
 
@@ -126,8 +126,12 @@ def _parse_demo(rec: Any, bench: str, idx: int, path: Path) -> Demo:
 
 
 def load_demos(bench: str, data_dir: str | os.PathLike | None = None) -> list[Demo]:
-    """TinyThinker's demos for ``bench``, from the data folder, else from the packaged copy."""
+    """TinyThinker's demos for ``bench``, from the data folder, else from the packaged copy (a
+    benchmark plugin borrows a built-in benchmark's demos)."""
     check_bench(bench)
+    spec = plugin_spec(bench)
+    if spec is not None:
+        return load_demos(spec.demos, data_dir)
     # the hub has no demos: prompts are the same whichever source the items come from
     root = resolve_data_dir(data_dir) or packaged.demo_root(bench)
     path = demo_path(bench, root)

@@ -1,9 +1,12 @@
 """The method interface and registry: every skipping method hands the executor a plan.
 
 A method turns (model facts, optional policy file) into a ``SkipPlan`` plus optional per-stage
-token callbacks (generation early exit). Baselines in the ``baselines`` package and LiteStage
-register themselves here with ``@register("name")``; the CLI and the benchmark grid look them up
-by name, so a new method needs no change anywhere else.
+token callbacks (generation early exit). Methods are plugins: every entry point of the group
+``litestage_bench.methods`` (core/plugins.py) names a method class or factory, registered under the
+entry point's name; LiteStage and the baselines are declared so in the suite's pyproject.toml. A
+module may also register with ``@register("name")`` (and its search with ``@register_search``)
+when it is imported. The CLI and the benchmark grid look methods up by name, so a new method needs
+no change anywhere in the suite.
 """
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import UserError
+from ..core.plugins import METHODS_GROUP, load_group
 from ..engine.method import Method, ModelFacts
 from ..engine.plan import DENSE, SkipPlan
 
 MethodFactory = Callable[[dict[str, Any] | None], Method]
 METHODS: dict[str, MethodFactory] = {}
+IN_REGISTRY = ("dense", "plan")  # defined below, not plugins
 
 
 def register(name: str) -> Callable[[MethodFactory], MethodFactory]:
@@ -67,10 +72,13 @@ def make_method(name: str, policy: dict[str, Any] | None = None) -> Method:
 
 
 def load_plugins() -> None:
-    # LiteStage and the baselines package register their methods (and searches) on import.
-    import baselines  # noqa: F401
-
-    from . import litestage  # noqa: F401
+    """Import every method entry point and register it under its name (imported once per process;
+    the suite's own methods are entry points too)."""
+    for name, factory in load_group(METHODS_GROUP).items():
+        if name in IN_REGISTRY:
+            raise UserError(f"method plugin {name!r} takes the name of a method of the suite",
+                            "rename the entry point in the plugin's pyproject.toml")
+        METHODS.setdefault(name, factory)  # a module may have registered itself on import
 
 
 @register("dense")

@@ -20,6 +20,7 @@ from typing import IO, Any, Callable
 
 from .. import __version__
 from ..core.errors import UserError
+from ..core.plugins import external_plugins
 from . import fidelity as fid
 from . import metrics, stats
 from . import timing as paired_timing
@@ -244,6 +245,8 @@ def machine_info() -> dict:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "litestage_bench": __version__,
+        # method and benchmark plugins from outside the package, with their sources' sha256
+        "plugins": external_plugins(),
     }
     try:
         import torch
