@@ -1,6 +1,7 @@
 """Prior training-free skipping methods, each a ``litestage_bench.engine.method.Method``.
 
-Each module registers its method (and, for the calibrating ones, its search) when imported:
+Each is an entry point of ``litestage_bench.methods`` (pyproject.toml); importing a calibrating one
+also registers its search:
 - ``adaskip``: sub-layer cosine ranking, norm-ratio scaling, decode-time FFN extension (search);
 - ``skipdecode``: per-position monotone skipping of the lower layers, dense prefill;
 - ``unified``: k intermediate layers spread evenly;
@@ -9,4 +10,3 @@ Each module registers its method (and, for the calibrating ones, its search) whe
 - ``sleb``: SLEB's greedy block removal order by calibration perplexity (search).
 Every method takes ``k`` (``litestage-bench run --k K``); shared helpers live in ``common``.
 """
-from . import adaskip, early_exit, shortgpt, skipdecode, sleb, unified  # noqa: F401

@@ -26,8 +26,8 @@ from litestage_bench.engine.plan import SUBLAYERS, DynamicFFN, StagePlan
 from litestage_bench.methods.calibration import skip_set
 from litestage_bench.methods.registry import register, register_search
 
-from .common import (PHASES, Baseline, SublayerStats, all_stage_prompts, calibrate, choice, dense_prefills, flag,
-                     phase_plan, policy_fix, policy_record, whole)
+from .common import (PHASES, Baseline, SublayerStats, all_stage_prompts, calibrate, checker, choice, dense_prefills,
+                     flag, phase_plan, policy_fix, policy_record, section, whole)
 
 DEFAULT_LIMIT = 20  # the reference calibrates on its first 20 requests
 WARMUP_STEPS = 20  # the reference's decode statistics window
@@ -64,6 +64,17 @@ class AdaSkip(Baseline):
 
     def read_params(self, policy: dict[str, Any]) -> dict[str, Any]:
         layers = policy.get("num_layers")
+        check = checker(policy, self.name)
+        for i, pair in enumerate(check.lst(policy.get("ranking"), "ranking")):
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise check.fail(f"ranking[{i}]", "a pair [\"attn\" or \"ffn\", layer]", pair)
+            check.one_of(pair[0], f"ranking[{i}][0]", SUBLAYERS)
+            check.layers([pair[1]], f"ranking[{i}][1]", layers if isinstance(layers, int) else None)
+        for key in ("similarity", "norm_ratio"):
+            for sub in SUBLAYERS:
+                values = check.lst(check.obj(policy.get(key), key).get(sub), f"{key}.{sub}")
+                for j, x in enumerate(values):
+                    check.number(x, f"{key}.{sub}[{j}]", finite=False)
         try:
             self.ranking = [(str(kind), int(j)) for kind, j in policy["ranking"]]
             self.similarity = {k: [float(x) for x in policy["similarity"][k]] for k in SUBLAYERS}
@@ -77,7 +88,7 @@ class AdaSkip(Baseline):
                 "decode_ffn": flag(policy, "decode_ffn", True, self.name),
                 "warmup_steps": whole(policy, "warmup_steps", WARMUP_STEPS, 0, self.name),
                 "scale": flag(policy, "scale", True, self.name),
-                "calibration": policy.get("calibration", {}).get("n")}
+                "calibration": section(policy, "calibration", self.name).get("n")}
 
     def max_k(self, num_layers: int) -> tuple[int, str]:
         return 2 * num_layers, " (2 sub-layers per layer)"

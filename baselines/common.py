@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from litestage_bench.core.errors import UserError
+from litestage_bench.core.schema import Checker
 from litestage_bench.engine.executor import SkipExecutor
 from litestage_bench.engine.plan import STAGES, SUBLAYERS, SkipPlan, SkipSet, StagePlan
 from litestage_bench.evaluation.benchmarks import Question, check_disjoint, load_split
@@ -101,6 +102,16 @@ def layer_list(policy: dict[str, Any], key: str, name: str, length: int | None =
         raise UserError(f"{policy.get('path', 'the policy')} has no valid '{key}' (distinct layers "
                         f"of 0..{layers - 1 if isinstance(layers, int) else '?'} expected)", policy_fix(name))
     return value
+
+
+def checker(policy: dict[str, Any], name: str) -> Checker:
+    """Type checks of a policy file, naming it and how to write a good one."""
+    return Checker(str(policy.get("path", "the policy")), policy_fix(name))
+
+
+def section(policy: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    """An optional object of a search policy ("calibration", "options"): {} when absent."""
+    return checker(policy, name).obj(policy.get(key), key, optional=True)
 
 
 def choice(policy: dict[str, Any], key: str, default: Any, allowed: tuple, name: str) -> Any:

@@ -21,7 +21,7 @@ from litestage_bench.engine.plan import StagePlan
 from litestage_bench.methods.registry import register, register_search
 
 from .common import (Baseline, LayerCosine, all_stage_texts, calibrate, dense_prefills, layer_list, policy_record,
-                     skip_layers_plan)
+                     section, skip_layers_plan)
 
 DEFAULT_LIMIT = 50  # calibration questions: LiteStage's default, so both see the same items
 
@@ -46,7 +46,7 @@ class ShortGPT(Baseline):
 
     def read_params(self, policy: dict[str, Any]) -> dict[str, Any]:
         layer_list(policy, "ranking", self.name, length=policy.get("num_layers"))
-        return {"phase": "all", "calibration": policy.get("calibration", {}).get("n")}
+        return {"phase": "all", "calibration": section(policy, "calibration", self.name).get("n")}
 
     def stage_plan(self, num_layers: int) -> StagePlan:
         layers = sorted(self.policy["ranking"][:self.k])

@@ -30,7 +30,8 @@ from litestage_bench.evaluation.header_cache import HeaderCache
 from litestage_bench.methods.calibration import prefill_after_header
 from litestage_bench.methods.registry import register, register_search
 
-from .common import Baseline, all_stage_texts, calibrate, check_k, chunks, layer_list, policy_record, skip_layers_plan
+from .common import (Baseline, all_stage_texts, calibrate, check_k, chunks, layer_list, policy_record, section,
+                     skip_layers_plan)
 
 DEFAULT_LIMIT = 50  # calibration questions: LiteStage's default, so both see the same items
 EARLY_BARRIER = 1  # the reference's defaults
@@ -109,8 +110,8 @@ class SLEB(Baseline):
 
     def read_params(self, policy: dict[str, Any]) -> dict[str, Any]:
         layer_list(policy, "removal_order", self.name)
-        return {"phase": "all", "calibration": policy.get("calibration", {}).get("n"),
-                "barriers": policy.get("options", {}).get("barriers")}
+        return {"phase": "all", "calibration": section(policy, "calibration", self.name).get("n"),
+                "barriers": section(policy, "options", self.name).get("barriers")}
 
     def check_k(self, num_layers: int) -> None:
         found = len(self.policy["removal_order"])
@@ -166,6 +167,8 @@ def continuable(path: Path, fresh: dict[str, Any], meter: NLLMeter, count: int,
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or not isinstance(old.get("options", {}), dict):  # not a SLEB policy: start afresh
         return None
     fresh = json.loads(json.dumps(fresh))  # tuples as lists, as in the file
     same_options = {k: v for k, v in old.get("options", {}).items() if k != "removals"} == \

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .core.errors import UserError
+from .core.errors import UserError, write_error
 
 EXIT_USAGE = 2  # bad input, or an internal error: anything but a verdict
 EXIT_REGRESSION = 1
@@ -35,7 +35,21 @@ def _positive(text: str) -> int:
 
 
 def _non_negative(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end like every other bad input: one line with the fix, status 2 (no usage dump)."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]  # "run" of "litestage-bench run"; "" at the top
+        raise UserError(f"{command}: {message}" if command else message, f"see `{self.prog} --help`")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -90,10 +104,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 def _stage_caps(text: str | None) -> dict[str, int] | None:
     if text is None:
         return None
+    fix = "write it as RECALL,ANALYZE,SUMMARIZE, each >= 1, e.g. 48,32,16"
     try:
         r, a, s = (int(x) for x in text.split(","))
     except ValueError:
-        raise UserError(f"--max-new-tokens '{text}' is not three whole numbers", "write it as RECALL,ANALYZE,SUMMARIZE, e.g. 48,32,16")
+        raise UserError(f"--max-new-tokens '{text}' is not three whole numbers", fix)
+    if min(r, a, s) < 1:  # a cap of 0 would still generate a token
+        raise UserError(f"--max-new-tokens '{text}' has a cap below 1", fix)
     return {"recall": r, "analyze": a, "summarize": s}
 
 
@@ -116,18 +133,39 @@ def _method_options(args: argparse.Namespace, policy: dict | None) -> dict | Non
     return policy
 
 
+def _check_before_load(args: argparse.Namespace, split: str) -> None:
+    """What run and search can check from their arguments and files before the (slow) model load."""
+    from .engine.models import check_model_folder, check_numerics
+    from .evaluation.benchmarks import check_bench, check_split, load_split, resolve_data_dir
+    from .evaluation.runner import check_device, check_items
+    check_bench(args.bench)
+    check_split(split)
+    resolve_data_dir(args.data_dir)
+    check_items(load_split(args.bench, split, data_dir=args.data_dir), args.bench, split, args.data_dir)
+    check_numerics(args.model, args.dtype, args.numerics)
+    check_model_folder(args.model)
+    check_device(args.device)
+    _stage_caps(getattr(args, "max_new_tokens", None))
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove what a killed run left beside `out` (temp files of its atomic writes); one progress line."""
+    from .evaluation.runner import log
+    from .records.results import clean_stale_temps
+    removed = clean_stale_temps(out)
+    if removed:
+        log(f"[litestage-bench] removed {len(removed)} stale temp file(s) of a killed run beside {out}: "
+            f"{', '.join(p.name for p in removed)}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .engine.models import check_numerics
-    from .evaluation.benchmarks import check_bench, check_split, resolve_data_dir
+    from .engine.models import model_label
     from .evaluation.runner import Session, default_config, run_benchmark
     from .methods.registry import load_policy, make_method
     from .records.results import write_record
 
     # Validate every cheap argument before the (slow) model load.
-    check_bench(args.bench)
-    check_split(args.split)
-    resolve_data_dir(args.data_dir)
-    check_numerics(args.model, args.dtype, args.numerics)
+    _check_before_load(args, args.split)
     policy = load_policy(args.policy)
     if policy is not None and args.no_early_exit:
         policy["early_exit_off"] = True
@@ -140,7 +178,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .records.fidelity import check_rule
         check_rule(args.answer_rule)
     k = f"-k{args.k}" if args.k is not None else ""
-    out = Path(args.out) if args.out else Path("results") / f"{args.model}_{args.bench}_{method.name}{k}.json"
+    # the default name uses the model's label: an absolute model path must not move it out of results/
+    out = Path(args.out) if args.out else Path("results") / f"{model_label(args.model)}_{args.bench}_{method.name}{k}.json"
+    _clean_stale(out)
     session = Session.open(args.model, dtype=args.dtype, device=args.device, numerics=args.numerics)
     config = default_config(session.loaded, shots=args.shots, answer_rule=args.answer_rule,
                             max_new_tokens=_stage_caps(args.max_new_tokens))
@@ -158,8 +198,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .engine.models import check_numerics
-    from .evaluation.benchmarks import check_bench, resolve_data_dir
     from .evaluation.runner import Session, default_config, log
     from .methods.registry import METHODS, SEARCHES, load_plugins
     from .records.results import atomic_write
@@ -170,10 +208,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.method not in SEARCHES:
         raise UserError(f"method '{args.method}' has no offline search",
                         f"run it directly with `litestage-bench run`; methods with a search: {', '.join(sorted(SEARCHES))}")
-    check_bench(args.bench)
-    resolve_data_dir(args.data_dir)
-    check_numerics(args.model, args.dtype, args.numerics)
+    _check_before_load(args, "calib")
     out = Path(args.out)
+    _clean_stale(out)
     session = Session.open(args.model, dtype=args.dtype, device=args.device, numerics=args.numerics)
     config = default_config(session.loaded, shots=args.shots)
     policy = SEARCHES[args.method](session, args.bench, args, config, _command_line(), log)
@@ -220,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .engine.models import DEFAULT_MODEL
     from .evaluation.benchmarks import BENCHMARKS
     from .evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_ROUNDS, DEFAULT_TIMED
-    ap = argparse.ArgumentParser(prog="litestage-bench", description="Layer skipping for multi-stage reasoning, benchmarked.")
+    ap = _Parser(prog="litestage-bench", description="Layer skipping for multi-stage reasoning, benchmarked.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     sub.add_parser("models", help="known model aliases and where each comes from").set_defaults(func=cmd_models)
@@ -253,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", help="float32 or bfloat16 (default: the model's CPU default)")
     run.add_argument("--numerics", help=NUMERICS_HELP)
     run.add_argument("--device", default="cpu")
-    run.add_argument("--shots", type=int, help="few-shot demos (default 1)")
+    run.add_argument("--shots", type=_non_negative, help="few-shot demos (default 1)")
     run.add_argument("--answer-rule", help="regex, letter, cloze, regex+letter, regex+cloze (default: per model)")
     run.add_argument("--max-new-tokens", help="per-stage caps RECALL,ANALYZE,SUMMARIZE")
     run.add_argument("--one-step", action="store_true", help="also score a one-step (no reasoning) answer")
@@ -299,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one-sided confidence of each candidate's target test (default 0.95)")
     search.add_argument("--no-early-exit", action="store_true", help="do not search early-exit thresholds")
     search.add_argument("--harm-profile", action="store_true", help="also measure every unit's single-skip KL")
-    search.add_argument("--shots", type=int)
+    search.add_argument("--shots", type=_non_negative)
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--dtype")
     search.add_argument("--numerics", help=NUMERICS_HELP)
@@ -345,6 +382,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as err:
         print(f"litestage-bench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # a full disk and the like: the user's to mend, not a bug
+        err = write_error(exc)
+        if err is None:
+            traceback.print_exc()
+            print(f"litestage-bench: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        else:
+            print(f"litestage-bench: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("litestage-bench: interrupted; no result file was written", file=sys.stderr)

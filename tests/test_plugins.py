@@ -16,7 +16,6 @@ import pytest
 from litestage_bench.core import plugins
 from litestage_bench.core.code_version import code_version
 from litestage_bench.core.errors import UserError
-from litestage_bench.evaluation.benchmarks import Question
 from litestage_bench.evaluation.jsonl_bench import JsonlBenchmark
 
 REPO = Path(__file__).resolve().parents[1]

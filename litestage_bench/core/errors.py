@@ -1,6 +1,9 @@
 """User-facing errors: one line naming the problem and the fix, never a traceback."""
 from __future__ import annotations
 
+import errno
+import os
+
 
 class UserError(Exception):
     """Bad input from the user (unknown name, missing file, malformed data...).
@@ -12,3 +15,22 @@ class UserError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem} -- fix: {fix}")
+
+
+# write failures that the user can mend (the fix for each); any other OSError is a bug
+_WRITE_FIXES = {
+    errno.ENOSPC: "free disk space (or write elsewhere with --out) and run again",
+    errno.EDQUOT: "free space within your disk quota (or write elsewhere with --out) and run again",
+    errno.EROFS: "write to a writable folder (--out)",
+    errno.EACCES: "write to a folder you may write to (--out), or fix its permissions",
+    errno.EPERM: "write to a folder you may write to (--out), or fix its permissions",
+}
+
+
+def write_error(exc: OSError, path: str | os.PathLike | None = None) -> UserError | None:
+    """The ``UserError`` for a write that failed for a reason the user can mend (a full disk...), else None."""
+    fix = _WRITE_FIXES.get(exc.errno)
+    if fix is None:
+        return None
+    where = path if path is not None else exc.filename
+    return UserError(f"could not write {where or 'a file'}: {os.strerror(exc.errno)}", fix)

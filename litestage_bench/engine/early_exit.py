@@ -8,6 +8,7 @@ fires before ``window`` tokens exist.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -38,6 +39,9 @@ class ExitRule:
         if self.window < 1:
             raise UserError(f"early-exit window must be at least 1 token (got {self.window})",
                             "set a positive window")
+        if not math.isfinite(self.threshold):  # a NaN threshold never fires: a silently dense run
+            raise UserError(f"early-exit threshold must be a finite number (got {self.threshold})",
+                            "set a finite threshold, or no early-exit rule for the stage")
         if self.confidence not in CONFIDENCES:
             raise UserError(f"unknown early-exit confidence '{self.confidence}'", f"use one of: {', '.join(CONFIDENCES)}")
 

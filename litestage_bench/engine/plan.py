@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import UserError
+from ..core.schema import Checker
 
 PLAN_SCHEMA_VERSION = 1
 STAGES = ("recall", "analyze", "summarize")  # the reasoner's stages, in order
@@ -171,12 +172,57 @@ class SkipPlan:
                 "stages": {k: v.to_dict() for k, v in self.stages.items()}}
 
     @staticmethod
-    def from_dict(data: dict) -> "SkipPlan":
+    def from_dict(data: dict, source: str | None = None) -> "SkipPlan":
+        """A plan from its JSON form; ``UserError`` naming ``source`` (default: its "path") for a
+        wrong type, an unknown stage or key, or a non-finite number."""
+        check = Checker(str(source or (data.get("path") if isinstance(data, dict) else None) or "the plan"),
+                        "fix the plan (format: litestage_bench/engine/plan.py) or write it again")
+        check_plan_dict(data, check)
         if data.get("schema_version") != PLAN_SCHEMA_VERSION:
             raise UserError(f"plan schema_version {data.get('schema_version')!r} is not {PLAN_SCHEMA_VERSION}",
                             "regenerate the plan with this version of litestage-bench")
         return SkipPlan({k: StagePlan.from_dict(v) for k, v in data.get("stages", {}).items()},
                         str(data.get("name", "plan")))
+
+
+STAGE_PLAN_KEYS = ("prefill", "decode", "schedule", "attn_scale", "ffn_scale", "dynamic_ffn")
+
+
+def check_skip_set(value: Any, where: str, check: Checker, num_layers: int | None = None) -> None:
+    check.keys(check.obj(value, where), where, SUBLAYERS)
+    for sub in SUBLAYERS:
+        if sub in value:
+            check.layers(value[sub], f"{where}.{sub}", num_layers)
+
+
+def check_plan_dict(data: Any, check: Checker, num_layers: int | None = None) -> None:
+    """The JSON form of a ``SkipPlan`` (``to_dict``): types, stage names, layer indices (in range
+    when ``num_layers`` is given), finite factors and thresholds."""
+    check.obj(data, "plan")
+    check.string(data.get("name", ""), "name")
+    stages = check.keys(check.obj(data.get("stages"), "stages", optional=True), "stages", STAGES, "stage")
+    for stage, plan in stages.items():
+        at = f"stages.{stage}"
+        check.keys(check.obj(plan, at), at, STAGE_PLAN_KEYS)
+        for part in ("prefill", "decode"):
+            check_skip_set(plan.get(part, {}), f"{at}.{part}", check, num_layers)
+        for i, entry in enumerate(check.lst(plan.get("schedule"), f"{at}.schedule", optional=True)):
+            where = f"{at}.schedule[{i}]"
+            check.keys(check.obj(entry, where), where, ("from_step", "skip"))
+            check.whole(entry.get("from_step"), f"{where}.from_step", 0)
+            check_skip_set(entry.get("skip"), f"{where}.skip", check, num_layers)
+        for part in ("attn_scale", "ffn_scale"):
+            for layer, factor in check.obj(plan.get(part), f"{at}.{part}", optional=True).items():
+                if not str(layer).isdigit():
+                    raise check.fail(f"{at}.{part}", "an object keyed by layer index", layer)
+                check.layers([int(layer)], f"{at}.{part}", num_layers)
+                check.number(factor, f"{at}.{part}.{layer}")
+        if plan.get("dynamic_ffn") is not None:
+            where = f"{at}.dynamic_ffn"
+            dyn = check.keys(check.obj(plan["dynamic_ffn"], where), where, ("candidates", "threshold", "warmup_steps"))
+            check.layers(dyn.get("candidates"), f"{where}.candidates", num_layers)
+            check.number(dyn.get("threshold"), f"{where}.threshold")
+            check.whole(dyn.get("warmup_steps", 20), f"{where}.warmup_steps", 0)
 
 
 DENSE_STAGE = StagePlan()

@@ -23,17 +23,20 @@ def fingerprint(config: dict[str, Any]) -> str:
 
 
 class RunCheckpoint:
-    """Lists of items per (phase, key), read from and appended to a JSON-lines file."""
+    """Lists of items per (phase, key), read from and appended to a JSON-lines file.
+
+    The file is written from the first finished batch on: a run that fails before any leaves none.
+    ``replaced`` says that a checkpoint of another run (or an unreadable one) was removed."""
 
     def __init__(self, path: str | os.PathLike, config: dict[str, Any]) -> None:
         self.path = Path(path)
         self.fingerprint = fingerprint(config)
         self.entries: dict[tuple[str, str], list[ItemResult]] = {}
-        if self._load():
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+        self.replaced = False
+        self._started = self._load()
+        if not self._started and self.path.exists():
+            self.path.unlink()
+            self.replaced = True
 
     def _load(self) -> bool:
         """Read a checkpoint of the same run; False when there is none (or another run's)."""
@@ -65,6 +68,10 @@ class RunCheckpoint:
     def put(self, phase: str, key: str, items: list[ItemResult]) -> None:
         self.entries[(phase, key)] = items
         line = json.dumps({"phase": phase, "key": key, "items": [item_to_dict(it) for it in items]})
+        if not self._started:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            line = json.dumps({"fingerprint": self.fingerprint}) + "\n" + line
+            self._started = True
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()

@@ -44,6 +44,24 @@ def default_config(loaded: LoadedModel, **overrides) -> ReasonerConfig:
     return cfg
 
 
+def check_device(device: str) -> str:
+    """``UserError`` for a device name torch does not know or this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"unknown device '{device}'", "use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device '{device}' is not available: this machine has no CUDA GPU", "use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"device '{device}' is not available: this machine has {count} CUDA GPU(s)",
+                            f"use cuda:0..cuda:{count - 1} or cpu")
+    elif dev.type != "cpu":
+        raise UserError(f"device '{device}' is not supported", "use cpu, cuda or cuda:N")
+    return device
+
+
 @dataclass
 class Session:
     """A loaded model with its executor, ready to run reasoners on any benchmark."""
@@ -53,6 +71,7 @@ class Session:
 
     @staticmethod
     def open(model: str, dtype: str | None = None, device: str = "cpu", numerics: str | None = None) -> "Session":
+        check_device(device)
         loaded = load_model(model, dtype=dtype, device=device, numerics=numerics)
         return Session(loaded, SkipExecutor(loaded.model))
 
@@ -60,6 +79,15 @@ class Session:
         eval_stems = {normalize_stem(q.stem) for q in load_split(bench, "eval", data_dir=data_dir)}
         demos = select_demos(load_demos(bench, data_dir), config.shots, eval_stems)
         return Reasoner(self.executor, self.loaded.tokenizer, demos, config)
+
+
+def check_items(items: list[Question], bench: str, split: str, data_dir=None) -> list[Question]:
+    """``UserError`` for a split with no questions (an empty data file): nothing to measure."""
+    if not items:
+        raise UserError(f"benchmark '{bench}' split '{split}' has no questions"
+                        + (f" in {data_dir}" if data_dir else ""),
+                        "check the data file (litestage-bench data BENCH --data-dir DIR), or use the packaged data")
+    return items
 
 
 def log(msg: str) -> None:
@@ -203,7 +231,7 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     questions at a time; latency at batch 1 on a seeded subset of `timed` items (None: all),
     dense and method interleaved in this process, so that the speedup is measured side by side."""
     seed_everything(seed)
-    items = load_split(bench, split, limit=limit, data_dir=data_dir, seed=seed)
+    items = check_items(load_split(bench, split, limit=limit, data_dir=data_dir, seed=seed), bench, split, data_dir)
     reasoner = session.reasoner(bench, config, data_dir)
     facts = model_facts(session.executor, session.loaded.name)
     plan, callbacks = checked_plan(method, facts), method_callbacks(method)
@@ -223,6 +251,8 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
             "dense_record": dense_record, "threads": torch.get_num_threads(), "device": str(session.executor.device)})
         if checkpoint.resumed:
             log(f"[{label}] resuming: {checkpoint.resumed} finished batches / timed questions in {checkpoint_path}")
+        elif checkpoint.replaced:
+            log(f"[{label}] removed {checkpoint_path}: the checkpoint of another run (other settings or items)")
     results = evaluate_items(reasoner, plan, callbacks, items, batch_size, label, checkpoint=checkpoint)
     if not is_dense and dense_items is None:
         dense_items = evaluate_items(reasoner, DENSE, {}, items, batch_size, f"{label}: dense reference",

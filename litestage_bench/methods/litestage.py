@@ -37,8 +37,9 @@ from typing import Any, Callable
 
 from ..core.code_version import code_version
 from ..core.errors import UserError
-from ..engine.early_exit import ConfidenceExit, ConfidenceRecorder, ExitRule
-from ..engine.plan import STAGES, SkipPlan, SkipSet, StagePlan
+from ..core.schema import Checker
+from ..engine.early_exit import CONFIDENCES, ConfidenceExit, ConfidenceRecorder, ExitRule
+from ..engine.plan import STAGES, SkipPlan, SkipSet, StagePlan, check_skip_set
 from ..evaluation.benchmarks import Question, check_disjoint, load_split, subset
 from ..evaluation.reasoner import Callbacks, Reasoner, StageMemo
 from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
@@ -66,6 +67,27 @@ def exit_callbacks(rules: dict[str, ExitRule | None]) -> Callbacks:
     return {s: ConfidenceExit(r) for s, r in rules.items() if r is not None}
 
 
+def check_policy_dict(policy: dict[str, Any], check: Checker) -> None:
+    """A LiteStage policy's types: every stage's skip set (layers within num_layers), and early-exit
+    rules with a whole window >= 1, a finite threshold and a known confidence."""
+    layers = check.whole(policy.get("num_layers"), "num_layers", 1)
+    check.string(policy.get("model"), "model")
+    stages = check.keys(check.obj(policy.get("stages"), "stages"), "stages", STAGES, "stage")
+    for stage in STAGES:
+        entry = check.obj(stages.get(stage), f"stages.{stage}")
+        check_skip_set(entry.get("skip"), f"stages.{stage}.skip", check, layers)
+    rules = check.keys(check.obj(policy.get("early_exit"), "early_exit", optional=True), "early_exit", STAGES, "stage")
+    for stage, rule in rules.items():
+        if rule is None:
+            continue
+        at = f"early_exit.{stage}"
+        check.obj(rule, at)
+        check.whole(rule.get("window"), f"{at}.window", 1)
+        check.number(rule.get("threshold"), f"{at}.threshold")
+        check.one_of(rule.get("confidence", "max_prob"), f"{at}.confidence", CONFIDENCES)
+    check.flag(policy.get("early_exit_off", False), "early_exit_off")
+
+
 @register("litestage")
 class LiteStage(Method):
     """Applies a policy written by `litestage-bench search --method litestage`."""
@@ -83,6 +105,7 @@ class LiteStage(Method):
             raise UserError(f"{where} is not a LiteStage policy (method {policy.get('method')!r}, schema "
                             f"{policy.get('schema_version')!r})", "pass a file written by `litestage-bench search "
                             "--method litestage`")
+        check_policy_dict(policy, Checker(where, "regenerate it with `litestage-bench search --method litestage`"))
         try:
             self.sets = {s: SkipSet.from_dict(policy["stages"][s]["skip"]) for s in STAGES}
             self.rules = {s: ExitRule.from_dict(policy.get("early_exit", {}).get(s)) for s in STAGES}
@@ -374,7 +397,7 @@ def _harm_report(harm: HarmMeter, sets: dict[str, SkipSet], ranking: list, score
 def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, command: str = "",
            cache_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
     """The whole offline LiteStage search on the calibration split; returns the policy."""
-    from ..engine.models import cache_root
+    from ..engine.models import cache_root, model_label
 
     opts.check()
     started = time.perf_counter()
@@ -402,7 +425,7 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                 "numerics": session.loaded.numerics, "bench": bench, "items": [q.id for q in items], "timed": [q.id for q in timed_items],
                 "config": config.to_dict(), "cpu": machine_info().get("cpu"), "threads": _threads(),
                 "device": str(session.executor.device)}
-    cache_dir = cache_dir or cache_root() / "search" / f"{name}-{bench}"
+    cache_dir = cache_dir or cache_root() / "search" / f"{model_label(name)}-{bench}"
     # the memo already holds dense's stages
     meter = CandidateMeter(reasoner, items, timed_items, dense, base_key, cache_dir, opts, log, memo)
     for q in items[:1]:  # warm-up (allocator, header cache), not timed

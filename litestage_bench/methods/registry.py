@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ..core.errors import UserError
 from ..core.plugins import METHODS_GROUP, load_group
+from ..core.schema import Checker
 from ..engine.method import Method, ModelFacts
 from ..engine.plan import DENSE, SkipPlan
 
@@ -57,8 +58,7 @@ def load_policy(path: str | Path | None) -> dict[str, Any] | None:
     except json.JSONDecodeError as err:
         raise UserError(f"policy file {path} is not valid JSON (line {err.lineno}: {err.msg})",
                         "regenerate it with `litestage-bench search`") from err
-    if not isinstance(data, dict):
-        raise UserError(f"policy file {path} does not hold a JSON object", "regenerate it with `litestage-bench search`")
+    Checker(f"policy file {path}", "regenerate it with `litestage-bench search`").obj(data, "the top level")
     data.setdefault("path", str(path))
     return data
 

@@ -328,53 +328,9 @@ def _token_split(r: ResultRecord) -> str:
     return "-" if fewer == cheaper == "-" else f"{fewer} x {cheaper}"
 
 
-def _check_comparable(r: ResultRecord, side: str, i: int) -> None:
-    """``UserError`` when a field that compare reads has the wrong type: ``load_record`` checks the
-    keys and the numbers it converts, not every type, and a bad value must not crash the gate."""
-    def bad(what: str) -> UserError:
-        label = "/".join(str(x) for x in (r.model, r.benchmark, r.method))
-        return UserError(f"{side} record #{i + 1} ({label}) is malformed: {what}",
-                         "re-run `litestage-bench run` (or the grid) to regenerate it")
-
-    for name in ("model", "benchmark", "method", "split"):
-        if not isinstance(getattr(r, name), str):
-            raise bad(f"{name!r} must be a string")
-    for name in ("numerics", "dtype", "device"):
-        if not isinstance(getattr(r, name), (str, type(None))):
-            raise bad(f"{name!r} must be a string or null")
-    if not isinstance(r.n, int) or isinstance(r.n, bool):
-        raise bad("'n' must be a whole number")
-    if not isinstance(r.policy, (dict, str, type(None))):
-        raise bad("'policy' must be an object, a path or null")
-    if not _is_num(r.accuracy) or not all(_is_num(x) for x in r.accuracy_ci95):
-        raise bad("'accuracy' and 'accuracy_ci95' must be numbers")
-    if not _is_num(r.speedup, none_ok=True) or not _is_num(r.mcnemar_p, none_ok=True):
-        raise bad("'speedup' and 'mcnemar_p' must be numbers or null")
-    if r.speedup_ci95 is not None and not all(_is_num(x) for x in r.speedup_ci95):
-        raise bad("'speedup_ci95' must be a pair of numbers")
-    cost = r.executed_cost_fraction
-    if not isinstance(cost, dict) or not all(_is_num(v, none_ok=True) for v in cost.values()):
-        raise bad("'executed_cost_fraction' must map stages to numbers")
-    for name in ("fidelity", "noise_floor"):
-        if not isinstance(getattr(r, name), (dict, type(None))):
-            raise bad(f"{name!r} must be an object or null")
-    f = r.fidelity or {}
-    if not all(_is_num(f.get(k), none_ok=True) for k in ("n", "agreement", "answer_kl", "correct_to_wrong",
-                                                          "wrong_to_correct")):
-        raise bad("'fidelity' counts and rates must be numbers")
-    if not isinstance(r.timing, dict) or not isinstance(r.timing.get("speedup_rounds", []), (list, type(None))):
-        raise bad("'timing' must be an object and its 'speedup_rounds' a list")
-    for j, it in enumerate(r.items):
-        if not isinstance(it.id, str):
-            raise bad(f"items[{j}].id must be a string")
-        if not isinstance(it.prediction, (str, type(None))) or not isinstance(it.correct, bool):
-            raise bad(f"items[{j}] needs a string (or null) 'prediction' and a true/false 'correct'")
-
-
 def _index(records: Iterable[ResultRecord], side: str) -> dict[tuple, ResultRecord]:
     out: dict[tuple, ResultRecord] = {}
-    for i, r in enumerate(records):
-        _check_comparable(r, side, i)
+    for r in records:  # load_record has checked the types of what compare reads
         key = _match_key(r)
         if key in out:
             raise UserError(

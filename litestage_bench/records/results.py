@@ -6,12 +6,14 @@ back (interface.md, "Result record"). Files are always written atomically.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import platform
 import sys
 import tempfile
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from .. import __version__
-from ..core.errors import UserError
+from ..core.errors import UserError, write_error
 from ..core.plugins import external_plugins
+from ..core.schema import Checker
 from . import fidelity as fid
 from . import metrics, stats
 from . import timing as paired_timing
@@ -291,12 +294,19 @@ def item_to_dict(item: ItemResult) -> dict:
 
 
 def item_from_dict(it: Any, source: str = "item", i: int = 0) -> ItemResult:
-    """An ``ItemResult`` from its JSON form (``UserError`` naming what is missing)."""
+    """An ``ItemResult`` from its JSON form (``UserError`` naming what is missing or mistyped)."""
     if not isinstance(it, dict):
         raise UserError(f"{source}: items[{i}] must be an object", _rerun_fix(source))
     for key in _required(ItemResult):
         if key not in it:
             raise UserError(f"{source}: missing key {key!r} in items[{i}]", _rerun_fix(source))
+    check = Checker(source, _rerun_fix(source))
+    check.string(it["id"], f"items[{i}].id")
+    check.string(it["prediction"], f"items[{i}].prediction", none_ok=True)
+    check.flag(it["correct"], f"items[{i}].correct")
+    check.number(it["latency_s"], f"items[{i}].latency_s", finite=False, none_ok=True)
+    for key in ("stage_latency_s", "tokens"):
+        check.obj(it[key], f"items[{i}].{key}")
     item_keys = {f.name for f in fields(ItemResult)}
     it = {k: v for k, v in it.items() if k in item_keys}  # tolerate additions from newer writers
     it["latency_s"] = _nan_if_none(it["latency_s"])
@@ -320,6 +330,44 @@ def _rerun_fix(source: str) -> str:
     return f"re-run `litestage-bench run --model M --bench B --method X --out {source}` to regenerate it"
 
 
+def _pair(check: Checker, value: Any, where: str, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if not isinstance(value, list) or len(value) != 2:
+        raise check.fail(where, "a pair [low, high]" + (" or null" if none_ok else ""), value)
+    for j, x in enumerate(value):
+        check.number(x, f"{where}[{j}]", finite=False, none_ok=True)
+
+
+def check_record_dict(d: dict, check: Checker) -> None:
+    """The types of a record's fields that reports and `compare` read (null stands for NaN)."""
+    for key in ("model", "benchmark", "method", "split", "answer_rule"):
+        check.string(d[key], key)
+    for key in ("numerics", "dtype", "device"):
+        check.string(d.get(key), key, none_ok=True)
+    check.whole(d["n"], "n", 0)
+    if not isinstance(d["policy"], (dict, str, type(None))):
+        raise check.fail("policy", "an object, a path or null", d["policy"])
+    check.number(d["accuracy"], "accuracy", finite=False, none_ok=True)
+    _pair(check, d["accuracy_ci95"], "accuracy_ci95")
+    _pair(check, d.get("speedup_ci95"), "speedup_ci95", none_ok=True)
+    for key in ("latency_s", "speedup", "mcnemar_p", "chance", "retention"):
+        check.number(d.get(key), key, finite=False, none_ok=True)
+    for key in ("stage_latency_s", "tokens", "executed_cost_fraction"):
+        for stage, x in check.obj(d[key], key).items():
+            check.number(x, f"{key}.{stage}", finite=False, none_ok=True)
+    for key in ("answer_rule_counts", "accuracy_by_rule", "machine", "config"):
+        check.obj(d[key], key)
+    for key in ("extra", "timing"):
+        check.obj(d.get(key), key, optional=True)
+    for key in ("fidelity", "noise_floor", "speedup_decomposition"):
+        check.obj(d.get(key), key, optional=True)
+    fidelity = d.get("fidelity") or {}
+    for key in ("n", "agreement", "answer_kl", "correct_to_wrong", "wrong_to_correct"):
+        check.number(fidelity.get(key), f"fidelity.{key}", finite=False, none_ok=True)
+    check.lst((d.get("timing") or {}).get("speedup_rounds"), "timing.speedup_rounds", optional=True)
+
+
 def record_from_dict(d: Any, source: str = "result record") -> ResultRecord:
     """Rebuild a record, checking ``schema_version`` and required keys.
 
@@ -340,6 +388,7 @@ def record_from_dict(d: Any, source: str = "result record") -> ResultRecord:
             raise UserError(f"{source}: missing key {key!r}", _rerun_fix(source))
     if not isinstance(d["items"], list):
         raise UserError(f"{source}: 'items' must be a list", _rerun_fix(source))
+    check_record_dict(d, Checker(source, _rerun_fix(source)))
     items = [item_from_dict(it, source, i) for i, it in enumerate(d["items"])]
     rec_keys = {f.name for f in fields(ResultRecord)}
     kw = {k: v for k, v in d.items() if k in rec_keys}
@@ -370,8 +419,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
     is removed and the target is left untouched. Parent directories are created.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the writer's pid in the name tells a later run whether the writer is still alive (clean_stale_temps)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as exc:
+        raise (write_error(exc, path) or exc) from exc
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             write(fh)
@@ -382,13 +435,50 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and write_error(exc, path):  # a full disk: one line, nothing left
+            raise write_error(exc, path) from exc
         raise
     return path
+
+
+STALE_AFTER_S = 3600  # a temp file without a writer's pid counts as stale after this long unchanged
+
+
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files that killed atomic writes of ``path`` (or of files named ``path.*``,
+    such as its checkpoint) left beside it; returns what was removed. A temp file of a live writer
+    is kept (its pid is in the name; one without a pid only when changed within STALE_AFTER_S)."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        parts = tmp.name.split(".")
+        pid = parts[-3] if len(parts) >= 4 else ""
+        try:
+            if pid.isdigit():
+                if _writer_alive(int(pid)):
+                    continue
+            elif time.time() - tmp.stat().st_mtime < STALE_AFTER_S:
+                continue
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:  # its writer finished meanwhile
+            continue
+    return removed
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
