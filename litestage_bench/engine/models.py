@@ -309,12 +309,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.mo
 
 
 def check_model_folder(name: str) -> None:
-    """``UserError`` before any load for a local model folder without config.json or a tokenizer."""
+    """``UserError`` before any load for a local model folder without config.json, of a family the
+    executor cannot run, or without a tokenizer."""
     path = Path(name)
     if name in MODELS or not path.is_dir():
         return
     if not (path / "config.json").is_file():
         raise UserError(f"model folder {path} has no config.json", "pass a folder written by save_pretrained")
+    check_model_type(name, {})
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise UserError(f"model folder {path} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}...)",
                         "save the model's tokenizer into it too (tokenizer.save_pretrained(folder))")
