@@ -7,7 +7,8 @@ plus the dense model's own next token. The output is dense greedy decoding's, to
 
 KV cache (``SkipKVCache``, batch 1, so slot = position): the prompt is prefilled dense. Drafting
 appends the pending token and the drafts with the keys/values of the layers the draft runs (its
-own ``fill`` rule when its schedule re-activates an attention layer within a round). Those entries
+own ``fill`` rule when its schedule re-activates an attention layer within a round); it reads the
+dense entries of every verified position, so it drafts from a dense history. Its own entries
 are not the dense model's (the hidden states under skipping differ), so verification first
 truncates back to the pending token and recomputes every layer over it and the drafts; then the
 cache is cut after the accepted drafts, so the next round continues from the accepted prefix and
@@ -18,8 +19,11 @@ Done: ``generate_speculative`` (draft under a ``StagePlan``'s decode sets and sc
 optional confidence-based draft stop as in Draft & Verify) with per-generation ``SpeculativeStats``.
 Remains: the methods ``selfspec`` (a searched draft set, Draft & Verify / SWIFT style) and
 ``litestage-spec`` (LiteStage's per-stage set as the draft), reasoner integration (stage caches,
-shared prefixes, batched options: verification here is batch 1), records metrics (acceptance,
-draft/verify time), and an adaptive threshold (Draft & Verify adjusts its own).
+shared prefixes, batched options: verification here is batch 1 and starts from an empty cache),
+records metrics (acceptance, draft/verify time), and an adaptive threshold (Draft & Verify adjusts
+its own). Measured so far (scripts/speculative_acceptance.py): correct tokens always, but no
+speed-up for SmolLM2-135M on one CPU thread, where a draft forward skipping a few attention
+sub-layers costs nearly a dense step and a verify block more (details in the README).
 """
 from __future__ import annotations
 
@@ -62,7 +66,8 @@ class SpeculativeStats:
     @property
     def tokens_per_step(self) -> float:
         """Mean tokens a verify step yields, its own next token included (Spec-Bench's "mean
-        accepted tokens"; 1.0 for plain decoding). Tokens cut by a stop token or the length cap count."""
+        accepted tokens"; 1.0 for plain decoding), counting the verifier's token also where an
+        accepted stop token among the drafts left it unused."""
         return self.accepted_per_step + 1.0 if self.verify_steps else 0.0
 
     def to_dict(self) -> dict:
