@@ -136,6 +136,21 @@ def test_confidence_threshold_ends_draft_rounds_early():
     assert never.stats.to_dict()["accept_lengths"] == full.stats.accept_lengths and never.stats.confidence_stops == 0
 
 
+def test_drafts_run_under_the_draft_plan_and_verification_dense():
+    ex = SkipExecutor(tiny_model("llama"))
+    skip = SkipSet.of(attn=[1], ffn=[2, 3])
+    spec, _ = check_against_dense(ex, PROMPT, StagePlan.static(skip), 24, 4, set())
+    s, arch = spec.stats, ex.arch
+    per_token = [a + f for a, f in zip(arch.attn_flops, arch.ffn_flops)]
+    skipped = arch.attn_flops[1] + arch.ffn_flops[2] + arch.ffn_flops[3]
+    assert s.draft_cost.total == pytest.approx(s.drafted * sum(per_token))
+    assert s.draft_cost.fraction == pytest.approx(1 - skipped / sum(per_token))
+    # dense: the prompt once, then each verify block (the pending token and its drafts)
+    assert s.verify_cost.fraction == 1.0
+    assert s.verify_cost.total == pytest.approx((len(PROMPT) + s.verify_steps + s.drafted) * sum(per_token))
+    assert s.acceptance_rate < 1.0
+
+
 def test_bad_arguments_are_refused():
     ex = SkipExecutor(tiny_model("llama"))
     with pytest.raises(ValueError):

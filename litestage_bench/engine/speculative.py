@@ -100,8 +100,10 @@ def generate_speculative(executor: SkipExecutor, prompt: list[int], draft: Stage
     probability is below it (that draft is still verified); None never ends early.
 
     Batch 1 only: rows would accept different numbers of drafts per round, so their caches would
-    advance by different lengths; exact batched verification (per-row cuts with ``keep_first``)
-    is later work.
+    advance by different lengths. Exact batched verification is later work; the cache has what it
+    needs: draft all rows in the same slots, ``truncate`` back batch-wide, verify one [rows, 1+k]
+    block (rows with shorter drafts fed masked padding), then cut each row with ``keep_first`` (the
+    rejected slots stay behind as padding, so rounds cost k+1 slots each).
     """
     if max_new_tokens < 1 or k < 1:
         raise ValueError(f"need max_new_tokens >= 1 and k >= 1, got {max_new_tokens} and {k}")
