@@ -22,7 +22,7 @@ from litestage_bench.core.errors import UserError
 from litestage_bench.core.schema import Checker
 from litestage_bench.engine.executor import SkipExecutor
 from litestage_bench.engine.plan import STAGES, SUBLAYERS, SkipPlan, SkipSet, StagePlan
-from litestage_bench.evaluation.benchmarks import Question, check_disjoint, load_split
+from litestage_bench.evaluation.benchmarks import Question, check_disjoint, check_items, load_split
 from litestage_bench.evaluation.header_cache import HeaderCache
 from litestage_bench.methods.calibration import StageTexts, prefill_after_header
 from litestage_bench.methods.registry import Method, ModelFacts
@@ -255,9 +255,8 @@ def calibrate(session, bench: str, args, config, name: str, default_limit: int,
 
     started = time.perf_counter()
     seed_everything(args.seed)
-    items = load_split(bench, "calib", limit=args.limit or default_limit, data_dir=args.data_dir, seed=args.seed)
-    if not items:
-        raise UserError(f"the calibration split of {bench} is empty", "check the data folder")
+    items = check_items(load_split(bench, "calib", limit=args.limit or default_limit, data_dir=args.data_dir,
+                                   seed=args.seed), bench, "calib", args.data_dir)
     check_disjoint(items, load_split(bench, "eval", data_dir=args.data_dir))
     reasoner = session.reasoner(bench, config, args.data_dir)
     log(f"[search] {name}: dense on {len(items)} calibration items of {bench}")

@@ -136,8 +136,8 @@ def _method_options(args: argparse.Namespace, policy: dict | None) -> dict | Non
 def _check_before_load(args: argparse.Namespace, split: str) -> None:
     """What run and search can check from their arguments and files before the (slow) model load."""
     from .engine.models import check_model_folder, check_numerics
-    from .evaluation.benchmarks import check_bench, check_split, load_split, resolve_data_dir
-    from .evaluation.runner import check_device, check_items
+    from .evaluation.benchmarks import check_bench, check_items, check_split, load_split, resolve_data_dir
+    from .evaluation.runner import check_device
     check_bench(args.bench)
     check_split(split)
     resolve_data_dir(args.data_dir)

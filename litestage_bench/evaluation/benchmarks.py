@@ -482,6 +482,15 @@ def data_fingerprint(bench: str, data_dir: str | os.PathLike | None = None) -> d
     return {"source": kind, "items_sha256": sha}
 
 
+def check_items(items: list[Question], bench: str, split: str, data_dir=None) -> list[Question]:
+    """``UserError`` for a split with no questions (an empty data file): nothing to measure."""
+    if not items:
+        raise UserError(f"benchmark '{bench}' split '{split}' has no questions"
+                        + (f" in {data_dir}" if data_dir else ""),
+                        "check the data file (litestage-bench data BENCH --data-dir DIR), or use the packaged data")
+    return items
+
+
 def check_disjoint(calib: list[Question], evaluation: list[Question]) -> None:
     """Calibration never touches evaluation items (by id and by question text)."""
     ids = {q.id for q in evaluation}

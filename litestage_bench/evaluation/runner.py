@@ -19,7 +19,7 @@ from ..records import metrics
 from ..records.noise import compact, compare, noise_floor_for
 from ..records.results import ItemResult, ResultRecord, build_record, load_record
 from ..records.timing import DEFAULT_ROUNDS, merge_rounds, with_latencies
-from .benchmarks import Question, load_split, normalize_stem, subset
+from .benchmarks import Question, check_items, load_split, normalize_stem, subset
 from .checkpoint import RunCheckpoint
 from .demos import load_demos
 from .reasoner import Callbacks, Reasoner, ReasonerConfig, StageMemo, select_demos
@@ -79,15 +79,6 @@ class Session:
         eval_stems = {normalize_stem(q.stem) for q in load_split(bench, "eval", data_dir=data_dir)}
         demos = select_demos(load_demos(bench, data_dir), config.shots, eval_stems)
         return Reasoner(self.executor, self.loaded.tokenizer, demos, config)
-
-
-def check_items(items: list[Question], bench: str, split: str, data_dir=None) -> list[Question]:
-    """``UserError`` for a split with no questions (an empty data file): nothing to measure."""
-    if not items:
-        raise UserError(f"benchmark '{bench}' split '{split}' has no questions"
-                        + (f" in {data_dir}" if data_dir else ""),
-                        "check the data file (litestage-bench data BENCH --data-dir DIR), or use the packaged data")
-    return items
 
 
 def log(msg: str) -> None:

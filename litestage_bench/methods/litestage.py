@@ -40,7 +40,7 @@ from ..core.errors import UserError
 from ..core.schema import Checker
 from ..engine.early_exit import CONFIDENCES, ConfidenceExit, ConfidenceRecorder, ExitRule
 from ..engine.plan import STAGES, SkipPlan, SkipSet, StagePlan, check_skip_set
-from ..evaluation.benchmarks import Question, check_disjoint, load_split, subset
+from ..evaluation.benchmarks import Question, check_disjoint, check_items, load_split, subset
 from ..evaluation.reasoner import Callbacks, Reasoner, StageMemo
 from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
 from ..records import metrics, stats
@@ -402,9 +402,8 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     opts.check()
     started = time.perf_counter()
     seed_everything(opts.seed)
-    items = load_split(bench, "calib", limit=opts.limit, data_dir=data_dir, seed=opts.seed)
-    if not items:
-        raise UserError(f"the calibration split of {bench} is empty", "check the data folder")
+    items = check_items(load_split(bench, "calib", limit=opts.limit, data_dir=data_dir, seed=opts.seed),
+                        bench, "calib", data_dir)
     check_disjoint(items, load_split(bench, "eval", data_dir=data_dir))
     timed_items = subset(items, opts.timed, opts.seed)
     reasoner = session.reasoner(bench, config, data_dir)

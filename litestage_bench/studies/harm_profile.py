@@ -38,13 +38,12 @@ def measure(session, bench: str, n_items: int, joint_sizes: list[int], *, stages
     """The harm profile of one model on one benchmark's calibration questions."""
     from scipy.stats import spearmanr
 
-    from ..evaluation.benchmarks import check_disjoint
+    from ..evaluation.benchmarks import check_disjoint, check_items
     from ..evaluation.runner import default_config, evaluate_items
 
     started = time.perf_counter()
-    items = load_split(bench, "calib", limit=SEARCH_LIMIT, data_dir=data_dir, seed=0)[:n_items]
-    if not items:
-        raise UserError(f"the calibration split of {bench} is empty", "check the data folder")
+    items = check_items(load_split(bench, "calib", limit=SEARCH_LIMIT, data_dir=data_dir, seed=0)[:n_items],
+                        bench, "calib", data_dir)
     check_disjoint(items, load_split(bench, "eval", data_dir=data_dir))
     name, ex = session.loaded.name, session.executor
     reasoner = session.reasoner(bench, default_config(session.loaded), data_dir)
