@@ -356,7 +356,8 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | None = None, device: str 
         else:
             raise UserError(f"unknown model '{name}'",
                             f"use an alias ({', '.join(MODELS)}), a local model folder, or a Hugging Face id")
-    check_model_type(source, kwargs)
+        if not path.is_dir():  # a .gguf file or a hub id; a folder was checked with check_model_folder
+            check_model_type(source, kwargs)
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
