@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
-from tiny_models import ARCHS, PROMPT, StepLogits, all_logits, assert_close, tiny_model, without_layer
+from tiny_models import (ARCHS, LAYERS, PROMPT, StepLogits, all_logits, assert_close, skip_sets, stage_plans,
+                         tiny_model, without_layer)
 
 from litestage_bench.engine.executor import CostMeter, SkipExecutor
 from litestage_bench.engine.plan import DynamicFFN, SkipPlan, SkipSet, StagePlan
@@ -260,17 +260,6 @@ def test_cost_fraction_of_all_ffns_skipped():
 
 # --- property tests over random plans -------------------------------------------------------------
 
-LAYERS = 4
-layer_sets = st.frozensets(st.integers(0, LAYERS - 1))
-skip_sets = st.builds(SkipSet, attn=layer_sets, ffn=layer_sets)
-stage_plans = st.builds(
-    StagePlan,
-    prefill=skip_sets,
-    decode=skip_sets,
-    schedule=st.lists(st.tuples(st.integers(0, 6), skip_sets), max_size=2).map(lambda xs: tuple(sorted(xs, key=lambda x: x[0]))),
-    attn_scale=st.dictionaries(st.integers(0, LAYERS - 1), st.floats(0.5, 1.5), max_size=2),
-    ffn_scale=st.dictionaries(st.integers(0, LAYERS - 1), st.floats(0.5, 1.5), max_size=2),
-)
 _MODEL = {}
 
 
@@ -281,7 +270,7 @@ def _executor() -> SkipExecutor:
 
 
 @settings(max_examples=25, deadline=None)
-@given(plan=stage_plans)
+@given(plan=stage_plans(max_from_step=6))
 def test_random_plans_run_cleanly_and_round_trip(plan):
     ex = _executor()
     got = ex.generate([PROMPT, PROMPT[:4]], plan, max_new_tokens=6)

@@ -12,26 +12,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import ARCHS, PROMPT, all_logits, assert_close, tiny_model
+from tiny_models import ARCHS, PROMPT, all_logits, assert_close, stage_plans, tiny_model
 
 from litestage_bench.engine.executor import CostMeter, SkipExecutor
 from litestage_bench.engine.plan import DynamicFFN, SkipSet, StagePlan
 from litestage_bench.engine.speculative import generate_speculative
 
-LAYERS = 4  # tiny_model's default
 VOCAB = 96
-layer_sets = st.frozensets(st.integers(0, LAYERS - 1))
-skip_sets = st.builds(SkipSet, attn=layer_sets, ffn=layer_sets)
-draft_plans = st.builds(
-    StagePlan,
-    prefill=skip_sets,
-    decode=skip_sets,
-    # schedules may re-activate an attention layer inside a draft round (the draft's fill rule)
-    schedule=st.lists(st.tuples(st.integers(0, 8), skip_sets), max_size=2).map(
-        lambda xs: tuple(sorted(xs, key=lambda x: x[0]))),
-    attn_scale=st.dictionaries(st.integers(0, LAYERS - 1), st.floats(0.5, 1.5), max_size=2),
-    ffn_scale=st.dictionaries(st.integers(0, LAYERS - 1), st.floats(0.5, 1.5), max_size=2),
-)
+# schedules may re-activate an attention layer inside a draft round (the draft's fill rule)
+draft_plans = stage_plans(max_from_step=8)
 
 
 @pytest.fixture(scope="module", params=ARCHS)

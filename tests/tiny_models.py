@@ -5,13 +5,33 @@ from __future__ import annotations
 import copy
 
 import torch
+from hypothesis import strategies as st
 
 from litestage_bench.engine.executor import CostMeter, SkipExecutor
-from litestage_bench.engine.plan import StagePlan
+from litestage_bench.engine.plan import SkipSet, StagePlan
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "olmo2", "granite")
 LOGIT_ATOL = 1e-4  # float32; observed differences are ~1e-6 on the tiny models
 PROMPT = [5, 17, 33, 2, 81, 40, 9, 64, 12, 7, 55, 3]
+LAYERS = 4  # tiny_model's default depth
+
+# random plans over LAYERS layers (hypothesis)
+layer_sets = st.frozensets(st.integers(0, LAYERS - 1))
+skip_sets = st.builds(SkipSet, attn=layer_sets, ffn=layer_sets)
+
+
+def stage_plans(max_from_step: int) -> st.SearchStrategy[StagePlan]:
+    """Random stage plans: prefill and decode sets, a schedule of up to two steps starting at
+    0..max_from_step (it may re-activate attention), and replacement factors."""
+    return st.builds(
+        StagePlan,
+        prefill=skip_sets,
+        decode=skip_sets,
+        schedule=st.lists(st.tuples(st.integers(0, max_from_step), skip_sets), max_size=2).map(
+            lambda xs: tuple(sorted(xs, key=lambda x: x[0]))),
+        attn_scale=st.dictionaries(st.integers(0, LAYERS - 1), st.floats(0.5, 1.5), max_size=2),
+        ffn_scale=st.dictionaries(st.integers(0, LAYERS - 1), st.floats(0.5, 1.5), max_size=2),
+    )
 
 
 def tiny_model(arch: str, layers: int = 4, seed: int = 0, head_scale: float = 20.0) -> torch.nn.Module:
