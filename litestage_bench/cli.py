@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .core.errors import UserError, write_error
+from .core.errors import UserError, print_error, write_error
 
 EXIT_USAGE = 2  # bad input, or an internal error: anything but a verdict
 EXIT_REGRESSION = 1
@@ -381,23 +381,26 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # inside: a failing import is an internal error too
         return args.func(args)
     except UserError as err:
-        print(f"litestage-bench: error: {err}", file=sys.stderr)
+        print_error(err)
         return EXIT_USAGE
     except OSError as exc:  # a full disk and the like: the user's to mend, not a bug
         err = write_error(exc)
         if err is None:
-            traceback.print_exc()
-            print(f"litestage-bench: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        else:
-            print(f"litestage-bench: error: {err}", file=sys.stderr)
+            return _internal_error(exc)
+        print_error(err)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("litestage-bench: interrupted; no result file was written", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug must never read as a verdict (compare's 1 = regression)
-        traceback.print_exc()
-        print(f"litestage-bench: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> int:
+    """A bug: its traceback and one closing line, exit 2."""
+    traceback.print_exc()
+    print(f"litestage-bench: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 
 
 class UserError(Exception):
@@ -15,6 +16,11 @@ class UserError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem} -- fix: {fix}")
+
+
+def print_error(err: UserError) -> None:
+    """The one line every command ends with on bad input: ``litestage-bench: error: PROBLEM -- fix: FIX``."""
+    print(f"litestage-bench: error: {err}", file=sys.stderr)
 
 
 # write failures that the user can mend (the fix for each); any other OSError is a bug

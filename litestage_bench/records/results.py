@@ -11,7 +11,6 @@ import json
 import math
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from .. import __version__
-from ..core.errors import UserError, write_error
+from ..core.errors import UserError, print_error, write_error
 from ..core.plugins import external_plugins
 from ..core.schema import Checker
 from . import fidelity as fid
@@ -358,9 +357,7 @@ def check_record_dict(d: dict, check: Checker) -> None:
             check.number(x, f"{key}.{stage}", finite=False, none_ok=True)
     for key in ("answer_rule_counts", "accuracy_by_rule", "machine", "config"):
         check.obj(d[key], key)
-    for key in ("extra", "timing"):
-        check.obj(d.get(key), key, optional=True)
-    for key in ("fidelity", "noise_floor", "speedup_decomposition"):
+    for key in ("extra", "timing", "fidelity", "noise_floor", "speedup_decomposition"):
         check.obj(d.get(key), key, optional=True)
     fidelity = d.get("fidelity") or {}
     for key in ("n", "agreement", "answer_kl", "correct_to_wrong", "wrong_to_correct"):
@@ -440,8 +437,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError) and write_error(exc, path):  # a full disk: one line, nothing left
-            raise write_error(exc, path) from exc
+        err = write_error(exc, path) if isinstance(exc, OSError) else None
+        if err is not None:  # a full disk: one line, nothing left
+            raise err from exc
         raise
     return path
 
@@ -494,7 +492,7 @@ def emit_markdown(render: Callable[[], str], out: str | os.PathLike | None) -> i
         if out:
             write_text_atomic(out, text)
     except UserError as err:
-        print(f"litestage-bench: error: {err}", file=sys.stderr)
+        print_error(err)
         return 2
     print(text)
     return 0
