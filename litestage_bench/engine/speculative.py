@@ -42,16 +42,23 @@ class SpeculativeStats:
     """Counts and times of one speculative generation. A verify step is one dense block forward;
     `accept_lengths` holds the drafts it accepted (the verifier's own next token not counted)."""
 
-    verify_steps: int = 0
     drafted: int = 0
-    accepted: int = 0
-    accept_lengths: list[int] = field(default_factory=list)
+    accept_lengths: list[int] = field(default_factory=list)  # one entry per verify step
     confidence_stops: int = 0  # draft rounds ended by the confidence threshold
     prefill_seconds: float = 0.0
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
     draft_cost: CostMeter = field(default_factory=CostMeter)
     verify_cost: CostMeter = field(default_factory=CostMeter)  # dense: prefill and verify forwards
+
+    @property
+    def verify_steps(self) -> int:
+        return len(self.accept_lengths)
+
+    @property
+    def accepted(self) -> int:
+        """Drafts accepted over all verify steps."""
+        return sum(self.accept_lengths)
 
     @property
     def acceptance_rate(self) -> float:
@@ -164,9 +171,7 @@ def generate_speculative(executor: SkipExecutor, prompt: list[int], draft: Stage
         cache.truncate(base + 1 + n)  # keep the pending token and the accepted drafts
         synchronize(device)
         stats.verify_seconds += time.perf_counter() - t1
-        stats.verify_steps += 1
         stats.drafted += len(drafts)
-        stats.accepted += n
         stats.accept_lengths.append(n)
 
         for i in range(n + 1):  # accepted drafts equal choices[:n]; choices[n] is the dense next token
