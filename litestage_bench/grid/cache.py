@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.code_version import code_version
 from ..core.errors import UserError
 from ..core.locking import file_lock
 from ..evaluation.checkpoint import RunCheckpoint

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.code_version import code_version
 from ..core.errors import UserError
 from ..core.locking import file_lock
 from ..engine.models import cache_root
@@ -33,7 +34,7 @@ from ..methods.registry import SEARCHES, Method, load_policy, make_method
 from ..records.noise import compact, compare, noise_floor_for
 from ..records.results import atomic_write
 from ..records.timing import with_latencies
-from .cache import AccuracyCache, cache_key, code_version, weights_id
+from .cache import AccuracyCache, cache_key, weights_id
 from .cases import GridCase, GridSelection, needs_search
 from .store import CaseResult
 
