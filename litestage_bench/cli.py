@@ -34,6 +34,11 @@ def _positive(text: str) -> int:
     return value
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers >= 1."""
+    return tuple(_positive(part.strip()) for part in text.split(",") if part.strip()) or _positive(text)
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -336,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one-sided confidence of each candidate's target test (default 0.95)")
     search.add_argument("--no-early-exit", action="store_true", help="do not search early-exit thresholds")
     search.add_argument("--harm-profile", action="store_true", help="also measure every unit's single-skip KL")
+    drafts = search.add_argument_group("lossless methods (selfspec, litestage-spec)")
+    drafts.add_argument("--draft-skips", type=_int_list, default=(1, 2, 4, 8),
+                        help="#units a candidate draft skips, comma-separated (default 1,2,4,8)")
+    drafts.add_argument("--draft-ks", type=_int_list, default=(2, 4),
+                        help="draft lengths k to try, comma-separated (default 2,4)")
+    drafts.add_argument("--draft-min-confidence", type=float,
+                        help="end a draft round once a draft's max probability is below this (default: never)")
+    drafts.add_argument("--ranking-from", help="take the sub-layer ranking of this LiteStage policy (same model "
+                        "and benchmark) instead of measuring it")
     search.add_argument("--shots", type=_non_negative)
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--dtype")

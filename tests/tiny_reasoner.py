@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from litestage_bench.engine.executor import SkipExecutor
-from litestage_bench.engine.plan import SkipPlan, SkipSet, StagePlan
+from litestage_bench.engine.plan import Draft, SkipPlan, SkipSet, StagePlan
 from litestage_bench.evaluation.benchmarks import Question
 from litestage_bench.evaluation.demos import Demo
 from litestage_bench.evaluation.reasoner import Reasoner, ReasonerConfig
@@ -26,6 +26,10 @@ STATIC = SkipPlan.uniform(StagePlan.static(SkipSet.of(attn=[1], ffn=[2])), ("rec
 STAGEWISE = SkipPlan({"recall": StagePlan.static(SkipSet.of(ffn=[1])),
                       "analyze": StagePlan.static(SkipSet.of(attn=[2])),
                       "summarize": StagePlan.static(SkipSet.layers([3]))}, "stagewise")
+# lossless: every stage computes dense and drafts under its own skips (k and confidence stop vary)
+DRAFTED = SkipPlan({"recall": StagePlan(draft=Draft(StagePlan(decode=SkipSet.of(attn=[1], ffn=[2])), k=3)),
+                    "analyze": StagePlan(draft=Draft(StagePlan(decode=SkipSet.layers([2])), k=2, min_confidence=0.3)),
+                    "summarize": StagePlan(draft=Draft(StagePlan(decode=SkipSet.of(ffn=[1, 3])), k=4))}, "drafted")
 
 
 def smollm2_tokenizer():

@@ -249,27 +249,14 @@ class SkipExecutor:
         but changes nothing), so that the returned cache holds every row; otherwise finished rows
         are dropped (in bulk) and the returned cache may lack some finished rows.
         """
+        if plan.draft is not None:
+            raise ValueError("a drafted stage plan decodes with engine.speculative.generate_drafted")
         start = time.perf_counter()
         rows = len(inputs)
-        room = max(len(x) for x in inputs) + max_new_tokens + 1
         plan_layers = self.fill_layers(plan, max_new_tokens)
         meter = CostMeter()
-        prefix_cache = None
-        if prefix:
-            base = cache if cache is not None else self.new_cache(1, len(prefix) + room)
-            rest = prefix[base.length:]
-            if rest:
-                shared = torch.tensor([rest], device=self.device)
-                self.forward(base, shared, torch.ones_like(shared, dtype=torch.bool), plan.skip_at(PREFILL_STEP),
-                             plan, meter, logits="none", fill=plan_layers)
-            cache = base.repeat(rows)
-            prefix_cache = base
-        elif cache is None:
-            cache = self.new_cache(rows, room)
-        else:
-            cache.reserve(room)
-        ids, valid = self._left_padded(inputs, pad_id)
-        logits = self.forward(cache, ids, valid, plan.skip_at(PREFILL_STEP), plan, meter, fill=plan_layers)[:, -1]
+        cache, logits, prefix_cache = self.start_rows(inputs, plan, max_new_tokens, prefix, cache, pad_id, meter,
+                                                      plan_layers)
         dynamic = None
         if plan.dynamic_ffn is not None:
             dynamic = _DynamicState(plan.dynamic_ffn, torch.zeros(rows, self.num_layers, device=self.device))
@@ -317,6 +304,30 @@ class SkipExecutor:
         synchronize(self.device)
         return Generation(tokens=out, stopped=stopped, seconds=time.perf_counter() - start, cost=meter,
                           cache=cache, last_logits=logits, steps=step, prefix_cache=prefix_cache)
+
+    def start_rows(self, inputs: list[list[int]], plan: StagePlan, max_new_tokens: int, prefix: list[int] | None,
+                   cache: SkipKVCache | None, pad_id: int, meter: CostMeter,
+                   fill: frozenset[int]) -> tuple[SkipKVCache, torch.Tensor, SkipKVCache | None]:
+        """`generate`'s prefill (see there for `prefix` and `cache`): the cache of the input rows,
+        each row's next-token logits [rows, vocab] and the prefix's own batch-1 cache (or None)."""
+        room = max(len(x) for x in inputs) + max_new_tokens + 1
+        prefix_cache = None
+        if prefix:
+            base = cache if cache is not None else self.new_cache(1, len(prefix) + room)
+            rest = prefix[base.length:]
+            if rest:
+                shared = torch.tensor([rest], device=self.device)
+                self.forward(base, shared, torch.ones_like(shared, dtype=torch.bool), plan.skip_at(PREFILL_STEP),
+                             plan, meter, logits="none", fill=fill)
+            cache = base.repeat(len(inputs))
+            prefix_cache = base
+        elif cache is None:
+            cache = self.new_cache(len(inputs), room)
+        else:
+            cache.reserve(room)
+        ids, valid = self._left_padded(inputs, pad_id)
+        logits = self.forward(cache, ids, valid, plan.skip_at(PREFILL_STEP), plan, meter, fill=fill)[:, -1]
+        return cache, logits, prefix_cache
 
     @staticmethod
     def _ask(on_token: TokenCallback, step: int, logits: torch.Tensor, token: torch.Tensor, alive: torch.Tensor,

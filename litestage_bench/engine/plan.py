@@ -5,6 +5,8 @@ set used for the stage's prefill, the set used for decode, an optional per-posit
 (decode step t uses the last schedule entry with ``from_step <= t``: SkipDecode), optional per-token
 FFN skipping decided online from similarities (AdaSkip's decode extension), and the replacement of a
 skipped sub-layer: identity (factor 1) or the sub-layer input scaled by a factor (AdaSkip).
+A stage plan may instead carry a ``Draft``: the stage then computes dense (lossless) and only drafts
+its tokens under the draft's skips, verified by the full model (``engine/speculative.py``).
 A ``SkipPlan`` maps stage names to stage plans; stages it does not name run dense.
 Plans serialise to and from JSON (``to_dict`` / ``from_dict``).
 """
@@ -76,6 +78,26 @@ class DynamicFFN:
 
 
 @dataclass(frozen=True)
+class Draft:
+    """Self-speculative decoding of a stage: draft up to `k` tokens per round under `plan`'s decode
+    sets, stop a round early once a draft's max probability is below `min_confidence` (None: never),
+    verify with the full model. Outputs are dense's; only speed depends on the draft."""
+
+    plan: "StagePlan"
+    k: int = 4
+    min_confidence: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"skip": self.plan.decode.to_dict(), "k": self.k, "min_confidence": self.min_confidence}
+
+    @staticmethod
+    def from_dict(data: dict) -> "Draft":
+        conf = data.get("min_confidence")
+        return Draft(StagePlan(decode=SkipSet.from_dict(data.get("skip", {}))), int(data.get("k", 4)),
+                     None if conf is None else float(conf))
+
+
+@dataclass(frozen=True)
 class StagePlan:
     """What one stage skips: in prefill, in decode, per position, per token."""
 
@@ -85,6 +107,7 @@ class StagePlan:
     attn_scale: dict[int, float] = field(default_factory=dict)  # replacement = input * factor
     ffn_scale: dict[int, float] = field(default_factory=dict)
     dynamic_ffn: DynamicFFN | None = None
+    draft: Draft | None = None  # lossless: the stage runs dense, its tokens drafted under this
 
     @staticmethod
     def static(skip: SkipSet) -> "StagePlan":
@@ -118,7 +141,9 @@ class StagePlan:
         return (self.prefill, tuple(sorted(self.attn_scale.items())), tuple(sorted(self.ffn_scale.items())))
 
     def is_dense(self) -> bool:
-        return not (self.prefill or self.decode or any(s for _, s in self.schedule) or self.dynamic_ffn)
+        """Nothing skipped and nothing drafted."""
+        return not (self.prefill or self.decode or any(s for _, s in self.schedule) or self.dynamic_ffn
+                    or self.draft)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +153,7 @@ class StagePlan:
             "attn_scale": {str(k): v for k, v in sorted(self.attn_scale.items())},
             "ffn_scale": {str(k): v for k, v in sorted(self.ffn_scale.items())},
             "dynamic_ffn": self.dynamic_ffn.to_dict() if self.dynamic_ffn else None,
+            **({"draft": self.draft.to_dict()} if self.draft else {}),
         }
 
     @staticmethod
@@ -141,10 +167,18 @@ class StagePlan:
             attn_scale={int(k): float(v) for k, v in data.get("attn_scale", {}).items()},
             ffn_scale={int(k): float(v) for k, v in data.get("ffn_scale", {}).items()},
             dynamic_ffn=DynamicFFN.from_dict(data["dynamic_ffn"]) if data.get("dynamic_ffn") else None,
+            draft=Draft.from_dict(data["draft"]) if data.get("draft") else None,
         )
 
     def validate(self, num_layers: int) -> None:
         sets = [self.prefill, self.decode, *(s for _, s in self.schedule)]
+        if self.draft is not None:
+            if self.prefill or self.decode or self.schedule or self.dynamic_ffn or self.attn_scale or self.ffn_scale:
+                raise UserError("a drafted stage must compute dense: its own skip sets must be empty",
+                                "put the skips in the draft (plan format: litestage_bench/engine/plan.py)")
+            if self.draft.k < 1:
+                raise UserError(f"draft length k must be >= 1, got {self.draft.k}", "use k = 1..8")
+            sets.append(self.draft.plan.decode)
         used = set().union(*(s.attn | s.ffn for s in sets), self.attn_scale, self.ffn_scale,
                            self.dynamic_ffn.candidates if self.dynamic_ffn else ())
         bad = sorted(i for i in used if not 0 <= i < num_layers)
@@ -185,7 +219,7 @@ class SkipPlan:
                         str(data.get("name", "plan")))
 
 
-STAGE_PLAN_KEYS = ("prefill", "decode", "schedule", "attn_scale", "ffn_scale", "dynamic_ffn")
+STAGE_PLAN_KEYS = ("prefill", "decode", "schedule", "attn_scale", "ffn_scale", "dynamic_ffn", "draft")
 
 
 def check_skip_set(value: Any, where: str, check: Checker, num_layers: int | None = None) -> None:
@@ -223,6 +257,13 @@ def check_plan_dict(data: Any, check: Checker, num_layers: int | None = None) ->
             check.layers(dyn.get("candidates"), f"{where}.candidates", num_layers)
             check.number(dyn.get("threshold"), f"{where}.threshold")
             check.whole(dyn.get("warmup_steps", 20), f"{where}.warmup_steps", 0)
+        if plan.get("draft") is not None:
+            where = f"{at}.draft"
+            draft = check.keys(check.obj(plan["draft"], where), where, ("skip", "k", "min_confidence"))
+            check_skip_set(draft.get("skip", {}), f"{where}.skip", check, num_layers)
+            check.whole(draft.get("k", 4), f"{where}.k", 1)
+            if draft.get("min_confidence") is not None:
+                check.number(draft["min_confidence"], f"{where}.min_confidence")
 
 
 DENSE_STAGE = StagePlan()

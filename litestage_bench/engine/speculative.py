@@ -15,15 +15,15 @@ cache is cut after the accepted drafts, so the next round continues from the acc
 no layer holds a rejected or draft-only entry. At the end the cache holds the prompt and every
 generated token but the last (``Generation.fed_tokens``), as ``SkipExecutor.generate`` leaves it.
 
-Done: ``generate_speculative`` (draft under a ``StagePlan``'s decode sets and schedule, dense verify,
-optional confidence-based draft stop as in Draft & Verify) with per-generation ``SpeculativeStats``.
-Remains: the methods ``selfspec`` (a searched draft set, Draft & Verify / SWIFT style) and
-``litestage-spec`` (LiteStage's per-stage set as the draft), reasoner integration (stage caches,
-shared prefixes, batched options: verification here is batch 1 and starts from an empty cache),
-records metrics (acceptance, draft/verify time), and an adaptive threshold (Draft & Verify adjusts
-its own). Measured so far (scripts/speculative_acceptance.py): correct tokens always, but no
-speed-up for SmolLM2-135M on one CPU thread, where a draft forward skipping a few attention
-sub-layers costs nearly a dense step and a verify block more (details in the README).
+Entry points: ``generate_speculative`` (one prompt from an empty cache) and ``generate_drafted``
+(what the reasoner calls for a stage whose plan carries a ``Draft``: ``SkipExecutor.generate``'s
+inputs, shared prefix and cache, prefilled dense as there; then every row speculates at batch 1
+and the rows' caches are stacked back into one). Rows run one at a time because rows accept
+different numbers of drafts per round, so their caches would advance by different lengths; the
+cache has what a batched version needs (draft all rows in the same slots, ``truncate`` back
+batch-wide, verify one [rows, 1+k] block, cut each row with ``keep_first``), but at batch 1 on a
+CPU a row-at-a-time loop costs no more. The methods ``selfspec`` and ``litestage-spec`` (in
+``methods/speculative.py``) supply the drafts.
 """
 from __future__ import annotations
 
@@ -34,13 +34,15 @@ from dataclasses import dataclass, field
 import torch
 
 from .executor import CostMeter, Generation, SkipExecutor, synchronize
-from .plan import DENSE_STAGE, SkipSet, StagePlan
+from .kvcache import SkipKVCache
+from .plan import DENSE_STAGE, Draft, SkipSet, StagePlan
 
 
 @dataclass
 class SpeculativeStats:
-    """Counts and times of one speculative generation. A verify step is one dense block forward;
-    `accept_lengths` holds the drafts it accepted (the verifier's own next token not counted)."""
+    """Counts and times of speculative generation (one row, or the sum of several). A verify step
+    is one dense block forward; `accept_lengths` holds the drafts it accepted (the verifier's own
+    next token not counted)."""
 
     drafted: int = 0
     accept_lengths: list[int] = field(default_factory=list)  # one entry per verify step
@@ -77,6 +79,22 @@ class SpeculativeStats:
         accepted stop token among the drafts left it unused."""
         return self.accepted_per_step + 1.0 if self.verify_steps else 0.0
 
+    def add(self, other: "SpeculativeStats") -> None:
+        self.drafted += other.drafted
+        self.accept_lengths += other.accept_lengths
+        self.confidence_stops += other.confidence_stops
+        self.prefill_seconds += other.prefill_seconds
+        self.draft_seconds += other.draft_seconds
+        self.verify_seconds += other.verify_seconds
+        self.draft_cost.add(other.draft_cost)
+        self.verify_cost.add(other.verify_cost)
+
+    def summary(self) -> dict:
+        """The additive counts and times (what an item result keeps per stage)."""
+        return {"verify_steps": self.verify_steps, "drafted": self.drafted, "accepted": self.accepted,
+                "confidence_stops": self.confidence_stops, "draft_s": self.draft_seconds,
+                "verify_s": self.verify_seconds}
+
     def to_dict(self) -> dict:
         return {"verify_steps": self.verify_steps, "drafted": self.drafted, "accepted": self.accepted,
                 "accept_lengths": list(self.accept_lengths), "confidence_stops": self.confidence_stops,
@@ -88,56 +106,40 @@ class SpeculativeStats:
 
 @dataclass
 class SpeculativeGeneration(Generation):
-    """A batch-1 ``Generation`` (tokens, stop reason, cache as ``generate`` leaves it) plus stats.
-    `cost` sums every forward (prefill, drafts, verification): tokens are processed more than once,
-    so compare `cost.executed` with dense's rather than reading `cost.fraction`."""
+    """A ``Generation`` (tokens, stop reasons, cache as ``generate`` leaves it) plus stats: `stats`
+    summed over the rows, `row_stats` per row. `cost` sums every forward (prefill, drafts,
+    verification): tokens are processed more than once, so compare `cost.executed` with dense's
+    rather than reading `cost.fraction`."""
 
     stats: SpeculativeStats = field(default_factory=SpeculativeStats)
+    row_stats: list[SpeculativeStats] = field(default_factory=list)
 
 
-@torch.inference_mode()
-def generate_speculative(executor: SkipExecutor, prompt: list[int], draft: StagePlan, max_new_tokens: int,
-                         k: int = 4, stop_ids: frozenset[int] | set[int] = frozenset(),
-                         min_confidence: float | None = None) -> SpeculativeGeneration:
-    """Dense greedy decoding of `prompt`, drafted under `draft` and verified dense.
-
-    Generated token j is drafted under ``draft.skip_at(j)`` (with its replacement factors); the
-    draft's prefill set is unused (the prompt runs dense: verification reads its keys/values).
-    `k`: drafts per round at most. `min_confidence`: end a round early once a draft's max softmax
-    probability is below it (that draft is still verified); None never ends early.
-
-    Batch 1 only: rows would accept different numbers of drafts per round, so their caches would
-    advance by different lengths. Exact batched verification is later work; the cache has what it
-    needs: draft all rows in the same slots, ``truncate`` back batch-wide, verify one [rows, 1+k]
-    block (rows with shorter drafts fed masked padding), then cut each row with ``keep_first`` (the
-    rejected slots stay behind as padding, so rounds cost k+1 slots each).
-    """
+def _check(draft: StagePlan, max_new_tokens: int, k: int) -> None:
     if max_new_tokens < 1 or k < 1:
         raise ValueError(f"need max_new_tokens >= 1 and k >= 1, got {max_new_tokens} and {k}")
     if draft.dynamic_ffn is not None:
         raise ValueError("a draft plan with per-token FFN rules (dynamic_ffn) is not supported")
-    if not prompt:
-        raise ValueError("empty prompt")
-    ex = executor
+
+
+def _draft_fill(ex: SkipExecutor, draft: StagePlan, max_new_tokens: int) -> frozenset[int]:
+    """Attention layers the draft skips at one step and runs at a later one: they need keys/values."""
+    return ex.fill_layers(dataclasses.replace(draft, prefill=draft.skip_at(0)), max_new_tokens)
+
+
+def _speculate(ex: SkipExecutor, cache, logits: torch.Tensor, draft: StagePlan, max_new_tokens: int, k: int,
+               stop: frozenset[int], min_confidence: float | None, fill: frozenset[int],
+               stats: SpeculativeStats) -> tuple[list[int], torch.Tensor]:
+    """Greedy decoding of one row from a batch-1 cache whose last slot is the row's last prompt
+    token (`logits`: its next-token logits [1, vocab]). Returns the tokens and the logits of the
+    last one; the cache is left holding every generated token but the last."""
     device = ex.device
-    stats = SpeculativeStats()
-    stop = frozenset(stop_ids)
-    # attention layers the draft skips at one step and runs at a later one need keys/values
-    fill = ex.fill_layers(dataclasses.replace(draft, prefill=draft.skip_at(0)), max_new_tokens)
     dense = SkipSet()
-
-    synchronize(device)
-    start = time.perf_counter()
-    cache = ex.new_cache(1, len(prompt) + max_new_tokens + k + 1)
-    ids = torch.tensor([prompt], device=device)
-    logits = ex.forward(cache, ids, torch.ones_like(ids, dtype=torch.bool), dense, DENSE_STAGE,
-                        stats.verify_cost)[:, -1]
-    out = [int(logits.argmax(-1))]
+    start_length = cache.length
+    cache.reserve(max_new_tokens + k + 1)
+    out = [int(logits[0].argmax(-1))]
     last_logits = logits
-    synchronize(device)
-    stats.prefill_seconds = time.perf_counter() - start
     one = torch.ones(1, 1, dtype=torch.bool, device=device)
-
     while out[-1] not in stop and len(out) < max_new_tokens:
         # the cache holds the prompt and out[:-1]; out[-1] is the pending (not yet fed) token
         base = cache.length
@@ -180,11 +182,83 @@ def generate_speculative(executor: SkipExecutor, prompt: list[int], draft: Stage
             if choices[i] in stop or len(out) >= max_new_tokens:
                 break
     # a stop token or the cap may end the output inside the accepted drafts: feed nothing past out[:-1]
-    cache.truncate(len(prompt) + len(out) - 1)
-    synchronize(device)
+    cache.truncate(start_length + len(out) - 1)
+    return out, last_logits
+
+
+def _total_cost(stats: SpeculativeStats) -> CostMeter:
     cost = CostMeter()
     cost.add(stats.verify_cost)
     cost.add(stats.draft_cost)
-    return SpeculativeGeneration(tokens=[out], stopped=["stop" if out[-1] in stop else "length"],
-                                 seconds=time.perf_counter() - start, cost=cost, cache=cache,
-                                 last_logits=last_logits, steps=len(out), stats=stats)
+    return cost
+
+
+@torch.inference_mode()
+def generate_speculative(executor: SkipExecutor, prompt: list[int], draft: StagePlan, max_new_tokens: int,
+                         k: int = 4, stop_ids: frozenset[int] | set[int] = frozenset(),
+                         min_confidence: float | None = None) -> SpeculativeGeneration:
+    """Dense greedy decoding of `prompt`, drafted under `draft` and verified dense.
+
+    Generated token j is drafted under ``draft.skip_at(j)`` (with its replacement factors); the
+    draft's prefill set is unused (the prompt runs dense: verification reads its keys/values).
+    `k`: drafts per round at most. `min_confidence`: end a round early once a draft's max softmax
+    probability is below it (that draft is still verified); None never ends early.
+    """
+    _check(draft, max_new_tokens, k)
+    if not prompt:
+        raise ValueError("empty prompt")
+    ex = executor
+    stats = SpeculativeStats()
+    synchronize(ex.device)
+    start = time.perf_counter()
+    cache = ex.new_cache(1, len(prompt) + max_new_tokens + k + 1)
+    ids = torch.tensor([prompt], device=ex.device)
+    logits = ex.forward(cache, ids, torch.ones_like(ids, dtype=torch.bool), SkipSet(), DENSE_STAGE,
+                        stats.verify_cost)[:, -1]
+    synchronize(ex.device)
+    stats.prefill_seconds = time.perf_counter() - start
+    out, last_logits = _speculate(ex, cache, logits, draft, max_new_tokens, k, frozenset(stop_ids), min_confidence,
+                                  _draft_fill(ex, draft, max_new_tokens), stats)
+    synchronize(ex.device)
+    return SpeculativeGeneration(tokens=[out], stopped=["stop" if out[-1] in stop_ids else "length"],
+                                 seconds=time.perf_counter() - start, cost=_total_cost(stats), cache=cache,
+                                 last_logits=last_logits, steps=len(out), stats=stats, row_stats=[stats])
+
+
+@torch.inference_mode()
+def generate_drafted(executor: SkipExecutor, inputs: list[list[int]], draft: Draft, max_new_tokens: int,
+                     stop_ids: frozenset[int] | set[int] = frozenset(), prefix: list[int] | None = None,
+                     cache: SkipKVCache | None = None, pad_id: int = 0) -> SpeculativeGeneration:
+    """``SkipExecutor.generate`` under a dense plan (same arguments, same prefill, same outputs up to
+    the rounding of a block forward vs. single-token steps), each row decoded speculatively with
+    `draft`. The returned cache holds every row (as with ``keep_finished``)."""
+    _check(draft.plan, max_new_tokens, draft.k)
+    ex = executor
+    synchronize(ex.device)
+    start = time.perf_counter()
+    prefill_cost = CostMeter()
+    cache, logits, prefix_cache = ex.start_rows(inputs, DENSE_STAGE, max_new_tokens, prefix, cache, pad_id,
+                                                prefill_cost, frozenset())
+    synchronize(ex.device)
+    prefill_seconds = time.perf_counter() - start
+    fill = _draft_fill(ex, draft.plan, max_new_tokens)
+    stop = frozenset(stop_ids)
+    rows, tokens, last, row_stats = [], [], [], []
+    for r in range(len(inputs)):
+        row = cache.select(torch.tensor([r], device=ex.device)) if len(inputs) > 1 else cache
+        stats = SpeculativeStats()
+        out, last_logits = _speculate(ex, row, logits[r:r + 1], draft.plan, max_new_tokens, draft.k, stop,
+                                      draft.min_confidence, fill, stats)
+        rows.append(row)
+        tokens.append(out)
+        last.append(last_logits)
+        row_stats.append(stats)
+    total = SpeculativeStats(prefill_seconds=prefill_seconds, verify_cost=prefill_cost)
+    for stats in row_stats:
+        total.add(stats)
+    synchronize(ex.device)
+    return SpeculativeGeneration(tokens=tokens, stopped=["stop" if t[-1] in stop else "length" for t in tokens],
+                                 seconds=time.perf_counter() - start, cost=_total_cost(total),
+                                 cache=SkipKVCache.stack(rows) if len(rows) > 1 else rows[0],
+                                 last_logits=torch.cat(last), steps=max(len(t) for t in tokens),
+                                 prefix_cache=prefix_cache, stats=total, row_stats=row_stats)

@@ -7,6 +7,8 @@ together for accuracy at throughput (no latency). Both run the same code:
 
 - stage 2 prefills each question's question+recall prefix once and decodes its options from it,
   all options of all questions as one batch;
+- a stage whose plan carries a ``Draft`` computes dense and decodes self-speculatively
+  (``engine/speculative.py``), each row at batch 1; its items record the drafting per stage;
 - a stage continues the previous stage's cache, cut back per row to the common prefix, when both
   compute identical KV entries (``_start``); else it starts from a copy of the shared few-shot
   header's cache (``HeaderCache``) and prefills the rest of its prompt under its own plan.
@@ -25,6 +27,7 @@ import torch
 from ..engine.executor import BlockClock, CostMeter, Generation, SkipExecutor, TokenCallback, synchronize
 from ..engine.kvcache import SkipKVCache
 from ..engine.plan import STAGES, SkipPlan, StagePlan
+from ..engine.speculative import SpeculativeGeneration, SpeculativeStats, generate_drafted
 from ..records.fidelity import check_rule
 from ..records.results import ItemResult
 from . import answers
@@ -76,6 +79,7 @@ class _StageRun:
     cost: CostMeter
     seconds: float = 0.0
     scored: list | None = None  # summarize: per question (predictions by rule, option scores)
+    speculative: list[dict] | None = None  # drafted stages: per question SpeculativeStats.summary()
     blocks: BlockClock | None = None  # timed runs: the multi-token forwards (prefill, answer scoring)
 
 
@@ -105,6 +109,18 @@ class StageMemo:
         self._runs[(stage, key)] = run
 
 
+def _drafting(g: Generation, owner) -> list[dict] | None:
+    """Per question, the summed drafting stats of its rows (`owner[row]`: the row's question);
+    None for a generation that drafted nothing."""
+    if not isinstance(g, SpeculativeGeneration):
+        return None
+    owner = list(owner)
+    per = [SpeculativeStats() for _ in range(max(owner) + 1)]
+    for row, question in enumerate(owner):
+        per[question].add(g.row_stats[row])
+    return [p.summary() for p in per]
+
+
 def select_demos(demos: list[Demo], shots: int, exclude_stems: set[str]) -> list[Demo]:
     """The first `shots` demos whose question is not an evaluation question (no leakage)."""
     return [d for d in demos if normalize_stem(d.question.stem) not in exclude_stems][:shots]
@@ -127,6 +143,11 @@ class Reasoner:
     # --- building blocks ---------------------------------------------------------------------------
     def _generate(self, inputs, plan: StagePlan, stage: str, callbacks: Callbacks, prefix=None, cache=None,
                   keep_finished: bool = False) -> Generation:
+        if plan.draft is not None:
+            if callbacks.get(stage) is not None:
+                raise ValueError(f"stage {stage}: a drafted (lossless) stage takes no token callbacks")
+            return generate_drafted(self.ex, inputs, plan.draft, self.cfg.max_new_tokens[stage],
+                                    self.stops.for_stage(stage), prefix=prefix, cache=cache, pad_id=self.pad_id)
         return self.ex.generate(inputs, plan, self.cfg.max_new_tokens[stage], self.stops.for_stage(stage),
                                 prefix=prefix, cache=cache, on_token=callbacks.get(stage), pad_id=self.pad_id,
                                 keep_finished=keep_finished)
@@ -170,8 +191,11 @@ class Reasoner:
         cost = CostMeter()
         for g in parts:
             cost.add(g.cost)
-        return Generation(tokens=[g.tokens[0] for g in parts], stopped=[g.stopped[0] for g in parts],
-                          seconds=sum(g.seconds for g in parts), cost=cost)
+        joined = dict(tokens=[g.tokens[0] for g in parts], stopped=[g.stopped[0] for g in parts],
+                      seconds=sum(g.seconds for g in parts), cost=cost)
+        if plan.draft is not None:
+            return SpeculativeGeneration(**joined, row_stats=[s for g in parts for s in g.row_stats])
+        return Generation(**joined)
 
     # --- the three stages ------------------------------------------------------------------------------
     def solve(self, q: Question, plan: SkipPlan, callbacks: Callbacks | None = None,
@@ -234,7 +258,7 @@ class Reasoner:
         recalls = [P.as_sentence(self._content(g, i)) for i in range(len(qs))]
         self._trace("recall", [q.id for q in qs], prompts, [self._content(g, i) for i in range(len(qs))])
         held = _HeldCache([p + g.fed_tokens(i) for i, p in enumerate(prompts)], g.cache, plan.uniform_signature())
-        return _StageRun(recalls, [len(t) for t in g.tokens], cost), held
+        return _StageRun(recalls, [len(t) for t in g.tokens], cost, speculative=_drafting(g, range(len(qs)))), held
 
     def _analyze(self, qs, headers, recalls, plan: StagePlan, callbacks: Callbacks,
                  held: "_HeldCache | None") -> tuple["_StageRun", "_HeldCache | None"]:
@@ -261,7 +285,7 @@ class Reasoner:
         self._trace("analyze", [qs[o].id for o in owner], [prefixes[o] + s for o, s in zip(owner, suffixes)],
                     [self._content(g, row) for row in range(len(owner))])
         tokens = [sum(len(g.tokens[r]) for r, o in enumerate(owner) if o == i) for i in range(len(qs))]
-        return _StageRun(analyses, tokens, cost), held
+        return _StageRun(analyses, tokens, cost, speculative=_drafting(g, owner)), held
 
     def _summarize(self, qs, headers, recalls, analyses, plan: StagePlan, callbacks: Callbacks,
                    held: "_HeldCache | None") -> tuple["_StageRun", None]:
@@ -274,7 +298,8 @@ class Reasoner:
         self._trace("summarize", [q.id for q in qs], prompts, summaries)
         scored = self._score(qs, g, summaries, plan, cost)
         cost.add(g.cost)
-        return _StageRun(summaries, [len(t) for t in g.tokens], cost, scored=scored), None
+        return _StageRun(summaries, [len(t) for t in g.tokens], cost, scored=scored,
+                         speculative=_drafting(g, range(len(qs)))), None
 
     def _trace(self, stage: str, ids: list[str], prompts: list[list[int]], outputs: list[list[int]]) -> None:
         if self.trace is not None:
@@ -310,6 +335,7 @@ class Reasoner:
             executed_cost_fraction={s: runs[s].cost.fraction for s in STAGES},
             prefill_s={s: b.seconds for s, b in blocks.items()},
             prefill_tokens={s: b.tokens for s, b in blocks.items()},
+            speculative={s: runs[s].speculative[i] for s in STAGES if runs[s].speculative is not None},
         )
 
     def _score(self, qs: list[Question], g3: Generation, summaries: list[list[int]], plan: StagePlan,

@@ -88,6 +88,16 @@ def check_policy_dict(policy: dict[str, Any], check: Checker) -> None:
     check.flag(policy.get("early_exit_off", False), "early_exit_off")
 
 
+def check_policy_model(policy: dict[str, Any], model: str, num_layers: int | None = None) -> None:
+    """``UserError`` when a searched policy is for another model (or, given, layer count)."""
+    if policy.get("model") != model:
+        raise UserError(f"policy {policy.get('path', '')} was searched for model {policy.get('model')!r}, not {model!r}",
+                        f"search a policy for {model} or run with --model {policy.get('model')}")
+    if num_layers is not None and policy.get("num_layers") != num_layers:
+        raise UserError(f"policy {policy.get('path', '')} is for {policy.get('num_layers')} layers, "
+                        f"the model has {num_layers}", "search a policy for this model")
+
+
 @register("litestage")
 class LiteStage(Method):
     """Applies a policy written by `litestage-bench search --method litestage`."""
@@ -115,16 +125,10 @@ class LiteStage(Method):
         self.early_exit = not policy.get("early_exit_off", False)
 
     def check_model(self, model: str) -> None:
-        if self.policy.get("model") != model:
-            raise UserError(f"policy {self.policy.get('path', '')} was searched for model "
-                            f"{self.policy.get('model')!r}, not {model!r}",
-                            f"search a policy for {model} or run with --model {self.policy.get('model')}")
+        check_policy_model(self.policy, model)
 
     def plan(self, facts: ModelFacts) -> SkipPlan:
-        self.check_model(facts.name)
-        if self.policy.get("num_layers") != facts.num_layers:
-            raise UserError(f"policy {self.policy.get('path', '')} is for {self.policy.get('num_layers')} layers, "
-                            f"the model has {facts.num_layers}", "search a policy for this model")
+        check_policy_model(self.policy, facts.name, facts.num_layers)
         return plan_from_sets(self.sets)
 
     def token_callback(self, stage: str):
@@ -186,7 +190,8 @@ class SearchOptions:
                 raise UserError(f"bad search option: {msg}", "see `litestage-bench search --help`")
 
 
-def _sha(obj: Any) -> str:
+def config_sha(obj: Any) -> str:
+    """A short stable hash of a JSON-able configuration (cache file names)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -272,7 +277,7 @@ class CandidateMeter:
                 meta: dict | None = None) -> dict:
         config = {"sets": {s: sets.get(s, SkipSet()).to_dict() for s in STAGES},
                   "exits": {s: (rules[s].to_dict() if rules.get(s) else None) for s in STAGES}}
-        path = self.cache_dir / f"{_sha({**self.base_key, **config})}.json"
+        path = self.cache_dir / f"{config_sha({**self.base_key, **config})}.json"
         if path.is_file():
             self.from_disk += 1
             row = json.loads(path.read_text())

@@ -84,7 +84,8 @@ def same_answer(a: ItemResult, b: ItemResult) -> bool:
 def item_fidelity(dense: ItemResult, method: ItemResult, answer_rule: str) -> dict:
     """One item's comparison with dense.
 
-    Keys: ``changed`` (the prediction differs; ``None`` counts as an answer value), ``flip``
+    Keys: ``changed`` (the prediction differs; ``None`` counts as an answer value), ``identical``
+    (unchanged, and every stage's text and token count equal), ``flip``
     (``"correct_to_wrong"``, ``"wrong_to_correct"`` or ``None``), ``answer_kl`` (``None`` when
     either side lacks option scores for ``score_rule(answer_rule)``), and ``stages``: per stage,
     ``exact_match`` (bool), ``rouge_l`` (F1), ``dense_tokens`` and ``method_tokens``.
@@ -103,8 +104,12 @@ def item_fidelity(dense: ItemResult, method: ItemResult, answer_rule: str) -> di
             "dense_tokens": int(dense.tokens.get(s, 0)),
             "method_tokens": int(method.tokens.get(s, 0)),
         }
+    changed = not same_answer(dense, method)
     return {
-        "changed": not same_answer(dense, method),
+        "changed": changed,
+        # token-identical generations (equal texts and token counts in every stage) and the same answer
+        "identical": not changed and all(r["exact_match"] and r["dense_tokens"] == r["method_tokens"]
+                                         for r in stages.values()),
         "flip": _flip(bool(dense.correct), bool(method.correct)),
         "answer_kl": kl,
         "stages": stages,
@@ -153,6 +158,7 @@ def combine_fidelity(per_item: Sequence[dict]) -> dict:
         "wrong_to_correct": sum(1 for f in per_item if f["flip"] == "wrong_to_correct"),
         "changed": changed,
         "agreement": (n - changed) / n if n else None,
+        "identical_outputs": sum(1 for f in per_item if f.get("identical")),
         "answer_kl": _mean(kls),
         "answer_kl_median": float(statistics.median(kls)) if kls else None,
         "answer_kl_n": len(kls),
@@ -165,7 +171,8 @@ def combine_fidelity(per_item: Sequence[dict]) -> dict:
 def aggregate_fidelity(dense_items: Sequence[ItemResult], method_items: Sequence[ItemResult], answer_rule: str) -> dict:
     """Fidelity of a method's items to dense's, matched by id (``UserError`` if the ids differ).
 
-    Keys: ``n``; counts ``correct_to_wrong``, ``wrong_to_correct``, ``changed``; ``agreement`` (rate
+    Keys: ``n``; counts ``correct_to_wrong``, ``wrong_to_correct``, ``changed``, ``identical_outputs``
+    (items whose every stage output equals dense's); ``agreement`` (rate
     of unchanged answers); ``answer_kl`` (mean over the ``answer_kl_n`` items with scores) and
     ``answer_kl_median``; ``stage_exact_match`` {stage: rate}; ``stage_rouge_l`` {stage: mean F1};
     ``token_ratio`` {stage: sum(method tokens) / sum(dense tokens), ``None`` when dense has 0}.

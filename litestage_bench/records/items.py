@@ -30,3 +30,5 @@ class ItemResult:
     # interleaved timing: one entry per round {"stage_s": {...}, "prefill_s": {...}, "first": bool}
     # (first: this pipeline ran first in the round); latency_s and stage_latency_s are their medians
     timing_rounds: list[dict] = field(default_factory=list)
+    # drafted (lossless) stages: per stage the drafting counts and seconds (SpeculativeStats.summary)
+    speculative: dict[str, dict] = field(default_factory=dict)

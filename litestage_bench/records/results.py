@@ -25,6 +25,7 @@ from ..core.plugins import external_plugins
 from ..core.schema import Checker
 from . import fidelity as fid
 from . import metrics, stats
+from .drafting import summarize_drafting
 from . import timing as paired_timing
 from .items import ItemResult
 
@@ -82,6 +83,8 @@ class ResultRecord:
     numerics: str | None = None  # numerics.NUMERICS; absent in older records (= their dtype's own)
     # timing.decompose: per stage and "total", speedup = token_factor x per_token_factor
     speedup_decomposition: dict | None = None
+    # drafted (lossless) stages: records.drafting.summarize_drafting; None when nothing was drafted
+    speculative: dict | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +191,7 @@ def build_record(
         noise_floor=dict(noise_floor) if noise_floor is not None else None,
         timing=timing,
         numerics=numerics or dtype,
+        speculative=summarize_drafting(items),
         **comparison,
     )
 
@@ -357,7 +361,7 @@ def check_record_dict(d: dict, check: Checker) -> None:
             check.number(x, f"{key}.{stage}", finite=False, none_ok=True)
     for key in ("answer_rule_counts", "accuracy_by_rule", "machine", "config"):
         check.obj(d[key], key)
-    for key in ("extra", "timing", "fidelity", "noise_floor", "speedup_decomposition"):
+    for key in ("extra", "timing", "fidelity", "noise_floor", "speedup_decomposition", "speculative"):
         check.obj(d.get(key), key, optional=True)
     fidelity = d.get("fidelity") or {}
     for key in ("n", "agreement", "answer_kl", "correct_to_wrong", "wrong_to_correct"):

@@ -108,11 +108,11 @@ def bootstrap_gm_ci95(item_means: list[float], seed: int = 0, n_resamples: int =
     return math.exp(float(res.confidence_interval.low)), math.exp(float(res.confidence_interval.high))
 
 
-def paired_speedup(dense: list[ItemResult], method: list[ItemResult], seed: int = 0) -> dict:
+def paired_speedup(dense: list[ItemResult], method: list[ItemResult], seed: int = 0, stage: str | None = None) -> dict:
     """The interleaved speedup of `method` over `dense` (same items, same order) with its 95% CI,
-    the number of rounds and each round's own speedup."""
+    the number of rounds and each round's own speedup; of one stage's seconds when `stage` is given."""
     pairs = _pairs(dense, method)
-    logs = [[_log_ratio(_seconds(a, None), _seconds(b, None)) for a, b in rounds] for _, _, rounds in pairs]
+    logs = [[_log_ratio(_seconds(a, stage), _seconds(b, stage)) for a, b in rounds] for _, _, rounds in pairs]
     means = _item_means(logs)
     n_rounds = max((len(r) for _, _, r in pairs), default=0)
     per_round = []
