@@ -97,3 +97,34 @@ def test_draft_search_on_calibration_items_gives_lossless_policies(model, tokeni
         plan = make_method(name, policy).plan(FACTS)
         for q in QUESTIONS[:2]:
             assert_same(r.solve(q, plan), r.solve(q, DENSE))
+
+
+def test_break_even_acceptance():
+    from litestage_bench.studies.lossless import break_even_acceptance
+    # free drafts and a verify as cheap as a dense step: any acceptance breaks even
+    assert break_even_acceptance(4, 0.0, 1.0) == 0.0
+    # k=2, draft 0.5, verify 1.0: a round costs 2 dense steps, so 1 + a + a^2 = 2 -> a = 0.618
+    assert break_even_acceptance(2, 0.5, 1.0) == pytest.approx((5 ** 0.5 - 1) / 2, abs=1e-9)
+    # drafts as dear as dense steps: not even full acceptance pays (4 * 1.0 + 1.2 > 5 tokens)
+    assert break_even_acceptance(4, 1.0, 1.2) is None
+    assert break_even_acceptance(4, 0.9, 1.2) == pytest.approx(0.98, abs=0.01)  # 4.8 of at most 5 tokens
+
+
+def test_record_drafting_summary_and_identity_count(model, tokenizer):
+    from litestage_bench.records.results import build_record, record_from_dict, record_to_dict
+    from litestage_bench.studies.lossless import lossless_markdown
+    from tiny_reasoner import DRAFTED
+    r = reasoner(model, tokenizer)
+    drafted = [r.solve(q, DRAFTED) for q in QUESTIONS]
+    dense = [r.solve(q, DENSE) for q in QUESTIONS]
+    rec = build_record(model="tiny", benchmark="obqa", split="eval", method="selfspec", policy={"name": "selfspec"},
+                       answer_rule="cloze", items=drafted, command="cmd", config={}, dense_items=dense)
+    assert rec.fidelity["identical_outputs"] == len(QUESTIONS) and rec.fidelity["agreement"] == 1.0
+    spec = rec.speculative
+    for s in STAGES:
+        assert spec[s]["drafted"] == sum(it.speculative[s]["drafted"] for it in drafted)
+        assert 1.0 <= spec[s]["tokens_per_step"] <= 1 + DRAFTED.for_stage(s).draft.k
+    assert spec["total"]["verify_steps"] == sum(spec[s]["verify_steps"] for s in STAGES)
+    assert record_from_dict(json.loads(json.dumps(record_to_dict(rec)))).speculative == spec
+    text = lossless_markdown([rec], "cmd")
+    assert f"identical outputs" in text and f"{len(QUESTIONS)}/{len(QUESTIONS)}" in text

@@ -12,11 +12,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import ARCHS, PROMPT, all_logits, assert_close, stage_plans, tiny_model
+from tiny_models import ARCHS, PROMPT, all_logits, assert_close, skip_sets, stage_plans, tiny_model
 
 from litestage_bench.engine.executor import CostMeter, SkipExecutor
-from litestage_bench.engine.plan import DynamicFFN, SkipSet, StagePlan
-from litestage_bench.engine.speculative import generate_speculative
+from litestage_bench.engine.plan import Draft, DynamicFFN, SkipSet, StagePlan
+from litestage_bench.engine.speculative import generate_drafted, generate_speculative
 
 VOCAB = 96
 # schedules may re-activate an attention layer inside a draft round (the draft's fill rule)
@@ -79,6 +79,46 @@ def test_speculative_equals_dense_greedy(arch_model, data, draft, k, max_new, pr
     elif stop == "random":
         stop_ids = {data.draw(st.integers(0, VOCAB - 1), label="stop id")}
     check_against_dense(ex, prompt, draft, max_new, k, stop_ids, min_confidence)
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.data(), skip=skip_sets, k=st.integers(1, 6), max_new=st.integers(1, 16),
+       prompts=st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=12), min_size=2, max_size=4),
+       min_confidence=st.none() | st.floats(0.0, 1.0), shared=st.booleans())
+def test_batched_rows_equal_dense_batched_generation(arch_model, data, skip, k, max_new, prompts, min_confidence,
+                                                      shared):
+    """Rows of unequal length (left padding), optionally continuing one shared prefix, accept different
+    numbers of drafts per round: tokens, stop reasons and every row's cache equal dense's batch."""
+    _, ex = arch_model
+    prefix = PROMPT[:6] if shared else None
+    free = ex.generate(prompts, StagePlan(), max_new, prefix=prefix)
+    # a stop token that some row generates (so rows stop at different rounds), or none
+    stop = set()
+    if data.draw(st.booleans(), label="stop"):
+        row = data.draw(st.integers(0, len(prompts) - 1), label="row")
+        stop = {free.tokens[row][data.draw(st.integers(0, len(free.tokens[row]) - 1), label="stop index")]}
+    dense = ex.generate(prompts, StagePlan(), max_new, stop_ids=stop, prefix=prefix, keep_finished=True)
+    spec = generate_drafted(ex, prompts, Draft(StagePlan(decode=skip), k, min_confidence), max_new, stop_ids=stop,
+                            prefix=prefix)
+    assert spec.tokens == dense.tokens and spec.stopped == dense.stopped
+    extra = [spec.unfed_tokens(r) + [7, 19] for r in range(len(prompts))]
+    got = ex.extend(spec.cache, extra, StagePlan(), CostMeter(), pad_id=0)
+    want = ex.extend(dense.cache, extra, StagePlan(), CostMeter(), pad_id=0)
+    for r, e in enumerate(extra):  # left-padded: each row's real tokens are its last len(e) slots
+        assert_close(got[r, -len(e):], want[r, -len(e):])
+    for r, tokens in enumerate(dense.tokens):  # dense's last logits are a row's own only if it ran to the end
+        if len(tokens) == dense.steps:
+            assert_close(spec.last_logits[r], dense.last_logits[r])
+    for r, s in enumerate(spec.row_stats):
+        assert 0 <= s.accepted <= s.drafted <= k * s.verify_steps
+        assert len(spec.tokens[r]) - 1 <= s.accepted + s.verify_steps
+
+
+def test_batched_drafts_need_a_static_draft():
+    ex = SkipExecutor(tiny_model("llama"))
+    scheduled = StagePlan(decode=SkipSet.of(ffn=[1]), schedule=((2, SkipSet.of(ffn=[2])),))
+    with pytest.raises(ValueError, match="schedule"):
+        generate_drafted(ex, [PROMPT, PROMPT[:5]], Draft(scheduled, 2), 8)
 
 
 def test_dense_generate_of_transformers(arch_model):

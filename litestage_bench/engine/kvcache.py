@@ -127,25 +127,3 @@ class SkipKVCache:
     def select(self, rows: torch.Tensor) -> "SkipKVCache":
         """Keep only the given rows (drop finished sequences)."""
         return self._map_rows(lambda t: t.index_select(0, rows))
-
-    @staticmethod
-    def stack(rows: list["SkipKVCache"]) -> "SkipKVCache":
-        """One cache of several batch-1 caches of the same model, in order. Rows shorter than the
-        longest are followed by padding slots, as finished rows are in a batched generation."""
-        first = rows[0]
-        length = max(c.length for c in rows)
-        out = SkipKVCache(first.num_layers, len(rows), first.device, length)
-        out.length = length
-        for r, c in enumerate(rows):
-            assert c.batch == 1, "stack() expects batch-1 caches"
-            n = c.length
-            out.valid[r, :n], out.positions[r, :n] = c.valid[0, :n], c.positions[0, :n]
-            out.next_pos[r] = c.next_pos[0]
-            for store, theirs in ((out.keys, c.keys), (out.values, c.values)):
-                for i, buf in enumerate(theirs):
-                    if buf is None:
-                        continue
-                    if store[i] is None:
-                        store[i] = buf.new_zeros(len(rows), buf.shape[1], length, buf.shape[3])
-                    store[i][r, :, :n] = buf[0, :, :n]
-        return out

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -127,63 +128,113 @@ def _draft_fill(ex: SkipExecutor, draft: StagePlan, max_new_tokens: int) -> froz
     return ex.fill_layers(dataclasses.replace(draft, prefill=draft.skip_at(0)), max_new_tokens)
 
 
-def _speculate(ex: SkipExecutor, cache, logits: torch.Tensor, draft: StagePlan, max_new_tokens: int, k: int,
-               stop: frozenset[int], min_confidence: float | None, fill: frozenset[int],
-               stats: SpeculativeStats) -> tuple[list[int], torch.Tensor]:
-    """Greedy decoding of one row from a batch-1 cache whose last slot is the row's last prompt
-    token (`logits`: its next-token logits [1, vocab]). Returns the tokens and the logits of the
-    last one; the cache is left holding every generated token but the last."""
-    device = ex.device
+@contextmanager
+def _verify_blocks_are_decode(ex: SkipExecutor):
+    """Detach the executor's block clock (which times multi-token forwards as prefill): verify
+    blocks are decoding."""
+    clock, ex.block_clock = ex.block_clock, None
+    try:
+        yield
+    finally:
+        ex.block_clock = clock
+
+
+def _speculate(ex: SkipExecutor, cache: SkipKVCache, logits: torch.Tensor, draft: StagePlan, max_new_tokens: int,
+               k: int, stop: frozenset[int], min_confidence: float | None, fill: frozenset[int],
+               stats: list[SpeculativeStats]) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Greedy decoding of every row of `cache`, whose last slot holds each row's last prompt token
+    (`logits`: their next-token logits [rows, vocab]). Returns per row the tokens and the logits of
+    the last one; the cache is left holding every row's generated tokens but the last.
+
+    Rows draft in the same slots (a row that drafts fewer tokens, or none, is fed masked padding),
+    are verified in one [rows, 1 + drafts] block (padding after a row's drafts), and then each row
+    keeps its pending token and accepted drafts: the slots of its rejected drafts become padding,
+    so rows advance by different lengths. Seconds are shared equally by the rows active in a round."""
+    device, rows = ex.device, logits.shape[0]
+    if rows > 1 and draft.schedule:
+        raise ValueError("batched rows draft at different positions: use a draft without a schedule")
     dense = SkipSet()
-    start_length = cache.length
-    cache.reserve(max_new_tokens + k + 1)
-    out = [int(logits[0].argmax(-1))]
-    last_logits = logits
-    one = torch.ones(1, 1, dtype=torch.bool, device=device)
-    while out[-1] not in stop and len(out) < max_new_tokens:
-        # the cache holds the prompt and out[:-1]; out[-1] is the pending (not yet fed) token
+    start_counts = cache.next_pos.tolist()  # real tokens per row before generation
+    out = [[int(t)] for t in logits.argmax(-1).tolist()]
+    last = [logits[r:r + 1] for r in range(rows)]
+
+    def finished(r: int) -> bool:
+        return out[r][-1] in stop or len(out[r]) >= max_new_tokens
+
+    while not all(finished(r) for r in range(rows)):
+        active = [not finished(r) for r in range(rows)]
+        # the cache holds each row's prompt and out[r][:-1]; out[r][-1] is pending (not yet fed).
+        # Drafting d tokens can yield d + 1: draft one fewer than still wanted (0: a plain dense step)
+        budget = [min(k, max_new_tokens - len(out[r]) - 1) if active[r] else 0 for r in range(rows)]
+        cache.reserve(max(budget) + 1)
         base = cache.length
-        # drafting d tokens can yield d + 1, so draft one fewer than still wanted (0: a plain dense step)
-        budget = min(k, max_new_tokens - len(out) - 1)
-        drafts: list[int] = []
+        drafts: list[list[int]] = [[] for _ in range(rows)]
+        drafting = [b > 0 for b in budget]
         t0 = time.perf_counter()
-        feed = out[-1]
-        for j in range(budget):
-            step_logits = ex.forward(cache, torch.tensor([[feed]], device=device), one, draft.skip_at(len(out) - 1 + j),
-                                     draft, stats.draft_cost, fill=fill)[0, -1]
-            feed = int(step_logits.argmax(-1))
-            drafts.append(feed)
-            if feed in stop:  # nothing after a stop token is wanted
+        feed = [o[-1] for o in out]
+        for j in range(max(budget)):
+            live = [drafting[r] and j < budget[r] for r in range(rows)]
+            if not any(live):
                 break
-            if min_confidence is not None and float(step_logits.softmax(-1).max()) < min_confidence:
-                stats.confidence_stops += 1
-                break
+            ids = torch.tensor([[f] for f in feed], device=device)
+            valid = torch.tensor([[x] for x in live], device=device)
+            step_logits = ex.forward(cache, ids, valid, draft.skip_at(len(out[0]) - 1 + j), draft,
+                                     stats[0].draft_cost, fill=fill)[:, -1]
+            choice = step_logits.argmax(-1).tolist()
+            confident = (step_logits.softmax(-1).amax(-1) >= min_confidence).tolist() if min_confidence is not None else None
+            for r in range(rows):
+                if not live[r]:
+                    drafting[r] = False
+                    continue
+                feed[r] = choice[r]
+                drafts[r].append(choice[r])
+                if choice[r] in stop:  # nothing after a stop token is wanted
+                    drafting[r] = False
+                elif confident is not None and not confident[r]:
+                    stats[r].confidence_stops += 1
+                    drafting[r] = False
         synchronize(device)
         t1 = time.perf_counter()
-        stats.draft_seconds += t1 - t0
 
         cache.truncate(base)  # drafted entries are not the dense model's: recompute all layers
-        block = torch.tensor([[out[-1], *drafts]], device=device)
-        verify = ex.forward(cache, block, torch.ones_like(block, dtype=torch.bool), dense, DENSE_STAGE,
-                            stats.verify_cost, logits="all")[0]
+        width = 1 + max(len(d) for d in drafts)
+        block = torch.zeros(rows, width, dtype=torch.long, device=device)
+        valid = torch.zeros(rows, width, dtype=torch.bool, device=device)
+        for r in range(rows):
+            if active[r]:
+                seq = [out[r][-1], *drafts[r]]
+                block[r, :len(seq)] = torch.tensor(seq, device=device)
+                valid[r, :len(seq)] = True
+        verify = ex.forward(cache, block, valid, dense, DENSE_STAGE, stats[0].verify_cost, logits="all")
         choices = verify.argmax(-1).tolist()
-        n = 0
-        while n < len(drafts) and drafts[n] == choices[n]:
-            n += 1
-        cache.truncate(base + 1 + n)  # keep the pending token and the accepted drafts
+        accepted = [0] * rows
+        for r in range(rows):
+            while accepted[r] < len(drafts[r]) and drafts[r][accepted[r]] == choices[r][accepted[r]]:
+                accepted[r] += 1
+        # keep each row's pending token and accepted drafts; its later slots of the block become padding
+        for r in range(rows):
+            cache.valid[r, base + (1 + accepted[r] if active[r] else 0):base + width] = False
+        cache.next_pos = cache.valid[:, :cache.length].long().sum(1)
+        used = cache.valid[:, :cache.length].any(0).nonzero()
+        cache.truncate(max(int(used[-1]) + 1 if len(used) else 0, base))
         synchronize(device)
-        stats.verify_seconds += time.perf_counter() - t1
-        stats.drafted += len(drafts)
-        stats.accept_lengths.append(n)
-
-        for i in range(n + 1):  # accepted drafts equal choices[:n]; choices[n] is the dense next token
-            out.append(choices[i])
-            last_logits = verify[i:i + 1]
-            if choices[i] in stop or len(out) >= max_new_tokens:
-                break
-    # a stop token or the cap may end the output inside the accepted drafts: feed nothing past out[:-1]
-    cache.truncate(start_length + len(out) - 1)
-    return out, last_logits
+        t2 = time.perf_counter()
+        share = sum(active)
+        for r in range(rows):
+            if not active[r]:
+                continue
+            stats[r].draft_seconds += (t1 - t0) / share
+            stats[r].verify_seconds += (t2 - t1) / share
+            stats[r].drafted += len(drafts[r])
+            stats[r].accept_lengths.append(accepted[r])
+            for i in range(accepted[r] + 1):  # accepted drafts equal choices[:n]; choices[n] is the dense next token
+                out[r].append(choices[r][i])
+                last[r] = verify[r, i:i + 1]
+                if finished(r):
+                    break
+    # a stop token or the cap may end a row inside its accepted drafts: keep nothing past out[r][:-1]
+    cache.keep_first([n + len(o) - 1 for n, o in zip(start_counts, out)])
+    return out, last
 
 
 def _total_cost(stats: SpeculativeStats) -> CostMeter:
@@ -217,12 +268,13 @@ def generate_speculative(executor: SkipExecutor, prompt: list[int], draft: Stage
                         stats.verify_cost)[:, -1]
     synchronize(ex.device)
     stats.prefill_seconds = time.perf_counter() - start
-    out, last_logits = _speculate(ex, cache, logits, draft, max_new_tokens, k, frozenset(stop_ids), min_confidence,
-                                  _draft_fill(ex, draft, max_new_tokens), stats)
+    with _verify_blocks_are_decode(ex):
+        out, last = _speculate(ex, cache, logits, draft, max_new_tokens, k, frozenset(stop_ids), min_confidence,
+                               _draft_fill(ex, draft, max_new_tokens), [stats])
     synchronize(ex.device)
-    return SpeculativeGeneration(tokens=[out], stopped=["stop" if out[-1] in stop_ids else "length"],
+    return SpeculativeGeneration(tokens=out, stopped=["stop" if out[0][-1] in stop_ids else "length"],
                                  seconds=time.perf_counter() - start, cost=_total_cost(stats), cache=cache,
-                                 last_logits=last_logits, steps=len(out), stats=stats, row_stats=[stats])
+                                 last_logits=last[0], steps=len(out[0]), stats=stats, row_stats=[stats])
 
 
 @torch.inference_mode()
@@ -241,24 +293,16 @@ def generate_drafted(executor: SkipExecutor, inputs: list[list[int]], draft: Dra
                                                 prefill_cost, frozenset())
     synchronize(ex.device)
     prefill_seconds = time.perf_counter() - start
-    fill = _draft_fill(ex, draft.plan, max_new_tokens)
+    row_stats = [SpeculativeStats() for _ in inputs]
     stop = frozenset(stop_ids)
-    rows, tokens, last, row_stats = [], [], [], []
-    for r in range(len(inputs)):
-        row = cache.select(torch.tensor([r], device=ex.device)) if len(inputs) > 1 else cache
-        stats = SpeculativeStats()
-        out, last_logits = _speculate(ex, row, logits[r:r + 1], draft.plan, max_new_tokens, draft.k, stop,
-                                      draft.min_confidence, fill, stats)
-        rows.append(row)
-        tokens.append(out)
-        last.append(last_logits)
-        row_stats.append(stats)
+    with _verify_blocks_are_decode(ex):
+        tokens, last = _speculate(ex, cache, logits, draft.plan, max_new_tokens, draft.k, stop, draft.min_confidence,
+                                  _draft_fill(ex, draft.plan, max_new_tokens), row_stats)
     total = SpeculativeStats(prefill_seconds=prefill_seconds, verify_cost=prefill_cost)
     for stats in row_stats:
         total.add(stats)
     synchronize(ex.device)
     return SpeculativeGeneration(tokens=tokens, stopped=["stop" if t[-1] in stop else "length" for t in tokens],
-                                 seconds=time.perf_counter() - start, cost=_total_cost(total),
-                                 cache=SkipKVCache.stack(rows) if len(rows) > 1 else rows[0],
+                                 seconds=time.perf_counter() - start, cost=_total_cost(total), cache=cache,
                                  last_logits=torch.cat(last), steps=max(len(t) for t in tokens),
                                  prefix_cache=prefix_cache, stats=total, row_stats=row_stats)

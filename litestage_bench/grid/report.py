@@ -14,7 +14,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ..engine.plan import STAGES
-from ..records.report import DECOMPOSITION_COLUMNS, decomposition_cells, fmt_num, fmt_p, fmt_stages, noise_floor_notes
+from ..records.report import (DECOMPOSITION_COLUMNS, decomposition_cells, drafting_cell, fmt_num, fmt_p, fmt_stages,
+                              noise_floor_notes)
 from ..records.results import ResultRecord, atomic_write, machine_info, write_record, write_text_atomic
 from .cases import slug
 from .store import CaseResult, GridStore
@@ -22,9 +23,9 @@ from .store import CaseResult, GridStore
 GRID_SCHEMA = 1
 COLUMNS = ["method", "point", "stages", "n", "accuracy [95% CI]", "d acc vs dense", "agreement",
            "flips -c2w/+w2c", "McNemar p", "speedup [95% CI]", *DECOMPOSITION_COLUMNS, "s/question",
-           "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "accuracy from", "policy"]
+           "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "accuracy from", "policy", "lossless drafting"]
 STAGE_COLUMNS = ["method", "point", "stages", "stage", "s/question", "share of question", "speedup vs dense",
-                 *DECOMPOSITION_COLUMNS, "tokens", "token ratio vs dense", "cost frac", "output = dense"]
+                 *DECOMPOSITION_COLUMNS, "tokens", "token ratio vs dense", "cost frac", "output = dense", "drafting"]
 # Columns that hold measured times: the only ones in which a rerun or an `-n N` run may differ.
 TIMING_COLUMNS = {"speedup [95% CI]", "s/question", "stage s R/A/S", "share of question", "speedup vs dense",
                   *DECOMPOSITION_COLUMNS[1:]}
@@ -51,7 +52,7 @@ def main_row(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -> 
             *decomposition_cells(rec, "total"), fmt_num(rec.latency_s, ".3f"),
             fmt_stages(rec.stage_latency_s, ".3f"), fmt_stages(rec.tokens, ".1f"),
             fmt_stages(rec.executed_cost_fraction, ".2f"), "cache" if res.accuracy_cached else "computed",
-            _policy_cell(res)]
+            _policy_cell(res), drafting_cell(rec)]
 
 
 def stage_rows(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -> list[list[str]]:
@@ -66,7 +67,7 @@ def stage_rows(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -
                      fmt_num((parts.get(s) or {}).get("speedup"), ".2f"), *decomposition_cells(rec, s),
                      fmt_num(rec.tokens.get(s), ".1f"), fmt_num((fid.get("token_ratio") or {}).get(s), ".2f"),
                      fmt_num(rec.executed_cost_fraction.get(s), ".2f"),
-                     fmt_num((fid.get("stage_exact_match") or {}).get(s), ".2f")])
+                     fmt_num((fid.get("stage_exact_match") or {}).get(s), ".2f"), drafting_cell(rec, s)])
     return rows
 
 

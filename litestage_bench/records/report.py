@@ -91,6 +91,19 @@ def decomposition_cells(r: ResultRecord, part: str = "total") -> list[str]:
     return [fmt_num(row.get(k), ".2f") for k in _DECOMPOSITION_KEYS]
 
 
+def drafting_cell(r: ResultRecord, stage: str = "total") -> str:
+    """A lossless (drafted) record's drafting: tokens per verify step and acceptance rate, with the
+    items whose outputs equal dense's for the whole record; ``-`` for a record that drafted nothing."""
+    spec = (r.speculative or {}).get(stage)
+    if not spec:
+        return "-"
+    cell = f"{fmt_num(spec['tokens_per_step'], '.2f')} tok/verify, acc {fmt_num(spec['acceptance_rate'], '.2f')}"
+    fid = r.fidelity or {}
+    if stage == "total" and "identical_outputs" in fid:
+        cell = f"identical {fid['identical_outputs']}/{fid['n']}; {cell}"
+    return cell
+
+
 def _fid(r: ResultRecord, key: str) -> float | None:
     return r.fidelity.get(key) if r.fidelity else None
 
@@ -172,14 +185,14 @@ def results_table(records: list[ResultRecord], fmt: str = "github") -> str:
     headers = [
         "model", "bench", "method", "policy", "n", "accuracy [95% CI]", "speedup [95% CI]", *DECOMPOSITION_COLUMNS,
         "agreement", "flips -c2w/+w2c", "answer KL", "McNemar p", "retention", "latency s/q",
-        "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "answer rule (counts)",
+        "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "answer rule (counts)", "lossless drafting",
     ]
     rows = [
         [
             r.model, r.benchmark, r.method, policy_name(r.policy), r.n, _accuracy(r), speedup_ci_cell(r),
             *decomposition_cells(r), *_fidelity_cells(r), fmt_num(r.retention, ".2f"),
             fmt_num(r.latency_s, ".3f"), fmt_stages(r.stage_latency_s, ".3f"), fmt_stages(r.tokens, ".1f"),
-            fmt_stages(r.executed_cost_fraction, ".2f"), _rules(r),
+            fmt_stages(r.executed_cost_fraction, ".2f"), _rules(r), drafting_cell(r),
         ]
         for r in sorted(records, key=_sort_key)
     ]
