@@ -22,14 +22,16 @@ def test_main_job_defaults(tmp_path):
     sel = select(policy_dir=str(tmp_path))
     assert (sel.models, sel.benches, sel.limit, sel.timed) == (["smollm2-135m"], ["obqa", "csqa", "strategyqa"], 10, 3)
     assert sel.rounds == 2
-    assert sel.methods[0] == "dense" and "plan" not in sel.methods and "litestage" in sel.methods
+    assert sel.methods[0] == "dense" and "plan" not in sel.methods
+    assert {"litestage", "selfspec", "litestage-spec"} <= set(sel.methods)
     cases = sel.cases()
     first = [c for c in cases if c.bench == "obqa"]
     assert first[0] == GridCase("smollm2-135m", "obqa")  # dense first in its group
     assert [c.k for c in first if c.method == "unified"] == list(DEFAULT_POINTS["unified"])
     assert [c.point for c in first if c.method == "litestage"] == ["policy"]
     # no policies in an empty folder: the search methods are missing (searched first unless --no-search)
-    assert {c.method for c in cases if sel.missing_policy(c)} == {"adaskip", "litestage", "shortgpt", "sleb"}
+    assert {c.method for c in cases if sel.missing_policy(c)} == {"adaskip", "litestage", "shortgpt", "sleb", "selfspec",
+                                                                   "litestage-spec"}
     (tmp_path / "smollm2-135m_obqa_litestage.json").write_text("{}")
     assert not sel.missing_policy(GridCase("smollm2-135m", "obqa", "litestage"))
 

@@ -130,3 +130,27 @@ def test_missing_policy_is_searched_once_and_reported_apart(tiny, tmp_path, monk
     # another process finds the file the search wrote
     _, later = context(tiny, tmp_path).policy(case)
     assert later["source"] == "searched earlier" and len(searches) == 1
+
+
+@pytest.mark.parametrize("method", ["selfspec", "litestage-spec"])
+def test_lossless_cases_run_in_the_grid_and_equal_dense(tiny, tmp_path, method):
+    """A lossless method's grid case (committed policy) answers exactly as the dense case and its
+    record carries the drafting metrics and n/n identical outputs."""
+    import json
+    model = tiny[0]
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    draft = {"skip": {"attn": [1], "ffn": [2]}, "k": 3, "min_confidence": None}
+    policy = {"schema_version": 1, "method": method, "model": model, "num_layers": 4, "draft": draft,
+              "stages": {s: {"draft": draft if s != "analyze" else None} for s in STAGES}}
+    (committed / f"{slug(model)}_obqa_{method}.json").write_text(json.dumps(policy))
+    ctx = context(tiny, tmp_path, **{"--methods": method})
+    store = GridStore()
+    for case in ctx.selection.cases():
+        store.add(run_case(case, ctx, FakeBenchmark()))
+    dense, lossless = (store.results[c.id] for c in ctx.selection.cases())
+    assert lossless.case.method == method
+    record = store.record_for(lossless)
+    assert record.fidelity["identical_outputs"] == record.n == 3
+    assert record.speculative is not None and record.speculative["total"]["verify_steps"] > 0
+    assert [r.outputs for r in lossless.items] == [r.outputs for r in dense.items]

@@ -17,13 +17,11 @@ generated token but the last (``Generation.fed_tokens``), as ``SkipExecutor.gene
 
 Entry points: ``generate_speculative`` (one prompt from an empty cache) and ``generate_drafted``
 (what the reasoner calls for a stage whose plan carries a ``Draft``: ``SkipExecutor.generate``'s
-inputs, shared prefix and cache, prefilled dense as there; then every row speculates at batch 1
-and the rows' caches are stacked back into one). Rows run one at a time because rows accept
-different numbers of drafts per round, so their caches would advance by different lengths; the
-cache has what a batched version needs (draft all rows in the same slots, ``truncate`` back
-batch-wide, verify one [rows, 1+k] block, cut each row with ``keep_first``), but at batch 1 on a
-CPU a row-at-a-time loop costs no more. The methods ``selfspec`` and ``litestage-spec`` (in
-``methods/speculative.py``) supply the drafts.
+inputs, shared prefix and cache, prefilled dense as there). Batched rows are exact: they draft in
+the same slots (a row with fewer drafts is fed masked padding), are verified in one block with
+padding after each row's drafts, and each row then keeps its own accepted prefix; the slots of its
+rejected drafts become padding, so rows advance by different lengths (``_speculate``). The methods
+``selfspec`` and ``litestage-spec`` (``methods/speculative.py``) supply the drafts.
 """
 from __future__ import annotations
 
