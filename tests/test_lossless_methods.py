@@ -101,6 +101,7 @@ def test_draft_search_on_calibration_items_gives_lossless_policies(model, tokeni
 
 def test_break_even_acceptance():
     from litestage_bench.studies.lossless import break_even_acceptance
+
     # free drafts and a verify as cheap as a dense step: any acceptance breaks even
     assert break_even_acceptance(4, 0.0, 1.0) == 0.0
     # k=2, draft 0.5, verify 1.0: a round costs 2 dense steps, so 1 + a + a^2 = 2 -> a = 0.618
@@ -111,9 +112,10 @@ def test_break_even_acceptance():
 
 
 def test_record_drafting_summary_and_identity_count(model, tokenizer):
+    from tiny_reasoner import DRAFTED
+
     from litestage_bench.records.results import build_record, record_from_dict, record_to_dict
     from litestage_bench.studies.lossless import lossless_markdown
-    from tiny_reasoner import DRAFTED
     r = reasoner(model, tokenizer)
     drafted = [r.solve(q, DRAFTED) for q in QUESTIONS]
     dense = [r.solve(q, DENSE) for q in QUESTIONS]
@@ -127,4 +129,4 @@ def test_record_drafting_summary_and_identity_count(model, tokenizer):
     assert spec["total"]["verify_steps"] == sum(spec[s]["verify_steps"] for s in STAGES)
     assert record_from_dict(json.loads(json.dumps(record_to_dict(rec)))).speculative == spec
     text = lossless_markdown([rec], "cmd")
-    assert f"identical outputs" in text and f"{len(QUESTIONS)}/{len(QUESTIONS)}" in text
+    assert "identical outputs" in text and f"{len(QUESTIONS)}/{len(QUESTIONS)}" in text

@@ -25,8 +25,8 @@ from ..core.plugins import external_plugins
 from ..core.schema import Checker
 from . import fidelity as fid
 from . import metrics, stats
-from .drafting import summarize_drafting
 from . import timing as paired_timing
+from .drafting import summarize_drafting
 from .items import ItemResult
 
 # 2 added dtype/threads/device, the comparison with dense and per-item option scores; 1 still reads.
