@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from test_reasoner import assert_same
-from tiny_reasoner import QUESTIONS, calibration_splits, reasoner, split_loader
+from tiny_reasoner import DRAFTED, QUESTIONS, calibration_splits, reasoner, split_loader
 
 from litestage_bench.core.errors import UserError
 from litestage_bench.engine.method import ModelFacts
@@ -112,8 +112,6 @@ def test_break_even_acceptance():
 
 
 def test_record_drafting_summary_and_identity_count(model, tokenizer):
-    from tiny_reasoner import DRAFTED
-
     from litestage_bench.records.results import build_record, record_from_dict, record_to_dict
     from litestage_bench.studies.lossless import lossless_markdown
     r = reasoner(model, tokenizer)
