@@ -124,7 +124,16 @@ def test_record_drafting_summary_and_identity_count(model, tokenizer):
     for s in STAGES:
         assert spec[s]["drafted"] == sum(it.speculative[s]["drafted"] for it in drafted)
         assert 1.0 <= spec[s]["tokens_per_step"] <= 1 + DRAFTED.for_stage(s).draft.k
+        assert 0.0 < spec[s]["draft_cost_fraction"] < 1.0  # every draft skips something
     assert spec["total"]["verify_steps"] == sum(spec[s]["verify_steps"] for s in STAGES)
     assert record_from_dict(json.loads(json.dumps(record_to_dict(rec)))).speculative == spec
     text = lossless_markdown([rec], "cmd")
     assert "identical outputs" in text and f"{len(QUESTIONS)}/{len(QUESTIONS)}" in text
+
+
+def test_bandwidth_bound_estimate():
+    from litestage_bench.studies.lossless import bandwidth_bound_speedup
+    # 3 tokens per verify step from 2 drafts at half the FLOPs: 3 / (2 * 0.5 + 1) = 1.5x
+    spec = {"verify_steps": 10, "drafted": 20, "tokens_per_step": 3.0, "draft_cost_fraction": 0.5}
+    assert bandwidth_bound_speedup(spec) == pytest.approx(1.5)
+    assert bandwidth_bound_speedup({**spec, "draft_cost_fraction": None}) is None

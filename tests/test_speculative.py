@@ -109,9 +109,13 @@ def test_batched_rows_equal_dense_batched_generation(arch_model, data, skip, k, 
     for r, tokens in enumerate(dense.tokens):  # dense's last logits are a row's own only if it ran to the end
         if len(tokens) == dense.steps:
             assert_close(spec.last_logits[r], dense.last_logits[r])
+    per_token = sum(ex.arch.attn_flops) + sum(ex.arch.ffn_flops)
     for r, s in enumerate(spec.row_stats):
         assert 0 <= s.accepted <= s.drafted <= k * s.verify_steps
         assert len(spec.tokens[r]) - 1 <= s.accepted + s.verify_steps
+        # a batched forward's cost is shared by the tokens each row fed: a row pays for its own drafts
+        assert s.draft_cost.total == pytest.approx(s.drafted * per_token)
+        assert s.verify_cost.total == pytest.approx((s.verify_steps + s.drafted) * per_token)
 
 
 def test_batched_drafts_need_a_static_draft():

@@ -92,7 +92,8 @@ class SpeculativeStats:
         """The additive counts and times (what an item result keeps per stage)."""
         return {"verify_steps": self.verify_steps, "drafted": self.drafted, "accepted": self.accepted,
                 "confidence_stops": self.confidence_stops, "draft_s": self.draft_seconds,
-                "verify_s": self.verify_seconds}
+                "verify_s": self.verify_seconds, "draft_flops": self.draft_cost.executed,
+                "draft_flops_dense": self.draft_cost.total}
 
     def to_dict(self) -> dict:
         return {"verify_steps": self.verify_steps, "drafted": self.drafted, "accepted": self.accepted,
@@ -124,6 +125,15 @@ def _check(draft: StagePlan, max_new_tokens: int, k: int) -> None:
 def _draft_fill(ex: SkipExecutor, draft: StagePlan, max_new_tokens: int) -> frozenset[int]:
     """Attention layers the draft skips at one step and runs at a later one: they need keys/values."""
     return ex.fill_layers(dataclasses.replace(draft, prefill=draft.skip_at(0)), max_new_tokens)
+
+
+def _share(cost: CostMeter, meters: list[CostMeter], tokens: list[float]) -> None:
+    """Split a batched forward's cost over the rows' meters by the tokens each row fed."""
+    fed = sum(tokens)
+    for meter, n in zip(meters, tokens):
+        if n:
+            meter.executed += cost.executed * n / fed
+            meter.total += cost.total * n / fed
 
 
 @contextmanager
@@ -176,8 +186,10 @@ def _speculate(ex: SkipExecutor, cache: SkipKVCache, logits: torch.Tensor, draft
                 break
             ids = torch.tensor([[f] for f in feed], device=device)
             valid = torch.tensor([[x] for x in live], device=device)
+            step_cost = CostMeter()
             step_logits = ex.forward(cache, ids, valid, draft.skip_at(len(out[0]) - 1 + j), draft,
-                                     stats[0].draft_cost, fill=fill)[:, -1]
+                                     step_cost, fill=fill)[:, -1]
+            _share(step_cost, [stats[r].draft_cost for r in range(rows)], [float(x) for x in live])
             choice = step_logits.argmax(-1).tolist()
             confident = (step_logits.softmax(-1).amax(-1) >= min_confidence).tolist() if min_confidence is not None else None
             for r in range(rows):
@@ -203,7 +215,9 @@ def _speculate(ex: SkipExecutor, cache: SkipKVCache, logits: torch.Tensor, draft
                 seq = [out[r][-1], *drafts[r]]
                 block[r, :len(seq)] = torch.tensor(seq, device=device)
                 valid[r, :len(seq)] = True
-        verify = ex.forward(cache, block, valid, dense, DENSE_STAGE, stats[0].verify_cost, logits="all")
+        verify_cost = CostMeter()
+        verify = ex.forward(cache, block, valid, dense, DENSE_STAGE, verify_cost, logits="all")
+        _share(verify_cost, [stats[r].verify_cost for r in range(rows)], valid.sum(1).tolist())
         choices = verify.argmax(-1).tolist()
         accepted = [0] * rows
         for r in range(rows):

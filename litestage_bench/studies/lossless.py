@@ -11,7 +11,11 @@ acceptance rate, the draft's share of decode time, and the costs that decide its
   interleaved decomposition), so all three come from the same run;
 - the acceptance a draft of length k needs to break even, with i.i.d. acceptance alpha:
   (1 - alpha^(k+1)) / (1 - alpha) tokens per round must equal (k c + v) / d. "none" means even
-  alpha = 1 cannot pay for the round.
+  alpha = 1 cannot pay for the round;
+- what the same acceptance would give where decoding is bound by reading the weights (a GPU at
+  batch 1): a verify block costs one dense step and a draft step its executed fraction of the
+  sub-layer FLOPs (embedding and head not counted), so the decode speedup is tokens per verify
+  step / (drafts per verify step x that fraction + 1).
 Then each lossy record against the fastest lossless one: the speed ratio (z test on the log
 ratio, as in the headline table) and the answers that the extra speed cost.
 """
@@ -84,6 +88,15 @@ def break_even_acceptance(k: int, draft_cost: float, verify_cost: float) -> floa
     return hi
 
 
+def bandwidth_bound_speedup(spec: dict) -> float | None:
+    """The decode speedup the measured acceptance would give where a forward costs the weights it
+    reads: a verify block as one dense step, a draft step its executed fraction of sub-layer FLOPs."""
+    if not spec.get("verify_steps") or spec.get("draft_cost_fraction") is None:
+        return None
+    drafts_per_step = spec["drafted"] / spec["verify_steps"]
+    return spec["tokens_per_step"] / (drafts_per_step * spec["draft_cost_fraction"] + 1.0)
+
+
 def _draft_k(r: ResultRecord, stage: str) -> int | None:
     draft = ((r.policy or {}).get("drafts") or {}).get(stage) if isinstance(r.policy, dict) else None
     return draft["k"] if draft else None
@@ -111,7 +124,9 @@ def method_rows(records: list[ResultRecord]) -> list[list[str]]:
         lo, hi = r.accuracy_ci95
         rows.append([_label(r), str(r.n), speedup_ci_cell(r), f"{r.accuracy:.3f} [{lo:.3f}, {hi:.3f}]",
                      fmt_num(fid.get("agreement"), ".3f"), identical, _per_stage(r, "tokens_per_step", ".2f"),
-                     _per_stage(r, "acceptance_rate", ".2f"), _per_stage(r, "draft_share", ".2f"), *_costs_cell(r)])
+                     _per_stage(r, "acceptance_rate", ".2f"), _per_stage(r, "draft_share", ".2f"), *_costs_cell(r),
+                     "/".join(fmt_num(bandwidth_bound_speedup((r.speculative or {}).get(s) or {}), ".2f")
+                              for s in STAGES)])
     return rows
 
 
@@ -133,7 +148,7 @@ def lossy_rows(records: list[ResultRecord]) -> list[list[str]]:
 
 METHOD_COLUMNS = ["method", "n", "speedup [95% CI]", "accuracy [95% CI]", "agreement", "identical outputs",
                   "tokens/verify R/A/S", "acceptance R/A/S", "draft share R/A/S", "draft step / dense R/A/S",
-                  "verify step / dense R/A/S", "break-even acceptance R/A/S"]
+                  "verify step / dense R/A/S", "break-even acceptance R/A/S", "bandwidth-bound decode speedup R/A/S"]
 LOSSY_COLUMNS = ["lossy", "its speedup", "fastest lossless", "its speedup", "speed ratio", "p", "answers changed",
                  "agreement", "flips -c2w/+w2c"]
 
