@@ -133,6 +133,7 @@ def test_record_drafting_summary_and_identity_count(model, tokenizer):
 
 def test_bandwidth_bound_estimate():
     from litestage_bench.studies.lossless import bandwidth_bound_speedup
+
     # 3 tokens per verify step from 2 drafts at half the FLOPs: 3 / (2 * 0.5 + 1) = 1.5x
     spec = {"verify_steps": 10, "drafted": 20, "tokens_per_step": 3.0, "draft_cost_fraction": 0.5}
     assert bandwidth_bound_speedup(spec) == pytest.approx(1.5)
