@@ -214,6 +214,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UserError(f"method '{args.method}' has no offline search",
                         f"run it directly with `litestage-bench run`; methods with a search: {', '.join(sorted(SEARCHES))}")
     _check_before_load(args, "calib")
+    if args.ranking_from:
+        from .methods.registry import load_policy
+        load_policy(args.ranking_from)  # a missing or malformed file fails now, not after the load
     out = Path(args.out)
     _clean_stale(out)
     session = Session.open(args.model, dtype=args.dtype, device=args.device, numerics=args.numerics)

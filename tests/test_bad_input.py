@@ -34,6 +34,7 @@ def _litestage(**over) -> dict:
 SLEB = {"schema_version": 1, "method": "sleb", "model": "smollm2-135m", "num_layers": LAYERS,
         "removal_order": [3, 5], "nll": [1.0, 1.1], "rounds": [{}, {}]}
 ADASKIP = {"schema_version": 1, "method": "adaskip", "model": "smollm2-135m", "num_layers": LAYERS}
+SELFSPEC = {"schema_version": 1, "method": "selfspec", "model": "smollm2-135m", "num_layers": LAYERS}
 
 
 def _record_file(tmp: Path, name: str, **over) -> Path:
@@ -80,6 +81,15 @@ CASES = [
     ("litestage: layer out of range", {"p.json": _litestage(stages={s: {"skip": {"attn": [30]}} for s in
                                                                     ("recall", "analyze", "summarize")})},
      "run --bench obqa --method litestage --policy {tmp}/p.json", ["names layer 30 but the model has 30 layers"]),
+    ("selfspec: draft length 0", {"p.json": {**SELFSPEC, "draft": {"skip": {"attn": [1]}, "k": 0}}},
+     "run --bench obqa --method selfspec --policy {tmp}/p.json", ["'draft.k'"]),
+    ("litestage-spec: draft layer out of range", {"p.json": {**SELFSPEC, "method": "litestage-spec", "stages": {
+        "recall": {"draft": {"skip": {"attn": [30]}, "k": 2}}, "analyze": {"draft": None}, "summarize": {}}}},
+     "run --bench obqa --method litestage-spec --policy {tmp}/p.json", ["stages.recall.draft.skip.attn", "30"]),
+    ("search: draft length 0", {}, "search --bench obqa --method selfspec --draft-ks 2,0 --out {tmp}/p.json",
+     ["argument --draft-ks: 0 must be >= 1"]),
+    ("search: missing ranking policy", {}, "search --bench obqa --method selfspec --ranking-from {tmp}/none.json "
+     "--out {tmp}/p.json", ["policy file", "does not exist"]),
     ("sleb: list for calibration", {"p.json": {**SLEB, "calibration": [50]}},
      "run --bench obqa --method sleb --k 1 --policy {tmp}/p.json", ["'calibration' must be an object, not a list"]),
     ("adaskip: object for the ranking", {"p.json": {**ADASKIP, "ranking": {"attn": 1}}},
