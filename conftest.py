@@ -133,6 +133,8 @@ def _ray_grid(config: pytest.Config, main_job: bool, xdist: bool):
             raise UserError("--ray and -n both spread the grid", "use one of them")
         if not main_job:
             raise UserError("--ray runs the benchmark grid", "add --benchmark-only")
+        if config.getoption("--device").startswith("cuda:"):
+            raise UserError("--ray gives each task a GPU of its own (Ray sets CUDA_VISIBLE_DEVICES)", "use --device cuda")
         if importlib.util.find_spec("ray") is None:
             raise UserError("--ray needs the optional extra ray", "pip install -e '.[ray]'")
         from litestage_bench.grid.ray_backend import RayGrid

@@ -206,3 +206,36 @@ def test_a_bad_address_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "ERROR: litestage-bench grid: --ray: 'no address' is not a Ray address -- fix: use --ray alone (a local Ray "
         "instance), --ray auto, --ray ray://HOST:10001 or --ray HOST:6379")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_tasks_and_writes_no_tables(cluster, tiny_model, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    proc = subprocess.Popen(_command(tiny_model, tmp_path / "stopped", tmp_path / "cache", "--ray", cluster), cwd=ROOT,
+                            env=_env(tmp_path, LITESTAGE_RAY_MARKERS=str(markers)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(markers.glob(f"*{KILLED}.started")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        workers = {json.loads(m.read_text())["pid"] for m in markers.glob("*.started")}
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2 and "rerun the same command to resume" in out, out[-3000:]
+    assert not (tmp_path / "stopped" / "grid.json").exists()
+    deadline = time.monotonic() + 30  # force-cancelled: the workers that ran the groups end
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers and not any(_alive(pid) for pid in workers)
