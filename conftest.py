@@ -127,6 +127,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _ray_grid(config: pytest.Config, main_job: bool, xdist: bool):
     """The Ray backend for `--ray`, its options checked (one line each when wrong)."""
     import importlib.util
+
     from litestage_bench.core.errors import UserError
     try:
         if xdist:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
 import sys
-import logging
 import tempfile
 import traceback
 from dataclasses import dataclass, field
