@@ -326,6 +326,10 @@ class RayGrid:
         except KeyboardInterrupt:
             for ref in refs:
                 ray.cancel(ref, force=True)
+            try:  # the cases finished before Ctrl-C: the interrupted session reports them (no tables)
+                self._drain(collector, store, running, on_case, on_log)
+            except (ray.exceptions.RayError, KeyboardInterrupt):
+                pass
             raise
         finally:
             ray.kill(collector)
