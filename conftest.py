@@ -4,10 +4,13 @@ The grid (tests/bench_grid.py, litestage_bench/grid/) runs as the main job under
 `pytest --benchmark-only [-n N]` and as a 2-item smoke in a plain `pytest` run (nothing written
 under results/ then). With pytest-xdist, every (model, benchmark) group runs on one worker
 (a loadgroup-like scheduler: `pytest_xdist_make_scheduler`), workers send their finished cases to the controller, which prints a
-progress line per case and writes the tables at the end.
+progress line per case and writes the tables at the end. With `--ray [ADDRESS]` the controller
+runs each group as a Ray task before the test loop (`pytest_runtestloop`, grid/ray_backend.py);
+the grid's test items then report their case's result from the cluster.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
@@ -67,6 +70,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "calibration split first; its cost is reported apart from the timings)")
     group.addoption("--search-limit", type=int, default=None, help="calibration items of such a search (default: the search's own)")
     group.addoption("--grid-runner", default=None, help="MODULE:FUNCTION that runs a case instead of the real one (tests)")
+    group.addoption("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="run the grid's (model, benchmark) groups as Ray tasks (needs pip install -e '.[ray]'): "
+                         "alone, a local Ray instance; or auto, ray://HOST:10001, HOST:6379 (put it after the paths)")
+    group.addoption("--ray-retries", type=int, default=2,
+                    help="retries of a Ray task whose worker or node dies (default 2)")
+    group.addoption("--ray-cpus", type=int, default=1,
+                    help="CPUs each (model, benchmark) task asks for on CPU, and its torch threads (default 1); "
+                         "on CUDA a task asks for one GPU")
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -76,6 +87,7 @@ _SELECTION = pytest.StashKey[object]()
 _STORE = pytest.StashKey[object]()
 _PROGRESS = pytest.StashKey[object]()
 _GRID_TABLE = pytest.StashKey[tuple]()
+_RAY = pytest.StashKey[object]()
 
 
 def _is_worker() -> bool:
@@ -101,6 +113,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except UserError as err:
         raise pytest.UsageError(f"litestage-bench grid: {err}") from None
     config.stash[_MAIN] = main_job
+    if config.getoption("--ray") is not None and not _is_worker():
+        config.stash[_RAY] = _ray_grid(config, main_job, xdist)
     bench_json = config.getoption("benchmark_json", None)
     if bench_json and not _is_worker():  # pytest-benchmark saves it before the grid makes --grid-out
         Path(bench_json).parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +122,32 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_PROGRESS] = Progress()
     if not _is_worker():
         config.pluginmanager.register(_ProgressLines(config), "litestage-grid-progress")
+
+
+def _ray_grid(config: pytest.Config, main_job: bool, xdist: bool):
+    """The Ray backend for `--ray`, its options checked (one line each when wrong)."""
+    import importlib.util
+
+    from litestage_bench.core.errors import UserError
+    try:
+        if xdist:
+            raise UserError("--ray and -n both spread the grid", "use one of them")
+        if not main_job:
+            raise UserError("--ray runs the benchmark grid", "add --benchmark-only")
+        if config.getoption("--device").startswith("cuda:"):
+            raise UserError("--ray gives each task a GPU of its own (Ray sets CUDA_VISIBLE_DEVICES)", "use --device cuda")
+        if importlib.util.find_spec("ray") is None:
+            raise UserError("--ray needs the optional extra ray", "pip install -e '.[ray]'")
+        from litestage_bench.grid.ray_backend import RayGrid
+        grid = RayGrid(config.getoption("--ray"), retries=config.getoption("--ray-retries"),
+                       cpus=config.getoption("--ray-cpus"), root=ROOT)
+    except UserError as err:
+        raise pytest.UsageError(f"litestage-bench grid: {err}") from None
+    # As under xdist: the cases are timed on the cluster, so pytest-benchmark's own statistics are
+    # off here and conftest skips the non-benchmark tests itself (pytest_collection_modifyitems).
+    config.option.benchmark_only = False
+    config.option.benchmark_disable = True
+    return grid
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
@@ -202,6 +242,8 @@ def grid_store(pytestconfig: pytest.Config):
 @pytest.fixture(scope="session")
 def grid_runner(pytestconfig: pytest.Config):
     """The function that runs one case: the real one, or `--grid-runner MODULE:FUNCTION` (tests)."""
+    if _RAY in pytestconfig.stash:
+        return functools.partial(_ray_result, pytestconfig)
     spec = pytestconfig.getoption("--grid-runner")
     if not spec:
         from litestage_bench.grid.run import run_case
@@ -209,6 +251,55 @@ def grid_runner(pytestconfig: pytest.Config):
     import importlib
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _ray_result(config: pytest.Config, case, ctx, benchmark):
+    """Under --ray: the case's result as the cluster produced it (already in the store), or its error."""
+    ray_grid = config.stash[_RAY]
+    if case.id in ray_grid.errors:
+        pytest.fail(ray_grid.errors[case.id], pytrace=False)
+    result = config.stash[_STORE].results.get(case.id)
+    if result is None:
+        pytest.fail(f"litestage-bench grid: case {case.id}: no result from the Ray cluster", pytrace=False)
+    return benchmark.pedantic(lambda: result, rounds=1, iterations=1)  # pytest-benchmark is off: one call
+
+
+# --- the grid on a Ray cluster ------------------------------------------------------------------
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Under --ray: run the collected grid cases on the cluster first; the test loop then reports them."""
+    config = session.config
+    ray_grid = config.stash.get(_RAY, None)
+    if ray_grid is None or config.option.collectonly or session.testsfailed:
+        return None
+    from litestage_bench.core.errors import UserError
+    from litestage_bench.grid.cases import GridCase
+    from litestage_bench.grid.store import case_summary
+    from litestage_bench.grid.workers import case_id
+    by_id: dict[str, GridCase] = {c.id: c for c in config.stash[_SELECTION].cases()}
+    cases = [by_id[cid] for item in session.items
+             if (cid := case_id(item.nodeid)) in by_id and item.get_closest_marker("skip") is None]
+    if not cases:
+        return None
+    store, progress = config.stash[_STORE], config.stash[_PROGRESS]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def line(text: str) -> None:
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(text)
+
+    def finished(cid: str) -> None:
+        result = store.results[cid]
+        line(progress.line(case_summary(result, store.record_for(result))))
+
+    try:
+        ray_grid.run(config.stash[_SELECTION], cases, store, _command(config), config.getoption("--grid-cache"),
+                     config.getoption("--grid-runner"), on_case=finished, on_log=line)
+    except UserError as err:
+        raise pytest.UsageError(f"litestage-bench grid: {err}") from None
+    return None
 
 
 # --- progress, merge across workers, the report at the end -----------------------------------
@@ -239,7 +330,7 @@ class _ProgressLines:
         self.config = config
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call" or not report.passed:
+        if report.when != "call" or not report.passed or _RAY in self.config.stash:  # --ray: printed as they came
             return
         summary = dict(report.user_properties).get(GRID_PROPERTY)
         if summary is None:
@@ -278,8 +369,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     folder = config.getoption("--grid-out") if sel.main_job else _smoke_folder(config)
     # the session's wall time (from configure: model loads, searches and all cases), for serial vs -n N
     wall = time.perf_counter() - config.stash[_PROGRESS].start
-    text, folder = write_grid(store, folder, _command(config), sel.to_dict(), wall_seconds=wall)
+    text, folder = write_grid(store, folder, _command(config), sel.to_dict(), wall_seconds=wall, backend=_backend(config))
     config.stash[_GRID_TABLE] = (str(folder), text)
+
+
+def _backend(config: pytest.Config) -> dict:
+    if _RAY in config.stash:
+        return config.stash[_RAY].info()
+    if config.getoption("dist", "no") != "no":
+        return {"name": "xdist", "workers": config.getoption("numprocesses", None)}
+    return {"name": "serial"}
 
 
 def _smoke_folder(config: pytest.Config) -> Path:
@@ -295,6 +394,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(table)
         if folder:
             terminalreporter.write_line(f"records/, table.md, grid.json and pareto_*.png written to {folder}")
-        if config.getoption("dist", "no") != "no":
-            terminalreporter.write_line("(under xdist pytest-benchmark's own statistics are off; the tables' "
+        if config.getoption("dist", "no") != "no" or _RAY in config.stash:
+            terminalreporter.write_line("(under xdist or Ray pytest-benchmark's own statistics are off; the tables' "
                                         "latencies are the grid's batch-1 timings)")
+    if _RAY in config.stash and config.stash[_RAY].errors:
+        terminalreporter.section("litestage-bench: cases that failed on the Ray cluster")
+        for line in sorted(config.stash[_RAY].errors.values()):
+            terminalreporter.write_line(line.strip().splitlines()[-1] if "Traceback" in line else line)

