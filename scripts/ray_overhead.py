@@ -49,8 +49,12 @@ def main() -> None:
             if proc.returncode:
                 sys.exit(f"ray_overhead: run {i} ({side}) failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
             doc = json.loads((folder / "grid.json").read_text())
+            # the cases' own seconds, summed over both workers: what the backend does not change
+            case_s = sum(c["accuracy_seconds"] + c["timed_seconds"] for c in doc["cases"])
             runs.append({"side": side, "run": i, "wall_s": wall, "session_s": doc["wall_seconds"],
-                         "cases": len(doc["cases"]), "load_avg_1min_after": os.getloadavg()[0], "command": " ".join(cmd)})
+                         "cases": len(doc["cases"]), "case_seconds_sum": case_s,
+                         "outside_cases_s": doc["wall_seconds"] - case_s / 2,
+                         "load_avg_1min_after": os.getloadavg()[0], "command": " ".join(cmd)})
             print(json.dumps(runs[-1]), flush=True)
     finally:
         cluster.shutdown()
