@@ -224,8 +224,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     policy = SEARCHES[args.method](session, args.bench, args, config, _command_line(), log)
     atomic_write(out, lambda fh: json.dump(policy, fh, indent=1))
     cost = policy.get("search_cost", {})
-    print(f"wrote {out} ({cost.get('wall_seconds', float('nan')) / 60:.1f} min, "
-          f"{cost.get('stage_runs', '?')} stage runs)")
+    runs = f", {cost['stage_runs']} stage runs" if "stage_runs" in cost else ""
+    cached = f", measured earlier: {cost['read_from']}" if cost.get("read_from") else ""
+    print(f"wrote {out} ({cost.get('wall_seconds', float('nan')) / 60:.1f} min{runs}{cached})")
     return 0
 
 

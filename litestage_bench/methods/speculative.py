@@ -216,7 +216,9 @@ def search_drafts(session, bench: str, opts: DraftSearchOptions, config, *, data
     cached = cache_dir / f"{config_sha(key)}.json"
     if cached.is_file():
         log(f"[search] {name} {bench}: the draft candidates measured earlier with these settings ({cached})")
-        return json.loads(cached.read_text())
+        found = json.loads(cached.read_text())
+        found["search_cost"]["read_from"] = str(cached)  # this search measured nothing itself
+        return found
 
     reasoner = session.reasoner(bench, config, data_dir)
     log(f"[search] {name} {bench}: ranking sub-layers on {len(items)} calibration items")
