@@ -153,4 +153,5 @@ def test_lossless_cases_run_in_the_grid_and_equal_dense(tiny, tmp_path, method):
     record = store.record_for(lossless)
     assert record.fidelity["identical_outputs"] == record.n == 3
     assert record.speculative is not None and record.speculative["total"]["verify_steps"] > 0
+    assert record.speculative["seconds_from"] == "2 timed items"  # the batch-1 run's drafting seconds
     assert [r.outputs for r in lossless.items] == [r.outputs for r in dense.items]

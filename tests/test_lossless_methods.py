@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -127,6 +129,14 @@ def test_record_drafting_summary_and_identity_count(model, tokenizer):
         assert 1.0 <= spec[s]["tokens_per_step"] <= 1 + DRAFTED.for_stage(s).draft.k
         assert 0.0 < spec[s]["draft_cost_fraction"] < 1.0  # every draft skips something
     assert spec["total"]["verify_steps"] == sum(spec[s]["verify_steps"] for s in STAGES)
+    # batch-1 (timed) items give the seconds; the counts still come from every item
+    assert spec["seconds_from"] == f"{len(QUESTIONS)} timed items"
+    half = [d if i % 2 else replace(d, latency_s=math.nan) for i, d in enumerate(drafted)]
+    part = build_record(model="tiny", benchmark="obqa", split="eval", method="selfspec", policy={}, answer_rule="cloze",
+                        items=half, command="cmd", config={}).speculative
+    assert part["recall"]["drafted"] == spec["recall"]["drafted"]
+    assert part["recall"]["timed_drafted"] == sum(it.speculative["recall"]["drafted"] for it in half[1::2])
+    assert part["recall"]["draft_s"] == pytest.approx(sum(it.speculative["recall"]["draft_s"] for it in half[1::2]))
     assert record_from_dict(json.loads(json.dumps(record_to_dict(rec)))).speculative == spec
     text = lossless_markdown([rec], "cmd")
     assert "identical outputs" in text and f"{len(QUESTIONS)}/{len(QUESTIONS)}" in text

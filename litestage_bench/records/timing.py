@@ -46,10 +46,12 @@ def merge_rounds(rounds: list[ItemResult], first: list[bool]) -> ItemResult:
 
 
 def with_latencies(results: list[ItemResult], timed: list[ItemResult]) -> list[ItemResult]:
-    """Copies of `results` whose timed items carry the timings measured at batch 1 (`timed`)."""
+    """Copies of `results` whose timed items carry the timings measured at batch 1 (`timed`), the
+    drafting seconds of lossless stages included (a batched pass shares a step among its rows)."""
     by_id = {r.id: r for r in timed}
     return [replace(r, latency_s=t.latency_s, stage_latency_s=dict(t.stage_latency_s), prefill_s=dict(t.prefill_s),
-                    prefill_tokens=dict(t.prefill_tokens), timing_rounds=list(t.timing_rounds))
+                    prefill_tokens=dict(t.prefill_tokens), timing_rounds=list(t.timing_rounds),
+                    speculative=dict(t.speculative) if t.speculative else r.speculative)
             if (t := by_id.get(r.id)) is not None else r for r in results]
 
 

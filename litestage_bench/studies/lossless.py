@@ -63,10 +63,12 @@ def step_costs(r: ResultRecord, stage: str) -> tuple[float, float] | None:
     spec = (r.speculative or {}).get(stage)
     factor = ((r.speedup_decomposition or {}).get(stage) or {}).get("decode_per_token_factor")
     own = _decode_seconds_per_token(r, stage)
-    if not spec or not spec["drafted"] or not spec["verify_steps"] or not factor or not own:
+    # seconds per step from the timed (batch-1) items only; records without their counts show "-"
+    if not spec or not spec.get("timed_drafted") or not spec.get("timed_verify_steps") or not factor or not own:
         return None
     dense_step = own * factor
-    return spec["draft_s"] / spec["drafted"] / dense_step, spec["verify_s"] / spec["verify_steps"] / dense_step
+    return (spec["draft_s"] / spec["timed_drafted"] / dense_step,
+            spec["verify_s"] / spec["timed_verify_steps"] / dense_step)
 
 
 def break_even_acceptance(k: int, draft_cost: float, verify_cost: float) -> float | None:
