@@ -8,7 +8,8 @@ together for accuracy at throughput (no latency). Both run the same code:
 - stage 2 prefills each question's question+recall prefix once and decodes its options from it,
   all options of all questions as one batch;
 - a stage whose plan carries a ``Draft`` computes dense and decodes self-speculatively
-  (``engine/speculative.py``), each row at batch 1; its items record the drafting per stage;
+  (``engine/speculative.py``: the rows draft and verify together, each keeping its own accepted
+  prefix); its items record the drafting per stage;
 - a stage continues the previous stage's cache, cut back per row to the common prefix, when both
   compute identical KV entries (``_start``); else it starts from a copy of the shared few-shot
   header's cache (``HeaderCache``) and prefills the rest of its prompt under its own plan.
