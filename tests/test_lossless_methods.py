@@ -14,7 +14,7 @@ from tiny_reasoner import DRAFTED, QUESTIONS, calibration_splits, reasoner, spli
 from litestage_bench.core.errors import UserError
 from litestage_bench.engine.method import ModelFacts
 from litestage_bench.engine.plan import DENSE, STAGES, SkipSet
-from litestage_bench.methods import speculative
+from litestage_bench.methods import litestage, speculative
 from litestage_bench.methods.registry import make_method
 from litestage_bench.methods.speculative import (DraftSearchOptions, LiteStageSpec, SelfSpec, choose_selfspec,
                                                  choose_stagewise, policy_from_search)
@@ -77,7 +77,7 @@ def test_choice_rules():
 
 def test_draft_search_on_calibration_items_gives_lossless_policies(model, tokenizer, monkeypatch, tmp_path):
     splits = calibration_splits()
-    monkeypatch.setattr(speculative, "load_split", split_loader(splits))
+    monkeypatch.setattr(litestage, "load_split", split_loader(splits))  # the shared calibration loader
     r = reasoner(model, tokenizer)
     seen: set[str] = set()
     solve, solve_batch = r.solve, r.solve_batch

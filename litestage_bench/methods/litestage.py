@@ -399,6 +399,15 @@ def _harm_report(harm: HarmMeter, sets: dict[str, SkipSet], ranking: list, score
     return out
 
 
+def calibration_items(bench: str, limit: int, timed: int, seed: int, data_dir=None) -> tuple[list[Question], list[Question]]:
+    """A search's calibration items (checked, disjoint from evaluation) and its seeded timed subset;
+    seeds everything first."""
+    seed_everything(seed)
+    items = check_items(load_split(bench, "calib", limit=limit, data_dir=data_dir, seed=seed), bench, "calib", data_dir)
+    check_disjoint(items, load_split(bench, "eval", data_dir=data_dir))
+    return items, subset(items, timed, seed)
+
+
 def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, command: str = "",
            cache_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
     """The whole offline LiteStage search on the calibration split; returns the policy."""
@@ -406,11 +415,7 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
 
     opts.check()
     started = time.perf_counter()
-    seed_everything(opts.seed)
-    items = check_items(load_split(bench, "calib", limit=opts.limit, data_dir=data_dir, seed=opts.seed),
-                        bench, "calib", data_dir)
-    check_disjoint(items, load_split(bench, "eval", data_dir=data_dir))
-    timed_items = subset(items, opts.timed, opts.seed)
+    items, timed_items = calibration_items(bench, opts.limit, opts.timed, opts.seed, data_dir)
     reasoner = session.reasoner(bench, config, data_dir)
     facts = model_facts(session.executor, session.loaded.name)
     name = session.loaded.name

@@ -33,14 +33,13 @@ from ..core.code_version import code_version
 from ..core.errors import UserError
 from ..core.schema import Checker
 from ..engine.plan import DENSE, STAGES, Draft, SkipPlan, StagePlan, check_skip_set
-from ..evaluation.benchmarks import check_disjoint, check_items, load_split, subset
-from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
+from ..evaluation.runner import evaluate_items, model_facts, time_items
 from ..records.drafting import summarize_drafting
 from ..records.fidelity import item_fidelity
 from ..records.results import atomic_write, machine_info
 from ..records.timing import paired_speedup
 from .calibration import StageTexts, accumulate, cosine_ranking, skip_set, sublayer_similarity
-from .litestage import check_policy_model, config_sha
+from .litestage import calibration_items, check_policy_model, config_sha
 from .registry import Method, ModelFacts, load_policy, register_search
 
 POLICY_SCHEMA_VERSION = 1
@@ -202,11 +201,7 @@ def search_drafts(session, bench: str, opts: DraftSearchOptions, config, *, data
 
     opts.check()
     started = time.perf_counter()
-    seed_everything(opts.seed)
-    items = check_items(load_split(bench, "calib", limit=opts.limit, data_dir=data_dir, seed=opts.seed),
-                        bench, "calib", data_dir)
-    check_disjoint(items, load_split(bench, "eval", data_dir=data_dir))
-    timed_items = subset(items, opts.timed, opts.seed)
+    items, timed_items = calibration_items(bench, opts.limit, opts.timed, opts.seed, data_dir)
     name = session.loaded.name
     key = {"code": code_version(), "model": name, "source": session.loaded.source, "dtype": session.loaded.dtype,
            "numerics": session.loaded.numerics, "bench": bench, "items": [q.id for q in items],

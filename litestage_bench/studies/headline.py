@@ -19,6 +19,7 @@ import argparse
 import math
 import sys
 from collections import defaultdict
+from typing import Callable
 
 from tabulate import tabulate
 
@@ -147,15 +148,21 @@ def headline_markdown(records: list[ResultRecord], command: str) -> str:
     return "\n".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m litestage_bench.studies.headline", description=__doc__,
+def records_table_main(module: str, doc: str, render: Callable[[list[ResultRecord], str], str],
+                       argv: list[str] | None) -> int:
+    """`python -m MODULE RECORD.json|FOLDER ... [--out FILE.md]`: the markdown of `render` over the
+    records, which are named with the command line that rendered them."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("records", nargs="+", help="record files or folders of records")
     ap.add_argument("--out", help="write the markdown here too")
     args = ap.parse_args(argv)
-    command = "python -m litestage_bench.studies.headline " + " ".join(sys.argv[1:] if argv is None else argv)
-    return emit_markdown(lambda: headline_markdown([r for path in args.records for r in load_records(path)], command),
-                         args.out)
+    command = f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)
+    return emit_markdown(lambda: render([r for path in args.records for r in load_records(path)], command), args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return records_table_main("litestage_bench.studies.headline", __doc__, headline_markdown, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ ratio, as in the headline table) and the answers that the extra speed cost.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections import defaultdict
@@ -30,9 +29,9 @@ from tabulate import tabulate
 
 from ..engine.plan import STAGES
 from ..records.report import fmt_num, fmt_p, policy_name, speedup_ci_cell
-from ..records.results import ResultRecord, emit_markdown, load_records
+from ..records.results import ResultRecord
 from ..records.timing import rounds_of
-from .headline import speed_ratio_test
+from .headline import records_table_main, speed_ratio_test
 
 LOSSLESS = ("selfspec", "litestage-spec")
 
@@ -176,14 +175,7 @@ def lossless_markdown(records: list[ResultRecord], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m litestage_bench.studies.lossless", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("records", nargs="+", help="record files or folders of records")
-    ap.add_argument("--out", help="write the markdown here too")
-    args = ap.parse_args(argv)
-    command = "python -m litestage_bench.studies.lossless " + " ".join(sys.argv[1:] if argv is None else argv)
-    return emit_markdown(lambda: lossless_markdown([r for path in args.records for r in load_records(path)], command),
-                         args.out)
+    return records_table_main("litestage_bench.studies.lossless", __doc__, lossless_markdown, argv)
 
 
 if __name__ == "__main__":
