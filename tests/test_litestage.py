@@ -340,6 +340,28 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     changed = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
     cost = ("candidates_measured", "candidates_from_disk")  # from disk: settings repeated within one search
     assert [changed["search_cost"][k] for k in cost] == [policy["search_cost"][k] for k in cost]
+    # on another CPU, float32 answers are exact: a candidate measured before is re-timed, its answers
+    # read (the timings may steer the sweeps to other candidates, measured whole)
+    monkeypatch.setattr(litestage, "machine_info", lambda: {"cpu": "another CPU"})
+    moved = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
+    assert moved["search_cost"]["answers_cache"] == "without the CPU (exact numerics)"
+    before = {_config(c): c for c in changed["candidates"]}
+    shared = [c for c in moved["candidates"] if _config(c) in before]
+    assert shared and moved["search_cost"]["candidates_retimed"] > 0
+    for c in shared:
+        old = before[_config(c)]
+        assert (c["accuracy"], c["agreement"], c["answers_cpu"]) == (old["accuracy"], old["agreement"], old["answers_cpu"])
+        assert c["timing_cpu"] == "another CPU" != old["answers_cpu"]
+    # bf16 answers are not exact across CPUs: on a third one everything is measured again
+    session.loaded.numerics = "bf16-matmul"
+    monkeypatch.setattr(litestage, "machine_info", lambda: {"cpu": "a third CPU"})
+    bf16 = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
+    assert bf16["search_cost"]["candidates_retimed"] == 0 and bf16["search_cost"]["answers_cache"] == "per CPU"
+    assert {c["answers_cpu"] for c in bf16["candidates"]} == {"a third CPU"}
+
+
+def _config(row: dict) -> str:
+    return json.dumps([row["sets"], row["exits"]], sort_keys=True)
 
 
 class FakeMeter:

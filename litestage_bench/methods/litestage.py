@@ -23,7 +23,8 @@ Cost controls: stage outputs a candidate does not change are reused (``StageMemo
 accuracy only, timing always re-runs), every stage starts from the shared-header cache, a sweep
 stops only after `patience` candidates in a row clearly miss the target by their upper bounds,
 and each measured candidate is stored on disk by its full configuration and the code version, so
-an interrupted search resumes and a changed code measures afresh.
+an interrupted search resumes (on another CPU too, where float32 answers are exact: it re-times
+only) and a changed code measures afresh.
 """
 from __future__ import annotations
 
@@ -259,33 +260,38 @@ def target_power(opts: "SearchOptions", n: int) -> dict:
 
 class CandidateMeter:
     """Accuracy / agreement on the calibration items (batched) and the speedup over dense on a
-    timed subset (batch 1, dense and the candidate interleaved), per candidate plan; measurements
-    are stored on disk by the full configuration (code version included), decisions are not: each
-    row's target test is computed on reading, once `target` is set."""
+    timed subset (batch 1, dense and the candidate interleaved), per candidate plan. The two parts
+    are stored on disk apart, each by the full configuration and the code version: the answers
+    under `answers_key`, which leaves out the CPU where the numerics are exact (float32 on a CPU:
+    no answer flip across CPUs, threads or batching in the noise floor), the timings under
+    `timing_key` (CPU and threads included). So a search interrupted on one machine resumes on
+    another CPU with its answers and re-times only. Decisions are not stored: each row's target
+    test is computed on reading, once `target` is set."""
 
     def __init__(self, reasoner: Reasoner, items: list[Question], timed_items: list[Question],
-                 dense: list[ItemResult], base_key: dict, cache_dir: Path, opts: "SearchOptions",
+                 dense: list[ItemResult], keys: tuple[dict, dict], cache_dir: Path, opts: "SearchOptions",
                  log: Callable[[str], None], memo: StageMemo) -> None:
         self.reasoner, self.items, self.timed_items, self.dense = reasoner, items, timed_items, dense
-        self.base_key, self.cache_dir, self.opts, self.log = base_key, cache_dir, opts, log
-        self.memo = memo
+        self.answers_key, self.timing_key = keys
+        self.cache_dir, self.opts, self.log, self.memo = cache_dir, opts, log, memo
         self.target: dict | None = None  # set once dense's calibration accuracy is known
-        self.measured = 0
-        self.from_disk = 0
+        self.measured = 0  # candidates with anything measured
+        self.from_disk = 0  # candidates read whole from disk
+        self.retimed = 0  # candidates whose answers came from disk and whose timing was measured
 
     def measure(self, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None], label: str,
                 meta: dict | None = None) -> dict:
         config = {"sets": {s: sets.get(s, SkipSet()).to_dict() for s in STAGES},
                   "exits": {s: (rules[s].to_dict() if rules.get(s) else None) for s in STAGES}}
-        path = self.cache_dir / f"{config_sha({**self.base_key, **config})}.json"
-        if path.is_file():
+        plan, callbacks = plan_from_sets(sets), exit_callbacks(rules)
+        answers, answers_stored = self._stored("answers", self.answers_key, config, lambda: self._answers(plan, callbacks))
+        timing, timing_stored = self._stored("timing", self.timing_key, config, lambda: self._timing(plan, callbacks))
+        if answers_stored and timing_stored:
             self.from_disk += 1
-            row = json.loads(path.read_text())
         else:
-            row = {**config, **self._run(plan_from_sets(sets), exit_callbacks(rules))}
-            atomic_write(path, lambda fh: json.dump(row, fh))
             self.measured += 1
-        row = {**row, "label": label, **(meta or {})}
+            self.retimed += answers_stored
+        row = {**config, **answers, **timing, "label": label, **(meta or {})}
         row["test"] = decide(self.target, row, self.opts.confidence) if self.target else {"decision": "reference"}
         t = row["test"]
         bounds = f" {t['statistic']} {t['estimate']:+.3f} [{t['lower']:+.3f}, {t['upper']:+.3f}]" if self.target else ""
@@ -293,12 +299,33 @@ class CandidateMeter:
                  f"-> {t['decision']}; speedup {row['speedup']:.2f}x tokens {row['tokens']}")
         return row
 
-    def _run(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
+    def _stored(self, part: str, key: dict, config: dict, run: Callable[[], dict]) -> tuple[dict, bool]:
+        """One part of a candidate's measurement: from disk when stored under its key, else measured and stored."""
+        path = self.cache_dir / f"{config_sha({**key, **config})}.{part}.json"
+        if path.is_file():
+            return json.loads(path.read_text()), True
+        value = run()
+        atomic_write(path, lambda fh: json.dump(value, fh))
+        return value, False
+
+    def _answers(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
         start = time.perf_counter()
         misses = self.memo.misses
         results = evaluate_items(self.reasoner, plan, callbacks, self.items, self.opts.batch_size, progress=False,
                                  memo=self.memo)
-        # batch-1 timing without the memo: every stage is re-run, dense beside the candidate
+        fid = aggregate_fidelity(self.dense, results, self.reasoner.cfg.answer_rule)
+        acc, ci = metrics.accuracy_ci95([r.correct for r in results])
+        return {"accuracy": acc, "accuracy_ci95": ci, "agreement": fid["agreement"], "answer_kl": fid.get("answer_kl"),
+                "flips": {**{k: fid[k] for k in ("correct_to_wrong", "wrong_to_correct", "changed")}, "n": len(results)},
+                "tokens": {s: round(statistics.fmean(r.tokens[s] for r in results), 2) for s in STAGES},
+                "executed_cost_fraction": {s: statistics.fmean(r.executed_cost_fraction[s] for r in results)
+                                           for s in STAGES},
+                "stage_runs": self.memo.misses - misses, "answers_cpu": machine_info().get("cpu"),
+                "answers_seconds": time.perf_counter() - start}
+
+    def _timing(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
+        """Batch-1 timing without the memo: every stage is re-run, dense beside the candidate."""
+        start = time.perf_counter()
         pipelines = {"candidate": (plan, callbacks)}
         if plan.stages or callbacks:
             pipelines["dense"] = (SkipPlan(), {})
@@ -306,18 +333,21 @@ class CandidateMeter:
                            rounds=self.opts.rounds)
         paired = (paired_speedup(timed["dense"], timed["candidate"]) if "dense" in timed
                   else {"speedup": 1.0, "ci95": (1.0, 1.0), "speedup_rounds": []})
-        fid = aggregate_fidelity(self.dense, results, self.reasoner.cfg.answer_rule)
-        acc, ci = metrics.accuracy_ci95([r.correct for r in results])
         cand = timed["candidate"]
-        return {"accuracy": acc, "accuracy_ci95": ci, "agreement": fid["agreement"], "answer_kl": fid.get("answer_kl"),
-                "flips": {**{k: fid[k] for k in ("correct_to_wrong", "wrong_to_correct", "changed")}, "n": len(results)},
-                "speedup": paired["speedup"], "speedup_ci95": paired["ci95"], "speedup_rounds": paired["speedup_rounds"],
+        return {"speedup": paired["speedup"], "speedup_ci95": paired["ci95"], "speedup_rounds": paired["speedup_rounds"],
                 "latency_s": statistics.fmean(r.latency_s for r in cand),
                 "stage_latency_s": {s: statistics.fmean(r.stage_latency_s[s] for r in cand) for s in STAGES},
-                "tokens": {s: round(statistics.fmean(r.tokens[s] for r in results), 2) for s in STAGES},
-                "executed_cost_fraction": {s: statistics.fmean(r.executed_cost_fraction[s] for r in results)
-                                           for s in STAGES},
-                "stage_runs": self.memo.misses - misses, "seconds": time.perf_counter() - start}
+                "timing_cpu": machine_info().get("cpu"), "timing_seconds": time.perf_counter() - start}
+
+
+def cache_keys(base_key: dict, exact: bool, opts: "SearchOptions") -> tuple[dict, dict]:
+    """The candidate cache's keys: answers (without the CPU and threads when the numerics are exact,
+    with the batch size when they are not) and timing (the machine and the rounds included)."""
+    if exact:
+        answers = {k: v for k, v in base_key.items() if k not in ("cpu", "threads")}
+    else:  # bf16 or a GPU: answers may change with the CPU, the threads and the batching
+        answers = {**base_key, "batch_size": opts.batch_size}
+    return answers, {**base_key, "rounds": opts.rounds}
 
 
 @dataclass
@@ -436,7 +466,9 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                 "device": str(session.executor.device)}
     cache_dir = cache_dir or cache_root() / "search" / f"{model_label(name)}-{bench}"
     # the memo already holds dense's stages
-    meter = CandidateMeter(reasoner, items, timed_items, dense, base_key, cache_dir, opts, log, memo)
+    exact = (session.loaded.numerics or session.loaded.dtype) == "float32" and str(session.executor.device).startswith("cpu")
+    meter = CandidateMeter(reasoner, items, timed_items, dense, cache_keys(base_key, exact, opts), cache_dir, opts,
+                           log, memo)
     for q in items[:1]:  # warm-up (allocator, header cache), not timed
         reasoner.solve(q, SkipPlan())
     dense_row = meter.measure({}, {}, "dense", {"sweep": "dense", "n_skip": 0})
@@ -489,7 +521,9 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
         "candidates": rows, "harm": harm_report,
         "search_cost": {"wall_seconds": time.perf_counter() - started, "stage_runs": meter.memo.misses,
                         "stage_runs_reused": meter.memo.hits, "candidates_measured": meter.measured,
-                        "candidates_from_disk": meter.from_disk, "harm_passes": harm.passes,
+                        "candidates_from_disk": meter.from_disk, "candidates_retimed": meter.retimed,
+                        "answers_cache": "without the CPU (exact numerics)" if exact else "per CPU",
+                        "harm_passes": harm.passes,
                         "cache_dir": str(cache_dir)},
         "machine": machine_info(), "code_version": base_key["code"], "command": command,
     }
