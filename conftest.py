@@ -88,6 +88,7 @@ _STORE = pytest.StashKey[object]()
 _PROGRESS = pytest.StashKey[object]()
 _GRID_TABLE = pytest.StashKey[tuple]()
 _RAY = pytest.StashKey[object]()
+_EXIT = pytest.StashKey[int]()
 
 
 def _is_worker() -> bool:
@@ -351,6 +352,7 @@ def pytest_testnodedown(node, error) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    config.stash[_EXIT] = int(exitstatus)
     store = config.stash.get(_STORE, None)
     if store is None or not store.results:
         return
@@ -371,6 +373,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     wall = time.perf_counter() - config.stash[_PROGRESS].start
     text, folder = write_grid(store, folder, _command(config), sel.to_dict(), wall_seconds=wall, backend=_backend(config))
     config.stash[_GRID_TABLE] = (str(folder), text)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Under --ray, the controller process ends with pytest's exit code without the interpreter's
+    teardown. Once, on a loaded 2-core machine, it died with SIGSEGV after the run: Ray's driver log
+    showed its shutdown complete, and no Python stack was printed. Native libraries' teardown after
+    Ray's (absl, gRPC, torch) is the suspect; nothing of the run is left to do by then."""
+    if _RAY not in config.stash or _EXIT not in config.stash:
+        return
+    import atexit
+    import logging
+
+    def end(code: int) -> None:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    atexit.register(end, config.stash[_EXIT])  # registered last: the first exit handler to run
 
 
 def _backend(config: pytest.Config) -> dict:

@@ -64,7 +64,8 @@ def cluster():
 
 
 def _command(model: Path, out: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", "tests/bench_grid.py", "--benchmark-only", "--models", str(model),
+    # -X faulthandler: a crash of the controller prints its Python stacks, teardown included
+    return [sys.executable, "-X", "faulthandler", "-m", "pytest", "tests/bench_grid.py", "--benchmark-only", "--models", str(model),
             *SELECTION, "--grid-out", str(out), "--grid-cache", str(cache), *extra]
 
 
@@ -79,7 +80,7 @@ def _run(model: Path, tmp: Path, name: str, *extra: str) -> subprocess.Completed
 
 
 def _doc(tmp: Path, name: str, proc: subprocess.CompletedProcess) -> dict:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, f"exit {proc.returncode}\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((tmp / name / "grid.json").read_text())
 
 
@@ -220,6 +221,7 @@ def _alive(pid: int) -> bool:
 def test_ctrl_c_cancels_the_tasks_and_writes_no_tables(cluster, tiny_model, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
+    (markers / "hold").write_text(KILLED)  # its worker waits before running it: Ctrl-C lands while it is there
     proc = subprocess.Popen(_command(tiny_model, tmp_path / "stopped", tmp_path / "cache", "--ray", cluster), cwd=ROOT,
                             env=_env(tmp_path, LITESTAGE_RAY_MARKERS=str(markers)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -228,7 +230,7 @@ def test_ctrl_c_cancels_the_tasks_and_writes_no_tables(cluster, tiny_model, tmp_
         while not list(markers.glob(f"*{KILLED}.started")) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         workers = {json.loads(m.read_text())["pid"] for m in markers.glob("*.started")}
-        time.sleep(1)  # mid-case, and the group's dense case merged: the interrupted session says so
+        time.sleep(1)  # the group's dense case merged: the interrupted session says so
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
     finally:

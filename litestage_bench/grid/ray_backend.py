@@ -27,6 +27,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,8 @@ from .cases import GridCase, GridSelection, needs_search
 from .store import GridStore
 
 LOCAL = "local"  # `--ray` without an address: a Ray instance of this process
-# test hook: a folder where a task writes `CASE.started` (its pid and attempt) as each case starts
+# test hook: a folder where a task writes `CASE.started` (its pid and attempt) as each case starts, then
+# waits while the file `hold` there names the case
 MARKERS_ENV = "LITESTAGE_RAY_MARKERS"
 # what the code upload leaves out: environments, history, and results (their few needed files ship apart)
 EXCLUDES = [".venv", ".git", ".tox", "results", "build", "*.egg-info", "__pycache__", ".pytest_cache",
@@ -204,6 +206,7 @@ def run_group(spec: TaskSpec, cases: list[GridCase], collector) -> dict:
         ray.get(collector.started.remote(group, case.id))
         if markers:
             Path(markers, f"{case.id}.started").write_text(json.dumps({"pid": pid, "attempt": attempt}))
+            _hold(Path(markers), case.id)
         try:
             result = runner(case, ctx, _Benchmark())
             result.accuracy_cache = spec.cache
@@ -217,6 +220,20 @@ def run_group(spec: TaskSpec, cases: list[GridCase], collector) -> dict:
             continue
         ray.get(collector.finished.remote(group, case.id, text, searched))
     return {"node_id": node, "pid": pid, "attempt": attempt}
+
+
+def _hold(markers: Path, case_id: str) -> None:
+    """Tests: while the file MARKERS/hold names this case (the end of its id), wait before running it,
+    so that a Ctrl-C reaches the session while the case is on its worker, however fast the machine."""
+    hold = markers / "hold"
+    while True:
+        try:
+            name = hold.read_text().strip()
+        except FileNotFoundError:
+            return
+        if not name or not case_id.endswith(name):
+            return
+        time.sleep(0.1)
 
 
 # --- the controller -----------------------------------------------------------------------------
@@ -274,7 +291,8 @@ class RayGrid:
         except (OSError, RuntimeError, ValueError) as err:  # ConnectionError and TimeoutError are OSErrors
             raise UserError(f"--ray: cannot connect to the Ray cluster at '{self.address}' "
                             f"({str(err).splitlines()[0] if str(err) else type(err).__name__})",
-                            "start one (`ray start --head`), or check the address") from None
+                            "start one (`ray start --head`), or check the address; a cluster with token "
+                            "authentication also needs RAY_AUTH_MODE=token here") from None
         self.nodes = [{"node_id": n["NodeID"], "ip": n["NodeManagerAddress"],
                        "resources": {k: v for k, v in n["Resources"].items() if not k.startswith("node:")}}
                       for n in ray.nodes() if n.get("Alive")]
