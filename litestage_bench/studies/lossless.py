@@ -21,7 +21,6 @@ ratio, as in the headline table) and the answers that the extra speed cost.
 """
 from __future__ import annotations
 
-import statistics
 import sys
 from collections import defaultdict
 
@@ -164,7 +163,8 @@ def lossless_markdown(records: list[ResultRecord], command: str) -> str:
         parts += [f"## {model} / {bench}", "",
                   tabulate(method_rows(group), headers=METHOD_COLUMNS, tablefmt="github", disable_numparse=True), ""]
         if timed:
-            parts += [f"Timed items per lossless record: {statistics.median(t for t in timed if t) if any(timed) else '-'}; "
+            counts = ", ".join(str(t) for t in sorted({t for t in timed if t})) or "-"
+            parts += [f"Timed items per lossless record: {counts}; "
                       "drafting metrics over all evaluated items.", ""]
         lossy = lossy_rows(group)
         if lossy:
