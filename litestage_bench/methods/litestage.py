@@ -46,6 +46,7 @@ from ..evaluation.reasoner import Callbacks, Reasoner, StageMemo
 from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
 from ..records import metrics, stats
 from ..records.fidelity import aggregate_fidelity
+from ..records.noise import exact_numerics
 from ..records.results import ItemResult, atomic_write, machine_info
 from ..records.timing import paired_speedup
 from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking, ranking_vs_harm,
@@ -466,7 +467,7 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                 "device": str(session.executor.device)}
     cache_dir = cache_dir or cache_root() / "search" / f"{model_label(name)}-{bench}"
     # the memo already holds dense's stages
-    exact = (session.loaded.numerics or session.loaded.dtype) == "float32" and str(session.executor.device).startswith("cpu")
+    exact = exact_numerics(session.loaded.numerics or session.loaded.dtype, str(session.executor.device))
     meter = CandidateMeter(reasoner, items, timed_items, dense, cache_keys(base_key, exact, opts), cache_dir, opts,
                            log, memo)
     for q in items[:1]:  # warm-up (allocator, header cache), not timed

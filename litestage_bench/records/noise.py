@@ -15,6 +15,12 @@ NOISE_FLOOR_ENV = "LITESTAGE_NOISE_FLOOR"
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "results" / "numerics"
 
 
+def exact_numerics(numerics: str | None, device: str | None) -> bool:
+    """Whether answers are reproducible item for item: float32 on a CPU had 0 answer flips in every
+    noise-floor comparison (noise_floor.py: threads, batching, KV reuse, another CPU)."""
+    return numerics == "float32" and str(device or "cpu").split(":")[0] == "cpu"
+
+
 def noise_floor_for(model: str, dtype: str, device: str = "cpu") -> dict:
     """The measured noise floor that applies to a record of this model and numerics (passed as
     `dtype`: float32, bfloat16, bf16-matmul), or why none does."""

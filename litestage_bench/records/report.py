@@ -11,7 +11,7 @@ from typing import Iterable
 from tabulate import tabulate
 
 from ..core.errors import UserError
-from . import metrics, stats
+from . import metrics, noise, stats
 from .fidelity import same_answer
 from .results import ResultRecord, atomic_write
 
@@ -395,11 +395,9 @@ def _agreement(r: ResultRecord) -> tuple[float, tuple[float, float]] | None:
 
 
 def exact_numerics(b: ResultRecord, c: ResultRecord) -> bool:
-    """Whether both records' answers must match item for item (exact mode)."""
-    # float32 on CPU had 0 answer flips in every noise-floor comparison (noise_floor.py: threads,
-    # batching, KV reuse, another CPU), so there a changed answer is a change, not rounding noise.
-    return all((r.numerics or r.dtype) == "float32" and str(r.device or "cpu").split(":")[0] == "cpu"
-               for r in (b, c))
+    """Whether both records' answers must match item for item (exact mode): there a changed answer
+    is a change, not rounding noise."""
+    return all(noise.exact_numerics(r.numerics or r.dtype, r.device) for r in (b, c))
 
 
 def changed_answers(b: ResultRecord, c: ResultRecord) -> list[str]:
