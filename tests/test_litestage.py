@@ -331,10 +331,13 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     # the policy round-trips through JSON into the method
     method = LiteStage(json.loads(json.dumps(policy)))
     method.plan(ModelFacts("tiny", 4, (1,) * 4, (1,) * 4))
-    # a second search resumes from the stored candidates
+    # a second search resumes from the stored candidates and the stored dense pass: it runs no batch
+    seen.clear()
     again = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
-    assert again["search_cost"]["candidates_measured"] == 0
-    assert again["stages"] == policy["stages"]
+    assert again["search_cost"]["candidates_measured"] == 0 and again["search_cost"]["stage_runs"] == 0
+    assert seen == {calib[0].id}  # the untimed warm-up only
+    assert again["stages"] == policy["stages"] and again["importance"] == policy["importance"]
+    assert again["exit_thresholds_swept"] == policy["exit_thresholds_swept"]
     # the stored candidates are keyed on the code version: a code change measures afresh
     monkeypatch.setattr(litestage, "code_version", lambda: "another version of the sources")
     changed = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
@@ -343,8 +346,10 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     # on another CPU, float32 answers are exact: a candidate measured before is re-timed, its answers
     # read (the timings may steer the sweeps to other candidates, measured whole)
     monkeypatch.setattr(litestage, "machine_info", lambda: {"cpu": "another CPU"})
-    moved = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
+    logs: list[str] = []
+    moved = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=logs.append)
     assert moved["search_cost"]["answers_cache"] == "without the CPU (exact numerics)"
+    assert any("calibration items from" in m for m in logs)  # the dense pass too
     before = {_config(c): c for c in changed["candidates"]}
     shared = [c for c in moved["candidates"] if _config(c) in before]
     assert shared and moved["search_cost"]["candidates_retimed"] > 0
@@ -355,7 +360,9 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     # bf16 answers are not exact across CPUs: on a third one everything is measured again
     session.loaded.numerics = "bf16-matmul"
     monkeypatch.setattr(litestage, "machine_info", lambda: {"cpu": "a third CPU"})
-    bf16 = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
+    logs.clear()
+    bf16 = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=logs.append)
+    assert not any("calibration items from" in m for m in logs)
     assert bf16["search_cost"]["candidates_retimed"] == 0 and bf16["search_cost"]["answers_cache"] == "per CPU"
     assert {c["answers_cpu"] for c in bf16["candidates"]} == {"a third CPU"}
 

@@ -22,14 +22,15 @@ Online (``LiteStage``, `run --method litestage --policy P`): the per-stage skip 
 Cost controls: stage outputs a candidate does not change are reused (``StageMemo``; batched
 accuracy only, timing always re-runs), every stage starts from the shared-header cache, a sweep
 stops only after `patience` candidates in a row clearly miss the target by their upper bounds,
-and each measured candidate is stored on disk by its full configuration and the code version, so
-an interrupted search resumes (on another CPU too, where float32 answers are exact: it re-times
+and the dense pass and each measured candidate are stored on disk by their full configuration and
+the code version, so an interrupted search resumes (on another CPU too, where float32 answers are exact: it re-times
 only) and a changed code measures afresh.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -439,6 +440,44 @@ def calibration_items(bench: str, limit: int, timed: int, seed: int, data_dir=No
     return items, subset(items, timed, seed)
 
 
+def _dense_pass(reasoner: Reasoner, items: list[Question], opts: SearchOptions, label: str, path: Path,
+                log: Callable[[str], None]) -> tuple[list[ItemResult], StageTexts, dict, StageMemo]:
+    """Dense on the calibration items, batched: its answers, stage texts (importance), confidence
+    distributions (exit thresholds) and stage runs (the memo every candidate starts from). Stored
+    at `path` (under the answers cache's key), so a resumed search skips it: on a large model the
+    slowest part of each chunk of a search split over sessions. Its stored confidences also keep the
+    exit thresholds, and so the stored exit candidates, the same when the search resumes on another CPU."""
+    if path.is_file():
+        with path.open("rb") as fh:
+            stored = pickle.load(fh)  # written below by this code version (the key holds it)
+        log(f"[search] {label}: dense on {len(items)} calibration items from {path}")
+        recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
+        for s in STAGES:
+            recorders[s].means = stored["means"][s]
+        memo = stored["memo"]
+        memo.hits = memo.misses = 0  # the search's cost counts this process's stage runs
+        return stored["dense"], StageTexts(stored["header"], stored["trace"]), recorders, memo
+    log(f"[search] {label}: dense on {len(items)} calibration items")
+    recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
+    memo = StageMemo()
+    with reasoner.tracing() as trace:
+        dense = evaluate_items(reasoner, SkipPlan(), recorders, items, opts.batch_size, f"{label} dense", memo=memo)
+    header = reasoner.header.ids if reasoner.header else []
+    stored = {"dense": dense, "means": {s: recorders[s].means for s in STAGES}, "trace": trace, "header": header,
+              "memo": memo}
+    atomic_write(path, lambda fh: pickle.dump(stored, fh), binary=True)
+    return dense, StageTexts(header, trace), recorders, memo
+
+
+def _stored_json(path: Path, compute: Callable[[], Any]) -> Any:
+    """`compute()`'s JSON value, stored at `path` (read back when there)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    atomic_write(path, lambda fh: json.dump(value, fh))
+    return value
+
+
 def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, command: str = "",
            cache_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
     """The whole offline LiteStage search on the calibration split; returns the policy."""
@@ -451,25 +490,20 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     facts = model_facts(session.executor, session.loaded.name)
     name = session.loaded.name
 
-    # dense: answers, stage texts and confidence distributions in one batched run, then batch-1 timing
-    log(f"[search] {name} {bench}: dense on {len(items)} calibration items")
-    recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
-    memo = StageMemo()
-    with reasoner.tracing() as trace:
-        dense = evaluate_items(reasoner, SkipPlan(), recorders, items, opts.batch_size, f"{name} {bench} dense",
-                               memo=memo)
-    texts = StageTexts(reasoner.header.ids if reasoner.header else [], trace)
-    if not texts.header:
-        raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")
     base_key = {"code": code_version(), "model": name, "source": session.loaded.source, "dtype": session.loaded.dtype,
                 "numerics": session.loaded.numerics, "bench": bench, "items": [q.id for q in items], "timed": [q.id for q in timed_items],
                 "config": config.to_dict(), "cpu": machine_info().get("cpu"), "threads": _threads(),
                 "device": str(session.executor.device)}
     cache_dir = cache_dir or cache_root() / "search" / f"{model_label(name)}-{bench}"
-    # the memo already holds dense's stages
     exact = exact_numerics(session.loaded.numerics or session.loaded.dtype, str(session.executor.device))
-    meter = CandidateMeter(reasoner, items, timed_items, dense, cache_keys(base_key, exact, opts), cache_dir, opts,
-                           log, memo)
+    keys = cache_keys(base_key, exact, opts)
+    dense_key = {**keys[0], "batch_size": opts.batch_size, "exit_window": opts.exit_window,
+                 "exit_confidence": opts.exit_confidence}
+    dense, texts, recorders, memo = _dense_pass(reasoner, items, opts, f"{name} {bench}",
+                                                cache_dir / f"{config_sha(dense_key)}.dense.pkl", log)
+    if not texts.header:
+        raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")
+    meter = CandidateMeter(reasoner, items, timed_items, dense, keys, cache_dir, opts, log, memo)
     for q in items[:1]:  # warm-up (allocator, header cache), not timed
         reasoner.solve(q, SkipPlan())
     dense_row = meter.measure({}, {}, "dense", {"sweep": "dense", "n_skip": 0})
@@ -484,7 +518,8 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     meter.target = target
 
     log(f"[search] importance over the dense stage prefills ({sum(len(texts.prompts(s)) for s in STAGES)} prompts)")
-    per_stage = sublayer_similarity(session.executor, texts, opts.batch_size)
+    per_stage = _stored_json(cache_dir / f"{config_sha(dense_key)}.importance.json",
+                             lambda: sublayer_similarity(session.executor, texts, opts.batch_size))
     scores = accumulate(per_stage)
     ranking = cosine_ranking(scores, opts.granularity)
     harm_ids = {q.id for q in items[:opts.harm_items]}
