@@ -362,8 +362,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     sel = config.stash[_SELECTION]
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         # keep the tables of the last complete run; the finished accuracies are cached already
-        config.stash[_GRID_TABLE] = ("", "interrupted: tables not written; the accuracy of finished cases (and "
-                                         "finished batches of the running ones) is cached: rerun the same command to resume")
+        from litestage_bench.grid.interrupt import INTERRUPTED
+        config.stash[_GRID_TABLE] = ("", INTERRUPTED)
         return
     from litestage_bench.grid.report import write_grid
 

@@ -14,7 +14,7 @@ each node through the usual cache (`engine.models`: a file lock per conversion).
 
 Faults: a task whose worker dies is retried `--ray-retries` times; the retry skips the cases the
 collector already holds and the running case resumes from its checkpointed batches (accuracy
-cache). Only whole cases reach the store. Ctrl-C cancels the cluster's tasks.
+cache). Only whole cases reach the store. Ctrl-C cancels the cluster's tasks (`interrupt.CtrlC`).
 Imported only under --ray: the base install does not need ray.
 """
 from __future__ import annotations
@@ -41,12 +41,15 @@ from ..methods.registry import load_plugins
 from ..records import noise
 from ..records.results import atomic_write
 from .cases import GridCase, GridSelection, needs_search
+from .interrupt import CtrlC
 from .store import GridStore
 
 LOCAL = "local"  # `--ray` without an address: a Ray instance of this process
 # test hook: a folder where a task writes `CASE.started` (its pid and attempt) as each case starts, then
 # waits while the file `hold` there names the case
 MARKERS_ENV = "LITESTAGE_RAY_MARKERS"
+# seconds the controller has, after Ctrl-C, to cancel the tasks and shut down before it is ended
+CTRL_C_GRACE_S = 60.0
 # what the code upload leaves out: environments, history, and results (their few needed files ship apart)
 EXCLUDES = [".venv", ".git", ".tox", "results", "build", "*.egg-info", "__pycache__", ".pytest_cache",
             ".hypothesis", ".benchmarks", "*.gguf", "*.safetensors"]
@@ -318,40 +321,41 @@ class RayGrid:
         groups: dict[str, list[GridCase]] = {}
         for case in cases:
             groups.setdefault(case.group, []).append(case)
-        self.connect()
-        collector = Collector.options(scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=True)).remote()
-        spec_ref = ray.put(spec)
-        refs = {}
-        for group, members in groups.items():
-            self.tasks[group] = {"cases": [c.id for c in members], "request": self.request(selection),
-                                 "attempts": [], "finished": [], "status": "running"}
-            task = run_group.options(max_retries=self.retries, retry_exceptions=False, **self.request(selection))
-            refs[task.remote(spec_ref, members, collector)] = group
-        running: dict[str, str] = {}  # group -> the case it is on
-        try:
-            while refs:
-                ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
-                self._drain(collector, store, running, on_case, on_log)
-                for ref in ready:
-                    group = refs.pop(ref)
-                    try:
-                        ray.get(ref)
-                        self.tasks[group]["status"] = "done"
-                    except ray.exceptions.RayError as err:
-                        self._drain(collector, store, running, on_case, on_log)
-                        self._group_failed(group, running.get(group), err)
-        except KeyboardInterrupt:
-            for ref in refs:
-                ray.cancel(ref, force=True)
-            try:  # the cases finished before Ctrl-C: the interrupted session reports them (no tables)
-                self._drain(collector, store, running, on_case, on_log)
-            except (ray.exceptions.RayError, KeyboardInterrupt):
-                pass
-            raise
-        finally:
-            ray.kill(collector)
-            ray.shutdown()
+        with CtrlC(CTRL_C_GRACE_S, on_log) as ctrl_c:
+            self.connect()
+            collector = Collector.options(
+                scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                    ray.get_runtime_context().get_node_id(), soft=True)).remote()
+            spec_ref = ray.put(spec)
+            refs = {}
+            for group, members in groups.items():
+                self.tasks[group] = {"cases": [c.id for c in members], "request": self.request(selection),
+                                     "attempts": [], "finished": [], "status": "running"}
+                task = run_group.options(max_retries=self.retries, retry_exceptions=False, **self.request(selection))
+                refs[task.remote(spec_ref, members, collector)] = group
+            running: dict[str, str] = {}  # group -> the case it is on
+            try:
+                while refs and not ctrl_c.requested.is_set():
+                    ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+                    self._drain(collector, store, running, on_case, on_log)
+                    for ref in ready:
+                        group = refs.pop(ref)
+                        try:
+                            ray.get(ref)
+                            self.tasks[group]["status"] = "done"
+                        except ray.exceptions.RayError as err:
+                            self._drain(collector, store, running, on_case, on_log)
+                            self._group_failed(group, running.get(group), err)
+                if ctrl_c.requested.is_set():
+                    for ref in refs:
+                        ray.cancel(ref, force=True)
+                    # the cases finished before Ctrl-C: the interrupted session reports them (no tables)
+                    self._drain(collector, store, running, on_case, on_log)
+            finally:
+                ray.kill(collector)
+                ray.shutdown()
+        if ctrl_c.requested.is_set():
+            raise KeyboardInterrupt  # pytest ends the session as interrupted: no tables
 
     def _drain(self, collector, store: GridStore, running: dict[str, str], on_case, on_log) -> None:
         for kind, group, payload in ray.get(collector.drain.remote()):
