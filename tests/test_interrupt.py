@@ -13,15 +13,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = textwrap.dedent("""
-    import sys, threading, time
+    import signal, sys, threading, time
     from litestage_bench.grid.interrupt import CtrlC
     mode, grace = sys.argv[1], float(sys.argv[2])
+    # as an interactive Python has it, whatever the test runner's own SIGINT (a background job ignores it)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if mode == "ignored" else signal.default_int_handler)
     with CtrlC(grace, lambda line: print(line, flush=True)) as ctrl_c:
         print("READY", flush=True)
         if mode == "polls":
             while not ctrl_c.requested.is_set():
                 time.sleep(0.05)
             print("stopped in its own time", flush=True)
+        elif mode == "ignored":
+            time.sleep(2)
+            print("still here", flush=True)
         elif mode == "stuck":
             lock = threading.Lock()
             lock.acquire()
@@ -82,3 +87,10 @@ def test_outside_the_block_ctrl_c_is_pythons_own_again():
     proc.send_signal(signal.SIGINT)
     code, out, _ = _ends(proc, 20)
     assert code != 0 and "KeyboardInterrupt" in out and "Ctrl-C: stopping" not in out, out
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    proc = _child("ignored", 30)
+    proc.send_signal(signal.SIGINT)
+    code, out, _ = _ends(proc, 20)
+    assert code == 0 and "still here" in out and "Ctrl-C: stopping" not in out, out

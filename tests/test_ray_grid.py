@@ -224,7 +224,10 @@ def test_ctrl_c_cancels_the_tasks_and_writes_no_tables(cluster, tiny_model, tmp_
     (markers / "hold").write_text(KILLED)  # its worker waits before running it: Ctrl-C lands while it is there
     proc = subprocess.Popen(_command(tiny_model, tmp_path / "stopped", tmp_path / "cache", "--ray", cluster), cwd=ROOT,
                             env=_env(tmp_path, LITESTAGE_RAY_MARKERS=str(markers)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C as a terminal delivers it, even where this run was started with SIGINT
+                            # ignored (a background job), which the controller would keep
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not list(markers.glob(f"*{KILLED}.started")) and time.monotonic() < deadline and proc.poll() is None:

@@ -25,7 +25,7 @@ INTERRUPTED = ("interrupted: tables not written; the accuracy of finished cases 
 
 class CtrlC:
     """`with CtrlC(grace_s, say) as ctrl_c:` ... `if ctrl_c.requested.is_set(): stop`. `say(line)`
-    prints the watchdog's lines. Outside the main thread it does nothing (signals go to the main one)."""
+    prints the watchdog's lines. Outside the main thread, or where SIGINT is ignored, it does nothing."""
 
     def __init__(self, grace_s: float, say: Callable[[str], None], exit_code: int = 2) -> None:
         self.grace_s, self.say, self.exit_code = grace_s, say, exit_code
@@ -33,7 +33,9 @@ class CtrlC:
         self._active = False
 
     def __enter__(self) -> "CtrlC":
-        if threading.current_thread() is not threading.main_thread():
+        # signals go to the main thread; and a process started with SIGINT ignored (a background job,
+        # nohup) keeps it ignored
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
             return self
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
