@@ -66,7 +66,8 @@ class CtrlC:
         seen = 0  # SIGINTs read (the handler may set `requested` before the first is read)
         while not (seen or self.requested.is_set()):
             got = self._sigints(None)
-            if got is None:
+            if got is None:  # the block ended without Ctrl-C
+                os.close(self._read)
                 return
             seen += got
         self.requested.set()
