@@ -236,7 +236,7 @@ def test_ctrl_c_cancels_the_tasks_and_writes_no_tables(cluster, tiny_model, tmp_
         time.sleep(1)  # the group's dense case merged: the interrupted session says so
         proc.send_signal(signal.SIGINT)
         try:
-            out, err = proc.communicate(timeout=120)  # its watchdog ends it 60 s after Ctrl-C at the latest
+            out, _ = proc.communicate(timeout=120)  # its watchdog ends it 60 s after Ctrl-C at the latest
         except subprocess.TimeoutExpired:  # where it waits: its Python stacks (faulthandler prints them at SIGABRT)
             proc.send_signal(signal.SIGABRT)
             pytest.fail("the controller did not end within 120 s of Ctrl-C:\n" + proc.communicate(timeout=60)[1][-6000:])

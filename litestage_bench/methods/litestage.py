@@ -303,12 +303,7 @@ class CandidateMeter:
 
     def _stored(self, part: str, key: dict, config: dict, run: Callable[[], dict]) -> tuple[dict, bool]:
         """One part of a candidate's measurement: from disk when stored under its key, else measured and stored."""
-        path = self.cache_dir / f"{config_sha({**key, **config})}.{part}.json"
-        if path.is_file():
-            return json.loads(path.read_text()), True
-        value = run()
-        atomic_write(path, lambda fh: json.dump(value, fh))
-        return value, False
+        return _stored_json(self.cache_dir / f"{config_sha({**key, **config})}.{part}.json", run)
 
     def _answers(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
         start = time.perf_counter()
@@ -447,18 +442,17 @@ def _dense_pass(reasoner: Reasoner, items: list[Question], opts: SearchOptions, 
     at `path` (under the answers cache's key), so a resumed search skips it: on a large model the
     slowest part of each chunk of a search split over sessions. Its stored confidences also keep the
     exit thresholds, and so the stored exit candidates, the same when the search resumes on another CPU."""
+    recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
     if path.is_file():
         with path.open("rb") as fh:
             stored = pickle.load(fh)  # written below by this code version (the key holds it)
         log(f"[search] {label}: dense on {len(items)} calibration items from {path}")
-        recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
         for s in STAGES:
             recorders[s].means = stored["means"][s]
         memo = stored["memo"]
         memo.hits = memo.misses = 0  # the search's cost counts this process's stage runs
         return stored["dense"], StageTexts(stored["header"], stored["trace"]), recorders, memo
     log(f"[search] {label}: dense on {len(items)} calibration items")
-    recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
     memo = StageMemo()
     with reasoner.tracing() as trace:
         dense = evaluate_items(reasoner, SkipPlan(), recorders, items, opts.batch_size, f"{label} dense", memo=memo)
@@ -469,13 +463,13 @@ def _dense_pass(reasoner: Reasoner, items: list[Question], opts: SearchOptions, 
     return dense, StageTexts(header, trace), recorders, memo
 
 
-def _stored_json(path: Path, compute: Callable[[], Any]) -> Any:
-    """`compute()`'s JSON value, stored at `path` (read back when there)."""
+def _stored_json(path: Path, compute: Callable[[], Any]) -> tuple[Any, bool]:
+    """`compute()`'s JSON value, stored at `path`, and whether it was read back from there."""
     if path.is_file():
-        return json.loads(path.read_text())
+        return json.loads(path.read_text()), True
     value = compute()
     atomic_write(path, lambda fh: json.dump(value, fh))
-    return value
+    return value, False
 
 
 def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, command: str = "",
@@ -497,10 +491,11 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     cache_dir = cache_dir or cache_root() / "search" / f"{model_label(name)}-{bench}"
     exact = exact_numerics(session.loaded.numerics or session.loaded.dtype, str(session.executor.device))
     keys = cache_keys(base_key, exact, opts)
-    dense_key = {**keys[0], "batch_size": opts.batch_size, "exit_window": opts.exit_window,
-                 "exit_confidence": opts.exit_confidence}
+    # the dense pass and the importance vectors, under the answers' key
+    dense_sha = config_sha({**keys[0], "batch_size": opts.batch_size, "exit_window": opts.exit_window,
+                            "exit_confidence": opts.exit_confidence})
     dense, texts, recorders, memo = _dense_pass(reasoner, items, opts, f"{name} {bench}",
-                                                cache_dir / f"{config_sha(dense_key)}.dense.pkl", log)
+                                                cache_dir / f"{dense_sha}.dense.pkl", log)
     if not texts.header:
         raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")
     meter = CandidateMeter(reasoner, items, timed_items, dense, keys, cache_dir, opts, log, memo)
@@ -518,8 +513,8 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     meter.target = target
 
     log(f"[search] importance over the dense stage prefills ({sum(len(texts.prompts(s)) for s in STAGES)} prompts)")
-    per_stage = _stored_json(cache_dir / f"{config_sha(dense_key)}.importance.json",
-                             lambda: sublayer_similarity(session.executor, texts, opts.batch_size))
+    per_stage, _ = _stored_json(cache_dir / f"{dense_sha}.importance.json",
+                                lambda: sublayer_similarity(session.executor, texts, opts.batch_size))
     scores = accumulate(per_stage)
     ranking = cosine_ranking(scores, opts.granularity)
     harm_ids = {q.id for q in items[:opts.harm_items]}
