@@ -3,7 +3,7 @@
 Inside `CtrlC`, SIGINT only sets `requested`; the controller's loop reads it between calls and
 stops in its own time (cancel, drain, shut down), so no KeyboardInterrupt is raised inside Ray's
 C++ code. On a loaded 2-core machine a driver's `ray.wait(timeout=0.5)` interrupted that way was
-seen not to return for a minute. A watchdog thread, woken by the signal itself (Python's wakeup
+seen to stay in that call long after its timeout. A watchdog thread, woken by the signal itself (Python's wakeup
 fd, written by the C-level handler even while the main thread is in native code), ends the process
 with exit code 2 when the controller has not ended `grace_s` seconds after the Ctrl-C, or at a
 second Ctrl-C. A driver that ends so leaves its tasks to Ray, which ends a dead driver's job.
