@@ -343,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop a sweep after N candidates in a row clearly miss the target (upper bound below it)")
     search.add_argument("--confidence", type=float, default=0.95,
                         help="one-sided confidence of each candidate's target test (default 0.95)")
+    search.add_argument("--looks", type=_positive, default=4,
+                        help="measure each candidate's calibration items in N chunks; one that clearly misses the "
+                             "target after a chunk stops there, untimed (default 4; 1: every item, every candidate)")
     search.add_argument("--no-early-exit", action="store_true", help="do not search early-exit thresholds")
     search.add_argument("--harm-profile", action="store_true", help="also measure every unit's single-skip KL")
     drafts = search.add_argument_group("lossless methods (selfspec, litestage-spec)")

@@ -208,10 +208,73 @@ def test_fastest_meeting_keeps_the_accepted_setting_and_prefers_speed():
 
 def test_default_calibration_size_has_its_stated_power():
     opts = SearchOptions()
-    power = litestage.target_power(opts, opts.limit)["power_by_discordance"]
+    stated = litestage.target_power(opts, opts.limit)
+    power = stated["power_by_discordance"]
     assert opts.limit == 200 and power["0.05"] >= 0.8 > power["0.1"]
-    agree = litestage.target_power(SearchOptions(target="agreement"), opts.limit)["power_by_true_agreement"]
-    assert agree["0.95"] >= 0.79
+    assert stated["interim_looks"] == [48, 96, 152]  # 4 chunks of whole batches of 8
+    agree = litestage.target_power(SearchOptions(target="agreement"), opts.limit)
+    assert agree["power_by_true_agreement"]["0.95"] >= 0.79
+    # stopping clear misses early costs under a point of power
+    for found in (stated, agree):
+        key = "power_by_discordance" if "power_by_discordance" in found else "power_by_true_agreement"
+        for case, without in found["without_looks"].items():
+            assert without - 0.01 < found[key][case] <= without
+
+
+@pytest.mark.parametrize("n, looks, batch, ends", [(200, 4, 8, [48, 96, 152, 200]), (200, 1, 8, [200]),
+                                                    (6, 4, 3, [3, 6]), (10, 4, 8, [8, 10]), (5, 3, 8, [5])])
+def test_look_ends_cut_whole_batches(n, looks, batch, ends):
+    assert litestage.look_ends(n, looks, batch) == ends
+
+
+def _chunk_counts(calls: list, spec: dict):
+    """A fake _answer_counts: chunk lo..hi changes spec[hi] = (wrong_to_correct, correct_to_wrong) answers."""
+    def counts(plan, callbacks, lo, hi):
+        calls.append((lo, hi))
+        gained, lost = spec.get(hi, (0, 0))
+        return {"n": hi - lo, "correct": (hi - lo) // 2 + gained - lost, "correct_to_wrong": lost,
+                "wrong_to_correct": gained, "changed": gained + lost, "answer_kl_n": 0, "answer_kl_sum": 0.0,
+                "token_sums": {s: 10 * (hi - lo) for s in STAGES}, "cost_fraction_sums": {s: hi - lo for s in STAGES},
+                "stage_runs": hi - lo, "cpu": "cpu", "seconds": 1.0}
+    return counts
+
+
+def test_a_candidate_clearly_missing_at_a_look_stops_there_untimed_and_its_chunks_serve_another_target(tmp_path):
+    items = [Question(f"q{i}", "?", ("a", "b"), ("A", "B"), "A") for i in range(200)]
+    calls, timed, spec = [], [], {}
+    target = {"kind": "agreement", "min_agreement": 0.9}
+
+    def meter(opts: SearchOptions, target: dict):
+        m = litestage.CandidateMeter(None, items, items[:2], [], ({"k": "answers"}, {"k": "timing"}), tmp_path, opts,
+                                     lambda msg: None, StageMemo())
+        m._answer_counts = _chunk_counts(calls, spec)
+        m._timing = lambda plan, callbacks: timed.append(1) or {"speedup": 1.5, "latency_s": 1.0}
+        m.target = target
+        return m
+
+    agree = meter(SearchOptions(target="agreement"), target)
+    spec[48] = (7, 8)  # 15 of the first 48 answers change: agreement 0.69, upper bound below 0.9
+    bad = agree.measure({"analyze": SkipSet.of([1])}, {}, "bad")
+    assert calls == [(0, 48)] and timed == [] and bad["speedup"] is None
+    assert bad["test"]["decision"] == "clearly misses" and bad["flips"]["n"] == bad["test"]["n"] == 48
+    assert bad["tokens"] == {s: 10.0 for s in STAGES} and bad["stage_runs"] == 48
+    spec.clear()
+    good = agree.measure({"analyze": SkipSet.of([2])}, {}, "good")  # no change: every chunk, then timed
+    assert calls[1:] == [(0, 48), (48, 96), (96, 152), (152, 200)] and timed == [1]
+    assert good["test"]["decision"] == "meets" and good["flips"]["n"] == 200 and good["speedup"] == 1.5
+    assert agree.measured == 2 and agree.from_disk == 0
+    # the accuracy target: "bad" gains 7 and loses 8 of 48, within 4 points by its upper bound, so it
+    # goes on; its first chunk is read from disk, the rest measured
+    calls.clear()
+    spec[48] = (7, 8)
+    acc = meter(SearchOptions(), {"kind": "accuracy", "tolerance_points": 4.0})
+    again = acc.measure({"analyze": SkipSet.of([1])}, {}, "bad")
+    assert calls == [(48, 96), (96, 152), (152, 200)] and again["flips"]["n"] == 200
+    assert again["flips"]["changed"] == 15 and again["test"]["decision"] == "meets"
+    # with one look every item is measured first, as before
+    calls.clear()
+    meter(SearchOptions(target="agreement", looks=1), target).measure({"analyze": SkipSet.of([3])}, {}, "one look")
+    assert calls == [(0, 200)]
 
 
 def test_calibration_overlap_is_refused():
@@ -325,7 +388,8 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     assert policy["search_cost"]["candidates_measured"] >= 2
     assert -1.0 <= policy["harm"]["spearman_dissimilarity_vs_kl"] <= 1.0
     for row in policy["candidates"]:
-        assert {"accuracy", "agreement", "latency_s", "speedup", "tokens", "stage_runs", "test"} <= set(row)
+        assert {"accuracy", "agreement", "speedup", "tokens", "stage_runs", "test"} <= set(row)
+        assert ("latency_s" in row) == (row["test"]["decision"] != "clearly misses")  # a clear miss is not timed
     assert {r["test"]["decision"] for r in policy["candidates"][1:]} <= {"meets", "undecided", "clearly misses"}
     assert policy["power"]["n"] == 6
     # the policy round-trips through JSON into the method

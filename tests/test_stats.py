@@ -129,3 +129,41 @@ def test_power_grows_with_items_and_falls_with_discordance():
     # exact agreement power: at the minimum itself the test keeps its level (<= 5%)
     assert stats.agreement_power(200, 0.9, 0.9) <= 0.05
     assert stats.agreement_power(200, 0.9, 0.95) > stats.agreement_power(100, 0.9, 0.95)
+
+
+def test_agreement_power_with_interim_looks_matches_a_simulation():
+    """Paths of a candidate's agreeing items, stopped at a look when the upper bound so far is below the
+    minimum: the exact power with looks equals the simulated share that meets at the end."""
+    np = pytest.importorskip("numpy")
+    n, minimum, true, looks = 200, 0.9, 0.92, (48, 96, 152)
+    rng = np.random.default_rng(0)
+    agree = np.cumsum(rng.random((20000, n)) < true, axis=1)
+    going = np.ones(len(agree), dtype=bool)
+    for m in looks:
+        going &= np.array([stats.proportion_bounds(int(k), m)[2] >= minimum for k in range(m + 1)])[agree[:, m - 1]]
+    passing = np.array([stats.proportion_bounds(int(k), n)[1] >= minimum for k in range(n + 1)])[agree[:, -1]]
+    simulated = float((going & passing).mean())
+    exact = stats.agreement_power(n, minimum, true, 0.95, looks)
+    assert exact == pytest.approx(simulated, abs=3 * (simulated * (1 - simulated) / len(agree)) ** 0.5)
+    assert exact < stats.agreement_power(n, minimum, true)  # the looks stop some paths that would have met
+    assert stats.agreement_power(n, minimum, 0.95, 0.95, looks) == pytest.approx(stats.agreement_power(n, minimum, 0.95),
+                                                                                 abs=1e-3)
+
+
+def test_noninferiority_power_with_interim_looks_matches_a_simulation():
+    """The normal model of the paired difference: per-item differences of variance `discordance`,
+    stopped at a look when the upper bound so far is below -tolerance."""
+    np = pytest.importorskip("numpy")
+    from scipy.stats import norm
+    n, tol, d, looks = 200, 0.04, 0.2, (48, 96, 152)
+    z = norm.ppf(0.95)
+    rng = np.random.default_rng(1)
+    means = np.cumsum(rng.normal(0.0, d ** 0.5, (20000, n)), axis=1) / np.arange(1, n + 1)
+    going = np.ones(len(means), dtype=bool)
+    for m in looks:
+        going &= means[:, m - 1] + z * (d / m) ** 0.5 >= -tol
+    simulated = float((going & (means[:, -1] - z * (d / n) ** 0.5 >= -tol)).mean())
+    power = stats.noninferiority_power(n, tol, d, 0.95, looks)
+    assert power == pytest.approx(simulated, abs=3 * (simulated * (1 - simulated) / len(means)) ** 0.5)
+    assert power < stats.noninferiority_power(n, tol, d)
+    assert stats.noninferiority_power(n, tol, d, 0.95, looks) == power  # seeded: the same number again

@@ -20,11 +20,13 @@ recorded in the policy).
 Online (``LiteStage``, `run --method litestage --policy P`): the per-stage skip sets and exit rules.
 
 Cost controls: stage outputs a candidate does not change are reused (``StageMemo``; batched
-accuracy only, timing always re-runs), every stage starts from the shared-header cache, a sweep
-stops only after `patience` candidates in a row clearly miss the target by their upper bounds,
-and the dense pass and each measured candidate are stored on disk by their full configuration and
-the code version, so an interrupted search resumes (on another CPU too, where float32 answers are exact: it re-times
-only) and a changed code measures afresh.
+accuracy only, timing always re-runs), every stage starts from the shared-header cache, a
+candidate that clearly misses the target on the first chunks of the calibration items stops there
+and is not timed (interim looks for futility, ``CandidateMeter``), a sweep stops only after
+`patience` candidates in a row clearly miss the target by their upper bounds, and the dense pass
+and each measured chunk of a candidate are stored on disk by their full configuration and the code
+version, so an interrupted search resumes (on another CPU too, where float32 answers are exact: it
+re-times only) and a changed code measures afresh.
 """
 from __future__ import annotations
 
@@ -168,6 +170,7 @@ class SearchOptions:
     step: int = 1
     max_skip: int | None = None  # default: half of the units
     patience: int = 2  # stop a sweep after this many candidates in a row clearly miss the target (by their bounds)
+    looks: int = 4  # the calibration items in this many chunks: a candidate clearly missing after one stops (futility)
     early_exit: bool = True
     exit_window: int = 4
     exit_confidence: str = "max_prob"
@@ -184,8 +187,8 @@ class SearchOptions:
                   (self.budget in ("stagewise", "uniform"), "budget must be 'stagewise' or 'uniform'"),
                   (0 <= self.min_agreement <= 1, "min agreement must be within 0..1"),
                   (self.tolerance >= 0, "tolerance must be >= 0 points"),
-                  (self.step >= 1 and self.patience >= 1 and self.limit >= 1 and self.rounds >= 1,
-                   "step, patience, limit and rounds must be >= 1"),
+                  (min(self.step, self.patience, self.limit, self.rounds, self.looks) >= 1,
+                   "step, patience, limit, rounds and looks must be >= 1"),
                   (0.5 < self.confidence < 1, "confidence must be within 0.5..1"),
                   (1 <= self.timed <= self.limit, "timed must be within 1..limit")]
         for ok, msg in checks:
@@ -245,30 +248,52 @@ def sweep(measure: Callable[[Any], dict], values: list, patience: int) -> tuple[
     return fastest_meeting(rows), rows
 
 
+def look_ends(n: int, looks: int, batch: int) -> list[int]:
+    """Where the calibration items are cut for the interim looks: `looks` near-equal chunks ending on
+    whole batches (no part-filled batch inside a chunk), the last one at n."""
+    interim = {min(n, max(batch, round(n * i / looks / batch) * batch)) for i in range(1, looks)}
+    return sorted(e for e in interim if e < n) + [n]
+
+
 def target_power(opts: "SearchOptions", n: int) -> dict:
-    """The power of the target test at `n` calibration items: for the accuracy target, when a
-    candidate is as accurate as dense and flips the correctness of 5%, 10% or 20% of items; for
-    the agreement target, when its true agreement is the minimum + 0.05 (or 0.97)."""
+    """The power of the target test at `n` calibration items, with the search's interim looks (a
+    candidate clearly missing on the items so far stops there) and without them: for the accuracy
+    target, when a candidate is as accurate as dense and flips the correctness of 5%, 10% or 20% of
+    items; for the agreement target, when its true agreement is the minimum + 0.05 (or 0.97)."""
+    looks = look_ends(n, opts.looks, opts.batch_size)[:-1]
     if opts.target == "accuracy":
-        return {"n": n, "tolerance_points": opts.tolerance, "confidence": opts.confidence,
+        def power(d: float, at: list[int]) -> float:
+            return stats.noninferiority_power(n, opts.tolerance / 100, d, opts.confidence, at)
+        return {"n": n, "interim_looks": looks, "tolerance_points": opts.tolerance, "confidence": opts.confidence,
                 "assuming": "equal accuracy; discordance = share of items whose correctness differs",
-                "power_by_discordance": {str(d): stats.noninferiority_power(n, opts.tolerance / 100, d, opts.confidence)
-                                         for d in (0.05, 0.1, 0.2)}}
+                "power_by_discordance": {str(d): power(d, looks) for d in (0.05, 0.1, 0.2)},
+                "without_looks": {str(d): power(d, []) for d in (0.05, 0.1, 0.2)}}
     trues = sorted({min(opts.min_agreement + 0.05, 1.0), max(0.97, opts.min_agreement)})
-    return {"n": n, "min_agreement": opts.min_agreement, "confidence": opts.confidence,
-            "power_by_true_agreement": {f"{t:g}": stats.agreement_power(n, opts.min_agreement, t, opts.confidence)
-                                        for t in trues}}
+
+    def agree_power(t: float, at: list[int]) -> float:
+        return stats.agreement_power(n, opts.min_agreement, t, opts.confidence, at)
+    return {"n": n, "interim_looks": looks, "min_agreement": opts.min_agreement, "confidence": opts.confidence,
+            "power_by_true_agreement": {f"{t:g}": agree_power(t, looks) for t in trues},
+            "without_looks": {f"{t:g}": agree_power(t, []) for t in trues}}
 
 
 class CandidateMeter:
     """Accuracy / agreement on the calibration items (batched) and the speedup over dense on a
-    timed subset (batch 1, dense and the candidate interleaved), per candidate plan. The two parts
-    are stored on disk apart, each by the full configuration and the code version: the answers
-    under `answers_key`, which leaves out the CPU where the numerics are exact (float32 on a CPU:
-    no answer flip across CPUs, threads or batching in the noise floor), the timings under
-    `timing_key` (CPU and threads included). So a search interrupted on one machine resumes on
-    another CPU with its answers and re-times only. Decisions are not stored: each row's target
-    test is computed on reading, once `target` is set."""
+    timed subset (batch 1, dense and the candidate interleaved), per candidate plan.
+
+    The answers come one look's chunk of items at a time (`look_ends`). After each chunk but the
+    last, a candidate whose target test already clearly misses on the items so far stops there, and
+    a candidate that clearly misses is not timed: it can no longer be chosen. Stopping for futility
+    only ever lowers the chance that a candidate meets the target, so the confidence of "meets" is
+    unchanged; the power it costs is in `target_power`.
+
+    Each chunk's answers and the timings are stored on disk apart, each by the full configuration
+    and the code version: the answers under `answers_key`, which leaves out the CPU where the
+    numerics are exact (float32 on a CPU: no answer flip across CPUs, threads or batching in the
+    noise floor), the timings under `timing_key` (CPU and threads included). So a search
+    interrupted on one machine, even inside a candidate, resumes on another CPU with its answers and
+    re-times only, and a search for another target reads the chunks it needs. Decisions are not
+    stored: each row's target test is computed on reading, once `target` is set."""
 
     def __init__(self, reasoner: Reasoner, items: list[Question], timed_items: list[Question],
                  dense: list[ItemResult], keys: tuple[dict, dict], cache_dir: Path, opts: "SearchOptions",
@@ -286,39 +311,59 @@ class CandidateMeter:
         config = {"sets": {s: sets.get(s, SkipSet()).to_dict() for s in STAGES},
                   "exits": {s: (rules[s].to_dict() if rules.get(s) else None) for s in STAGES}}
         plan, callbacks = plan_from_sets(sets), exit_callbacks(rules)
-        answers, answers_stored = self._stored("answers", self.answers_key, config, lambda: self._answers(plan, callbacks))
-        timing, timing_stored = self._stored("timing", self.timing_key, config, lambda: self._timing(plan, callbacks))
+        answers, answers_stored = self._answers(plan, callbacks, config)
+        t = decide(self.target, answers, self.opts.confidence) if self.target else {"decision": "reference"}
+        if t["decision"] == "clearly misses":
+            timing, timing_stored = {"speedup": None, "timing": "none: it clearly misses the target"}, True
+        else:
+            timing, timing_stored = self._stored("timing", self.timing_key, config, lambda: self._timing(plan, callbacks))
         if answers_stored and timing_stored:
             self.from_disk += 1
         else:
             self.measured += 1
             self.retimed += answers_stored
-        row = {**config, **answers, **timing, "label": label, **(meta or {})}
-        row["test"] = decide(self.target, row, self.opts.confidence) if self.target else {"decision": "reference"}
-        t = row["test"]
+        row = {**config, **answers, **timing, "label": label, **(meta or {}), "test": t}
+        n, planned = answers["flips"]["n"], len(self.items)
         bounds = f" {t['statistic']} {t['estimate']:+.3f} [{t['lower']:+.3f}, {t['upper']:+.3f}]" if self.target else ""
+        stopped = f" after {n} of {planned} items" if n < planned else ""
+        speed = "not timed" if row["speedup"] is None else f"speedup {row['speedup']:.2f}x"
         self.log(f"[search] {label}: acc {row['accuracy']:.3f} agreement {row['agreement']:.3f}{bounds} "
-                 f"-> {t['decision']}; speedup {row['speedup']:.2f}x tokens {row['tokens']}")
+                 f"-> {t['decision']}{stopped}; {speed} tokens {row['tokens']}")
         return row
 
     def _stored(self, part: str, key: dict, config: dict, run: Callable[[], dict]) -> tuple[dict, bool]:
         """One part of a candidate's measurement: from disk when stored under its key, else measured and stored."""
         return _stored_json(self.cache_dir / f"{config_sha({**key, **config})}.{part}.json", run)
 
-    def _answers(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
-        start = time.perf_counter()
-        misses = self.memo.misses
-        results = evaluate_items(self.reasoner, plan, callbacks, self.items, self.opts.batch_size, progress=False,
+    def _answers(self, plan: SkipPlan, callbacks: Callbacks, config: dict) -> tuple[dict, bool]:
+        """The candidate's answers over the chunks it needs (see the class), and whether every chunk
+        came from disk."""
+        counts, all_stored, start = [], True, 0
+        for end in look_ends(len(self.items), self.opts.looks, self.opts.batch_size):
+            part, stored = self._stored(f"answers{start}-{end}", self.answers_key, config,
+                                        lambda lo=start, hi=end: self._answer_counts(plan, callbacks, lo, hi))
+            counts.append(part)
+            all_stored, start = all_stored and stored, end
+            answers = merge_answer_counts(counts)
+            if end < len(self.items) and self.target and \
+                    decide(self.target, answers, self.opts.confidence)["decision"] == "clearly misses":
+                break
+        return answers, all_stored
+
+    def _answer_counts(self, plan: SkipPlan, callbacks: Callbacks, lo: int, hi: int) -> dict:
+        """Calibration items lo..hi: counts and sums that add up over chunks (merge_answer_counts)."""
+        start, misses, items = time.perf_counter(), self.memo.misses, self.items[lo:hi]
+        results = evaluate_items(self.reasoner, plan, callbacks, items, self.opts.batch_size, progress=False,
                                  memo=self.memo)
-        fid = aggregate_fidelity(self.dense, results, self.reasoner.cfg.answer_rule)
-        acc, ci = metrics.accuracy_ci95([r.correct for r in results])
-        return {"accuracy": acc, "accuracy_ci95": ci, "agreement": fid["agreement"], "answer_kl": fid.get("answer_kl"),
-                "flips": {**{k: fid[k] for k in ("correct_to_wrong", "wrong_to_correct", "changed")}, "n": len(results)},
-                "tokens": {s: round(statistics.fmean(r.tokens[s] for r in results), 2) for s in STAGES},
-                "executed_cost_fraction": {s: statistics.fmean(r.executed_cost_fraction[s] for r in results)
-                                           for s in STAGES},
-                "stage_runs": self.memo.misses - misses, "answers_cpu": machine_info().get("cpu"),
-                "answers_seconds": time.perf_counter() - start}
+        ids = {q.id for q in items}
+        fid = aggregate_fidelity([d for d in self.dense if d.id in ids], results, self.reasoner.cfg.answer_rule)
+        return {"n": len(results), "correct": sum(bool(r.correct) for r in results),
+                **{k: fid[k] for k in ("correct_to_wrong", "wrong_to_correct", "changed", "answer_kl_n")},
+                "answer_kl_sum": (fid["answer_kl"] or 0.0) * fid["answer_kl_n"],
+                "token_sums": {s: sum(r.tokens[s] for r in results) for s in STAGES},
+                "cost_fraction_sums": {s: sum(r.executed_cost_fraction[s] for r in results) for s in STAGES},
+                "stage_runs": self.memo.misses - misses, "cpu": str(machine_info().get("cpu")),
+                "seconds": time.perf_counter() - start}
 
     def _timing(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
         """Batch-1 timing without the memo: every stage is re-run, dense beside the candidate."""
@@ -335,6 +380,25 @@ class CandidateMeter:
                 "latency_s": statistics.fmean(r.latency_s for r in cand),
                 "stage_latency_s": {s: statistics.fmean(r.stage_latency_s[s] for r in cand) for s in STAGES},
                 "timing_cpu": machine_info().get("cpu"), "timing_seconds": time.perf_counter() - start}
+
+
+def merge_answer_counts(parts: list[dict]) -> dict:
+    """A candidate's answer fields over the chunks measured so far (CandidateMeter._answer_counts)."""
+    n = sum(p["n"] for p in parts)
+
+    def total(key: str) -> Any:
+        return sum(p[key] for p in parts)
+
+    def stage_means(key: str) -> dict[str, float]:
+        return {s: sum(p[key][s] for p in parts) / n for s in STAGES}
+    correct, kl_n = total("correct"), total("answer_kl_n")
+    acc, ci = metrics.accuracy_ci95([True] * correct + [False] * (n - correct))
+    return {"accuracy": acc, "accuracy_ci95": ci, "agreement": (n - total("changed")) / n,
+            "answer_kl": total("answer_kl_sum") / kl_n if kl_n else None,
+            "flips": {**{k: total(k) for k in ("correct_to_wrong", "wrong_to_correct", "changed")}, "n": n},
+            "tokens": {s: round(v, 2) for s, v in stage_means("token_sums").items()},
+            "executed_cost_fraction": stage_means("cost_fraction_sums"), "stage_runs": total("stage_runs"),
+            "answers_cpu": ", ".join(sorted({p["cpu"] for p in parts})), "answers_seconds": total("seconds")}
 
 
 def cache_keys(base_key: dict, exact: bool, opts: "SearchOptions") -> tuple[dict, dict]:
@@ -582,5 +646,5 @@ def options_from_args(args) -> SearchOptions:
         timed=args.timed or min(SearchOptions.timed, args.limit or SearchOptions.limit), rounds=args.rounds,
         batch_size=args.batch_size, granularity=args.granularity, ranking=args.ranking,
         budget="uniform" if args.uniform else "stagewise", max_skip=args.max_skip, step=args.step,
-        patience=args.patience, confidence=args.confidence, iterative_pool=args.iterative_pool,
+        patience=args.patience, looks=args.looks, confidence=args.confidence, iterative_pool=args.iterative_pool,
         early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed)

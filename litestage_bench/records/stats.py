@@ -8,6 +8,7 @@ where a statistic is undefined). scipy is imported inside the functions so that 
 """
 from __future__ import annotations
 
+import bisect
 from typing import Sequence
 
 NAN = float("nan")
@@ -122,22 +123,50 @@ def proportion_bounds(k: int, n: int, confidence: float = 0.95) -> tuple[float, 
     return k / n, float(ci.low), float(ci.high)
 
 
-def noninferiority_power(n: int, tolerance: float, discordance: float, confidence: float = 0.95) -> float:
+def noninferiority_power(n: int, tolerance: float, discordance: float, confidence: float = 0.95,
+                         looks: Sequence[int] = (), seed: int = 0) -> float:
     """Power of the paired non-inferiority test (lower bound of the difference above ``-tolerance``)
     when the two sides are equally accurate and a fraction ``discordance`` of items differ in
-    correctness: normal approximation, the per-item difference has variance ``discordance``."""
-    from scipy.stats import norm
+    correctness: normal approximation, the per-item difference has variance ``discordance``.
+
+    ``looks``: interim item counts (below ``n``) after which a candidate stops as a clear miss when its
+    upper bound on the items so far is below ``-tolerance``. The estimates after m and after n items
+    are jointly normal (covariance ``discordance / max(m, n)``): scipy's multivariate normal gives the
+    chance of passing every interim look and then the final test (seeded: its integration is randomised)."""
+    from scipy.stats import multivariate_normal, norm
 
     if discordance <= 0:
         return 1.0
-    return float(norm.cdf(tolerance * n ** 0.5 / discordance ** 0.5 - norm.ppf(confidence)))
+    z = norm.ppf(confidence)
+    if not looks:
+        return float(norm.cdf(tolerance * n ** 0.5 / discordance ** 0.5 - z))
+    counts = [*sorted(looks), n]
+    # go on at a look m: estimate >= -tolerance - z * sd(m); meet at n: estimate >= -tolerance + z * sd(n)
+    bars = [-tolerance - z * (discordance / m) ** 0.5 for m in counts[:-1]] + [-tolerance + z * (discordance / n) ** 0.5]
+    cov = [[discordance / max(a, b) for b in counts] for a in counts]
+    # P(X >= bars) for X ~ N(0, cov) is P(-X <= -bars), and -X has the same distribution
+    return float(multivariate_normal(mean=[0.0] * len(counts), cov=cov, seed=seed).cdf([-b for b in bars]))
 
 
-def agreement_power(n: int, minimum: float, true_agreement: float, confidence: float = 0.95) -> float:
+def agreement_power(n: int, minimum: float, true_agreement: float, confidence: float = 0.95,
+                    looks: Sequence[int] = ()) -> float:
     """Power of the agreement test (one-sided Clopper-Pearson lower bound at or above ``minimum``)
-    when the true agreement is ``true_agreement``: exact, summing the binomial over every count
-    whose bound passes."""
+    when the true agreement is ``true_agreement``: exact. ``looks``: interim item counts (below
+    ``n``) after which a candidate stops as a clear miss when its upper bound on the items so far is
+    below ``minimum``; the binomial's distribution of agreeing items is carried from look to look
+    without the counts that stop there, and summed at ``n`` over the counts whose bound passes."""
+    import numpy as np
     from scipy.stats import binom
 
-    passing = [k for k in range(n + 1) if proportion_bounds(k, n, confidence)[1] >= minimum]
-    return float(binom.sf(passing[0] - 1, n, true_agreement)) if passing else 0.0
+    dist, done = np.ones(1), 0
+    for m in [*sorted(looks), n]:
+        dist, done = np.convolve(dist, binom.pmf(np.arange(m - done + 1), m - done, true_agreement)), m
+        if m < n:
+            dist[:_first_count(m, lambda k: proportion_bounds(k, m, confidence)[2] >= minimum)] = 0.0
+    return float(dist[_first_count(n, lambda k: proportion_bounds(k, n, confidence)[1] >= minimum):].sum())
+
+
+def _first_count(n: int, holds) -> int:
+    """The smallest count k in 0..n for which ``holds(k)``, a condition that stays true once true
+    (a bound rising with k); n + 1 when none."""
+    return bisect.bisect_left(range(n + 1), True, key=holds)

@@ -38,7 +38,8 @@ def audit_row(path: str, confidence: float) -> list[str]:
     try:
         policy = json.loads(Path(path).read_text(encoding="utf-8"))
         target, n = _target(policy), policy["calibration"]["n"]
-        rows = [{**r, "flips": {**r["flips"], "n": n}} for r in [policy["chosen"], *policy["candidates"][1:]]]
+        # early policies kept no n per row (every candidate saw every item); a stopped candidate has its own
+        rows = [{**r, "flips": {"n": n, **r["flips"]}} for r in [policy["chosen"], *policy["candidates"][1:]]]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{path} is not a LiteStage policy with candidates ({err!r})",
                         "pass files written by `litestage-bench search --method litestage`") from None
