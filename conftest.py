@@ -72,7 +72,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--grid-runner", default=None, help="MODULE:FUNCTION that runs a case instead of the real one (tests)")
     group.addoption("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="run the grid's (model, benchmark) groups as Ray tasks (needs pip install -e '.[ray]'): "
-                         "alone, a local Ray instance; or auto, ray://HOST:10001, HOST:6379 (put it after the paths)")
+                         "alone, a local Ray instance; or auto, HOST:6379 (put it after the paths)")
     group.addoption("--ray-retries", type=int, default=2,
                     help="retries of a Ray task whose worker or node dies (default 2)")
     group.addoption("--ray-cpus", type=int, default=1,

@@ -129,6 +129,44 @@ def test_two_nodes_merge_to_the_serial_records(cluster, tiny_model, serial, tmp_
     assert ray_run.stdout.count("[grid ") == 4 and "last case" in ray_run.stdout
 
 
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = most = 0
+    for _, step in edges:  # at equal times an end (-1) sorts before a start
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_a_group_waiting_on_the_collector_keeps_its_cpu(cluster):
+    """Three one-CPU tasks on the two one-CPU nodes, each first waiting 6 s on an actor call, as a group
+    waits on the collector: waiting with `get_keeping_cpus` at most two run at once; waiting in a plain
+    ray.get on the task's main thread, Ray lends the waiting tasks' CPUs and the third starts beside them."""
+    import ray
+
+    from litestage_bench.grid.ray_backend import get_keeping_cpus
+
+    @ray.remote(num_cpus=0)
+    class Slow:
+        def call(self) -> int:
+            time.sleep(6.0)
+            return 1
+
+    @ray.remote(num_cpus=1)
+    def group(slow, keep: bool) -> tuple[float, float]:
+        start = time.time()  # one machine: the nodes share the clock
+        (get_keeping_cpus if keep else ray.get)(slow.call.remote())
+        time.sleep(0.5)
+        return start, time.time()
+
+    ray.init(address=cluster, logging_level="ERROR")
+    try:
+        assert _most_at_once(ray.get([group.remote(Slow.remote(), True) for _ in range(3)])) == 2
+        assert _most_at_once(ray.get([group.remote(Slow.remote(), False) for _ in range(3)])) == 3
+    finally:
+        ray.shutdown()
+
+
 def _obqa_partial(cache: Path, ids: set[str]) -> bool:
     """Whether an accuracy checkpoint of an OBQA case holds a finished batch."""
     for path in cache.glob("*.partial.jsonl"):
@@ -200,13 +238,19 @@ def test_an_unreachable_cluster_is_one_line(tmp_path):
         f"ERROR: litestage-bench grid: --ray: cannot connect to the Ray cluster at '{address}'")
 
 
-def test_a_bad_address_is_one_line(tmp_path):
+@pytest.mark.parametrize("address, error", [
+    ("no address", "'no address' is not a Ray address -- fix: use --ray alone (a local Ray instance), --ray auto or "
+                   "--ray HOST:6379"),
+    # the client server's session failed to load torch (Ray 2.60): refused before anything starts
+    ("ray://127.0.0.1:10001", "'ray://127.0.0.1:10001' is a Ray client address, which the grid does not support "
+                              "(the client server's session could not load torch) -- fix: run pytest on a node of "
+                              "the cluster with --ray auto or --ray HOST:6379 (on Kubernetes: in the head pod, or "
+                              "as a RayJob's entrypoint)")])
+def test_a_bad_address_is_one_line(tmp_path, address, error):
     proc = subprocess.run([sys.executable, "-m", "pytest", "tests/bench_grid.py", "--benchmark-only",
-                           "--ray", "no address", "--grid-out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+                           "--ray", address, "--grid-out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 4 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "ERROR: litestage-bench grid: --ray: 'no address' is not a Ray address -- fix: use --ray alone (a local Ray "
-        "instance), --ray auto, --ray ray://HOST:10001 or --ray HOST:6379")
+    assert proc.stderr.strip().splitlines()[-1] == f"ERROR: litestage-bench grid: --ray: {error}"
 
 
 def _alive(pid: int) -> bool:

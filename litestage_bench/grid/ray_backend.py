@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,24 +54,31 @@ CTRL_C_GRACE_S = 60.0
 # what the code upload leaves out: environments, history, and results (their few needed files ship apart)
 EXCLUDES = [".venv", ".git", ".tox", "results", "build", "*.egg-info", "__pycache__", ".pytest_cache",
             ".hypothesis", ".benchmarks", "*.gguf", "*.safetensors"]
-_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+")
+_ADDRESS = re.compile(r"[A-Za-z0-9_.\-\[\]:]+:\d+")
+ADDRESSES = "use --ray alone (a local Ray instance), --ray auto or --ray HOST:6379"
 
 
 def check_address(address: str) -> str:
-    """`local`, `auto`, `ray://HOST:PORT` (Ray client) or `HOST:PORT` (the cluster's GCS); else one line."""
+    """`local`, `auto` or `HOST:PORT` (the cluster's GCS); else one line. A Ray client address
+    (`ray://`) is refused: with Ray 2.60 the client server's session process, which unpickles the
+    grid's tasks, could not load torch ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")."""
+    if address.startswith("ray://"):
+        raise UserError(f"--ray: '{address}' is a Ray client address, which the grid does not support "
+                        "(the client server's session could not load torch)",
+                        "run pytest on a node of the cluster with --ray auto or --ray HOST:6379 (on Kubernetes: "
+                        "in the head pod, or as a RayJob's entrypoint)")
     if address in (LOCAL, "auto") or _ADDRESS.fullmatch(address):
         return address
     hint = " (pytest read a path as the address: put the paths before --ray, or write --ray=local)" \
         if Path(address).exists() or address.endswith(".py") else ""
-    raise UserError(f"--ray: '{address}' is not a Ray address{hint}",
-                    "use --ray alone (a local Ray instance), --ray auto, --ray ray://HOST:10001 or --ray HOST:6379")
+    raise UserError(f"--ray: '{address}' is not a Ray address{hint}", ADDRESSES)
 
 
 def _reachable(address: str, seconds: float = 10.0) -> None:
     """A TCP connect to HOST:PORT first: Ray itself retries an unreachable cluster for minutes."""
     if address in (LOCAL, "auto"):
         return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = address.rpartition(":")
     with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds):
         pass
 
@@ -184,6 +192,15 @@ def _searched(result) -> dict[str, str]:
     return {search["path"]: Path(search["path"]).read_text(encoding="utf-8")}
 
 
+def get_keeping_cpus(ref: ray.ObjectRef):
+    """`ray.get(ref)` inside a task without lending the task's CPUs away. Blocked in ray.get on its
+    main thread, a task gives its CPUs back for as long as it waits (Ray's rule for nested tasks, GPUs
+    kept), and the next pending group starts on them: two groups then shared one core of a node
+    (`tests/test_ray_grid.py`). Waiting on a helper thread keeps them reserved."""
+    with ThreadPoolExecutor(1) as helper:
+        return helper.submit(ray.get, ref).result()
+
+
 @ray.remote
 def run_group(spec: TaskSpec, cases: list[GridCase], collector) -> dict:
     """One (model, benchmark) group, dense first; each finished case goes to the collector at once."""
@@ -191,7 +208,7 @@ def run_group(spec: TaskSpec, cases: list[GridCase], collector) -> dict:
     group = cases[0].group
     context = ray.get_runtime_context()
     node, pid = context.get_node_id(), os.getpid()
-    attempt, done = ray.get(collector.begin.remote(group, {"node_id": node, "pid": pid}))
+    attempt, done = get_keeping_cpus(collector.begin.remote(group, {"node_id": node, "pid": pid}))
     _prepare_node(spec)
 
     def log(line: str) -> None:
@@ -206,7 +223,7 @@ def run_group(spec: TaskSpec, cases: list[GridCase], collector) -> dict:
     for case in cases:
         if case.id in done:  # finished before this worker's predecessor died
             continue
-        ray.get(collector.started.remote(group, case.id))
+        get_keeping_cpus(collector.started.remote(group, case.id))
         if markers:
             Path(markers, f"{case.id}.started").write_text(json.dumps({"pid": pid, "attempt": attempt}))
             _hold(Path(markers), case.id)
@@ -216,12 +233,12 @@ def run_group(spec: TaskSpec, cases: list[GridCase], collector) -> dict:
             text = json.dumps([result.to_dict()], allow_nan=True)
             searched = _searched(result)
         except UserError as err:  # one line, as the serial run's test fails
-            ray.get(collector.failed.remote(group, case.id, f"litestage-bench: {err}"))
+            get_keeping_cpus(collector.failed.remote(group, case.id, f"litestage-bench: {err}"))
             continue
         except Exception:  # a bug: the traceback, and the group goes on as a serial run does
-            ray.get(collector.failed.remote(group, case.id, traceback.format_exc()))
+            get_keeping_cpus(collector.failed.remote(group, case.id, traceback.format_exc()))
             continue
-        ray.get(collector.finished.remote(group, case.id, text, searched))
+        get_keeping_cpus(collector.finished.remote(group, case.id, text, searched))
     return {"node_id": node, "pid": pid, "attempt": attempt}
 
 
