@@ -25,3 +25,18 @@ def test_point_rule_acceptances_are_re_judged(tmp_path, capsys):
     assert row[6:] == ["1", "1", "1"]  # identical: meets; 11 discordant: undecided; -20 points: clearly misses
     assert policy_audit.main([str(tmp_path / "missing.json")]) == 2
     assert "litestage-bench: error:" in capsys.readouterr().err
+
+
+def test_a_candidate_stopped_at_a_look_is_judged_on_its_own_items(tmp_path):
+    """2 gained and 12 lost of 48 items (a stop after the first look of 200): -21 points, clearly below
+    -4 on its 48 items; the same counts read over the policy's 200 items would be -5 points, undecided."""
+    stopped = {"accuracy": 0.3, "agreement": 1 - 14 / 48,
+               "flips": {"wrong_to_correct": 2, "correct_to_wrong": 12, "changed": 14, "n": 48}}
+    policy = {"target": {"kind": "accuracy", "tolerance_points": 4.0, "min_accuracy": 0.46},
+              "calibration": {"n": 200}, "candidates": [_cand(0.5, 0, 0), stopped], "chosen": _cand(0.5, 0, 0)}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(policy))
+    assert policy_audit.audit_row(str(path), 0.95)[6:] == ["0", "0", "1"]
+    stopped["flips"].pop("n")
+    path.write_text(json.dumps(policy))
+    assert policy_audit.audit_row(str(path), 0.95)[6:] == ["0", "1", "0"]
