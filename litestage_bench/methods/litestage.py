@@ -47,7 +47,7 @@ from ..engine.plan import STAGES, SkipPlan, SkipSet, StagePlan, check_skip_set
 from ..evaluation.benchmarks import Question, check_disjoint, check_items, load_split, subset
 from ..evaluation.reasoner import Callbacks, Reasoner, StageMemo
 from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
-from ..records import metrics, stats
+from ..records import stats
 from ..records.fidelity import aggregate_fidelity
 from ..records.noise import exact_numerics
 from ..records.results import ItemResult, atomic_write, machine_info
@@ -392,7 +392,7 @@ def merge_answer_counts(parts: list[dict]) -> dict:
     def stage_means(key: str) -> dict[str, float]:
         return {s: sum(p[key][s] for p in parts) / n for s in STAGES}
     correct, kl_n = total("correct"), total("answer_kl_n")
-    acc, ci = metrics.accuracy_ci95([True] * correct + [False] * (n - correct))
+    acc, ci = stats.accuracy_ci95_of_counts(correct, n)
     return {"accuracy": acc, "accuracy_ci95": ci, "agreement": (n - total("changed")) / n,
             "answer_kl": total("answer_kl_sum") / kl_n if kl_n else None,
             "flips": {**{k: total(k) for k in ("correct_to_wrong", "wrong_to_correct", "changed")}, "n": n},

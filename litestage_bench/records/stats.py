@@ -29,10 +29,13 @@ def accuracy_ci95(correct: Sequence[bool]) -> tuple[float, tuple[float, float]]:
 
     Wilson rather than the normal interval: it stays inside [0, 1] and behaves at 0% / 100% and small n.
     """
-    n = len(correct)
+    return accuracy_ci95_of_counts(sum(1 for c in correct if c), len(correct))
+
+
+def accuracy_ci95_of_counts(k: int, n: int) -> tuple[float, tuple[float, float]]:
+    """``accuracy_ci95`` of ``k`` correct items out of ``n`` (counts summed over chunks, say)."""
     if n == 0:
         return NAN, (NAN, NAN)
-    k = sum(1 for c in correct if c)
     p = k / n
     low, high = wilson_ci95(k, n)
     # Rounding can put a bound a hair past the estimate at p = 0 or 1; the interval must contain it.
