@@ -176,9 +176,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         policy["early_exit_off"] = True
     method = make_method(args.method, _method_options(args, policy))
     method.check_model(args.model)
-    if args.dense_record:
-        from .records.results import load_record
-        load_record(args.dense_record)  # a missing or malformed file fails now, not after the run
+    if args.answers_from and not args.dense_record and method.name != "dense":
+        raise UserError("--answers-from needs --dense-record",
+                        "name the dense record the answers were compared with (its `extra.dense_record`)")
+    from .records.results import load_record
+    for path in (args.dense_record, args.answers_from):
+        if path:
+            load_record(path)  # a missing or malformed file fails now, not after the run
     if args.answer_rule:
         from .records.fidelity import check_rule
         check_rule(args.answer_rule)
@@ -192,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = run_benchmark(session, args.bench, method, split=args.split, limit=args.limit, config=config,
                            data_dir=args.data_dir, command=_command_line(), seed=args.seed, one_step=args.one_step,
                            batch_size=args.batch_size, timed=args.timed or None, dense_record=args.dense_record,
-                           rounds=args.rounds,
+                           rounds=args.rounds, answers_from=args.answers_from,
                            checkpoint_path=str(out) + ".partial.jsonl")
     write_record(out, record)
     Path(str(out) + ".partial.jsonl").unlink(missing_ok=True)  # the record holds everything now
@@ -312,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"alternating (default {DEFAULT_ROUNDS})")
     run.add_argument("--dense-record", help="a dense record of the same model/items/settings to compare with "
                                             "(default: run dense on the same items in this run)")
+    run.add_argument("--answers-from", help="re-time an earlier record of this method and items: read its answers "
+                                            "(and dense's from --dense-record), time only; the timed items must "
+                                            "reproduce both exactly")
     run.add_argument("--no-early-exit", action="store_true", help="ignore the policy's early-exit rules (ablation)")
     run.add_argument("--data-dir")
     run.add_argument("--out", help="result JSON (default results/MODEL_BENCH_METHOD.json)")

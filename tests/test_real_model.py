@@ -119,3 +119,28 @@ def test_bf16_matmul_stays_near_float32_on_smollm2(session):
     ref, got = logits["float32"], logits["fast"]
     assert float((got - ref).abs().max()) <= 0.05 * float(ref.max() - ref.min())
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
+
+
+def test_answers_from_re_times_a_record_and_refuses_answers_this_code_does_not_reproduce(tmp_path, capsys):
+    dense, first, again = tmp_path / "dense.json", tmp_path / "k2.json", tmp_path / "k2-retimed.json"
+    common = ["run", "--bench", "strategyqa", "--limit", "2", "--timed", "1", "--rounds", "1", "--dtype", "float32"]
+    method = [*common, "--method", "unified", "--k", "2", "--dense-record", str(dense)]
+    assert main([*common, "--out", str(dense)]) == 0
+    assert main([*method, "--out", str(first)]) == 0
+    assert main([*method, "--answers-from", str(first), "--out", str(again)]) == 0
+    a, b = json.loads(first.read_text()), json.loads(again.read_text())
+    assert [it["outputs"] for it in a["items"]] == [it["outputs"] for it in b["items"]]
+    assert b["extra"]["answers_from"] == {"record": str(first), "command": a["command"]}
+    assert b["timing"]["rounds"] == 1 and b["timing"]["timed_ids"] == a["timing"]["timed_ids"]
+    # another policy, and answers this code does not reproduce: one-line errors, no record
+    capsys.readouterr()
+    k4 = [*common, "--method", "unified", "--k", "4", "--dense-record", str(dense), "--answers-from", str(first)]
+    assert main([*k4, "--out", str(tmp_path / "k4.json")]) == 2
+    assert "policy differs in k" in capsys.readouterr().err
+    timed = set(b["timing"]["timed_ids"])
+    a["items"] = [{**it, "outputs": {**it["outputs"], "recall": "changed"}} if it["id"] in timed else it
+                  for it in a["items"]]
+    first.write_text(json.dumps(a))
+    assert main([*method, "--answers-from", str(first), "--out", str(tmp_path / "bad.json")]) == 2
+    assert "1 of the 1 timed items' outputs or executed costs differ" in capsys.readouterr().err
+    assert not (tmp_path / "k4.json").exists() and not (tmp_path / "bad.json").exists()

@@ -2,6 +2,7 @@
 comparison to dense."""
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -188,16 +189,23 @@ def chance_rate(bench: str, split: str, data_dir=None) -> float:
     return sum(1 / len(q.labels) for q in questions) / len(questions)
 
 
-def load_dense_reference(path: str, *, model: str, bench: str, split: str, dtype: str, config: ReasonerConfig,
-                         items: list[Question], numerics: str | None = None) -> list[ItemResult]:
-    """Per-item dense results from an earlier `run` with the same model, data, items and settings."""
+def load_reference(path: str, *, model: str, bench: str, split: str, dtype: str, config: ReasonerConfig,
+                         items: list[Question], numerics: str | None = None, method: str = "dense",
+                         policy: dict | None = None) -> list[ItemResult]:
+    """Per-item results from an earlier `run` with the same model, data, items and settings: dense's
+    (`--dense-record`), or with `method` and its planned `policy`, the method's own (`--answers-from`)."""
     rec = load_record(path)
     rec_dtype = rec.dtype or rec.extra.get("dtype")
-    want = {"model": model, "benchmark": bench, "split": split, "method": "dense", "dtype": dtype,
+    want = {"model": model, "benchmark": bench, "split": split, "method": method, "dtype": dtype,
             "numerics": numerics or dtype}
     got = {"model": rec.model, "benchmark": rec.benchmark, "split": rec.split, "method": rec.method,
            "dtype": rec_dtype, "numerics": rec.numerics or rec_dtype}
     wrong = [f"{k} {got[k]!r} (need {v!r})" for k, v in want.items() if got[k] != v]
+    if policy is not None:
+        policy = json.loads(json.dumps(policy))  # as a record stores it (e.g. layer keys become strings)
+    if policy is not None and rec.policy != policy:
+        differ = sorted(k for k in {*policy, *rec.policy} if policy.get(k) != rec.policy.get(k))
+        wrong.append(f"policy differs in {', '.join(differ)}")
     if rec.config != config.to_dict():
         wrong.append("reasoner settings differ")
     by_id = {it.id: it for it in rec.items}
@@ -205,22 +213,49 @@ def load_dense_reference(path: str, *, model: str, bench: str, split: str, dtype
     if missing:
         wrong.append(f"{len(missing)} of the {len(items)} items missing (e.g. {missing[0]})")
     if wrong:
-        raise UserError(f"dense record {path} does not match this run: {'; '.join(wrong)}",
-                        "re-run dense with the same --model/--bench/--limit/--dtype/--numerics/settings, "
-                        "or drop --dense-record")
+        raise UserError(f"{method} record {path} does not match this run: {'; '.join(wrong)}",
+                        f"re-run {method} with the same --model/--bench/--limit/--dtype/--numerics/settings, "
+                        f"or drop {'--dense-record' if method == 'dense' else '--answers-from'}")
     return [by_id[q.id] for q in items]
+
+
+def _check_reproduced(records: dict[str, tuple[str | None, list[ItemResult] | None]],
+                      clock: dict[str, list[ItemResult]]) -> None:
+    """Answers read from earlier records stand only if this code reproduces them: every timed item's
+    batch-1 stage outputs and executed cost must equal the record's (exact numerics; otherwise, re-run
+    the answers)."""
+    for name, (path, items) in records.items():
+        if items is None or name not in clock:
+            continue
+        by_id = {r.id: r for r in items}
+        changed = [t.id for t in clock[name] if compact(t)["outputs"] != compact(by_id[t.id])["outputs"]
+                   or t.prediction != by_id[t.id].prediction
+                   or not _same_costs(t.executed_cost_fraction, by_id[t.id].executed_cost_fraction)]
+        if changed:
+            raise UserError(f"{len(changed)} of the {len(clock[name])} timed items' outputs or executed costs "
+                            f"differ from {path} (e.g. {changed[0]}): its answers are not this code's "
+                            f"(or these numerics are not exact)",
+                            "re-run without --answers-from, which recomputes every answer")
+
+
+def _same_costs(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(abs(a[s] - b[s]) < 1e-9 for s in a)
 
 
 def run_benchmark(session: Session, bench: str, method: Method, *, split: str = "eval", limit: int | None = None,
                   config: ReasonerConfig, data_dir=None, command: str = "", seed: int = SEED,
                   one_step: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, timed: int | None = DEFAULT_TIMED,
                   dense_record: str | None = None, checkpoint_path: str | None = None,
-                  rounds: int = DEFAULT_ROUNDS) -> ResultRecord:
+                  rounds: int = DEFAULT_ROUNDS, answers_from: str | None = None) -> ResultRecord:
     """The whole `litestage-bench run`: one record for model x benchmark x method.
 
     Accuracy (and, for a non-dense method, dense's on the same items) is computed `batch_size`
     questions at a time; latency at batch 1 on a seeded subset of `timed` items (None: all),
-    dense and method interleaved in this process, so that the speedup is measured side by side."""
+    dense and method interleaved in this process, so that the speedup is measured side by side.
+
+    With `answers_from` (an earlier record of this method, policy, items and settings), only the
+    timing runs: the per-item answers are read from that record (and dense's from `dense_record`),
+    and the timed items' batch-1 outputs must reproduce both records exactly, or the run stops."""
     seed_everything(seed)
     items = check_items(load_split(bench, split, limit=limit, data_dir=data_dir, seed=seed), bench, split, data_dir)
     reasoner = session.reasoner(bench, config, data_dir)
@@ -230,21 +265,28 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     is_dense = method.name == "dense"
     dense_items = None
     if not is_dense and dense_record:
-        dense_items = load_dense_reference(dense_record, model=session.loaded.name, bench=bench, split=split,
+        dense_items = load_reference(dense_record, model=session.loaded.name, bench=bench, split=split,
                                            dtype=session.loaded.dtype, config=config, items=items,
                                            numerics=session.loaded.numerics)
+    reused = None
+    if answers_from:
+        reused = load_reference(answers_from, model=session.loaded.name, bench=bench, split=split,
+                                      dtype=session.loaded.dtype, config=config, items=items,
+                                      numerics=session.loaded.numerics, method=method.name, policy=method.describe())
     checkpoint = None
     if checkpoint_path:
         checkpoint = RunCheckpoint(checkpoint_path, {
             "model": session.loaded.name, "source": session.loaded.source, "dtype": session.loaded.dtype,
             "numerics": session.loaded.numerics, "bench": bench, "split": split, "items": [q.id for q in items], "method": method.describe(),
             "config": config.to_dict(), "batch_size": batch_size, "timed": timed, "seed": seed,
-            "dense_record": dense_record, "threads": torch.get_num_threads(), "device": str(session.executor.device)})
+            "dense_record": dense_record, "answers_from": answers_from, "threads": torch.get_num_threads(),
+            "device": str(session.executor.device)})
         if checkpoint.resumed:
             log(f"[{label}] resuming: {checkpoint.resumed} finished batches / timed questions in {checkpoint_path}")
         elif checkpoint.replaced:
             log(f"[{label}] removed {checkpoint_path}: the checkpoint of another run (other settings or items)")
-    results = evaluate_items(reasoner, plan, callbacks, items, batch_size, label, checkpoint=checkpoint)
+    results = reused if reused is not None else evaluate_items(reasoner, plan, callbacks, items, batch_size, label,
+                                                               checkpoint=checkpoint)
     if not is_dense and dense_items is None:
         dense_items = evaluate_items(reasoner, DENSE, {}, items, batch_size, f"{label}: dense reference",
                                      checkpoint=checkpoint, phase="dense batch")
@@ -255,6 +297,8 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
         pipelines["dense"] = (DENSE, {})
     resumed_timed = checkpoint.count(timed_phase(rounds)) if checkpoint else 0
     clock = time_items(reasoner, pipelines, timed_items, label, checkpoint=checkpoint, rounds=rounds)
+    if reused is not None:
+        _check_reproduced({"method": (answers_from, results), "dense": (dense_record, dense_items)}, clock)
     results = with_latencies(results, clock["method"])
     if dense_items is not None:
         dense_items = with_latencies(dense_items, clock["dense"])
@@ -268,6 +312,8 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
                    "demos": [d.question.id for d in reasoner.prompts.demos]}
     if dense_record:
         extra["dense_record"] = dense_record
+    if answers_from:
+        extra["answers_from"] = {"record": answers_from, "command": load_record(answers_from).command}
     if one_step:
         extra["one_step_accuracy"] = one_step_accuracy(reasoner, items)
     device = str(session.executor.device)

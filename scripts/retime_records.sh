@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Re-time result records made before interleaved timing (their `timing` has no `rounds`), in place:
+# each record's own command again with --answers-from itself, so its answers are read back, not
+# recomputed, and only its timed items run: dense and the method interleaved, --rounds 2. The run
+# stops (and keeps the old record) if a timed item's outputs or executed cost differ from the record.
+#   bash scripts/retime_records.sh RECORD.json ...
+# e.g. bash scripts/retime_records.sh results/baselines/smollm2-135m_obqa_*.json
+# A record already timed in rounds is left alone, so a re-run continues. One thread: run two side by side.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 1 ] || { echo "usage: $0 RECORD.json ..." >&2; exit 2; }
+# shellcheck disable=SC1091
+. "${LITESTAGE_VENV:-.venv}/bin/activate"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+for rec in "$@"; do
+  cmd=$(python -m litestage_bench.records.retime "$rec")
+  if [ -z "$cmd" ]; then echo "$rec: already timed in interleaved rounds"; continue; fi
+  echo "re-timing $rec: $cmd"
+  eval "$cmd"
+done
