@@ -190,8 +190,8 @@ def chance_rate(bench: str, split: str, data_dir=None) -> float:
 
 
 def load_reference(path: str, *, model: str, bench: str, split: str, dtype: str, config: ReasonerConfig,
-                         items: list[Question], numerics: str | None = None, method: str = "dense",
-                         policy: dict | None = None) -> list[ItemResult]:
+                   items: list[Question], numerics: str | None = None, method: str = "dense",
+                   policy: dict | None = None) -> list[ItemResult]:
     """Per-item results from an earlier `run` with the same model, data, items and settings: dense's
     (`--dense-record`), or with `method` and its planned `policy`, the method's own (`--answers-from`)."""
     rec = load_record(path)
@@ -203,9 +203,9 @@ def load_reference(path: str, *, model: str, bench: str, split: str, dtype: str,
     wrong = [f"{k} {got[k]!r} (need {v!r})" for k, v in want.items() if got[k] != v]
     if policy is not None:
         policy = json.loads(json.dumps(policy))  # as a record stores it (e.g. layer keys become strings)
-    if policy is not None and rec.policy != policy:
         differ = sorted(k for k in {*policy, *rec.policy} if policy.get(k) != rec.policy.get(k))
-        wrong.append(f"policy differs in {', '.join(differ)}")
+        if differ:
+            wrong.append(f"policy differs in {', '.join(differ)}")
     if rec.config != config.to_dict():
         wrong.append("reasoner settings differ")
     by_id = {it.id: it for it in rec.items}
@@ -266,13 +266,13 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     dense_items = None
     if not is_dense and dense_record:
         dense_items = load_reference(dense_record, model=session.loaded.name, bench=bench, split=split,
-                                           dtype=session.loaded.dtype, config=config, items=items,
-                                           numerics=session.loaded.numerics)
+                                     dtype=session.loaded.dtype, config=config, items=items,
+                                     numerics=session.loaded.numerics)
     reused = None
     if answers_from:
         reused = load_reference(answers_from, model=session.loaded.name, bench=bench, split=split,
-                                      dtype=session.loaded.dtype, config=config, items=items,
-                                      numerics=session.loaded.numerics, method=method.name, policy=method.describe())
+                                dtype=session.loaded.dtype, config=config, items=items,
+                                numerics=session.loaded.numerics, method=method.name, policy=method.describe())
     checkpoint = None
     if checkpoint_path:
         checkpoint = RunCheckpoint(checkpoint_path, {
