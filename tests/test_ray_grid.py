@@ -53,8 +53,11 @@ def cluster():
     loopback address, 127.0.0.1, Ray 2.60's GCS still advertised the host's address and drivers could not connect.)"""
     from ray.cluster_utils import Cluster
     store = 80 * 2 ** 20  # bytes of object store per node: the grid moves only small JSON
+    # idle workers are kept (Ray's default kills those beyond a node's CPUs after 1 s), so a test can start
+    # its worker processes ahead and not depend on how fast a loaded machine starts one
+    config = {"idle_worker_killing_time_threshold_ms": 600_000}
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                          "object_store_memory": store})
+                                                          "object_store_memory": store, "_system_config": config})
     try:
         nodes.add_node(num_cpus=1, object_store_memory=store)
         nodes.wait_for_nodes()
@@ -139,30 +142,54 @@ def _most_at_once(spans: list[tuple[float, float]]) -> int:
 
 
 def test_a_group_waiting_on_the_collector_keeps_its_cpu(cluster):
-    """Three one-CPU tasks on the two one-CPU nodes, each first waiting 6 s on an actor call, as a group
-    waits on the collector: waiting with `get_keeping_cpus` at most two run at once; waiting in a plain
-    ray.get on the task's main thread, Ray lends the waiting tasks' CPUs and the third starts beside them."""
+    """Three one-CPU tasks on the two one-CPU nodes, each first waiting on an actor call, as a group waits
+    on the collector. The call is a barrier: it returns once all its callers have called, or after its
+    timeout. Waiting with `get_keeping_cpus`, at most two run at once (the barrier times out after 6 s);
+    waiting in a plain ray.get on the task's main thread, Ray lends the waiting tasks' CPUs and the third
+    starts beside them. Two worker processes per node are started first, so that neither outcome depends on
+    how fast a busy machine starts a worker and imports the package (once 38 s)."""
+    import threading
+
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from litestage_bench.grid.ray_backend import get_keeping_cpus
 
+    @ray.remote(num_cpus=0, max_concurrency=4)
+    class Barrier:
+        def __init__(self, callers: int) -> None:
+            self.callers, self.arrived, self.all_in = callers, 0, threading.Condition()
+
+        def wait(self, timeout: float) -> int:
+            with self.all_in:
+                self.arrived += 1
+                self.all_in.notify_all()
+                self.all_in.wait_for(lambda: self.arrived >= self.callers, timeout)
+                return self.arrived
+
     @ray.remote(num_cpus=0)
-    class Slow:
-        def call(self) -> int:
-            time.sleep(6.0)
-            return 1
+    def warm(barrier) -> None:  # a worker's first call of get_keeping_cpus imports the package (torch): slow
+        get_keeping_cpus(barrier.wait.remote(120.0))
 
     @ray.remote(num_cpus=1)
-    def group(slow, keep: bool) -> tuple[float, float]:
+    def group(barrier, keep: bool, timeout: float) -> tuple[float, float]:
         start = time.time()  # one machine: the nodes share the clock
-        (get_keeping_cpus if keep else ray.get)(slow.call.remote())
+        (get_keeping_cpus if keep else ray.get)(barrier.wait.remote(timeout))
         time.sleep(0.5)
         return start, time.time()
 
+    def most_at_once(keep: bool, timeout: float) -> int:
+        barrier = Barrier.remote(3)
+        return _most_at_once(ray.get([group.remote(barrier, keep, timeout) for _ in range(3)]))
+
     ray.init(address=cluster, logging_level="ERROR")
     try:
-        assert _most_at_once(ray.get([group.remote(Slow.remote(), True) for _ in range(3)])) == 2
-        assert _most_at_once(ray.get([group.remote(Slow.remote(), False) for _ in range(3)])) == 3
+        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        barrier = Barrier.remote(2 * len(nodes))
+        ray.get([warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(barrier)
+                 for node in nodes for _ in range(2)])
+        assert most_at_once(keep=True, timeout=6.0) == 2
+        assert most_at_once(keep=False, timeout=120.0) == 3
     finally:
         ray.shutdown()
 
