@@ -20,10 +20,14 @@ def _items(correct: list[bool], seconds: float) -> list[ItemResult]:
 DENSE = [i % 2 == 0 for i in range(N)]
 
 
-def _record(method: str, correct: list[bool], seconds: float, name: str):
-    return build_record(model="m", benchmark="obqa", split="eval", method=method, policy={"name": name},
-                        answer_rule="letter", items=_items(correct, seconds), command=f"run {name}", config={},
-                        dense_items=_items(DENSE, 2.0))
+def _record(method: str, correct: list[bool], seconds: float, name: str, interleaved: bool = True):
+    """A record timed in interleaved rounds, or (interleaved=False) as records made before them: no rounds."""
+    rec = build_record(model="m", benchmark="obqa", split="eval", method=method, policy={"name": name},
+                       answer_rule="letter", items=_items(correct, seconds), command=f"run {name}", config={},
+                       dense_items=_items(DENSE, 2.0))
+    if not interleaved:
+        del rec.timing["rounds"], rec.timing["speedup_rounds"]
+    return rec
 
 
 def _flip(correct: list[bool], idx) -> list[bool]:
@@ -46,6 +50,16 @@ def test_no_baseline_within_the_speed_window_says_so():
     far = _record("sleb", DENSE, 1.6, "sleb-k2")
     rows = headline.matched_rows([lite, far])
     assert rows[0][2].startswith("none (nearest sleb-k2 at 1.25x)")
+
+
+def test_a_speedup_timed_sequentially_is_starred_and_explained(tmp_path):
+    lite = _record("litestage", DENSE, 1.0, "litestage")
+    old = _record("unified", DENSE, 1.05, "unified-k4", interleaved=False)
+    speed_row, agree_row = headline.matched_rows([lite, old])
+    assert speed_row[1] == "speedup 2.00x +/-0.1x" and speed_row[3] == "1.90x*"
+    assert agree_row[3].startswith("1.90x* (agreement")
+    assert "\\* timed sequentially" in headline.headline_markdown([lite, old], "cmd")
+    assert "timed sequentially" not in headline.headline_markdown([lite, _record("unified", DENSE, 1.05, "u")], "cmd")
 
 
 def test_matched_agreement_compares_speedups_with_a_test():

@@ -51,6 +51,15 @@ def method_rows(records: list[ResultRecord]) -> list[list[str]]:
     return rows
 
 
+def _sequential(r: ResultRecord) -> bool:
+    """Whether r's speedup predates interleaved timing (no rounds): a noisier estimate, its CI too narrow."""
+    return r.method != "dense" and not r.timing.get("rounds")
+
+
+def _speed(r: ResultRecord) -> str:
+    return f"{r.speedup:.2f}x" + ("*" if _sequential(r) else "")
+
+
 def _paired(a: ResultRecord, b: ResultRecord) -> tuple[list[bool], list[bool], float]:
     """Correctness of a and b on their shared items, and how often their answers agree."""
     theirs = {it.id: it for it in b.items}
@@ -93,13 +102,13 @@ def matched_rows(records: list[ResultRecord]) -> list[list[str]]:
         if near:
             best = max(near, key=lambda b: b.accuracy)
             mine, theirs, agree = _paired(L, best)
-            rows.append([_label(L), f"speedup {L.speedup:.2f}x +/-{SPEED_MATCH}x", _label(best),
-                         f"{best.speedup:.2f}x", "accuracy " + paired_cell(mine, theirs),
+            rows.append([_label(L), f"speedup {_speed(L)} +/-{SPEED_MATCH}x", _label(best),
+                         _speed(best), "accuracy " + paired_cell(mine, theirs),
                          fmt_p(stats.mcnemar_exact_p(mine, theirs)), f"{agree:.3f}"])
         else:
             nearest = min(base, key=lambda b: abs(b.speedup - L.speedup), default=None)
-            rows.append([_label(L), f"speedup {L.speedup:.2f}x +/-{SPEED_MATCH}x",
-                         "none" + (f" (nearest {_label(nearest)} at {nearest.speedup:.2f}x)" if nearest else ""),
+            rows.append([_label(L), f"speedup {_speed(L)} +/-{SPEED_MATCH}x",
+                         "none" + (f" (nearest {_label(nearest)} at {_speed(nearest)})" if nearest else ""),
                          "-", "-", "-", "-"])
         l_agree = (L.fidelity or {}).get("agreement")
         by_agreement = [b for b in base if l_agree is not None and (b.fidelity or {}).get("agreement") is not None
@@ -108,7 +117,7 @@ def matched_rows(records: list[ResultRecord]) -> list[list[str]]:
             best = max(by_agreement, key=lambda b: b.speedup)
             ratio, p = speed_ratio_test(L, best)
             rows.append([_label(L), f"agreement {l_agree:.3f} +/-{AGREEMENT_MATCH}", _label(best),
-                         f"{best.speedup:.2f}x (agreement {best.fidelity['agreement']:.3f})",
+                         f"{_speed(best)} (agreement {best.fidelity['agreement']:.3f})",
                          f"speedup ratio {ratio:.2f}x", fmt_p(p), "-"])
         else:
             rows.append([_label(L), f"agreement {fmt_num(l_agree, '.3f')} +/-{AGREEMENT_MATCH}", "none", "-", "-", "-", "-"])
@@ -141,6 +150,9 @@ def headline_markdown(records: list[ResultRecord], command: str) -> str:
         if any(r.method == LITESTAGE for r in group):
             parts += ["LiteStage against the best baseline:", "",
                       tabulate(matched_rows(group), headers=MATCH_COLUMNS, tablefmt="github", disable_numparse=True), ""]
+            if any(map(_sequential, group)):
+                parts += ["\\* timed sequentially, before interleaved rounds: machine noise can move it beyond its CI "
+                          "(re-time it with `bash scripts/retime_records.sh RECORD.json`).", ""]
         missing = missing_methods(group)
         if missing:
             parts += [f"No record yet: {', '.join(missing)}.", ""]
