@@ -5,16 +5,19 @@
 # stops (and keeps the old record) if a timed item's outputs or executed cost differ from the record.
 #   bash scripts/retime_records.sh RECORD.json ...
 # e.g. bash scripts/retime_records.sh results/baselines/smollm2-135m_obqa_*.json
-# A record already timed in rounds is left alone, so a re-run continues. One thread: run two side by side.
+# A record already timed in rounds is left alone, so a re-run continues. A record that cannot be re-timed
+# does not stop the others: they are named at the end (exit 1). One thread: run two side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 RECORD.json ..." >&2; exit 2; }
 # shellcheck disable=SC1091
 . "${LITESTAGE_VENV:-.venv}/bin/activate"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+failed=()
 for rec in "$@"; do
-  cmd=$(python -m litestage_bench.records.retime "$rec")
+  cmd=$(python -m litestage_bench.records.retime "$rec") || { failed+=("$rec"); continue; }
   if [ -z "$cmd" ]; then echo "$rec: already timed in interleaved rounds"; continue; fi
   echo "re-timing $rec: $cmd"
-  eval "$cmd"
+  eval "$cmd" || failed+=("$rec")
 done
+[ ${#failed[@]} -eq 0 ] || { echo "not re-timed (the errors above say why): ${failed[*]}" >&2; exit 1; }
