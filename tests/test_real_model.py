@@ -138,9 +138,19 @@ def test_answers_from_re_times_a_record_and_refuses_answers_this_code_does_not_r
     assert main([*k4, "--out", str(tmp_path / "k4.json")]) == 2
     assert "policy differs in k" in capsys.readouterr().err
     timed = set(b["timing"]["timed_ids"])
-    a["items"] = [{**it, "outputs": {**it["outputs"], "recall": "changed"}} if it["id"] in timed else it
-                  for it in a["items"]]
-    first.write_text(json.dumps(a))
+    untimed = next(it["id"] for it in a["items"] if it["id"] not in timed)
+    # an executed cost this code does not count (an untimed item of the timed item's batch, re-run batched)
+    costly = {**a, "items": [{**it, "executed_cost_fraction": {**it["executed_cost_fraction"], "recall": 0.5}}
+                             if it["id"] == untimed else it for it in a["items"]]}
+    first.write_text(json.dumps(costly))
     assert main([*method, "--answers-from", str(first), "--out", str(tmp_path / "bad.json")]) == 2
-    assert "1 of the 1 timed items' outputs or executed costs differ" in capsys.readouterr().err
+    assert f"1 of the 2 items of a re-run batch differ from {first} in outputs or executed costs" in capsys.readouterr().err
+    # dense's answers this code does not reproduce on the timed item (at batch 1)
+    first.write_text(json.dumps(a))
+    d = json.loads(dense.read_text())
+    d["items"] = [{**it, "outputs": {**it["outputs"], "recall": "changed"}} if it["id"] in timed else it
+                  for it in d["items"]]
+    dense.write_text(json.dumps(d))
+    assert main([*method, "--answers-from", str(first), "--out", str(tmp_path / "bad.json")]) == 2
+    assert f"1 of the 1 timed items' outputs differ from {dense}" in capsys.readouterr().err
     assert not (tmp_path / "k4.json").exists() and not (tmp_path / "bad.json").exists()
