@@ -2,7 +2,8 @@
 # Re-time result records made before interleaved timing (their `timing` has no `rounds`), in place:
 # each record's own command again with --answers-from itself, so its answers are read back, not
 # recomputed, and only its timed items run: dense and the method interleaved, --rounds 2. The run
-# stops (and keeps the old record) if a timed item's outputs or executed cost differ from the record.
+# stops (and keeps the old record) if a timed item's outputs differ from the record, or the outputs or executed
+# costs of one batch run again as the record's accuracy pass ran it.
 #   bash scripts/retime_records.sh RECORD.json ...
 # e.g. bash scripts/retime_records.sh results/baselines/smollm2-135m_obqa_*.json
 # A record already timed in rounds is left alone, so a re-run continues. A record that cannot be re-timed

@@ -236,7 +236,7 @@ def _check_reproduced(records: dict[str, tuple[str | None, list[ItemResult] | No
                             "re-run without --answers-from, which recomputes every answer")
 
 
-def _check_batch_costs(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, items: list[Question],
+def _check_batch_rerun(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, items: list[Question],
                        timed_items: list[Question], batch_size: int, path: str, reused: list[ItemResult]) -> None:
     """Executed costs are counted per batch (a batch-dependent rule, such as AdaSkip's per-token FFN skip,
     runs for every row of a batch), so batch 1 need not match them: the batch that holds the first timed
@@ -271,7 +271,7 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     With `answers_from` (an earlier record of this method, policy, items and settings), only the
     timing runs: the per-item answers are read from that record (and dense's from `dense_record`),
     and the timed items' batch-1 outputs must reproduce both records exactly, and one batch of the
-    method, re-run at `batch_size`, its outputs and executed costs, or the run stops."""
+    method, re-run at `batch_size`, that record's outputs and executed costs, or the run stops."""
     seed_everything(seed)
     items = check_items(load_split(bench, split, limit=limit, data_dir=data_dir, seed=seed), bench, split, data_dir)
     reasoner = session.reasoner(bench, config, data_dir)
@@ -309,7 +309,7 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
 
     timed_items = subset(items, timed, seed)
     if reused is not None and timed_items:  # before the timing, so that a refused record fails fast
-        _check_batch_costs(reasoner, plan, callbacks, items, timed_items, batch_size, answers_from, results)
+        _check_batch_rerun(reasoner, plan, callbacks, items, timed_items, batch_size, answers_from, results)
     pipelines = {"method": (plan, callbacks)}
     if not is_dense:
         pipelines["dense"] = (DENSE, {})
