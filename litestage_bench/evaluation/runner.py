@@ -227,9 +227,7 @@ def _check_reproduced(records: dict[str, tuple[str | None, list[ItemResult] | No
     for name, (path, items) in records.items():
         if items is None or name not in clock:
             continue
-        by_id = {r.id: r for r in items}
-        changed = [t.id for t in clock[name] if compact(t)["outputs"] != compact(by_id[t.id])["outputs"]
-                   or t.prediction != by_id[t.id].prediction]
+        changed = _changed(clock[name], items, costs=False)
         if changed:
             raise UserError(f"{len(changed)} of the {len(clock[name])} timed items' outputs differ from {path} "
                             f"(e.g. {changed[0]}): its answers are not this code's (or these numerics are not exact)",
@@ -244,13 +242,20 @@ def _check_batch_rerun(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks,
     first = [q.id for q in items].index(timed_items[0].id)
     start = first // batch_size * batch_size
     rerun = evaluate_items(reasoner, plan, callbacks, items[start:start + batch_size], batch_size, progress=False)
-    by_id = {r.id: r for r in reused}
-    changed = [r.id for r in rerun if compact(r)["outputs"] != compact(by_id[r.id])["outputs"]
-               or not _same_costs(r.executed_cost_fraction, by_id[r.id].executed_cost_fraction)]
+    changed = _changed(rerun, reused, costs=True)
     if changed:
         raise UserError(f"{len(changed)} of the {len(rerun)} items of a re-run batch differ from {path} in outputs or "
                         f"executed costs (e.g. {changed[0]}): its answers or costs are not this code's",
                         "re-run without --answers-from, which recomputes every answer")
+
+
+def _changed(got: list[ItemResult], reference: list[ItemResult], *, costs: bool) -> list[str]:
+    """Ids of `got`'s items whose stage outputs or prediction (with `costs`, also executed costs) differ
+    from the same items in `reference`."""
+    by_id = {r.id: r for r in reference}
+    return [t.id for t in got if compact(t)["outputs"] != compact(by_id[t.id])["outputs"]
+            or t.prediction != by_id[t.id].prediction
+            or (costs and not _same_costs(t.executed_cost_fraction, by_id[t.id].executed_cost_fraction))]
 
 
 def _same_costs(a: dict, b: dict) -> bool:
