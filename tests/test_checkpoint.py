@@ -64,3 +64,16 @@ def test_runner_resumes_batches_and_timed_questions(tiny, tmp_path, monkeypatch)
     again_timed = time_items(tiny, {"m": (SkipPlan(), {})}, QUESTIONS[:2], warmup=0, progress=False, checkpoint=cp)
     assert [r.outputs for r in again] == [r.outputs for r in first]
     assert [r.latency_s for r in again_timed["m"]] == [r.latency_s for r in timed["m"]]
+
+
+def test_progress_of_a_resumed_run_counts_seconds_only_over_questions_solved_now(tiny, tmp_path, monkeypatch, capsys):
+    from litestage_bench.evaluation import runner
+
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: 30.0)
+    runner._progress("run", 20, 40, [], 0.0, solved=10)  # 10 read back, 10 solved in 30 s
+    assert "20/40 acc=0.000 3.00 s/question, eta 1.0 min" in capsys.readouterr().err
+    monkeypatch.undo()
+    cp = RunCheckpoint(tmp_path / "run.partial.jsonl", {"run": 1})
+    evaluate_items(tiny, SkipPlan(), {}, QUESTIONS, batch_size=2, progress=False, checkpoint=cp)
+    evaluate_items(tiny, SkipPlan(), {}, QUESTIONS, batch_size=2, checkpoint=RunCheckpoint(cp.path, {"run": 1}))
+    assert "(read back from the checkpoint)" in capsys.readouterr().err

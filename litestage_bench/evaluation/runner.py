@@ -109,11 +109,16 @@ def run_items(reasoner: Reasoner, method: Method, facts: ModelFacts, items: list
     return timed["m"]
 
 
-def _progress(label: str, done: int, total: int, results: list[ItemResult], start: float) -> None:
+def _progress(label: str, done: int, total: int, results: list[ItemResult], start: float, solved: int) -> None:
+    """`solved` of the `done` questions ran in this process; the rest were read back from a checkpoint,
+    so they count towards `done` but not towards the seconds per question."""
     acc = sum(r.correct for r in results) / max(len(results), 1)
-    elapsed = time.perf_counter() - start
-    eta = elapsed / done * (total - done)
-    log(f"[{label}] {done}/{total} acc={acc:.3f} {elapsed / done:.2f} s/question, eta {eta / 60:.1f} min")
+    if not solved:
+        log(f"[{label}] {done}/{total} acc={acc:.3f} (read back from the checkpoint)")
+        return
+    per_question = (time.perf_counter() - start) / solved
+    eta = per_question * (total - done)
+    log(f"[{label}] {done}/{total} acc={acc:.3f} {per_question:.2f} s/question, eta {eta / 60:.1f} min")
 
 
 def timed_phase(rounds: int) -> str:
@@ -135,10 +140,11 @@ def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callback
     names = list(pipelines)
     out: dict[str, list[ItemResult]] = {name: [] for name in names}
     phase = timed_phase(rounds)
-    start = time.perf_counter()
+    start, solved = time.perf_counter(), 0
     for i, q in enumerate(items, 1):
         done = checkpoint.get(phase, q.id) if checkpoint else None
         if done is None:
+            solved += 1
             per_round: dict[str, list[ItemResult]] = {name: [] for name in names}
             firsts: list[str] = []
             for r in range(rounds):
@@ -152,7 +158,8 @@ def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callback
         for name, item in zip(names, done):
             out[name].append(item)
         if progress and (i % 10 == 0 or i == len(items)):
-            _progress(f"{label} timed x{len(names)} x{rounds} rounds", i, len(items), out[names[0]], start)
+            _progress(f"{label} timed: {len(names)} pipelines x {rounds} rounds", i, len(items), out[names[0]], start,
+                      solved)
     return out
 
 
@@ -164,18 +171,19 @@ def evaluate_items(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, ite
     checkpoint, batches finished before an interruption are read back (`phase` names the pipeline);
     a stage memo reuses stages unchanged since an earlier call (budget searches)."""
     results: list[ItemResult] = []
-    start = time.perf_counter()
+    start, solved = time.perf_counter(), 0
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
         key = ",".join(q.id for q in chunk)
         done = checkpoint.get(phase, key) if checkpoint else None
         if done is None:
+            solved += len(chunk)
             done = reasoner.solve_batch(chunk, plan, callbacks, memo)
             if checkpoint:
                 checkpoint.put(phase, key, done)
         results += done
         if progress:
-            _progress(f"{label} batch {batch_size}", len(results), len(items), results, start)
+            _progress(f"{label} batch {batch_size}", len(results), len(items), results, start, solved)
     return results
 
 
