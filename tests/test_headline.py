@@ -86,3 +86,15 @@ def test_markdown_through_the_command_line(tmp_path, capsys):
     assert {"sleb", "selfspec", "litestage-spec"} <= names and not {"unified", "litestage"} & names
     assert headline.main([str(tmp_path / "missing")]) == 2
     assert "litestage-bench: error:" in capsys.readouterr().err
+
+
+def test_a_baseline_with_one_answer_on_every_item_is_left_out_of_the_matching():
+    lite = _record("litestage", _flip(DENSE, range(0, 2)), 1.0, "litestage")  # 2.00x, agreement 0.95
+    constant = _record("unified", [True] * N, 1.0, "unified-k4")  # answers A everywhere: 2.00x, accuracy 1.0
+    reasoning = _record("sleb", DENSE, 1.05, "sleb-k2")  # 1.90x, dense's answers
+    rows = headline.matched_rows([lite, constant, reasoning])
+    assert rows[0][2] == "sleb-k2"  # unified-k4 is as fast and more accurate, but constant
+    assert headline.top_answer(constant) == ("A", 1.0) and headline.top_answer(reasoning) == ("A", 0.5)
+    text = headline.headline_markdown([lite, constant, reasoning], "cmd")
+    assert "one answer on every item: unified-k4." in text and "| A 1.000 " in text
+    assert "one answer on every item" not in headline.headline_markdown([lite, reasoning], "cmd")

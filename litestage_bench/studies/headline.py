@@ -12,13 +12,17 @@ Matching (suite decisions):
   LiteStage's; the best is the fastest of them. The difference is the ratio of their speedups, with a z test on the log ratio
   whose standard errors come from each speedup's 95% CI (each speedup was measured against dense
   in its own interleaved run, so the two are independent estimates).
+- a baseline that gives one answer on every item is left out of both matchings (named under the
+  table): its agreement is only dense's share of that answer, and its accuracy that answer's share
+  of the gold labels, so it says nothing about reasoning. The "top answer" column shows each
+  method's most common answer and its share, dense's included.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Callable
 
 from tabulate import tabulate
@@ -40,14 +44,31 @@ def _label(r: ResultRecord) -> str:
     return r.method if name in ("-", r.method) else name
 
 
+def top_answer(r: ResultRecord) -> tuple[str | None, float]:
+    """r's most common prediction (None: unparsed) and the share of items that got it."""
+    (answer, count), = Counter(it.prediction for it in r.items).most_common(1)
+    return answer, count / len(r.items)
+
+
+def constant_answer(r: ResultRecord) -> bool:
+    return bool(r.items) and top_answer(r)[1] == 1.0
+
+
+def _top_answer_cell(r: ResultRecord) -> str:
+    if not r.items:
+        return "-"
+    answer, share = top_answer(r)
+    return f"{'none' if answer is None else answer} {share:.3f}"
+
+
 def method_rows(records: list[ResultRecord]) -> list[list[str]]:
     rows = []
     for r in sorted(records, key=lambda r: (r.method != "dense", -(r.speedup or 0))):
         lo, hi = r.accuracy_ci95
         agreement = (r.fidelity or {}).get("agreement")
         rows.append([_label(r), str(r.n), speedup_ci_cell(r), *decomposition_cells(r),
-                     f"{r.accuracy:.3f} [{lo:.3f}, {hi:.3f}]", fmt_num(agreement, ".3f"), flips_cell(r),
-                     fmt_p(r.mcnemar_p), str(r.timing.get("n_timed", "-")), str(r.timing.get("rounds", "-"))])
+                     f"{r.accuracy:.3f} [{lo:.3f}, {hi:.3f}]", fmt_num(agreement, ".3f"), _top_answer_cell(r),
+                     flips_cell(r), fmt_p(r.mcnemar_p), str(r.timing.get("n_timed", "-")), str(r.timing.get("rounds", "-"))])
     return rows
 
 
@@ -94,8 +115,8 @@ def speed_ratio_test(a: ResultRecord, b: ResultRecord) -> tuple[float, float | N
 
 def matched_rows(records: list[ResultRecord]) -> list[list[str]]:
     """LiteStage policies against the best baseline at matched speedup and at matched agreement."""
-    lite = [r for r in records if r.method == LITESTAGE and r.speedup]
-    base = [r for r in records if r.method not in (LITESTAGE, "dense") and r.speedup]
+    lite = [r for r in records if r.method == LITESTAGE and r.speedup and not constant_answer(r)]
+    base = [r for r in records if r.method not in (LITESTAGE, "dense") and r.speedup and not constant_answer(r)]
     rows = []
     for L in lite:
         near = [b for b in base if abs(b.speedup - L.speedup) <= SPEED_MATCH]
@@ -134,7 +155,7 @@ def missing_methods(group: list[ResultRecord]) -> list[str]:
 
 
 METHOD_COLUMNS = ["method", "n", "speedup [95% CI]", *DECOMPOSITION_COLUMNS, "accuracy [95% CI]", "agreement",
-                  "flips -c2w/+w2c", "McNemar p", "timed", "rounds"]
+                  "top answer", "flips -c2w/+w2c", "McNemar p", "timed", "rounds"]
 MATCH_COLUMNS = ["LiteStage", "matched on", "best baseline", "its speedup", "difference (LiteStage - baseline)",
                  "p", "answer agreement"]
 
@@ -150,6 +171,9 @@ def headline_markdown(records: list[ResultRecord], command: str) -> str:
         if any(r.method == LITESTAGE for r in group):
             parts += ["LiteStage against the best baseline:", "",
                       tabulate(matched_rows(group), headers=MATCH_COLUMNS, tablefmt="github", disable_numparse=True), ""]
+            constant = sorted(_label(r) for r in group if r.method not in (LITESTAGE, "dense") and constant_answer(r))
+            if constant:
+                parts += [f"Left out of the matching, as they give one answer on every item: {', '.join(constant)}.", ""]
             if any(map(_sequential, group)):
                 parts += ["\\* timed sequentially, before interleaved rounds: machine noise can move it beyond its CI "
                           "(re-time it with `bash scripts/retime_records.sh RECORD.json`).", ""]
