@@ -98,3 +98,11 @@ def test_a_baseline_with_one_answer_on_every_item_is_left_out_of_the_matching():
     text = headline.headline_markdown([lite, constant, reasoning], "cmd")
     assert "one answer on every item: unified-k4." in text and "| A 1.000 " in text
     assert "one answer on every item" not in headline.headline_markdown([lite, reasoning], "cmd")
+
+
+def test_litestage_spec_is_shown_but_not_matched_as_a_baseline():
+    lite = _record("litestage", DENSE, 1.0, "litestage")  # 2.00x
+    spec = _record("litestage-spec", DENSE, 1.0, "litestage-spec")  # as fast, as accurate: LiteStage's own
+    other = _record("sleb", _flip(DENSE, {0}), 1.05, "sleb-k2")
+    assert headline.matched_rows([lite, spec, other])[0][2] == "sleb-k2"
+    assert "| litestage-spec " in headline.headline_markdown([lite, spec, other], "cmd")

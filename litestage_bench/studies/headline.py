@@ -5,6 +5,8 @@ best baseline at matched speedup and at matched agreement, each difference with 
     python -m litestage_bench.studies.headline RECORD.json|FOLDER ... --out results/headline/table.md
 
 Matching (suite decisions):
+- the baselines are every method but dense and LiteStage's own variants (litestage-spec: its lossless
+  form, shown in the table, not matched).
 - matched speedup: the baselines whose speedup is within +/-0.1x of LiteStage's; the best is the
   most accurate of them. The difference is LiteStage's accuracy minus the baseline's on the same
   items (paired, 95% t interval) with the exact McNemar p of the two.
@@ -113,10 +115,15 @@ def speed_ratio_test(a: ResultRecord, b: ResultRecord) -> tuple[float, float | N
     return ratio, float(2 * norm.sf(abs(z)))
 
 
+def _baseline(r: ResultRecord) -> bool:
+    """A method LiteStage is compared with: neither dense nor LiteStage's own variants (litestage-spec)."""
+    return r.method != "dense" and not r.method.startswith(LITESTAGE)
+
+
 def matched_rows(records: list[ResultRecord]) -> list[list[str]]:
     """LiteStage policies against the best baseline at matched speedup and at matched agreement."""
     lite = [r for r in records if r.method == LITESTAGE and r.speedup and not constant_answer(r)]
-    base = [r for r in records if r.method not in (LITESTAGE, "dense") and r.speedup and not constant_answer(r)]
+    base = [r for r in records if _baseline(r) and r.speedup and not constant_answer(r)]
     rows = []
     for L in lite:
         near = [b for b in base if abs(b.speedup - L.speedup) <= SPEED_MATCH]
@@ -171,7 +178,7 @@ def headline_markdown(records: list[ResultRecord], command: str) -> str:
         if any(r.method == LITESTAGE for r in group):
             parts += ["LiteStage against the best baseline:", "",
                       tabulate(matched_rows(group), headers=MATCH_COLUMNS, tablefmt="github", disable_numparse=True), ""]
-            constant = sorted(_label(r) for r in group if r.method not in (LITESTAGE, "dense") and constant_answer(r))
+            constant = sorted(_label(r) for r in group if _baseline(r) and constant_answer(r))
             if constant:
                 parts += [f"Left out of the matching, as they give one answer on every item: {', '.join(constant)}.", ""]
             if any(map(_sequential, group)):
