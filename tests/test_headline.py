@@ -48,8 +48,13 @@ def test_matched_speedup_picks_the_most_accurate_baseline_within_a_tenth():
 def test_no_baseline_within_the_speed_window_says_so():
     lite = _record("litestage", DENSE, 1.0, "litestage")
     far = _record("sleb", DENSE, 1.6, "sleb-k2")
-    rows = headline.matched_rows([lite, far])
-    assert rows[0][2].startswith("none (nearest sleb-k2 at 1.25x)")
+    worse = _record("unified", _flip(DENSE, {0, 2, 4}), 2.0, "unified-k4")  # 1.00x, loses 3 items
+    rows = headline.matched_rows([lite, far, worse])
+    assert rows[0][2] == "none (nearest sleb-k2)" and rows[0][3] == "1.25x"
+    assert rows[0][4].startswith("accuracy +0.000")  # still compared, so a reader sees which is more accurate
+    assert rows[1][2] == "sleb-k2" and rows[1][4] == "speedup ratio 1.60x"  # same agreement: matched
+    rows = headline.matched_rows([lite, worse])
+    assert rows[1][2] == "none (nearest unified-k4)" and rows[1][3] == "1.00x (agreement 0.925)"
 
 
 def test_a_speedup_timed_sequentially_is_starred_and_explained(tmp_path):
