@@ -64,14 +64,18 @@ def _top_answer_cell(r: ResultRecord) -> str:
     return f"{'none' if answer is None else answer} {share:.3f}"
 
 
+def _agreement(r: ResultRecord) -> float | None:
+    return (r.fidelity or {}).get("agreement")
+
+
 def method_rows(records: list[ResultRecord]) -> list[list[str]]:
     rows = []
     for r in sorted(records, key=lambda r: (r.method != "dense", -(r.speedup or 0))):
         lo, hi = r.accuracy_ci95
-        agreement = (r.fidelity or {}).get("agreement")
         rows.append([_label(r), str(r.n), speedup_ci_cell(r), *decomposition_cells(r),
-                     f"{r.accuracy:.3f} [{lo:.3f}, {hi:.3f}]", fmt_num(agreement, ".3f"), _top_answer_cell(r),
-                     flips_cell(r), fmt_p(r.mcnemar_p), str(r.timing.get("n_timed", "-")), str(r.timing.get("rounds", "-"))])
+                     f"{r.accuracy:.3f} [{lo:.3f}, {hi:.3f}]", fmt_num(_agreement(r), ".3f"), _top_answer_cell(r),
+                     flips_cell(r), fmt_p(r.mcnemar_p), str(r.timing.get("n_timed", "-")),
+                     str(r.timing.get("rounds", "-"))])
     return rows
 
 
@@ -119,10 +123,6 @@ def speed_ratio_test(a: ResultRecord, b: ResultRecord) -> tuple[float, float | N
 def _baseline(r: ResultRecord) -> bool:
     """A method LiteStage is compared with: neither dense nor LiteStage's own variants (litestage-spec)."""
     return r.method != "dense" and not r.method.startswith(LITESTAGE)
-
-
-def _agreement(r: ResultRecord) -> float | None:
-    return (r.fidelity or {}).get("agreement")
 
 
 def _speed_row(L: ResultRecord, base: list[ResultRecord]) -> list[str]:
@@ -188,7 +188,8 @@ def headline_markdown(records: list[ResultRecord], command: str) -> str:
                       tabulate(matched_rows(group), headers=MATCH_COLUMNS, tablefmt="github", disable_numparse=True), ""]
             constant = sorted(_label(r) for r in group if _baseline(r) and constant_answer(r))
             if constant:
-                parts += [f"Left out of the matching, as they give one answer on every item: {', '.join(constant)}.", ""]
+                parts += ["Left out of the matching, as they give one answer on every item: "
+                          f"{', '.join(constant)}.", ""]
             if any(map(_sequential, group)):
                 parts += ["\\* timed sequentially, before interleaved rounds: machine noise can move it beyond its CI "
                           "(re-time it with `bash scripts/retime_records.sh RECORD.json`).", ""]
