@@ -1,6 +1,8 @@
 """The headline table: LiteStage against the best baseline at matched speedup and at matched agreement."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from litestage_bench.records.results import ItemResult, build_record, write_record
@@ -9,21 +11,25 @@ from litestage_bench.studies import headline
 N = 40
 
 
-def _items(correct: list[bool], seconds: float) -> list[ItemResult]:
-    return [ItemResult(id=f"q{i}", answer="A", prediction="A" if c else "B", rule="letter", correct=c,
-                       latency_s=seconds, stage_latency_s={"recall": seconds / 2, "analyze": seconds / 4,
-                                                           "summarize": seconds / 4},
-                       tokens={"recall": 10, "analyze": 20, "summarize": 5})
-            for i, c in enumerate(correct)]
+def _items(correct: list[bool], seconds: float, wobble: float = 0.0) -> list[ItemResult]:
+    """Every item takes `seconds`, times e^(+-wobble) on alternate items (the geometric mean stays)."""
+    out = []
+    for i, c in enumerate(correct):
+        t = seconds * math.exp(wobble * (-1) ** i)
+        out.append(ItemResult(id=f"q{i}", answer="A", prediction="A" if c else "B", rule="letter", correct=c,
+                              latency_s=t, stage_latency_s={"recall": t / 2, "analyze": t / 4, "summarize": t / 4},
+                              tokens={"recall": 10, "analyze": 20, "summarize": 5}))
+    return out
 
 
 DENSE = [i % 2 == 0 for i in range(N)]
 
 
-def _record(method: str, correct: list[bool], seconds: float, name: str, interleaved: bool = True):
+def _record(method: str, correct: list[bool], seconds: float, name: str, interleaved: bool = True,
+            wobble: float = 0.0):
     """A record timed in interleaved rounds, or (interleaved=False) as records made before them: no rounds."""
     rec = build_record(model="m", benchmark="obqa", split="eval", method=method, policy={"name": name},
-                       answer_rule="letter", items=_items(correct, seconds), command=f"run {name}", config={},
+                       answer_rule="letter", items=_items(correct, seconds, wobble), command=f"run {name}", config={},
                        dense_items=_items(DENSE, 2.0))
     if not interleaved:
         del rec.timing["rounds"], rec.timing["speedup_rounds"]
@@ -68,14 +74,16 @@ def test_a_speedup_timed_sequentially_is_starred_and_explained(tmp_path):
 
 
 def test_matched_agreement_compares_speedups_with_a_test():
-    lite = _record("litestage", _flip(DENSE, range(0, 2)), 1.0, "litestage")  # agreement 0.95
-    same_agree = _record("unified", _flip(DENSE, range(0, 3)), 1.6, "unified-k4")  # agreement 0.925
+    lite = _record("litestage", _flip(DENSE, range(0, 2)), 1.0, "litestage", wobble=0.02)  # agreement 0.95
+    same_agree = _record("unified", _flip(DENSE, range(0, 3)), 1.6, "unified-k4", wobble=0.02)  # agreement 0.925
     rows = headline.matched_rows([lite, same_agree])
     agree_row = rows[1]
     assert agree_row[2] == "unified-k4" and agree_row[4] == "speedup ratio 1.60x"
     ratio, p = headline.speed_ratio_test(lite, same_agree)
     assert ratio == pytest.approx(1.6)
-    assert p is not None and p < 0.001  # every item's ratio is exact: both CIs collapse
+    assert p is not None and p < 0.001  # 2% per-item noise around 2.00x and 1.25x
+    exact = _record("unified", _flip(DENSE, range(0, 3)), 1.6, "unified-k4")  # every ratio the same: no CI
+    assert headline.speed_ratio_test(lite, exact) == (pytest.approx(1.6), None)
 
 
 def test_markdown_through_the_command_line(tmp_path, capsys):

@@ -429,13 +429,16 @@ def test_rules_table_shows_each_rule_and_the_one_step_answer():
 # ----------------------------------------------------------------------------- comparison with dense
 
 
-def make_pair(nan_latency_ids: tuple[int, ...] = ()) -> tuple[ResultRecord, ResultRecord]:
+def make_pair(nan_latency_ids: tuple[int, ...] = (), wobble: float = 0.0) -> tuple[ResultRecord, ResultRecord]:
     """A dense record and a method record on the same 8 items: the method is 2x faster, flips
-    q0 right -> wrong and q5 wrong -> right, and has no timing for ``nan_latency_ids``."""
+    q0 right -> wrong and q5 wrong -> right, and has no timing for ``nan_latency_ids``. Every item's
+    ratio is exactly 2 (no spread: no CI) unless ``wobble``: the method's seconds then go x e^(+-wobble)
+    on alternate items, so the speedup stays 2 and its CI has a width."""
     dense_correct = [True, True, True, False, True, False, True, True]
     method_correct = [False, True, True, False, True, True, True, True]
     dense = [make_item(i, c, latency=2.0 + 0.1 * i) for i, c in enumerate(dense_correct)]
-    method = [make_item(i, c, latency=1.0 + 0.05 * i) for i, c in enumerate(method_correct)]
+    method = [make_item(i, c, latency=(1.0 + 0.05 * i) * math.exp(wobble * (-1) ** i))
+              for i, c in enumerate(method_correct)]
     for it in dense + method:
         it.option_scores = {"letter": [1.0, 0.0, 0.0, 0.0]}
     method[1].option_scores = {"letter": [0.0, 1.0, 0.0, 0.0]}
@@ -453,7 +456,7 @@ def make_pair(nan_latency_ids: tuple[int, ...] = ()) -> tuple[ResultRecord, Resu
 
 
 def test_build_record_compares_with_dense():
-    dense_rec, rec = make_pair()
+    dense_rec, rec = make_pair(wobble=0.1)
     assert rec.schema_version == 2
     assert dense_rec.fidelity is None and dense_rec.mcnemar_p is None and dense_rec.speedup == 1.0
     assert dense_rec.speedup_ci95 is None and dense_rec.retention is None
@@ -468,8 +471,19 @@ def test_build_record_compares_with_dense():
     assert rec.speedup == pytest.approx(timing.paired_speedup(dense_rec.items, rec.items)["speedup"])
     assert rec.speedup_decomposition["total"]["speedup"] == pytest.approx(rec.speedup)
     lo, hi = rec.speedup_ci95
-    assert lo <= rec.speedup <= hi
+    assert lo < rec.speedup < hi
+    assert rec.timing["speedup_interval"] == timing.SPEEDUP_INTERVAL and "speedup_ci95_refused" not in rec.timing
+    # dense's side of every pair is kept, so the record alone gives back its speedup and CI
+    assert list(rec.timing["dense_rounds"]) == [it.id for it in dense_rec.items]
+    assert rec.timing["dense_rounds"]["q3"] == timing.rounds_of(dense_rec.items[3])
     assert (rec.dtype, rec.threads, rec.device, rec.chance) == ("float32", 1, "cpu", 0.25)
+
+
+def test_build_record_refuses_a_ci_without_spread():
+    _, rec = make_pair()  # every item exactly 2x
+    assert rec.speedup == pytest.approx(2.0) and all(math.isnan(x) for x in rec.speedup_ci95)
+    assert rec.timing["speedup_ci95_refused"] == "no spread across items"
+    assert _cells(results_table([rec]), 2)["speedup [95% CI]"] == "2.00x [no CI: no spread across items]"
 
 
 def test_build_record_uses_only_items_timed_on_both_sides():
@@ -494,7 +508,7 @@ def test_build_record_explicit_speedup_wins_and_mismatched_items_fail():
 
 
 def test_json_round_trip_keeps_the_comparison(tmp_path: Path):
-    _, rec = make_pair(nan_latency_ids=(4,))
+    _, rec = make_pair(nan_latency_ids=(4,), wobble=0.1)
     back = load_record(write_record(tmp_path / "rec.json", rec))
     assert isinstance(back.speedup_ci95, tuple)
     assert math.isnan(back.items[4].latency_s) and back.items[4].stage_latency_s == {}
@@ -526,7 +540,7 @@ def _cells(table: str, row: int) -> dict[str, str]:
 
 
 def test_results_table_shows_the_comparison_columns():
-    dense_rec, rec = make_pair()
+    dense_rec, rec = make_pair(wobble=0.1)
     table = results_table([rec, dense_rec])
     dense_row, method_row = _cells(table, 2), _cells(table, 3)
     lo, hi = rec.speedup_ci95

@@ -71,28 +71,79 @@ def _item_log_ratios(n: int, ratio: float = 2.0) -> list[float]:
     return [math.log(ratio * (1.0 + 0.1 * math.cos(i * 2.3)) / (1.0 + 0.3 * math.sin(i * 1.7))) for i in range(n)]
 
 
-def test_speedup_ci_is_reproducible_and_contains_the_point():
+def test_speedup_ci_is_the_t_interval_on_item_log_ratios():
+    ratios = [1.10, 1.30, 0.90, 1.20]
+    logs = [math.log(r) for r in ratios]
+    mean = sum(logs) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / 3)
+    half = 3.182446 * sd / 2  # Student t 0.975 quantile, 3 df, from printed tables; sqrt(4) = 2
+    (lo, hi), refused = timing.t_gm_ci95(logs)
+    assert refused is None
+    assert lo == pytest.approx(math.exp(mean - half), rel=1e-6)
+    assert hi == pytest.approx(math.exp(mean + half), rel=1e-6)
+    assert (lo, hi) == pytest.approx((0.86676, 1.43377), abs=5e-5)  # the same, worked once by hand
+
+
+def test_speedup_ci_contains_the_point_and_narrows_with_more_items():
     logs = _item_log_ratios(40)
-    ci = timing.bootstrap_gm_ci95(logs, seed=3)
-    assert ci == timing.bootstrap_gm_ci95(logs, seed=3)
-    assert ci != timing.bootstrap_gm_ci95(logs, seed=4)
+    (lo, hi), _ = timing.t_gm_ci95(logs)
     point = math.exp(sum(logs) / len(logs))
-    assert ci[0] <= point <= ci[1]
-    assert 1.5 < ci[0] and ci[1] < 2.5
+    assert lo <= point <= hi
+    assert 1.5 < lo and hi < 2.5
+    (s_lo, s_hi), _ = timing.t_gm_ci95(_item_log_ratios(10))
+    (l_lo, l_hi), _ = timing.t_gm_ci95(_item_log_ratios(400))
+    assert l_hi - l_lo < s_hi - s_lo
 
 
-def test_speedup_ci_narrows_with_more_items():
-    small = timing.bootstrap_gm_ci95(_item_log_ratios(10))
-    large = timing.bootstrap_gm_ci95(_item_log_ratios(400))
-    assert large[1] - large[0] < small[1] - small[0]
-
-
-def test_speedup_ci_degenerate_and_short_inputs():
+def test_speedup_ci_is_refused_below_three_items_or_without_spread():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert timing.bootstrap_gm_ci95([math.log(2.0)] * 5) == pytest.approx((2.0, 2.0))
-    assert all(math.isnan(x) for x in timing.bootstrap_gm_ci95([0.1]))
-    assert all(math.isnan(x) for x in timing.bootstrap_gm_ci95([]))
+        ci, why = timing.t_gm_ci95([math.log(2.0)] * 5)
+    assert all(math.isnan(x) for x in ci) and why == "no spread across items"
+    for logs, why_expected in (([0.1, 0.3], "2 timed items, 3 needed"), ([0.1], "1 timed item, 3 needed"),
+                               ([], "0 timed items, 3 needed")):
+        ci, why = timing.t_gm_ci95(logs)
+        assert all(math.isnan(x) for x in ci) and why == why_expected
+    (lo, hi), why = timing.t_gm_ci95([0.1, 0.3, 0.2])  # from 3 items on, an interval
+    assert why is None and lo < math.exp(0.2) < hi
+
+
+def _coverage(interval, n: int = 3, draws: int = 2000, sigma: float = 0.15, seed: int = 11) -> float:
+    """Share of `draws` samples of n log-normal per-item ratios around a true speedup of 1.3 whose
+    interval(item log ratios) -> (low, high) covers 1.3."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    truth = 1.3
+    hits = 0
+    for _ in range(draws):
+        lo, hi = interval([float(x) for x in rng.normal(math.log(truth), sigma, n)])
+        hits += lo <= truth <= hi
+    return hits / draws
+
+
+def test_t_interval_keeps_its_coverage_at_three_items():
+    assert 0.90 <= _coverage(lambda logs: timing.t_gm_ci95(logs)[0]) <= 0.99
+
+
+def test_the_old_percentile_bootstrap_undercovers_at_three_items():
+    """Why the interval changed: at 3 items the percentile bootstrap is about the items' range."""
+    from litestage_bench.studies.intervals import percentile_bootstrap_gm_ci95
+
+    assert _coverage(percentile_bootstrap_gm_ci95) < 0.85
+
+
+def test_old_percentile_bootstrap_is_scipys():
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    from litestage_bench.studies.intervals import percentile_bootstrap_gm_ci95
+
+    logs = _item_log_ratios(7)
+    res = bootstrap((np.asarray(logs),), np.mean, vectorized=True, n_resamples=2000, confidence_level=0.95,
+                    method="percentile", rng=np.random.default_rng(3))
+    expected = (math.exp(res.confidence_interval.low), math.exp(res.confidence_interval.high))
+    assert percentile_bootstrap_gm_ci95(logs, seed=3) == pytest.approx(expected, rel=1e-12)
 
 
 def test_median_skips_untimed_items():

@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from ..engine.plan import STAGES
 from ..records.report import (DECOMPOSITION_COLUMNS, decomposition_cells, drafting_cell, fmt_num, fmt_p, fmt_stages,
-                              noise_floor_notes)
+                              noise_floor_notes, speedup_ci_cell)
 from ..records.results import ResultRecord, atomic_write, machine_info, write_record, write_text_atomic
 from .cases import slug
 from .store import CaseResult, GridStore
@@ -48,7 +48,7 @@ def main_row(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -> 
     flips = f"-{fid.get('correct_to_wrong', 0)}/+{fid.get('wrong_to_correct', 0)}" if fid else "-"
     return [rec.method, res.case.point, res.case.stage_label, str(rec.n),
             _ci(rec.accuracy, rec.accuracy_ci95, ".3f"), fmt_num(d_acc, "+.3f"), fmt_num(fid.get("agreement"), ".3f"),
-            flips, fmt_p(rec.mcnemar_p), _ci(rec.speedup, rec.speedup_ci95, ".2f", "x"),
+            flips, fmt_p(rec.mcnemar_p), speedup_ci_cell(rec),
             *decomposition_cells(rec, "total"), fmt_num(rec.latency_s, ".3f"),
             fmt_stages(rec.stage_latency_s, ".3f"), fmt_stages(rec.tokens, ".1f"),
             fmt_stages(rec.executed_cost_fraction, ".2f"), "cache" if res.accuracy_cached else "computed",
@@ -215,10 +215,11 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
         "Latency: median per question at batch 1 on the seeded timed items, after one warm-up question "
         "(on CUDA a warm-up pass over all timed items). "
         "Speedup: dense and the method timed back to back on each timed item, R rounds with the order "
-        "alternating; the geometric mean of the paired per-item ratios, with a 95% CI by bootstrap over items "
-        "(litestage_bench/records/timing.py). It splits exactly into `fewer tokens` (dense's generated tokens / the "
-        "method's) x `cheaper tokens` (seconds per generated token, dense's / the method's); `prefill/decode "
-        "s/tok` give seconds per processed token of each phase apart (dense's / the method's). "
+        "alternating; the geometric mean of the paired per-item ratios, with a 95% Student t interval on the "
+        "per-item mean log ratios (none below 3 timed items; litestage_bench/records/timing.py). It splits "
+        "exactly into `fewer tokens` (dense's generated tokens / the method's) x `cheaper tokens` (seconds per "
+        "generated token, dense's / the method's); `prefill/decode s/tok` give seconds per processed token of "
+        "each phase apart (dense's / the method's). "
         "Flips and agreement compare answers with dense's on the same items.", ""]
     for g in rendered["groups"]:
         png = f"pareto_{slug(g['model'])}_{g['bench']}.png"

@@ -13,6 +13,7 @@ from tabulate import tabulate
 from ..core.errors import UserError
 from . import metrics, noise, stats
 from .fidelity import same_answer
+from .item_changes import count, id_list, item_changes
 from .results import ResultRecord, atomic_write
 
 STAGES = ("recall", "analyze", "summarize")
@@ -72,10 +73,14 @@ def _speedup(x: float | None) -> str:
 
 
 def speedup_ci_cell(r: ResultRecord) -> str:
-    """``1.23x [1.10, 1.35]``; just the point when the record has no interval."""
+    """``1.23x [1.10, 1.35]``; ``1.23x [no CI: 2 timed items, 3 needed]`` when the interval was
+    refused (timing.t_gm_ci95); just the point when the record has no interval."""
     point = _speedup(r.speedup)
     if point == "-" or r.speedup_ci95 is None:
         return point
+    refused = (r.timing or {}).get("speedup_ci95_refused")
+    if refused:
+        return f"{point} [no CI: {refused}]"
     lo, hi = r.speedup_ci95
     return f"{point} [{fmt_num(lo, '.2f')}, {fmt_num(hi, '.2f')}]"
 
@@ -318,10 +323,6 @@ def pareto_plot(records: list[ResultRecord], path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------------------------
 # Regression comparison
 
-# Changed-answer ids named in a status before "+K more".
-SHOWN_IDS = 10
-
-
 def _match_key(r: ResultRecord) -> tuple:
     return (r.model, r.benchmark, r.method, policy_name(r.policy), r.split, r.n)
 
@@ -402,19 +403,27 @@ def exact_numerics(b: ResultRecord, c: ResultRecord) -> bool:
 
 def changed_answers(b: ResultRecord, c: ResultRecord) -> list[str]:
     """Ids whose prediction differs between the records, or that only one of them has (in item order)."""
-    def answers(r: ResultRecord) -> dict:
-        out: dict = {}
-        for it in r.items:  # a list per id: a repeated id is compared in order, not overwritten
-            out.setdefault(it.id, []).append(it.prediction)
-        return out
-
-    pb, pc = answers(b), answers(c)
-    return [str(i) for i in dict.fromkeys([*pb, *pc]) if pb.get(i) != pc.get(i)]
+    return item_changes(b.items, c.items).answers
 
 
-def _changed_status(ids: list[str]) -> str:
-    shown = ", ".join(ids[:SHOWN_IDS]) + (f" +{len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
-    return f"REGRESSION: {len(ids)} answer{'s' if len(ids) != 1 else ''} changed (ids: {shown})"
+def item_status(b: ResultRecord, c: ResultRecord, exact: bool) -> list[str]:
+    """The per-item regressions, one line each naming the first ids and the count. In both modes: the
+    item set (exact mode counts it with the changed answers), a changed gold label, and a changed
+    correctness with the same prediction and gold (the scoring changed). In exact mode also any
+    changed prediction."""
+    ch = item_changes(b.items, c.items)
+    status = []
+    if exact and ch.answers:
+        status.append(f"REGRESSION: {count(len(ch.answers), 'answer')} changed (ids: {id_list(ch.answers)})")
+    if not exact and ch.one_side:
+        status.append(f"REGRESSION: item set changed, {count(len(ch.one_side), 'id')} on one side only "
+                      f"(ids: {id_list(ch.one_side)})")
+    if ch.gold:
+        status.append(f"REGRESSION: gold label changed on {count(len(ch.gold), 'item')} (ids: {id_list(ch.gold)})")
+    if ch.scoring:
+        status.append(f"REGRESSION: correctness changed on {count(len(ch.scoring), 'item')} with the same "
+                      f"prediction and gold (ids: {id_list(ch.scoring)})")
+    return status
 
 
 def _log_rounds(r: ResultRecord) -> list[float]:
@@ -445,20 +454,19 @@ def speed_check(b: ResultRecord, c: ResultRecord, speed_tol: float) -> tuple[boo
         return math.log(c.speedup / b.speedup) < -tol_log, f"-{1 - math.exp(-tol_log):.0%}"
     # A few timed questions give a wide speedup CI (CI's machines also vary): a point estimate
     # below the bar whose CI still reaches it is noise, not a regression.
-    best_plausible = c.speedup_ci95[1] if c.speedup_ci95 else c.speedup
+    high = c.speedup_ci95[1] if c.speedup_ci95 else None
+    best_plausible = high if high is not None and math.isfinite(high) else c.speedup  # refused CI: the point
     return best_plausible < b.speedup * (1 - speed_tol), f"-{speed_tol:.0%} (whole CI)"
 
 
 def regression_status(b: ResultRecord, c: ResultRecord, acc_tol: float, speed_tol: float) -> list[str]:
-    """Why the current record regressed against the reference. Answers: in exact mode
-    (``exact_numerics``) any changed answer; otherwise accuracy or agreement outside the reference's
-    95% CI (widened by ``acc_tol``). Speed: ``speed_check``."""
-    status = []
-    if exact_numerics(b, c):
-        changed = changed_answers(b, c)
-        if changed:
-            status.append(_changed_status(changed))
-    else:
+    """Why the current record regressed against the reference. Items (``item_status``): in both modes
+    a changed item set, gold label, or correctness with the same prediction; in exact mode
+    (``exact_numerics``) also any changed answer, otherwise accuracy or agreement outside the
+    reference's 95% CI (widened by ``acc_tol``). Speed: ``speed_check``."""
+    exact = exact_numerics(b, c)
+    status = item_status(b, c, exact)
+    if not exact:
         if _outside(c.accuracy, b.accuracy_ci95, acc_tol):
             status.append("REGRESSION: accuracy outside reference CI")
         ref_agree, cur_agree = _agreement(b), _agreement(c)
@@ -480,7 +488,9 @@ def _gate_lines(n_exact: int, n_matched: int, acc_tol: float, speed_tol: float) 
     else:
         answers = ci
     return [
-        f"Regression gate: answers {answers}; speed: the ratio current/reference below 1 - its tolerance "
+        f"Regression gate: answers {answers}; items, in both: the item set, every gold label, and "
+        "correctness where the prediction is the same must match; "
+        "speed: the ratio current/reference below 1 - its tolerance "
         f"('speed tol': 3 standard errors of the per-round speedups, at least {speed_tol:.0%}), or, without "
         f"round speedups, more than {speed_tol:.0%} below the reference's with its whole 95% CI; "
         "or a reference case missing.",
@@ -498,8 +508,11 @@ def compare_records(
 
     Records match on (model, benchmark, method, policy name, split, n). Regressions:
 
+    - items, in both modes: an id on one side only, a changed gold label (``answer``), or a changed
+      ``correct`` where the prediction and gold are the same (a record's gold labels moved with its
+      predictions kept regresses though no answer changed);
     - answers, exact mode (``exact_numerics``: float32 on CPU on both sides, where the noise floor
-      never saw an answer flip): any item whose prediction changed, or an id on one side only;
+      never saw an answer flip): any item whose prediction changed;
     - answers, otherwise (across numerics or devices): accuracy, or answer agreement with dense,
       outside the reference's 95% CI (Wilson; widened by ``acc_tol``);
     - speed (``speed_check``): the speedup ratio current/reference below 1 minus a tolerance of 3

@@ -74,7 +74,9 @@ class ResultRecord:
     threads: int | None = None
     device: str | None = None
     chance: float | None = None  # expected accuracy of a uniform guess over the options
-    speedup_ci95: tuple[float, float] | None = None  # paired bootstrap, same timed items as speedup
+    # t interval (timing.t_gm_ci95), same timed items as speedup; (nan, nan) when refused, the reason
+    # in timing["speedup_ci95_refused"]; records without timing["speedup_interval"]: percentile bootstrap
+    speedup_ci95: tuple[float, float] | None = None
     fidelity: dict | None = None  # fidelity.combine_fidelity vs dense; None for dense
     retention: float | None = None  # (acc - chance) / (dense acc - chance)
     mcnemar_p: float | None = None  # exact McNemar, method vs dense on the same items
@@ -227,7 +229,13 @@ def _compare_with_dense(
             out["speedup_ci95"] = paired["ci95"]
             out["speedup_decomposition"] = paired_timing.decompose(dense_side, method_side)
             out["timing"] = {"rounds": paired["rounds"], "speedup_rounds": paired["speedup_rounds"],
-                             "speedup_estimator": "geometric mean of paired per-item ratios (timing.py)"}
+                             "speedup_estimator": "geometric mean of paired per-item ratios (timing.py)",
+                             "speedup_interval": paired_timing.SPEEDUP_INTERVAL,
+                             # dense's rounds timed beside the method's: the record alone then holds
+                             # every pair, so its speedup and CI can be recomputed without a rerun
+                             "dense_rounds": paired_timing.dense_rounds(dense_side, method_side)}
+            if paired["ci95_refused"]:
+                out["timing"]["speedup_ci95_refused"] = paired["ci95_refused"]
     return out
 
 

@@ -7,10 +7,17 @@ same round, one right after the other (which one goes first alternates by item a
 speedup is the geometric mean over items of each item's geometric mean over rounds:
 exp(mean_i mean_r log ratio_ir). A slowdown of the machine that lasts longer than one question hits
 both sides of a pair alike and cancels in the ratio; a sequential estimate (all dense, then all
-method) takes it at full size. The 95% CI is a seeded percentile bootstrap over items of the
-per-item mean log ratio; each item's mean carries its own round-to-round variation, so the CI
-includes it. `speedup_rounds` gives each round's speedup over all items (the run-to-run spread
-that `compare` uses as its speed tolerance).
+method) takes it at full size. The 95% CI is a Student t interval on the per-item mean log ratios,
+exponentiated: exp(mean +/- t(0.975, n-1) sd / sqrt(n)); each item's mean carries its own
+round-to-round variation, so the CI includes it. The percentile bootstrap that records carried
+before is about the range of the items' ratios over so few items (the grid times 3) and covered a
+true 1.00x in 68-71% of draws at 3 items; the t interval in 90-93%, 89-94% up to 20 items
+(`python -m litestage_bench.studies.intervals --simulate`, results/intervals/coverage.md; heavy-tailed
+timing noise keeps it a little under 95%). Below `MIN_CI_ITEMS` items, or with no spread across
+items, no interval is given: (nan, nan) and the reason, which records keep in
+`timing["speedup_ci95_refused"]` and reports print instead.
+`speedup_rounds` gives each round's speedup over all items (the run-to-run spread that `compare`
+uses as its speed tolerance).
 
 Decomposition. For every pair, log speedup = log(dense tokens / method tokens) + log(dense seconds
 per token / method seconds per token), with tokens = generated tokens (at least 1: the first is
@@ -33,6 +40,13 @@ if TYPE_CHECKING:  # results imports this module: no import at run time
 
 NAN = float("nan")
 DEFAULT_ROUNDS = 2  # interleaved rounds per timed item of `run` and the grid: each side goes first once
+# At 2 items the t interval has 1 degree of freedom (t = 12.7) and its width rests on one difference:
+# drawn from recorded ratios it spans a factor of about 12 (high/low), against 2.4 at 3 items.
+MIN_CI_ITEMS = 3
+# A spread of per-item log ratios below this is rounding (identical timings), not measurement: a
+# zero-width interval would claim certainty that no clock gives.
+MIN_LOG_SPREAD = 1e-9
+SPEEDUP_INTERVAL = "t on per-item log ratios, rounds averaged per item"
 
 
 def merge_rounds(rounds: list[ItemResult], first: list[bool]) -> ItemResult:
@@ -74,6 +88,12 @@ def _pairs(dense: list[ItemResult], method: list[ItemResult]) -> list[tuple[Item
     return out
 
 
+def dense_rounds(dense: list[ItemResult], method: list[ItemResult]) -> dict[str, list[dict]]:
+    """{item id: dense's rounds} of the items timed on both sides (the other half of each pair is the
+    method item's own `timing_rounds`)."""
+    return {d.id: rounds_of(d) for d, _, _ in _pairs(dense, method)}
+
+
 def _seconds(entry: dict, stage: str | None) -> float:
     return sum(entry["stage_s"].values()) if stage is None else float(entry["stage_s"].get(stage, NAN))
 
@@ -96,33 +116,45 @@ def _gm(item_means: list[float]) -> float:
     return math.exp(sum(item_means) / len(item_means)) if item_means else NAN
 
 
-def bootstrap_gm_ci95(item_means: list[float], seed: int = 0, n_resamples: int = 2000) -> tuple[float, float]:
-    """Seeded percentile-bootstrap 95% interval of exp(mean of per-item log ratios); (nan, nan) below 2 items."""
-    if len(item_means) < 2:
-        return NAN, NAN
-    if len(set(item_means)) == 1:
-        return _gm(item_means), _gm(item_means)
-    import numpy as np
-    from scipy.stats import bootstrap
+def t_gm_ci95(item_means: list[float]) -> tuple[tuple[float, float], str | None]:
+    """95% interval of exp(mean of per-item log ratios): scipy's Student t interval on the item means,
+    exponentiated. ``((low, high), None)``, or ``((nan, nan), reason)`` when refused (below
+    ``MIN_CI_ITEMS`` items, or no spread across them)."""
+    n = len(item_means)
+    if n < MIN_CI_ITEMS:
+        return (NAN, NAN), f"{n} timed item{'' if n == 1 else 's'}, {MIN_CI_ITEMS} needed"
+    sd = statistics.stdev(item_means)
+    if sd < MIN_LOG_SPREAD:
+        return (NAN, NAN), "no spread across items"
+    from scipy.stats import t
 
-    res = bootstrap((np.asarray(item_means),), np.mean, vectorized=True, n_resamples=n_resamples,
-                    confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))
-    return math.exp(float(res.confidence_interval.low)), math.exp(float(res.confidence_interval.high))
+    low, high = t.interval(0.95, n - 1, loc=statistics.fmean(item_means), scale=sd / math.sqrt(n))
+    return (math.exp(float(low)), math.exp(float(high))), None
 
 
-def paired_speedup(dense: list[ItemResult], method: list[ItemResult], seed: int = 0, stage: str | None = None) -> dict:
-    """The interleaved speedup of `method` over `dense` (same items, same order) with its 95% CI,
-    the number of rounds and each round's own speedup; of one stage's seconds when `stage` is given."""
-    pairs = _pairs(dense, method)
-    logs = [[_log_ratio(_seconds(a, stage), _seconds(b, stage)) for a, b in rounds] for _, _, rounds in pairs]
+def round_pair_logs(round_pairs: list[list[tuple[dict, dict]]], stage: str | None = None) -> list[list[float | None]]:
+    """Per item, each round's log(dense seconds / method seconds) (None where a side has no time)."""
+    return [[_log_ratio(_seconds(a, stage), _seconds(b, stage)) for a, b in rounds] for rounds in round_pairs]
+
+
+def speedup_of_logs(logs: list[list[float | None]]) -> dict:
+    """The speedup, its 95% CI (and why none, in ``ci95_refused``), the number of items and rounds
+    and each round's speedup, from per item per round log ratios (``round_pair_logs``)."""
     means = _item_means(logs)
-    n_rounds = max((len(r) for _, _, r in pairs), default=0)
+    n_rounds = max((len(r) for r in logs), default=0)
     per_round = []
     for r in range(n_rounds):
         vals = [row[r] for row in logs if r < len(row) and row[r] is not None]
         per_round.append(_gm(vals))
-    return {"speedup": _gm(means), "ci95": bootstrap_gm_ci95(means, seed), "n_items": len(means),
+    ci, refused = t_gm_ci95(means)
+    return {"speedup": _gm(means), "ci95": ci, "ci95_refused": refused, "n_items": len(means),
             "rounds": n_rounds, "speedup_rounds": per_round}
+
+
+def paired_speedup(dense: list[ItemResult], method: list[ItemResult], stage: str | None = None) -> dict:
+    """The interleaved speedup of `method` over `dense` (same items, same order) with its 95% CI,
+    the number of rounds and each round's own speedup; of one stage's seconds when `stage` is given."""
+    return speedup_of_logs(round_pair_logs([rounds for _, _, rounds in _pairs(dense, method)], stage))
 
 
 def _factors(d: ItemResult, m: ItemResult, a: dict, b: dict, stage: str | None) -> dict[str, float | None]:

@@ -99,7 +99,9 @@ def _paired(a: ResultRecord, b: ResultRecord) -> tuple[list[bool], list[bool], f
 
 
 def _log_se(r: ResultRecord) -> float | None:
-    """Standard error of log(speedup) read off its 95% CI (None without a finite one)."""
+    """Standard error of log(speedup) read off its 95% CI (None without a finite one, a refused CI
+    included). A t interval's half-width is t(0.975, n-1) x se, wider than 1.96 x se: read with
+    1.96 it gives a larger se, so the test errs towards "no difference" when few items were timed."""
     if not r.speedup_ci95 or not all(x and x > 0 and math.isfinite(x) for x in r.speedup_ci95):
         return None
     lo, hi = r.speedup_ci95
