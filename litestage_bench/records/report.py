@@ -1,10 +1,9 @@
-"""Comparative tables, the accuracy/speedup Pareto plot, and regression comparison of records."""
+"""Comparative tables and regression comparison of records; the Pareto plot (``pareto_plot``) is drawn
+in pareto.py and importable from here."""
 from __future__ import annotations
 
 import math
-import os
 import statistics
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
@@ -14,7 +13,8 @@ from ..core.errors import UserError
 from . import metrics, noise, stats
 from .fidelity import same_answer
 from .item_changes import count, id_list, item_changes
-from .results import ResultRecord, atomic_write
+from .pareto import pareto_plot  # noqa: F401  (drawn in pareto.py; imported from here by callers)
+from .results import ResultRecord
 
 STAGES = ("recall", "analyze", "summarize")
 
@@ -256,68 +256,6 @@ def versus_table(records: list[ResultRecord], vs: ResultRecord, fmt: str = "gith
             "pass records of the same model and benchmark, run on the same --limit/--seed items",
         )
     return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
-
-
-def pareto_plot(records: list[ResultRecord], path: str | os.PathLike) -> Path:
-    """Accuracy (with 95% CI) against speedup, one panel per (model, benchmark), saved as PNG.
-
-    A dense record without a speedup sits at 1.0; other records without one are skipped.
-    Raises ``UserError`` when no record can be placed.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points: dict[tuple[str, str], list[tuple[ResultRecord, float]]] = defaultdict(list)
-    for r in records:
-        x = r.speedup if r.speedup is not None else (1.0 if r.method == "dense" else None)
-        if x is None or not math.isfinite(x) or not math.isfinite(r.accuracy):
-            continue
-        points[(r.model, r.benchmark)].append((r, x))
-    if not points:
-        raise UserError(
-            "no record has both a speedup and an accuracy to plot",
-            "run the methods together with the dense baseline so records carry a speedup",
-        )
-
-    methods = sorted({r.method for group in points.values() for r, _ in group})
-    colours = matplotlib.colormaps["tab10"]
-    markers = "osD^v<>pP*Xh"
-    style = {m: (colours(i % 10), markers[i % len(markers)]) for i, m in enumerate(methods)}
-
-    panels = sorted(points)
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows), squeeze=False)
-    try:
-        for ax, key in zip(axes.flat, panels):
-            labelled: set[str] = set()
-            for r, x in sorted(points[key], key=lambda p: p[1]):
-                colour, marker = style[r.method]
-                lo, hi = r.accuracy_ci95
-                yerr = [[max(0.0, r.accuracy - lo)], [max(0.0, hi - r.accuracy)]] if math.isfinite(lo + hi) else None
-                ax.errorbar(
-                    [x], [r.accuracy], yerr=yerr, fmt=marker, color=colour, capsize=3,
-                    label=None if r.method in labelled else r.method,
-                )
-                labelled.add(r.method)
-                name = policy_name(r.policy)
-                if name != "-":
-                    ax.annotate(name, (x, r.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
-            ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
-            ax.set_title(f"{key[0]} / {key[1]}")
-            ax.set_xlabel("speedup vs dense (x)")
-            ax.set_ylabel("accuracy (95% CI)")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-        for ax in list(axes.flat)[len(panels):]:
-            ax.set_visible(False)
-        fig.suptitle("Accuracy vs speedup (up and right is better)")
-        fig.tight_layout()
-        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
-    finally:
-        plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------
