@@ -238,6 +238,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .records.report import pareto_plot, results_table, rules_table, versus_table
     from .records.results import load_record, write_text_atomic
+    if args.search:
+        return _report_search(args)
+    if not args.results:
+        raise UserError("report needs result records (or --search DIR)", "see `litestage-bench report --help`")
     records = [load_record(p) for p in args.results]
     table = f"{results_table(records)}\n\nAnswer rules (accuracy on the same generations):\n\n{rules_table(records)}"
     if args.vs:
@@ -251,6 +255,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.plot:
         pareto_plot(records, args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _report_search(args: argparse.Namespace) -> int:
+    from .methods.registry import load_policy
+    from .methods.search_report import sweep_table
+    print(sweep_table(args.search, load_policy(args.policy) if args.policy else None))
     return 0
 
 
@@ -380,7 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(func=cmd_search)
 
     report = sub.add_parser("report", help="comparative table (and Pareto plot) of result records")
-    report.add_argument("results", nargs="+")
+    report.add_argument("results", nargs="*")
+    report.add_argument("--search", metavar="DIR", help="print a LiteStage search's sweep from its rows "
+                        "(results/search/MODEL_BENCH): candidates, their tests with bounds, speedups")
+    report.add_argument("--policy", help="with --search: take the target from this policy and audit its "
+                        "candidates against the rows they name")
     report.add_argument("--plot", help="write a Pareto plot PNG")
     report.add_argument("--markdown", help="also write the table as markdown")
     report.add_argument("--vs", help="also compare every record with this one (e.g. LiteStage's): paired "

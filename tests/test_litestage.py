@@ -380,7 +380,7 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
                                                      numerics="float32"))
     opts = SearchOptions(target="agreement", min_agreement=0.5, limit=6, timed=2, batch_size=3, max_skip=2,
                          patience=1, harm_items=2, harm_profile=True)
-    policy = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
+    policy = litestage.search(session, "obqa", opts, r.cfg, store_dir=tmp_path, log=lambda m: None)
     assert seen and seen <= {q.id for q in calib}
     assert policy["calibration"]["ids"] == [q.id for q in calib[:6]]
     assert len(policy["ranking"]) == 8 and sorted(policy["calibration"]["stage_order"]) == sorted(STAGES)
@@ -395,23 +395,33 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     # the policy round-trips through JSON into the method
     method = LiteStage(json.loads(json.dumps(policy)))
     method.plan(ModelFacts("tiny", 4, (1,) * 4, (1,) * 4))
-    # a second search resumes from the stored candidates and the stored dense pass: it runs no batch
+    # every row is a JSON file (nothing pickled) that the policy names, and the policy names no absolute path
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files and all(f.endswith(".json") for f in files)
+    assert {name for c in policy["candidates"] for name in c["rows"]} <= set(files)
+    assert policy["search_cost"]["rows"]["written"] == len(files)
+    # a second search resumes from the rows: it runs only the canary (the first batch) and the warm-up
     seen.clear()
-    again = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
-    assert again["search_cost"]["candidates_measured"] == 0 and again["search_cost"]["stage_runs"] == 0
-    assert seen == {calib[0].id}  # the untimed warm-up only
+    again = litestage.search(session, "obqa", opts, r.cfg, store_dir=tmp_path, log=lambda m: None)
+    assert again["search_cost"]["candidates_measured"] == 0 and again["search_cost"]["stage_runs"] == 3
+    assert seen == {q.id for q in calib[:3]}
     assert again["stages"] == policy["stages"] and again["importance"] == policy["importance"]
     assert again["exit_thresholds_swept"] == policy["exit_thresholds_swept"]
-    # the stored candidates are keyed on the code version: a code change measures afresh
+    # a code change that leaves dense's outputs (the canary) as they were keeps the answers, re-times
     monkeypatch.setattr(litestage, "code_version", lambda: "another version of the sources")
-    changed = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=lambda m: None)
+    changed = litestage.search(session, "obqa", opts, r.cfg, store_dir=tmp_path, log=lambda m: None)
+    assert changed["search_cost"]["candidates_retimed"] > 0
+    assert all(c["answers_cpu"] == policy["candidates"][0]["answers_cpu"] for c in changed["candidates"])
+    # one that changes dense's outputs measures afresh
+    monkeypatch.setattr(litestage, "canary", lambda results: "dense answers changed")
+    fresh = litestage.search(session, "obqa", opts, r.cfg, store_dir=tmp_path, log=lambda m: None)
     cost = ("candidates_measured", "candidates_from_disk")  # from disk: settings repeated within one search
-    assert [changed["search_cost"][k] for k in cost] == [policy["search_cost"][k] for k in cost]
+    assert [fresh["search_cost"][k] for k in cost] == [policy["search_cost"][k] for k in cost]
     # on another CPU, float32 answers are exact: a candidate measured before is re-timed, its answers
     # read (the timings may steer the sweeps to other candidates, measured whole)
     monkeypatch.setattr(litestage, "machine_info", lambda: {"cpu": "another CPU"})
     logs: list[str] = []
-    moved = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=logs.append)
+    moved = litestage.search(session, "obqa", opts, r.cfg, store_dir=tmp_path, log=logs.append)
     assert moved["search_cost"]["answers_cache"] == "without the CPU (exact numerics)"
     assert any("calibration items from" in m for m in logs)  # the dense pass too
     before = {_config(c): c for c in changed["candidates"]}
@@ -425,7 +435,7 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     session.loaded.numerics = "bf16-matmul"
     monkeypatch.setattr(litestage, "machine_info", lambda: {"cpu": "a third CPU"})
     logs.clear()
-    bf16 = litestage.search(session, "obqa", opts, r.cfg, cache_dir=tmp_path, log=logs.append)
+    bf16 = litestage.search(session, "obqa", opts, r.cfg, store_dir=tmp_path, log=logs.append)
     assert not any("calibration items from" in m for m in logs)
     assert bf16["search_cost"]["candidates_retimed"] == 0 and bf16["search_cost"]["answers_cache"] == "per CPU"
     assert {c["answers_cpu"] for c in bf16["candidates"]} == {"a third CPU"}

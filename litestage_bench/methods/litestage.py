@@ -24,19 +24,19 @@ accuracy only, timing always re-runs), every stage starts from the shared-header
 candidate that clearly misses the target on the first chunks of the calibration items stops there
 and is not timed (interim looks for futility, ``CandidateMeter``), a sweep stops only after
 `patience` candidates in a row clearly miss the target by their upper bounds, and the dense pass
-and each measured chunk of a candidate are stored on disk by their full configuration and the code
-version, so an interrupted search resumes (on another CPU too, where float32 answers are exact: it
-re-times only) and a changed code measures afresh.
+and each measured chunk of a candidate are JSON rows in the repository (``search_rows.py``), so a
+search interrupted on one machine resumes on another from the rows that landed (on another CPU too,
+where float32 answers are exact: it re-times only), and a code change that alters dense's outputs
+measures afresh.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import pickle
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from ..core.code_version import code_version
@@ -50,11 +50,12 @@ from ..evaluation.runner import evaluate_items, model_facts, seed_everything, ti
 from ..records import stats
 from ..records.fidelity import aggregate_fidelity
 from ..records.noise import exact_numerics
-from ..records.results import ItemResult, atomic_write, machine_info
+from ..records.results import ItemResult, item_from_dict, item_to_dict, machine_info
 from ..records.timing import paired_speedup
 from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking, ranking_vs_harm,
                           skip_set, sublayer_similarity)
 from .registry import Method, ModelFacts, register, register_search
+from .search_rows import RowStore, canary, default_store, ids_sha, item_columns
 
 POLICY_SCHEMA_VERSION = 1
 
@@ -197,7 +198,7 @@ class SearchOptions:
 
 
 def config_sha(obj: Any) -> str:
-    """A short stable hash of a JSON-able configuration (cache file names)."""
+    """A short stable hash of a JSON-able configuration (the draft search's cache file names)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -287,20 +288,20 @@ class CandidateMeter:
     only ever lowers the chance that a candidate meets the target, so the confidence of "meets" is
     unchanged; the power it costs is in `target_power`.
 
-    Each chunk's answers and the timings are stored on disk apart, each by the full configuration
-    and the code version: the answers under `answers_key`, which leaves out the CPU where the
-    numerics are exact (float32 on a CPU: no answer flip across CPUs, threads or batching in the
-    noise floor), the timings under `timing_key` (CPU and threads included). So a search
-    interrupted on one machine, even inside a candidate, resumes on another CPU with its answers and
-    re-times only, and a search for another target reads the chunks it needs. Decisions are not
-    stored: each row's target test is computed on reading, once `target` is set."""
+    Each chunk's answers and each timing is a row of the search's row store (search_rows.py), keyed
+    by the plan and the search's settings: answers leave out the CPU where the numerics are exact,
+    timings hold the CPU, threads and code version. So a search interrupted on one machine, even
+    inside a candidate, resumes on another CPU with its answers and re-times only, and a search for
+    another target reads the chunks it needs. Decisions are not stored: each row's target test is
+    computed on reading, once `target` is set.
+    """
 
     def __init__(self, reasoner: Reasoner, items: list[Question], timed_items: list[Question],
-                 dense: list[ItemResult], keys: tuple[dict, dict], cache_dir: Path, opts: "SearchOptions",
+                 dense: list[ItemResult], keys: tuple[dict, dict], store: RowStore, opts: "SearchOptions",
                  log: Callable[[str], None], memo: StageMemo) -> None:
         self.reasoner, self.items, self.timed_items, self.dense = reasoner, items, timed_items, dense
         self.answers_key, self.timing_key = keys
-        self.cache_dir, self.opts, self.log, self.memo = cache_dir, opts, log, memo
+        self.store, self.opts, self.log, self.memo = store, opts, log, memo
         self.target: dict | None = None  # set once dense's calibration accuracy is known
         self.measured = 0  # candidates with anything measured
         self.from_disk = 0  # candidates read whole from disk
@@ -311,18 +312,20 @@ class CandidateMeter:
         config = {"sets": {s: sets.get(s, SkipSet()).to_dict() for s in STAGES},
                   "exits": {s: (rules[s].to_dict() if rules.get(s) else None) for s in STAGES}}
         plan, callbacks = plan_from_sets(sets), exit_callbacks(rules)
-        answers, answers_stored = self._answers(plan, callbacks, config)
+        answers, answers_stored, rows = self._answers(plan, callbacks, config, label)
         t = decide(self.target, answers, self.opts.confidence) if self.target else {"decision": "reference"}
         if t["decision"] == "clearly misses":
             timing, timing_stored = {"speedup": None, "timing": "none: it clearly misses the target"}, True
         else:
-            timing, timing_stored = self._stored("timing", self.timing_key, config, lambda: self._timing(plan, callbacks))
+            timing, timing_stored, name = self.store.stored("timing", {**self.timing_key, **config},
+                                                            lambda: self._timing(plan, callbacks), {"label": label})
+            rows.append(name)
         if answers_stored and timing_stored:
             self.from_disk += 1
         else:
             self.measured += 1
             self.retimed += answers_stored
-        row = {**config, **answers, **timing, "label": label, **(meta or {}), "test": t}
+        row = {**config, **answers, **timing, "label": label, **(meta or {}), "test": t, "rows": rows}
         n, planned = answers["flips"]["n"], len(self.items)
         bounds = f" {t['statistic']} {t['estimate']:+.3f} [{t['lower']:+.3f}, {t['upper']:+.3f}]" if self.target else ""
         stopped = f" after {n} of {planned} items" if n < planned else ""
@@ -331,24 +334,22 @@ class CandidateMeter:
                  f"-> {t['decision']}{stopped}; {speed} tokens {row['tokens']}")
         return row
 
-    def _stored(self, part: str, key: dict, config: dict, run: Callable[[], dict]) -> tuple[dict, bool]:
-        """One part of a candidate's measurement: from disk when stored under its key, else measured and stored."""
-        return _stored_json(self.cache_dir / f"{config_sha({**key, **config})}.{part}.json", run)
-
-    def _answers(self, plan: SkipPlan, callbacks: Callbacks, config: dict) -> tuple[dict, bool]:
-        """The candidate's answers over the chunks it needs (see the class), and whether every chunk
-        came from disk."""
-        counts, all_stored, start = [], True, 0
+    def _answers(self, plan: SkipPlan, callbacks: Callbacks, config: dict, label: str) -> tuple[dict, bool, list[str]]:
+        """The candidate's answers over the chunks it needs (see the class), whether every chunk
+        came from the row store, and the rows' file names."""
+        counts, all_stored, start, rows = [], True, 0, []
         for end in look_ends(len(self.items), self.opts.looks, self.opts.batch_size):
-            part, stored = self._stored(f"answers{start}-{end}", self.answers_key, config,
-                                        lambda lo=start, hi=end: self._answer_counts(plan, callbacks, lo, hi))
+            part, stored, name = self.store.stored("answers", {**self.answers_key, **config, "chunk": [start, end]},
+                                                   lambda lo=start, hi=end: self._answer_counts(plan, callbacks, lo, hi),
+                                                   {"label": label})
             counts.append(part)
+            rows.append(name)
             all_stored, start = all_stored and stored, end
             answers = merge_answer_counts(counts)
             if end < len(self.items) and self.target and \
                     decide(self.target, answers, self.opts.confidence)["decision"] == "clearly misses":
                 break
-        return answers, all_stored
+        return answers, all_stored, rows
 
     def _answer_counts(self, plan: SkipPlan, callbacks: Callbacks, lo: int, hi: int) -> dict:
         """Calibration items lo..hi: counts and sums that add up over chunks (merge_answer_counts)."""
@@ -363,7 +364,7 @@ class CandidateMeter:
                 "token_sums": {s: sum(r.tokens[s] for r in results) for s in STAGES},
                 "cost_fraction_sums": {s: sum(r.executed_cost_fraction[s] for r in results) for s in STAGES},
                 "stage_runs": self.memo.misses - misses, "cpu": str(machine_info().get("cpu")),
-                "seconds": time.perf_counter() - start}
+                "seconds": time.perf_counter() - start, "items": item_columns(results)}
 
     def _timing(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
         """Batch-1 timing without the memo: every stage is re-run, dense beside the candidate."""
@@ -402,12 +403,12 @@ def merge_answer_counts(parts: list[dict]) -> dict:
 
 
 def cache_keys(base_key: dict, exact: bool, opts: "SearchOptions") -> tuple[dict, dict]:
-    """The candidate cache's keys: answers (without the CPU and threads when the numerics are exact,
-    with the batch size when they are not) and timing (the machine and the rounds included)."""
-    if exact:
-        answers = {k: v for k, v in base_key.items() if k not in ("cpu", "threads")}
-    else:  # bf16 or a GPU: answers may change with the CPU, the threads and the batching
-        answers = {**base_key, "batch_size": opts.batch_size}
+    """The row keys (search_rows.py): answers without the code version (the canary stands for it),
+    and without the CPU and threads where the numerics are exact, with them and the batch size where
+    they are not; timing with the CPU, threads, code version and rounds."""
+    answers = {k: v for k, v in base_key.items() if k not in ("cpu", "threads", "code")}
+    if not exact:  # bf16 or a GPU: answers may change with the CPU, the threads and the batching
+        answers = {**answers, "cpu": base_key["cpu"], "threads": base_key["threads"], "batch_size": opts.batch_size}
     return answers, {**base_key, "rounds": opts.rounds}
 
 
@@ -499,47 +500,47 @@ def calibration_items(bench: str, limit: int, timed: int, seed: int, data_dir=No
     return items, subset(items, timed, seed)
 
 
-def _dense_pass(reasoner: Reasoner, items: list[Question], opts: SearchOptions, label: str, path: Path,
-                log: Callable[[str], None]) -> tuple[list[ItemResult], StageTexts, dict, StageMemo]:
-    """Dense on the calibration items, batched: its answers, stage texts (importance), confidence
-    distributions (exit thresholds) and stage runs (the memo every candidate starts from). Stored
-    at `path` (under the answers cache's key), so a resumed search skips it: on a large model the
-    slowest part of each chunk of a search split over sessions. Its stored confidences also keep the
-    exit thresholds, and so the stored exit candidates, the same when the search resumes on another CPU."""
-    recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
-    if path.is_file():
-        with path.open("rb") as fh:
-            stored = pickle.load(fh)  # written below by this code version (the key holds it)
-        log(f"[search] {label}: dense on {len(items)} calibration items from {path}")
-        for s in STAGES:
-            recorders[s].means = stored["means"][s]
-        memo = stored["memo"]
-        memo.hits = memo.misses = 0  # the search's cost counts this process's stage runs
-        return stored["dense"], StageTexts(stored["header"], stored["trace"]), recorders, memo
+def _canary(reasoner: Reasoner, items: list[Question], opts: SearchOptions, recorders: dict,
+            memo: StageMemo) -> tuple[str, dict]:
+    """Dense on the first calibration batches (covering the harm items), traced; run by every search
+    before it reads any row. Its hash goes into the answer keys (search_rows.py), its stage runs
+    into the memo (the dense pass takes them from there) and its trace gives the harm prompts."""
+    n = -(-max(opts.batch_size, opts.harm_items) // opts.batch_size) * opts.batch_size
+    with reasoner.tracing() as trace:
+        results = evaluate_items(reasoner, SkipPlan(), recorders, items[:n], opts.batch_size, progress=False, memo=memo)
+    return canary(results), trace
+
+
+def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: SearchOptions, label: str,
+                store: RowStore, key: dict, canary_trace: dict, recorders: dict, memo: StageMemo,
+                log: Callable[[str], None]) -> tuple[list[ItemResult], StageTexts, dict, dict]:
+    """Dense on the calibration items, batched: its answers, the confidence means (exit thresholds)
+    and the importance vectors, from the row store when both rows are there (then the stage texts
+    are the canary's: enough for the harm prompts), else measured, importance row first, so that a
+    dense row never stands without its importance."""
+    header = reasoner.header.ids if reasoner.header else []
+    if store.path("dense", key).is_file() and store.path("importance", key).is_file():
+        value = store.stored("dense", key, dict)[0]
+        importance = store.stored("importance", key, dict)[0]
+        dense = [item_from_dict(it, f"search row {store.path('dense', key)}", i) for i, it in enumerate(value["items"])]
+        log(f"[search] {label}: dense on {len(items)} calibration items from {store.path('dense', key)}")
+        return dense, StageTexts(header, canary_trace), value["means"], importance
     log(f"[search] {label}: dense on {len(items)} calibration items")
-    memo = StageMemo()
     with reasoner.tracing() as trace:
         dense = evaluate_items(reasoner, SkipPlan(), recorders, items, opts.batch_size, f"{label} dense", memo=memo)
-    header = reasoner.header.ids if reasoner.header else []
-    stored = {"dense": dense, "means": {s: recorders[s].means for s in STAGES}, "trace": trace, "header": header,
-              "memo": memo}
-    atomic_write(path, lambda fh: pickle.dump(stored, fh), binary=True)
-    return dense, StageTexts(header, trace), recorders, memo
-
-
-def _stored_json(path: Path, compute: Callable[[], Any]) -> tuple[Any, bool]:
-    """`compute()`'s JSON value, stored at `path`, and whether it was read back from there."""
-    if path.is_file():
-        return json.loads(path.read_text()), True
-    value = compute()
-    atomic_write(path, lambda fh: json.dump(value, fh))
-    return value, False
+    texts = StageTexts(header, {s: canary_trace.get(s, []) + trace.get(s, []) for s in STAGES})
+    importance = store.stored("importance", key, lambda: sublayer_similarity(session.executor, texts, opts.batch_size))[0]
+    means = {s: recorders[s].means for s in STAGES}
+    store.stored("dense", key, lambda: {"ids": [q.id for q in items], "items": [item_to_dict(d) for d in dense],
+                                        "means": means})
+    return dense, texts, means, importance
 
 
 def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, command: str = "",
-           cache_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
-    """The whole offline LiteStage search on the calibration split; returns the policy."""
-    from ..engine.models import cache_root, model_label
+           store_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> dict:
+    """The whole offline LiteStage search on the calibration split; returns the policy. Every
+    measured piece is a row under `store_dir` (default results/search/MODEL_BENCH, search_rows.py)."""
+    from ..engine.models import model_label
 
     opts.check()
     started = time.perf_counter()
@@ -547,22 +548,26 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     reasoner = session.reasoner(bench, config, data_dir)
     facts = model_facts(session.executor, session.loaded.name)
     name = session.loaded.name
+    store = RowStore(store_dir if store_dir is not None else default_store(model_label(name), bench))
+    recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
+    memo = StageMemo()
+    log(f"[search] {name} {bench}: rows in {store.root}; dense on the first calibration batches (canary)")
+    canary_sha, canary_trace = _canary(reasoner, items, opts, recorders, memo)
 
-    base_key = {"code": code_version(), "model": name, "source": session.loaded.source, "dtype": session.loaded.dtype,
-                "numerics": session.loaded.numerics, "bench": bench, "items": [q.id for q in items], "timed": [q.id for q in timed_items],
+    base_key = {"code": code_version(), "canary": canary_sha, "model": name, "source": session.loaded.source,
+                "dtype": session.loaded.dtype, "numerics": session.loaded.numerics, "bench": bench,
+                "items": ids_sha([q.id for q in items]), "timed": ids_sha([q.id for q in timed_items]),
                 "config": config.to_dict(), "cpu": machine_info().get("cpu"), "threads": _threads(),
                 "device": str(session.executor.device)}
-    cache_dir = cache_dir or cache_root() / "search" / f"{model_label(name)}-{bench}"
     exact = exact_numerics(session.loaded.numerics or session.loaded.dtype, str(session.executor.device))
     keys = cache_keys(base_key, exact, opts)
-    # the dense pass and the importance vectors, under the answers' key
-    dense_sha = config_sha({**keys[0], "batch_size": opts.batch_size, "exit_window": opts.exit_window,
-                            "exit_confidence": opts.exit_confidence})
-    dense, texts, recorders, memo = _dense_pass(reasoner, items, opts, f"{name} {bench}",
-                                                cache_dir / f"{dense_sha}.dense.pkl", log)
+    dense_key = {**keys[0], "batch_size": opts.batch_size, "exit_window": opts.exit_window,
+                 "exit_confidence": opts.exit_confidence}
+    dense, texts, means, per_stage = _dense_pass(session, reasoner, items, opts, f"{name} {bench}", store, dense_key,
+                                                 canary_trace, recorders, memo, log)
     if not texts.header:
         raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")
-    meter = CandidateMeter(reasoner, items, timed_items, dense, keys, cache_dir, opts, log, memo)
+    meter = CandidateMeter(reasoner, items, timed_items, dense, keys, store, opts, log, memo)
     for q in items[:1]:  # warm-up (allocator, header cache), not timed
         reasoner.solve(q, SkipPlan())
     dense_row = meter.measure({}, {}, "dense", {"sweep": "dense", "n_skip": 0})
@@ -576,9 +581,6 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
         target = {"kind": "agreement", "min_agreement": opts.min_agreement}
     meter.target = target
 
-    log(f"[search] importance over the dense stage prefills ({sum(len(texts.prompts(s)) for s in STAGES)} prompts)")
-    per_stage, _ = _stored_json(cache_dir / f"{dense_sha}.importance.json",
-                                lambda: sublayer_similarity(session.executor, texts, opts.batch_size))
     scores = accumulate(per_stage)
     ranking = cosine_ranking(scores, opts.granularity)
     harm_ids = {q.id for q in items[:opts.harm_items]}
@@ -592,8 +594,8 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     rows = [dense_row] + _budget_sweeps(meter, ranking, order, opts, state)
     thresholds = {s: [] for s in STAGES}
     if opts.early_exit:
-        thresholds = {s: sorted({_quantile(recorders[s].means, q) for q in opts.exit_quantiles}, reverse=True)
-                      if recorders[s].means else [] for s in STAGES}
+        thresholds = {s: sorted({_quantile(means[s], q) for q in opts.exit_quantiles}, reverse=True)
+                      if means[s] else [] for s in STAGES}
         rows += _exit_sweeps(meter, thresholds, order, opts, state)
     final = meter.measure(state.sets, state.rules, "chosen", {"sweep": "chosen"})
     harm_report = _harm_report(harm, state.sets, ranking, scores, opts, log)
@@ -619,7 +621,8 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                         "candidates_from_disk": meter.from_disk, "candidates_retimed": meter.retimed,
                         "answers_cache": "without the CPU (exact numerics)" if exact else "per CPU",
                         "harm_passes": harm.passes,
-                        "cache_dir": str(cache_dir)},
+                        "rows": {"dir": store.root.as_posix(), "read": len(store.read),
+                                 "written": len(store.written)}},
         "machine": machine_info(), "code_version": base_key["code"], "command": command,
     }
 
@@ -632,7 +635,8 @@ def _threads() -> int:
 @register_search("litestage")
 def search_command(session, bench: str, args, config, command: str, log) -> dict:
     """`litestage-bench search --method litestage`: options from the command line."""
-    return search(session, bench, options_from_args(args), config, data_dir=args.data_dir, command=command, log=log)
+    return search(session, bench, options_from_args(args), config, data_dir=args.data_dir, command=command,
+                  store_dir=getattr(args, "rows", None), log=log)
 
 
 def options_from_args(args) -> SearchOptions:

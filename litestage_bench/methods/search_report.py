@@ -1,0 +1,121 @@
+"""`litestage-bench report --search DIR`: a LiteStage search's sweep, read back from its rows.
+
+Every candidate found in the folder, with its answers merged over the chunks that landed, its
+target test (the target of `--policy`, else the default 4-point accuracy tolerance at 95%), and
+its timing. With `--policy`, also an audit: each of the policy's candidates recomputed from the
+rows it names, so anyone can check why its layer sets were chosen.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tabulate import tabulate
+
+from ..core.errors import UserError
+from ..engine.plan import STAGES
+from .litestage import decide, merge_answer_counts
+from .search_rows import key_sha, load_row
+
+DEFAULT_TARGET = {"kind": "accuracy", "tolerance_points": 4.0}
+
+
+def _plan_id(key: dict) -> str:
+    """What identifies one candidate of one search across its rows (its chunks and its timing)."""
+    return key_sha({k: key.get(k) for k in ("canary", "items", "sets", "exits")})
+
+
+def candidates(root: Path) -> list[dict]:
+    """Per candidate plan: label, answers merged over the contiguous chunks from item 0, timing."""
+    if not root.is_dir():
+        raise UserError(f"search rows: {root} is not a folder",
+                        "give the folder a search wrote its rows to, e.g. results/search/MODEL_BENCH")
+    found: dict[str, dict] = {}
+    for path in sorted(root.glob("answers-*.json")):
+        row = load_row(path, "answers")
+        c = found.setdefault(_plan_id(row["key"]), {"label": row.get("label", "?"), "key": row["key"],
+                                                    "chunks": {}, "timing": None, "rows": []})
+        c["chunks"][tuple(row["key"].get("chunk", (0, 0)))] = row["value"]
+        c["rows"].append(path.name)
+    for path in sorted(root.glob("timing-*.json")):
+        row = load_row(path, "timing")
+        c = found.get(_plan_id(row["key"]))
+        if c is not None:
+            c["timing"], c["timing_cpu"] = row["value"], row["key"].get("cpu")
+            c["rows"].append(path.name)
+    out = []
+    for c in found.values():
+        parts, end = [], 0
+        while True:  # the chunks that continue from item 0
+            nxt = next((v for (lo, hi), v in sorted(c["chunks"].items()) if lo == end), None)
+            if nxt is None:
+                break
+            parts.append(nxt)
+            end += nxt["n"]
+        if parts:
+            out.append({**c, "answers": merge_answer_counts(parts)})
+    return out
+
+
+def _is_dense(c: dict) -> bool:
+    key = c["key"]
+    return not any(v for s in key.get("sets", {}).values() for v in (s or {}).values()) and \
+        not any(key.get("exits", {}).values())
+
+
+def sweep_table(root: str | Path, policy: dict | None = None) -> str:
+    """The sweep as a table, and with a policy the audit of its candidates against their rows."""
+    root = Path(root)
+    cands = candidates(root)
+    dense = next((c for c in cands if _is_dense(c)), None)
+    target = dict((policy or {}).get("target") or DEFAULT_TARGET)
+    if target["kind"] == "accuracy" and dense is not None:
+        target.setdefault("dense_accuracy", dense["answers"]["accuracy"])
+    confidence = ((policy or {}).get("options") or {}).get("confidence", 0.95)
+    table = []
+    for c in sorted(cands, key=lambda c: (not _is_dense(c), c["label"])):
+        a, t = c["answers"], c["timing"] or {}
+        test = decide(target, a, confidence)
+        speed = t.get("speedup")
+        ci = t.get("speedup_ci95") or (None, None)
+        table.append([c["label"], a["flips"]["n"], f"{a['accuracy']:.3f}", f"{a['agreement']:.3f}",
+                      f"{test['decision']} {test['estimate']:+.3f} [{test['lower']:+.3f}, {test['upper']:+.3f}]",
+                      "-" if speed is None else f"{speed:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci[0] else ""),
+                      "/".join(f"{a['tokens'][s]:.1f}" for s in STAGES),
+                      "/".join(f"{a['executed_cost_fraction'][s]:.2f}" for s in STAGES),
+                      a["answers_cpu"], c.get("timing_cpu") or "-"])
+    what = (f"accuracy difference vs dense >= -{target['tolerance_points']:g} points" if target["kind"] == "accuracy"
+            else f"agreement >= {target['min_agreement']:g}")
+    lines = [f"Search rows in {root}: {len(cands)} candidates; target test: {what}, one-sided {confidence:.0%}",
+             "", tabulate(table, headers=["candidate", "n", "accuracy", "agreement", "test: estimate [bounds]",
+                                          "speedup [95% CI]", "tokens R/A/S", "cost R/A/S", "answers CPU",
+                                          "timing CPU"], tablefmt="github")]
+    if policy is not None:
+        lines += ["", audit(root, policy)]
+    return "\n".join(lines)
+
+
+def audit(root: Path, policy: dict) -> str:
+    """Each policy candidate recomputed from the rows it names: equal, differing, or rows missing."""
+    by_name = {name: c for c in candidates(root) for name in c["rows"]}
+    same, differ, missing = 0, [], []
+    for row in policy.get("candidates", []):
+        names = row.get("rows") or []
+        have = [by_name.get(n) for n in names]
+        if not names or any(h is None for h in have):
+            missing.append(row.get("label", "?"))
+            continue
+        a = have[0]["answers"]
+        if (a["accuracy"], a["agreement"]) == (row["accuracy"], row["agreement"]):
+            same += 1
+        else:
+            differ.append(row.get("label", "?"))
+    chosen = policy.get("chosen", {})
+    out = [f"Chosen: {json.dumps(policy.get('stages', {}), separators=(',', ':'))[:200]} "
+           f"at {chosen.get('speedup', float('nan')):.2f}x (measured)",
+           f"Audit: {same} of {len(policy.get('candidates', []))} policy candidates reproduce from their rows"]
+    if differ:
+        out.append(f"  differ from their rows: {', '.join(differ)}")
+    if missing:
+        out.append(f"  rows not in {root} (older policy or rows not committed): {len(missing)} candidates")
+    return "\n".join(out)

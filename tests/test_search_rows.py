@@ -1,0 +1,103 @@
+"""The LiteStage search's rows in the repository: resume on a fresh clone and another CPU, validation
+of rows read back, and the sweep report with its audit."""
+from __future__ import annotations
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+from tiny_reasoner import calibration_splits, reasoner, split_loader
+
+from litestage_bench.cli import main
+from litestage_bench.core.errors import UserError
+from litestage_bench.methods import litestage, search_rows
+from litestage_bench.methods.litestage import CandidateMeter, SearchOptions
+
+OPTS = dict(target="agreement", min_agreement=0.5, limit=6, timed=2, batch_size=3, max_skip=2, patience=1,
+            harm_items=2)
+
+
+def _fake_timing(self, plan, callbacks):
+    """Timing that depends on the plan only, so that two searches on other CPUs decide alike."""
+    skipped = sum(len(p.decode.attn) + len(p.decode.ffn) for p in plan.stages.values())
+    return {"speedup": 1.0 + 0.1 * skipped + 0.05 * len(callbacks), "speedup_ci95": (1.0, 2.0),
+            "speedup_rounds": [], "latency_s": 1.0, "stage_latency_s": {"recall": 0.3, "analyze": 0.5, "summarize": 0.2},
+            "timing_cpu": litestage.machine_info().get("cpu"), "timing_seconds": 0.0}
+
+
+@pytest.fixture
+def searcher(model, tokenizer, monkeypatch):
+    monkeypatch.setattr(litestage, "load_split", split_loader(calibration_splits()))
+    monkeypatch.setattr(CandidateMeter, "_timing", _fake_timing)
+    r = reasoner(model, tokenizer)
+    session = SimpleNamespace(reasoner=lambda bench, cfg, data_dir=None: r, executor=r.ex,
+                              loaded=SimpleNamespace(name="tiny", source="test", dtype="float32", numerics="float32"))
+
+    def run(store, cpu: str) -> dict:
+        monkeypatch.setattr(litestage, "machine_info", lambda: {"cpu": cpu})
+        return litestage.search(session, "obqa", SearchOptions(**OPTS), r.cfg, store_dir=store, log=lambda m: None)
+    return run
+
+
+def test_a_fresh_clone_on_another_cpu_resumes_with_no_answer_measured_and_the_same_decision(searcher, tmp_path):
+    first = searcher(tmp_path / "machine1", "CPU one")
+    assert first["search_cost"]["candidates_measured"] >= 2
+    # the rows that landed, on a fresh clone of another machine (no stage memo, no other files)
+    shutil.copytree(tmp_path / "machine1", tmp_path / "clone")
+    again = searcher(tmp_path / "clone", "CPU two")
+    cost = again["search_cost"]
+    assert cost["candidates_retimed"] == cost["candidates_measured"] > 0  # every answer read, only re-timed
+    assert (again["stages"], again["early_exit"]) == (first["stages"], first["early_exit"])
+    assert {c["answers_cpu"] for c in again["candidates"]} == {"CPU one"}
+    assert {c["timing_cpu"] for c in again["candidates"] if c.get("timing_cpu")} == {"CPU two"}
+    # nothing in the rows or the policy names a machine path
+    for path in (tmp_path / "clone").iterdir():
+        assert str(tmp_path) not in path.read_text()
+    assert again["search_cost"]["rows"]["dir"] == (tmp_path / "clone").as_posix()
+
+
+def test_a_malformed_row_stops_the_search_with_a_one_line_error(searcher, tmp_path):
+    searcher(tmp_path, "CPU one")
+    row = sorted(tmp_path.glob("answers-*.json"))[-1]
+    data = json.loads(row.read_text())
+    del data["value"]["correct"]
+    row.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=f"search row .*{row.name}: missing correct"):
+        searcher(tmp_path, "CPU one")
+    row.write_text("{not json")
+    with pytest.raises(UserError, match="not readable JSON"):
+        searcher(tmp_path, "CPU one")
+
+
+def test_rows_hold_per_item_answers_hashes_tokens_and_costs(searcher, tmp_path):
+    searcher(tmp_path, "CPU one")
+    rows = [search_rows.load_row(p, "answers") for p in sorted(tmp_path.glob("answers-*.json"))]
+    for row in rows:
+        items = row["value"]["items"]
+        n = row["value"]["n"]
+        assert len(items["ids"]) == len(items["prediction"]) == len(items["correct"]) == n
+        assert sum(items["correct"]) == row["value"]["correct"]
+        for stage in ("recall", "analyze", "summarize"):
+            assert len(items["tokens"][stage]) == len(items["cost"][stage]) == len(items["output_sha"][stage]) == n
+        assert "code" not in row["key"] and "canary" in row["key"] and "cpu" not in row["key"]  # float32: exact
+
+
+def test_report_search_prints_the_sweep_and_audits_the_policy(searcher, tmp_path, capsys):
+    policy = searcher(tmp_path / "rows", "CPU one")
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    assert main(["report", "--search", str(tmp_path / "rows"), "--policy", str(tmp_path / "policy.json")]) == 0
+    out = capsys.readouterr().out
+    assert "dense" in out and "meets" in out
+    n = len(policy["candidates"])
+    assert f"Audit: {n} of {n} policy candidates reproduce from their rows" in out
+    # a row edited after the search no longer reproduces its candidate
+    row = next(p for p in (tmp_path / "rows").glob("answers-*.json") if "#skip=1" in p.read_text())
+    data = json.loads(row.read_text())
+    data["value"]["changed"] += 1
+    row.write_text(json.dumps(data))
+    main(["report", "--search", str(tmp_path / "rows"), "--policy", str(tmp_path / "policy.json")])
+    assert "differ from their rows" in capsys.readouterr().out
+    assert main(["report", "--search", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a folder" in err[0]
