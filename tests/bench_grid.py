@@ -17,6 +17,7 @@ from litestage_bench.grid.store import GRID_PROPERTY, case_summary, extra_info
 
 
 @pytest.mark.grid
+@pytest.mark.slow  # loads the real default model: in `bash run.sh test --all` and CI, not in the quick `bash run.sh test`
 def test_grid(benchmark, grid_case, grid_context, grid_runner, grid_store, record_property):
     try:
         # times the batch-1 questions in benchmark.pedantic (under --ray: the case's result from the cluster)

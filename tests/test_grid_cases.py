@@ -20,11 +20,13 @@ def select(main_job: bool = True, **options):
 
 def test_main_job_defaults(tmp_path):
     sel = select(policy_dir=str(tmp_path))
-    assert (sel.models, sel.benches, sel.limit, sel.timed) == (["smollm2-135m"], ["obqa", "csqa", "strategyqa"], 10, 3)
-    assert sel.rounds == 2
+    # the main job a newcomer waits for: every method on one benchmark, one batch, 3 timed in 1 round
+    assert (sel.models, sel.benches, sel.limit, sel.timed) == (["smollm2-135m"], ["obqa"], 8, 3)
+    assert sel.rounds == 1
+    assert select(policy_dir=str(tmp_path), benches="all").benches == ["obqa", "csqa", "strategyqa"]
     assert sel.methods[0] == "dense" and "plan" not in sel.methods
     assert {"litestage", "selfspec", "litestage-spec"} <= set(sel.methods)
-    cases = sel.cases()
+    cases = select(policy_dir=str(tmp_path), benches="all").cases()
     first = [c for c in cases if c.bench == "obqa"]
     assert first[0] == GridCase("smollm2-135m", "obqa")  # dense first in its group
     assert [c.k for c in first if c.method == "unified"] == list(DEFAULT_POINTS["unified"])
@@ -38,7 +40,7 @@ def test_main_job_defaults(tmp_path):
 
 def test_smoke_defaults():
     sel = select(main_job=False)
-    assert (sel.limit, sel.timed) == (2, 1)
+    assert (sel.limit, sel.timed, sel.rounds) == (2, 1, 2)
     assert [(c.bench, c.method, c.k) for c in sel.cases()] == [
         (b, m, k) for b in ("obqa", "csqa", "strategyqa") for m, k in (("dense", None), ("unified", 4))]
 

@@ -3,6 +3,7 @@ comparison to dense."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -82,7 +83,17 @@ class Session:
         return Reasoner(self.executor, self.loaded.tokenizer, demos, config)
 
 
+# When set (by the grid's pytest controller), progress lines go to this file, which the controller
+# tails to its terminal: pytest captures a test's stderr, and xdist workers' output never shows.
+PROGRESS_FILE_ENV = "LITESTAGE_PROGRESS_FILE"
+
+
 def log(msg: str) -> None:
+    path = os.environ.get(PROGRESS_FILE_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:  # one short append per line: lines never interleave
+            fh.write(msg + "\n")
+        return
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -128,7 +139,8 @@ def timed_phase(rounds: int) -> str:
 
 def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callbacks]], items: list[Question],
                label: str = "", warmup: int = 1, progress: bool = True,
-               checkpoint: RunCheckpoint | None = None, rounds: int = DEFAULT_ROUNDS) -> dict[str, list[ItemResult]]:
+               checkpoint: RunCheckpoint | None = None, rounds: int = DEFAULT_ROUNDS,
+               progress_every: int = 10) -> dict[str, list[ItemResult]]:
     """Batch-1 latency of each pipeline on the same items, interleaved: per question, `rounds`
     rounds in which every pipeline solves it back to back, the order alternating by question and
     round, so that drift of a shared machine hits every pipeline alike (`timing.py` pairs the rounds).
@@ -157,7 +169,7 @@ def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callback
                 checkpoint.put(phase, q.id, done)
         for name, item in zip(names, done):
             out[name].append(item)
-        if progress and (i % 10 == 0 or i == len(items)):
+        if progress and (i % progress_every == 0 or i == len(items)):
             _progress(f"{label} timed: {len(names)} pipelines x {rounds} rounds", i, len(items), out[names[0]], start,
                       solved)
     return out

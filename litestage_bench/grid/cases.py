@@ -36,8 +36,12 @@ SWEEP_POINTS: dict[str, tuple[int, ...]] = {
 SMOKE_METHODS = "dense,unified"
 SMOKE_POINTS = {"unified": (4,)}
 SMOKE_LIMIT, SMOKE_TIMED = 2, 1
-MAIN_LIMIT = 10  # items per benchmark in `pytest --benchmark-only`
-MAIN_TIMED = 3  # of them timed at batch 1 per case in `pytest --benchmark-only` (with dense, 2 rounds each)
+# The main job (`pytest --benchmark-only`) that a newcomer waits for: every method on one benchmark,
+# one accuracy batch; `--benches all` (or a list) is the full grid.
+MAIN_BENCHES = "obqa"
+MAIN_LIMIT = 8  # items per benchmark in `pytest --benchmark-only` (one batch of 8)
+MAIN_TIMED = 3  # of them timed at batch 1 per case, beside dense: the fewest a t interval takes
+MAIN_ROUNDS = 1  # interleaved rounds per timed item in the main job (the order alternates by item)
 UNRUNNABLE = {"plan": "it needs a plan file: use `litestage-bench run --method plan --policy FILE`"}
 STAGE_ABBREV = {"recall": "R", "analyze": "A", "summarize": "S"}
 
@@ -255,7 +259,8 @@ def selection_from_options(get, main_job: bool) -> GridSelection:
     models = _names(get("--models") or DEFAULT_MODEL, "models")
     for m in models:
         check_model_name(m)
-    benches = _names(get("--benches") or ",".join(BENCHMARKS), "benches")
+    benches_text = get("--benches") or (MAIN_BENCHES if main_job else ",".join(BENCHMARKS))
+    benches = list(BENCHMARKS) if benches_text.strip() == "all" else _names(benches_text, "benches")
     for b in benches:
         check_bench(b)
     methods = parse_methods(get("--methods") or ("all" if main_job else SMOKE_METHODS))
@@ -273,7 +278,7 @@ def selection_from_options(get, main_job: bool) -> GridSelection:
     dtype, numerics = get("--dtype"), get("--numerics")
     check_numerics(DEFAULT_MODEL, dtype, numerics)  # checks the names and their pair
     search_limit = _count(get("--search-limit"), "search-limit", zero_means_all=False)
-    rounds = _count(get("--rounds"), "rounds", zero_means_all=False) or DEFAULT_ROUNDS
+    rounds = _count(get("--rounds"), "rounds", zero_means_all=False) or (MAIN_ROUNDS if main_job else DEFAULT_ROUNDS)
     return GridSelection(models=models, benches=benches, methods=methods, points=points,
                          stage_sets=parse_stage_sets(get("--stages")), limit=limit, timed=timed, rounds=rounds,
                          batch_size=batch or 8, dtype=dtype, device=check_device(get("--device")), numerics=numerics,

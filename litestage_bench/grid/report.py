@@ -82,65 +82,12 @@ def _dense(group: list[tuple[CaseResult, ResultRecord]]) -> ResultRecord | None:
     return next((rec for res, rec in group if res.case.method == "dense"), None)
 
 
-def _below(x: float, ci) -> float:
-    """Error-bar length below x (0 without a finite interval)."""
-    return max(0.0, x - ci[0]) if ci and ci[0] is not None and math.isfinite(ci[0]) else 0.0
-
-
-def _above(x: float, ci) -> float:
-    return max(0.0, ci[1] - x) if ci and ci[1] is not None and math.isfinite(ci[1]) else 0.0
-
-
 def pareto_plot(model: str, bench: str, group: list[tuple[CaseResult, ResultRecord]], path: Path) -> Path | None:
-    """Accuracy (95% CI) and agreement with dense vs speedup (95% CI); a line per method through its
-    points in speedup order, dense a black star at 1x. None when no case has a speedup."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series: dict[str, list[tuple[CaseResult, ResultRecord]]] = defaultdict(list)
-    for res, rec in group:
-        if rec.speedup is not None and math.isfinite(rec.speedup) and math.isfinite(rec.accuracy):
-            label = rec.method if res.case.stage_label == "all" else f"{rec.method} ({res.case.stage_label})"
-            series[label].append((res, rec))
-    if not series:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = matplotlib.colormaps["tab10"]
-    try:
-        for i, (label, pts) in enumerate(sorted(series.items())):
-            pts.sort(key=lambda p: p[1].speedup)
-            dense = label == "dense"
-            for ax, metric in zip(axes, ("accuracy", "agreement")):
-                xs = [r.speedup for _, r in pts]
-                ys = [r.accuracy if metric == "accuracy" else (1.0 if dense else (r.fidelity or {}).get("agreement"))
-                      for _, r in pts]
-                if any(y is None for y in ys):
-                    continue
-                xerr = [[_below(r.speedup, r.speedup_ci95) for _, r in pts], [_above(r.speedup, r.speedup_ci95) for _, r in pts]]
-                yerr = None
-                if metric == "accuracy":
-                    yerr = [[_below(r.accuracy, r.accuracy_ci95) for _, r in pts],
-                            [_above(r.accuracy, r.accuracy_ci95) for _, r in pts]]
-                style = dict(fmt="*", color="black", markersize=12) if dense else \
-                    dict(fmt="-o", color=colours(i % 10), markersize=5)
-                ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, capsize=2, label=label, elinewidth=0.7, **style)
-                for (res, _), x, y in zip(pts, xs, ys):
-                    if res.case.k is not None:
-                        ax.annotate(f"k{res.case.k}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-        for ax, name in zip(axes, ("accuracy (95% CI)", "answer agreement with dense")):
-            ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
-            ax.set_xlabel("speedup vs dense (x, 95% CI)")
-            ax.set_ylabel(name)
-            ax.set_ylim(-0.03, 1.05)
-            ax.grid(True, alpha=0.3)
-        axes[1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"{model} / {bench}: up and right is better (dense = black star)")
-        fig.tight_layout()
-        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110), binary=True)
-    finally:
-        plt.close(fig)
+    """The group's Pareto plot, drawn as every record table's is (records/pareto.py: accuracy and
+    agreement panels, both CIs, numbered points keyed to the table); None when no case has a speedup."""
+    from ..records.pareto import pareto_plot as draw_records
+    records = [rec for _, rec in group if rec.speedup is not None and math.isfinite(rec.speedup)]
+    return draw_records(records, path) if records else None
 
 
 def versions() -> dict:

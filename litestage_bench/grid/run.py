@@ -6,7 +6,9 @@ case's items and latency at batch 1 on a seeded subset (`timed`), after one unti
 question per pipeline (on CUDA, an untimed pass over the whole subset). Every non-dense case
 times dense and its method back to back on each timed item, R rounds with the order alternating
 (`runner.time_items`), so its speedup pairs latencies measured moments apart. Dense is also a case
-of its own in the same process (the same xdist worker): its answers are every case's reference.
+of its own: its answers are every case's reference, paired once the cases are merged (a main job
+with one model x benchmark deals its cases out over the xdist workers; float32 answers do not
+depend on the process).
 """
 from __future__ import annotations
 
@@ -180,11 +182,14 @@ def run_case(case: GridCase, ctx: GridContext, benchmark: Any) -> CaseResult:
     items = load_split(case.bench, "eval", limit=sel.limit, seed=SEED)
     key_config = accuracy_config(ctx, case, method, items, source, reasoner, config)
     label = f"{case.model} {case.bench} {case.method} {case.point}"
+    if sel.main_job:
+        ctx.log(f"[{label}] started on {ctx.worker}: accuracy on {len(items)} items, then "
+                f"{sel.timed or len(items)} timed x {sel.rounds} rounds")
 
     start = time.perf_counter()
     results, cached = ctx.cache.get_or_compute(
         key_config, lambda checkpoint: evaluate_items(reasoner, plan, callbacks, items, sel.batch_size, label,
-                                                      progress=False, checkpoint=checkpoint), label, ctx.log)
+                                                      progress=sel.main_job, checkpoint=checkpoint), label, ctx.log)
     accuracy_seconds = time.perf_counter() - start
 
     timed_items = subset(items, sel.timed, SEED)
@@ -202,7 +207,9 @@ def run_case(case: GridCase, ctx: GridContext, benchmark: Any) -> CaseResult:
             reasoner.solve(q, *pipeline)
     start = time.perf_counter()
     clock = benchmark.pedantic(time_items, args=(reasoner, pipelines, timed_items),
-                               kwargs={"label": label, "warmup": 0, "progress": False, "rounds": sel.rounds},
+                               # the main job: a line per timed item (at least one a minute)
+                               kwargs={"label": label, "warmup": 0, "progress": sel.main_job, "rounds": sel.rounds,
+                                       "progress_every": 1},
                                rounds=1, iterations=1)
     timed_seconds = time.perf_counter() - start
     timing = {"timed_ids": [q.id for q in timed_items], "n_timed": len(timed_items), "batch_size_timed": 1,

@@ -3,6 +3,7 @@ progress line (with ETA) that the controller prints per finished case."""
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -60,10 +61,23 @@ def group_scheduler(config, log, groups: dict[str, str]):
     `item._nodeid`, which pytest 9 no longer reads, so its loadgroup silently splits groups."""
     from xdist.scheduler import LoadScopeScheduling
 
+    # fewer groups than workers (the main job: one model x one benchmark): each group is dealt out
+    # over the workers, case by case; each case times dense beside itself, and the controller
+    # compares every case with its group's dense case once all are merged
+    index: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for cid, group in groups.items():  # in collection order: dense first
+        index[cid] = seen.get(group, 0)
+        seen[group] = index[cid] + 1
+
     class GridGroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            group = groups.get(case_id(nodeid) or "")
-            return f"litestage-grid:{group}" if group else nodeid
+            cid = case_id(nodeid) or ""
+            group = groups.get(cid)
+            if not group:
+                return nodeid
+            parts = self.numnodes if len(set(groups.values())) < self.numnodes else 1
+            return f"litestage-grid:{group}:{index[cid] % parts}"
 
     return GridGroupScheduling(config, log)
 
@@ -85,13 +99,22 @@ class Progress:
 
     total: int = 0
     done: int = 0
+    workers: int = 1
     start: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # per worker, its cases' seconds
+
+    def eta(self, left: int) -> float:
+        """The rest at the median case time, leaving out each worker's first case (it loads the model)
+        while a later one exists, spread over the workers."""
+        later = [s for times in self.seconds.values() for s in times[1:]]
+        pool = later or [s for times in self.seconds.values() for s in times]
+        return statistics.median(pool) * left / max(self.workers, 1) if pool else 0.0
 
     def line(self, summary: dict) -> str:
         self.done += 1
-        elapsed = time.perf_counter() - self.start
+        self.seconds.setdefault(summary.get("worker", ""), []).append(summary.get("seconds", 0.0))
         left = max(self.total - self.done, 0)
-        eta = elapsed / self.done * left
+        eta = self.eta(left)
         acc = summary.get("accuracy")
         speed = summary.get("speedup")
         parts = [f"[grid {self.done}/{self.total or '?'} {summary.get('worker', '')}]".replace(" ]", "]"),
