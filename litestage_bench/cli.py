@@ -39,6 +39,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(_positive(part.strip()) for part in text.split(",") if part.strip()) or _positive(text)
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be within 0..1 (1 excluded)")
+    return value
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -222,6 +232,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.ranking_from:
         from .methods.registry import load_policy
         load_policy(args.ranking_from)  # a missing or malformed file fails now, not after the load
+    if args.latency_fit.lower() not in ("auto", "none"):
+        from .records.latency_model import load_fit
+        load_fit(args.latency_fit)  # likewise
     out = Path(args.out)
     _clean_stale(out)
     session = Session.open(args.model, dtype=args.dtype, device=args.device, numerics=args.numerics)
@@ -367,7 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one-sided confidence of each candidate's target test (default 0.95)")
     search.add_argument("--looks", type=_positive, default=4,
                         help="measure each candidate's calibration items in N chunks; one that clearly misses the "
-                             "target after a chunk stops there, untimed (default 4; 1: every item, every candidate)")
+                             "target after a chunk stops there, untimed, one that already meets it at the stricter "
+                             "interim confidence (--efficacy-share) stops there too (default 4; 1: every item, "
+                             "every candidate)")
+    search.add_argument("--efficacy-share", type=_share, default=0.2,
+                        help="share of alpha = 1 - confidence spent on stopping a candidate that already meets the "
+                             "target at an interim look, split evenly over those looks; the last look gets the rest "
+                             "(default 0.2; 0: no such stops)")
+    search.add_argument("--coarse-step", type=_positive, default=4,
+                        help="#skip sweeps measure every C-th step first, then only the gaps that may hold a meeting "
+                             "#skip (default 4; 1: every step)")
+    search.add_argument("--latency-fit", default="auto", metavar="FIT.json|auto|none",
+                        help="rank candidates by the speedup a latency fit predicts and time only each sweep's "
+                             "finalists (default auto: results/latency/fit_MODEL_NUMERICS_DEVICE_CPU.json if there; "
+                             "none: time every candidate)")
     search.add_argument("--no-early-exit", action="store_true", help="do not search early-exit thresholds")
     search.add_argument("--harm-profile", action="store_true", help="also measure every unit's single-skip KL")
     drafts = search.add_argument_group("lossless methods (selfspec, litestage-spec)")

@@ -23,6 +23,7 @@ from litestage_bench.methods import litestage
 from litestage_bench.methods.calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking,
                                                  skip_set, sublayer_similarity)
 from litestage_bench.methods.litestage import LiteStage, SearchOptions
+from litestage_bench.methods.search_rows import RowStore
 from litestage_bench.methods.registry import ModelFacts
 
 # ------------------------------------------------------------------------------ early exit
@@ -210,13 +211,22 @@ def test_default_calibration_size_has_its_stated_power():
     opts = SearchOptions()
     stated = litestage.target_power(opts, opts.limit)
     power = stated["power_by_discordance"]
-    assert opts.limit == 200 and power["0.05"] >= 0.8 > power["0.1"]
+    assert opts.limit == 200 and power["0.05"] >= 0.78 > power["0.1"]
     assert stated["interim_looks"] == [48, 96, 152]  # 4 chunks of whole batches of 8
+    # alpha spending: 0.2 of alpha over the 3 interim looks' efficacy stops, the rest at the last look
+    assert stated["efficacy_confidence"] == pytest.approx(1 - 0.2 * 0.05 / 3)
+    assert stated["final_confidence"] == pytest.approx(0.96)
     agree = litestage.target_power(SearchOptions(target="agreement"), opts.limit)
     assert agree["power_by_true_agreement"]["0.95"] >= 0.79
-    # stopping clear misses early costs under a point of power
-    for found in (stated, agree):
+    # the stricter last look costs the accuracy test under 4 points of power against one look at 95%
+    for case, without in stated["without_looks"].items():
+        assert without - 0.04 < power[case] < without
+    # futility stops alone (no efficacy share) cost under a point
+    futile = SearchOptions(efficacy_share=0.0)
+    for found in (litestage.target_power(futile, opts.limit),
+                  litestage.target_power(SearchOptions(target="agreement", efficacy_share=0.0), opts.limit)):
         key = "power_by_discordance" if "power_by_discordance" in found else "power_by_true_agreement"
+        assert found["final_confidence"] == 0.95 and found["efficacy_confidence"] is None
         for case, without in found["without_looks"].items():
             assert without - 0.01 < found[key][case] <= without
 
@@ -245,8 +255,8 @@ def test_a_candidate_clearly_missing_at_a_look_stops_there_untimed_and_its_chunk
     target = {"kind": "agreement", "min_agreement": 0.9}
 
     def meter(opts: SearchOptions, target: dict):
-        m = litestage.CandidateMeter(None, items, items[:2], [], ({"k": "answers"}, {"k": "timing"}), tmp_path, opts,
-                                     lambda msg: None, StageMemo())
+        m = litestage.CandidateMeter(None, items, items[:2], [], ({"k": "answers"}, {"k": "timing"}),
+                                     RowStore(tmp_path), opts, lambda msg: None, StageMemo())
         m._answer_counts = _chunk_counts(calls, spec)
         m._timing = lambda plan, callbacks: timed.append(1) or {"speedup": 1.5, "latency_s": 1.0}
         m.target = target
@@ -258,10 +268,15 @@ def test_a_candidate_clearly_missing_at_a_look_stops_there_untimed_and_its_chunk
     assert calls == [(0, 48)] and timed == [] and bad["speedup"] is None
     assert bad["test"]["decision"] == "clearly misses" and bad["flips"]["n"] == bad["test"]["n"] == 48
     assert bad["tokens"] == {s: 10.0 for s in STAGES} and bad["stage_runs"] == 48
+    assert bad["stopped"] == {"look": 1, "of": 4, "n": 48, "why": "futility"}
     spec.clear()
-    good = agree.measure({"analyze": SkipSet.of([2])}, {}, "good")  # no change: every chunk, then timed
-    assert calls[1:] == [(0, 48), (48, 96), (96, 152), (152, 200)] and timed == [1]
-    assert good["test"]["decision"] == "meets" and good["flips"]["n"] == 200 and good["speedup"] == 1.5
+    # no change: 48 of 48 agree is not enough at the interim confidence (lower bound 0.888), 96 of 96
+    # is (0.942): it stops as meeting after the second look, then is timed
+    good = agree.measure({"analyze": SkipSet.of([2])}, {}, "good")
+    assert calls[1:] == [(0, 48), (48, 96)] and timed == [1]
+    assert good["test"]["decision"] == "meets" and good["flips"]["n"] == 96 and good["speedup"] == 1.5
+    assert good["stopped"] == {"look": 2, "of": 4, "n": 96, "why": "efficacy"}
+    assert good["test"]["meets_confidence"] == pytest.approx(1 - 0.2 * 0.05 / 3) and good["test"]["confidence"] == 0.95
     assert agree.measured == 2 and agree.from_disk == 0
     # the accuracy target: "bad" gains 7 and loses 8 of 48, within 4 points by its upper bound, so it
     # goes on; its first chunk is read from disk, the rest measured
@@ -392,6 +407,11 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
         assert ("latency_s" in row) == (row["test"]["decision"] != "clearly misses")  # a clear miss is not timed
     assert {r["test"]["decision"] for r in policy["candidates"][1:]} <= {"meets", "undecided", "clearly misses"}
     assert policy["power"]["n"] == 6
+    # the cost controls' options, the looks with their confidences, and per row where it stopped
+    assert {"coarse_step", "efficacy_share", "latency_fit"} <= set(policy["options"])
+    assert policy["looks"]["ends"] == [3, 6] and policy["speed_ranking"]["fit"] is None  # no fit of "tiny"
+    for row in policy["candidates"]:
+        assert row["stopped"]["why"] in ("futility", "efficacy", "all items") and row["predicted_speedup"] is None
     # the policy round-trips through JSON into the method
     method = LiteStage(json.loads(json.dumps(policy)))
     method.plan(ModelFacts("tiny", 4, (1,) * 4, (1,) * 4))
@@ -424,7 +444,7 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     moved = litestage.search(session, "obqa", opts, r.cfg, store_dir=tmp_path, log=logs.append)
     assert moved["search_cost"]["answers_cache"] == "without the CPU (exact numerics)"
     assert any("calibration items from" in m for m in logs)  # the dense pass too
-    before = {_config(c): c for c in changed["candidates"]}
+    before = {_config(c): c for c in fresh["candidates"]}  # the rows of the same canary
     shared = [c for c in moved["candidates"] if _config(c) in before]
     assert shared and moved["search_cost"]["candidates_retimed"] > 0
     for c in shared:
@@ -465,12 +485,15 @@ class FakeMeter:
         return {"accuracy": accuracy, "agreement": 1.0, "latency_s": latency, "speedup": 9.0 / latency,
                 "test": {"decision": decision}, **(meta or {})}
 
+    def choose(self, rows):
+        return litestage.fastest_meeting(rows)
+
 
 def test_stagewise_sweeps_fix_each_stage_in_order_with_the_others_held():
     ranking = [("attn", j) for j in range(6)]
     meter = FakeMeter(ranking, 0.46)  # at most 4 units in total
     state = litestage.SearchState()
-    opts = SearchOptions(max_skip=5, patience=1)
+    opts = SearchOptions(max_skip=5, patience=1, coarse_step=1)
     litestage._budget_sweeps(meter, ranking, ["analyze", "recall", "summarize"], opts, state)
     # analyze first: 0..4 meet (4 is fastest), 5 misses; then recall may only add 0 (0.46 reached)
     assert state.n_skip == {"analyze": 4, "recall": 0, "summarize": 0}
@@ -483,7 +506,7 @@ def test_uniform_budget_uses_one_skip_count_for_every_stage():
     ranking = [("ffn", j) for j in range(6)]
     meter = FakeMeter(ranking, 0.44)
     state = litestage.SearchState()
-    opts = SearchOptions(max_skip=5, patience=1, budget="uniform")
+    opts = SearchOptions(max_skip=5, patience=1, budget="uniform", coarse_step=1)
     litestage._budget_sweeps(meter, ranking, list(STAGES), opts, state)
     assert all(len(set(c.values())) == 1 for c in meter.calls)
     # #skip 0, 1, 2 meet the target (3 x 2 units: 0.44); 1 is the fastest (7.8 s < 7.95 s < 9.0 s)

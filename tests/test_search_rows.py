@@ -101,3 +101,29 @@ def test_report_search_prints_the_sweep_and_audits_the_policy(searcher, tmp_path
     assert main(["report", "--search", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a folder" in err[0]
+
+
+class _RankingPredictor:
+    """A latency fit's stand-in: predicts the fake timing's speedup from the skipped units."""
+
+    half_width = 0.01
+
+    def predict(self, sets, rules, chunks, dense, reuse_kv=True):
+        assert chunks and all(c and c["ids"] for c in chunks)  # the accuracy pass's per-item columns
+        return 1.0 + 0.1 * sum(len(s.attn) + len(s.ffn) for s in sets.values()) + 0.05 * sum(map(bool, rules.values()))
+
+    def describe(self):
+        return {"fit": "fake", "half_width": self.half_width}
+
+
+def test_a_search_with_a_latency_fit_times_dense_the_finalists_and_the_chosen_setting(searcher, tmp_path, monkeypatch):
+    monkeypatch.setattr(litestage, "find_predictor", lambda option, group, bench, log: _RankingPredictor())
+    policy = searcher(tmp_path, "CPU one")
+    assert policy["speed_ranking"] == {"fit": "fake", "half_width": 0.01}
+    dense, *rows = policy["candidates"]
+    assert dense["speedup"] == 1.0 and policy["chosen"]["speedup"] is not None
+    going = [r for r in rows if r["test"]["decision"] != "clearly misses"]
+    assert going and all(r["predicted_speedup"] is not None for r in going)
+    timed = [r for r in rows if r["speedup"] is not None]
+    assert all(r["test"]["decision"] == "meets" or r["n_skip"] == 0 or r.get("threshold", 0) is None for r in timed)
+    assert policy["search_cost"]["candidates_timed"] == len(timed) + 2  # and dense, and the chosen setting

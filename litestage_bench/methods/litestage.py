@@ -21,13 +21,15 @@ Online (``LiteStage``, `run --method litestage --policy P`): the per-stage skip 
 
 Cost controls: stage outputs a candidate does not change are reused (``StageMemo``; batched
 accuracy only, timing always re-runs), every stage starts from the shared-header cache, a
-candidate that clearly misses the target on the first chunks of the calibration items stops there
-and is not timed (interim looks for futility, ``CandidateMeter``), a sweep stops only after
-`patience` candidates in a row clearly miss the target by their upper bounds, and the dense pass
-and each measured chunk of a candidate are JSON rows in the repository (``search_rows.py``), so a
-search interrupted on one machine resumes on another from the rows that landed (on another CPU too,
-where float32 answers are exact: it re-times only), and a code change that alters dense's outputs
-measures afresh.
+candidate's answers come in interim looks and it stops at the first look where it clearly misses
+(futility) or already meets at a stricter, alpha-spending confidence (efficacy; search_decisions.py),
+a #skip sweep measures every `coarse_step`-th #skip first and then only the gaps that may hold a
+meeting one, a sweep stops only after `patience` candidates in a row clearly miss the target by
+their upper bounds (search_sweep.py), with a latency fit of the model x numerics x device x CPU only
+the finalists by predicted speedup are timed (search_speed.py), and the dense pass and each measured
+chunk of a candidate are JSON rows in the repository (``search_rows.py``), so a search interrupted
+on one machine resumes on another from the rows that landed (on another CPU too, where float32
+answers are exact: it re-times only), and a code change that alters dense's outputs measures afresh.
 """
 from __future__ import annotations
 
@@ -47,7 +49,6 @@ from ..engine.plan import STAGES, SkipPlan, SkipSet, StagePlan, check_skip_set
 from ..evaluation.benchmarks import Question, check_disjoint, check_items, load_split, subset
 from ..evaluation.reasoner import Callbacks, Reasoner, StageMemo
 from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
-from ..records import stats
 from ..records.fidelity import aggregate_fidelity
 from ..records.noise import exact_numerics
 from ..records.results import ItemResult, item_from_dict, item_to_dict, machine_info
@@ -55,7 +56,11 @@ from ..records.timing import paired_speedup
 from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking, ranking_vs_harm,
                           skip_set, sublayer_similarity)
 from .registry import Method, ModelFacts, register, register_search
+from .search_decisions import (decide, look_ends, look_plan, look_test, merge_answer_counts,  # noqa: F401
+                               run_looks, target_power)  # (decide, look_ends, look_test: re-exported)
 from .search_rows import RowStore, canary, default_store, ids_sha, item_columns
+from .search_speed import SpeedPredictor, find_predictor
+from .search_sweep import coarse_to_fine, fastest_meeting, finalists, meets, sweep  # noqa: F401 (re-exported)
 
 POLICY_SCHEMA_VERSION = 1
 
@@ -169,9 +174,14 @@ class SearchOptions:
     ranking: str = "cosine"  # or "iterative" (re-measured joint harm after each added unit)
     budget: str = "stagewise"  # or "uniform" (one #skip for all stages, ablation)
     step: int = 1
+    coarse_step: int = 4  # #skip sweeps: every 4th step first, then the gaps that may hold a meeting one (1: all)
     max_skip: int | None = None  # default: half of the units
     patience: int = 2  # stop a sweep after this many candidates in a row clearly miss the target (by their bounds)
-    looks: int = 4  # the calibration items in this many chunks: a candidate clearly missing after one stops (futility)
+    looks: int = 4  # the calibration items in this many chunks: a candidate stops at the first one where it
+    # clearly misses (futility) or already meets at the interim confidence (efficacy)
+    efficacy_share: float = 0.2  # of alpha = 1 - confidence, spent evenly on the interim looks' efficacy stops
+    latency_fit: str | None = "auto"  # rank by predicted speedup, time the finalists: a fit file, "auto"
+    # (results/latency/ by model, numerics, device and CPU, if there) or None (time every candidate)
     early_exit: bool = True
     exit_window: int = 4
     exit_confidence: str = "max_prob"
@@ -188,8 +198,9 @@ class SearchOptions:
                   (self.budget in ("stagewise", "uniform"), "budget must be 'stagewise' or 'uniform'"),
                   (0 <= self.min_agreement <= 1, "min agreement must be within 0..1"),
                   (self.tolerance >= 0, "tolerance must be >= 0 points"),
-                  (min(self.step, self.patience, self.limit, self.rounds, self.looks) >= 1,
-                   "step, patience, limit, rounds and looks must be >= 1"),
+                  (min(self.step, self.coarse_step, self.patience, self.limit, self.rounds, self.looks) >= 1,
+                   "step, coarse step, patience, limit, rounds and looks must be >= 1"),
+                  (0 <= self.efficacy_share < 1, "efficacy share must be within 0..1 (1 excluded)"),
                   (0.5 < self.confidence < 1, "confidence must be within 0.5..1"),
                   (1 <= self.timed <= self.limit, "timed must be within 1..limit")]
         for ok, msg in checks:
@@ -202,91 +213,19 @@ def config_sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def decide(target: dict, m: dict, confidence: float) -> dict:
-    """The target test of one candidate, paired against dense on the same calibration items.
-
-    Accuracy: non-inferiority of (candidate - dense) accuracy within the tolerance; agreement: the
-    answer agreement with dense at or above the minimum. Each with one-sided bounds at `confidence`
-    (stats.paired_difference_bounds, stats.proportion_bounds). "meets": the lower bound passes;
-    "clearly misses": the upper bound fails too; "undecided": neither."""
-    n = m["flips"]["n"]
-    if target["kind"] == "accuracy":
-        est, low, high = stats.paired_difference_bounds(m["flips"]["wrong_to_correct"], m["flips"]["correct_to_wrong"],
-                                                        n, confidence)
-        bar = -target["tolerance_points"] / 100
-    else:
-        est, low, high = stats.proportion_bounds(round(m["agreement"] * n), n, confidence)
-        bar = target["min_agreement"]
-    decision = "meets" if low >= bar - 1e-12 else ("clearly misses" if high < bar - 1e-12 else "undecided")
-    return {"statistic": "accuracy difference" if target["kind"] == "accuracy" else "agreement",
-            "estimate": est, "lower": low, "upper": high, "bar": bar, "confidence": confidence, "n": n,
-            "decision": decision}
-
-
-def meets(row: dict) -> bool:
-    return row["test"]["decision"] == "meets"
-
-
-def fastest_meeting(rows: list[dict]) -> dict:
-    """The row with the highest measured speedup among those that meet the target; rows[0] is the
-    setting accepted before the sweep (the unchanged plan), which always qualifies."""
-    ok = [rows[0]] + [r for r in rows[1:] if meets(r)]
-    return max(ok, key=lambda r: r["speedup"])
-
-
-def sweep(measure: Callable[[Any], dict], values: list, patience: int) -> tuple[dict, list[dict]]:
-    """Measure candidates in order; a sweep ends early only after `patience` candidates in a row
-    clearly miss the target by their bounds (an undecided or a meeting one resets the count), so a
-    dip of a noisy, non-monotone curve does not hide later candidates. values[0] is the setting
-    accepted so far. Returns the fastest meeting row and every measured row."""
-    rows, misses = [], 0
-    for value in values:
-        row = measure(value)
-        rows.append(row)
-        misses = misses + 1 if len(rows) > 1 and row["test"]["decision"] == "clearly misses" else 0
-        if misses >= patience:
-            break
-    return fastest_meeting(rows), rows
-
-
-def look_ends(n: int, looks: int, batch: int) -> list[int]:
-    """Where the calibration items are cut for the interim looks: `looks` near-equal chunks ending on
-    whole batches (no part-filled batch inside a chunk), the last one at n."""
-    interim = {min(n, max(batch, round(n * i / looks / batch) * batch)) for i in range(1, looks)}
-    return sorted(e for e in interim if e < n) + [n]
-
-
-def target_power(opts: "SearchOptions", n: int) -> dict:
-    """The power of the target test at `n` calibration items, with the search's interim looks (a
-    candidate clearly missing on the items so far stops there) and without them: for the accuracy
-    target, when a candidate is as accurate as dense and flips the correctness of 5%, 10% or 20% of
-    items; for the agreement target, when its true agreement is the minimum + 0.05 (or 0.97)."""
-    looks = look_ends(n, opts.looks, opts.batch_size)[:-1]
-    if opts.target == "accuracy":
-        def power(d: float, at: list[int]) -> float:
-            return stats.noninferiority_power(n, opts.tolerance / 100, d, opts.confidence, at)
-        return {"n": n, "interim_looks": looks, "tolerance_points": opts.tolerance, "confidence": opts.confidence,
-                "assuming": "equal accuracy; discordance = share of items whose correctness differs",
-                "power_by_discordance": {str(d): power(d, looks) for d in (0.05, 0.1, 0.2)},
-                "without_looks": {str(d): power(d, []) for d in (0.05, 0.1, 0.2)}}
-    trues = sorted({min(opts.min_agreement + 0.05, 1.0), max(0.97, opts.min_agreement)})
-
-    def agree_power(t: float, at: list[int]) -> float:
-        return stats.agreement_power(n, opts.min_agreement, t, opts.confidence, at)
-    return {"n": n, "interim_looks": looks, "min_agreement": opts.min_agreement, "confidence": opts.confidence,
-            "power_by_true_agreement": {f"{t:g}": agree_power(t, looks) for t in trues},
-            "without_looks": {f"{t:g}": agree_power(t, []) for t in trues}}
-
-
 class CandidateMeter:
     """Accuracy / agreement on the calibration items (batched) and the speedup over dense on a
     timed subset (batch 1, dense and the candidate interleaved), per candidate plan.
 
-    The answers come one look's chunk of items at a time (`look_ends`). After each chunk but the
-    last, a candidate whose target test already clearly misses on the items so far stops there, and
-    a candidate that clearly misses is not timed: it can no longer be chosen. Stopping for futility
-    only ever lowers the chance that a candidate meets the target, so the confidence of "meets" is
-    unchanged; the power it costs is in `target_power`.
+    The answers come one look's chunk of items at a time (search_decisions.py): after each chunk
+    but the last, a candidate whose test already clearly misses on the items so far stops there
+    (futility), and one whose lower bound already passes at the interim (alpha-spending) confidence
+    stops as meeting (efficacy). A candidate that clearly misses is not timed: it can no longer be
+    chosen. Each row records where it stopped and why (`stopped`) and the confidences its test used.
+
+    Without a latency fit (`speed` None) every other candidate is timed as it is measured. With one,
+    a candidate gets a `predicted_speedup` from its own answers (tokens, executed costs) and is timed
+    only as a finalist of its sweep (`choose`): its `speedup` stays None otherwise.
 
     Each chunk's answers and each timing is a row of the search's row store (search_rows.py), keyed
     by the plan and the search's settings: answers leave out the CPU where the numerics are exact,
@@ -298,58 +237,98 @@ class CandidateMeter:
 
     def __init__(self, reasoner: Reasoner, items: list[Question], timed_items: list[Question],
                  dense: list[ItemResult], keys: tuple[dict, dict], store: RowStore, opts: "SearchOptions",
-                 log: Callable[[str], None], memo: StageMemo) -> None:
+                 log: Callable[[str], None], memo: StageMemo, speed: SpeedPredictor | None = None) -> None:
         self.reasoner, self.items, self.timed_items, self.dense = reasoner, items, timed_items, dense
         self.answers_key, self.timing_key = keys
-        self.store, self.opts, self.log, self.memo = store, opts, log, memo
+        self.store, self.opts, self.log, self.memo, self.speed = store, opts, log, memo, speed
+        self.looks = look_plan(len(items), opts)
         self.target: dict | None = None  # set once dense's calibration accuracy is known
         self.measured = 0  # candidates with anything measured
         self.from_disk = 0  # candidates read whole from disk
         self.retimed = 0  # candidates whose answers came from disk and whose timing was measured
+        self.timed = 0  # candidates timed (measured or read)
+        self._answers_read: dict[int, bool] = {}  # id(row) of an untimed row -> whether it was read whole
 
     def measure(self, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None], label: str,
-                meta: dict | None = None) -> dict:
+                meta: dict | None = None, timed: bool = False) -> dict:
+        """One candidate's row; timed now unless it clearly misses, or, with a latency fit, unless
+        `timed` (then `choose` times the finalists)."""
         config = {"sets": {s: sets.get(s, SkipSet()).to_dict() for s in STAGES},
                   "exits": {s: (rules[s].to_dict() if rules.get(s) else None) for s in STAGES}}
-        plan, callbacks = plan_from_sets(sets), exit_callbacks(rules)
-        answers, answers_stored, rows = self._answers(plan, callbacks, config, label)
-        t = decide(self.target, answers, self.opts.confidence) if self.target else {"decision": "reference"}
+        answers, answers_stored, rows, parts, t, stopped = self._answers(sets, rules, config, label)
+        predicted = None
+        if self.speed is not None and t["decision"] != "clearly misses":
+            predicted = self.speed.predict(sets, rules, [p.get("items") for p in parts], self.dense,
+                                           self.reasoner.cfg.reuse_kv)
+        row = {**config, **answers, "speedup": None, "predicted_speedup": predicted, "label": label, **(meta or {}),
+               "test": t, "stopped": stopped, "rows": rows}
         if t["decision"] == "clearly misses":
-            timing, timing_stored = {"speedup": None, "timing": "none: it clearly misses the target"}, True
+            row["timing"] = "none: it clearly misses the target"
+        elif self.speed is None or timed:
+            self._time(row, answers_stored, counted=False)
         else:
-            timing, timing_stored, name = self.store.stored("timing", {**self.timing_key, **config},
-                                                            lambda: self._timing(plan, callbacks), {"label": label})
-            rows.append(name)
-        if answers_stored and timing_stored:
-            self.from_disk += 1
-        else:
-            self.measured += 1
-            self.retimed += answers_stored
-        row = {**config, **answers, **timing, "label": label, **(meta or {}), "test": t, "rows": rows}
+            row["timing"] = "none unless a finalist of its sweep by predicted speedup"
+            self._answers_read[id(row)] = answers_stored
+        if "timing" in row:  # not timed (now): counted here
+            self.from_disk += answers_stored
+            self.measured += not answers_stored
         n, planned = answers["flips"]["n"], len(self.items)
         bounds = f" {t['statistic']} {t['estimate']:+.3f} [{t['lower']:+.3f}, {t['upper']:+.3f}]" if self.target else ""
-        stopped = f" after {n} of {planned} items" if n < planned else ""
+        stop = f" after {n} of {planned} items ({stopped['why']})" if n < planned else ""
         speed = "not timed" if row["speedup"] is None else f"speedup {row['speedup']:.2f}x"
+        guess = "" if predicted is None else f" (predicted {predicted:.2f}x)"
         self.log(f"[search] {label}: acc {row['accuracy']:.3f} agreement {row['agreement']:.3f}{bounds} "
-                 f"-> {t['decision']}{stopped}; {speed} tokens {row['tokens']}")
+                 f"-> {t['decision']}{stop}; {speed}{guess} tokens {row['tokens']}")
         return row
 
-    def _answers(self, plan: SkipPlan, callbacks: Callbacks, config: dict, label: str) -> tuple[dict, bool, list[str]]:
+    def choose(self, rows: list[dict]) -> dict:
+        """The kept row of a sweep: the fastest meeting one by measured speedup; with a latency fit,
+        among the finalists by predicted speedup (search_sweep.finalists), timed now."""
+        if self.speed is None:
+            return fastest_meeting(rows)
+        picked = finalists(rows, self.speed.half_width)
+        for row in picked:
+            if row["speedup"] is None:
+                self._time(row, self._answers_read.pop(id(row), False), counted=True)
+                self.log(f"[search] {row['label']}: finalist, speedup {row['speedup']:.2f}x "
+                         f"(predicted {row['predicted_speedup'] or float('nan'):.2f}x)")
+        return max(picked, key=lambda r: r["speedup"])
+
+    def _time(self, row: dict, answers_stored: bool, counted: bool) -> None:
+        """Time a row's candidate (or read its timing row) into the row. `counted`: the row was
+        already counted as read (answers_stored) or measured."""
+        config = {"sets": row["sets"], "exits": row["exits"]}
+        plan = plan_from_sets({s: SkipSet.from_dict(row["sets"][s]) for s in STAGES})
+        callbacks = exit_callbacks({s: ExitRule.from_dict(row["exits"][s]) for s in STAGES})
+        timing, stored, name = self.store.stored("timing", {**self.timing_key, **config},
+                                                 lambda: self._timing(plan, callbacks), {"label": row["label"]})
+        row.pop("timing", None)
+        row.update(timing)
+        row["rows"].append(name)
+        self.timed += 1
+        if counted and answers_stored and not stored:  # read whole so far: now re-timed
+            self.from_disk, self.measured, self.retimed = self.from_disk - 1, self.measured + 1, self.retimed + 1
+        elif not counted:
+            self.from_disk += answers_stored and stored
+            self.measured += not (answers_stored and stored)
+            self.retimed += answers_stored and not stored
+
+    def _answers(self, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None], config: dict,
+                 label: str) -> tuple[dict, bool, list[str], list[dict], dict, dict]:
         """The candidate's answers over the chunks it needs (see the class), whether every chunk
-        came from the row store, and the rows' file names."""
-        counts, all_stored, start, rows = [], True, 0, []
-        for end in look_ends(len(self.items), self.opts.looks, self.opts.batch_size):
-            part, stored, name = self.store.stored("answers", {**self.answers_key, **config, "chunk": [start, end]},
-                                                   lambda lo=start, hi=end: self._answer_counts(plan, callbacks, lo, hi),
+        came from the row store, the rows' file names, the chunks, its test and where it stopped."""
+        plan, callbacks = plan_from_sets(sets), exit_callbacks(rules)
+        rows, read = [], []
+
+        def chunk(lo: int, hi: int) -> dict:
+            part, stored, name = self.store.stored("answers", {**self.answers_key, **config, "chunk": [lo, hi]},
+                                                   lambda: self._answer_counts(plan, callbacks, lo, hi),
                                                    {"label": label})
-            counts.append(part)
             rows.append(name)
-            all_stored, start = all_stored and stored, end
-            answers = merge_answer_counts(counts)
-            if end < len(self.items) and self.target and \
-                    decide(self.target, answers, self.opts.confidence)["decision"] == "clearly misses":
-                break
-        return answers, all_stored, rows
+            read.append(stored)
+            return part
+        answers, parts, t, stopped = run_looks(self.target, self.looks, chunk)
+        return answers, all(read), rows, parts, t, stopped
 
     def _answer_counts(self, plan: SkipPlan, callbacks: Callbacks, lo: int, hi: int) -> dict:
         """Calibration items lo..hi: counts and sums that add up over chunks (merge_answer_counts)."""
@@ -383,25 +362,6 @@ class CandidateMeter:
                 "timing_cpu": machine_info().get("cpu"), "timing_seconds": time.perf_counter() - start}
 
 
-def merge_answer_counts(parts: list[dict]) -> dict:
-    """A candidate's answer fields over the chunks measured so far (CandidateMeter._answer_counts)."""
-    n = sum(p["n"] for p in parts)
-
-    def total(key: str) -> Any:
-        return sum(p[key] for p in parts)
-
-    def stage_means(key: str) -> dict[str, float]:
-        return {s: sum(p[key][s] for p in parts) / n for s in STAGES}
-    correct, kl_n = total("correct"), total("answer_kl_n")
-    acc, ci = stats.accuracy_ci95_of_counts(correct, n)
-    return {"accuracy": acc, "accuracy_ci95": ci, "agreement": (n - total("changed")) / n,
-            "answer_kl": total("answer_kl_sum") / kl_n if kl_n else None,
-            "flips": {**{k: total(k) for k in ("correct_to_wrong", "wrong_to_correct", "changed")}, "n": n},
-            "tokens": {s: round(v, 2) for s, v in stage_means("token_sums").items()},
-            "executed_cost_fraction": stage_means("cost_fraction_sums"), "stage_runs": total("stage_runs"),
-            "answers_cpu": ", ".join(sorted({p["cpu"] for p in parts})), "answers_seconds": total("seconds")}
-
-
 def cache_keys(base_key: dict, exact: bool, opts: "SearchOptions") -> tuple[dict, dict]:
     """The row keys (search_rows.py): answers without the code version (the canary stands for it),
     and without the CPU and threads where the numerics are exact, with them and the batch size where
@@ -423,7 +383,8 @@ class SearchState:
 
 def _budget_sweeps(meter: CandidateMeter, ranking: list, order: list[str], opts: SearchOptions,
                    state: SearchState) -> list[dict]:
-    """Step 2: per stage (slowest first) or uniform, the fastest #skip that meets the target."""
+    """Step 2: per stage (slowest first) or uniform, the fastest #skip that meets the target
+    (coarse to fine: search_sweep.coarse_to_fine)."""
     max_skip = opts.max_skip if opts.max_skip is not None else len(ranking) // 2
     values = list(range(0, min(max_skip, len(ranking)) + 1, opts.step))
     rows: list[dict] = []
@@ -431,7 +392,7 @@ def _budget_sweeps(meter: CandidateMeter, ranking: list, order: list[str], opts:
         def uniform(n: int) -> dict:
             return meter.measure({s: skip_set(ranking, n) for s in STAGES}, state.rules, f"uniform #skip={n}",
                                  {"sweep": "uniform", "n_skip": n})
-        best, measured = sweep(uniform, values, opts.patience)
+        best, measured = coarse_to_fine(uniform, values, opts.patience, opts.coarse_step, meter.choose)
         rows += measured
         state.sets = {s: skip_set(ranking, best["n_skip"]) for s in STAGES}
         state.n_skip = {s: best["n_skip"] for s in STAGES}
@@ -440,7 +401,7 @@ def _budget_sweeps(meter: CandidateMeter, ranking: list, order: list[str], opts:
         def stage_candidate(n: int, stage: str = stage) -> dict:
             sets = {**state.sets, stage: skip_set(ranking, n)}
             return meter.measure(sets, state.rules, f"{stage} #skip={n}", {"sweep": stage, "n_skip": n})
-        best, measured = sweep(stage_candidate, values, opts.patience)
+        best, measured = coarse_to_fine(stage_candidate, values, opts.patience, opts.coarse_step, meter.choose)
         rows += measured
         state.sets[stage] = skip_set(ranking, best["n_skip"])
         state.n_skip[stage] = best["n_skip"]
@@ -457,7 +418,7 @@ def _exit_sweeps(meter: CandidateMeter, thresholds: dict[str, list[float]], orde
             label = f"{stage} exit " + ("off" if rule is None else f"<= {threshold:.4g}")
             return meter.measure(state.sets, {**state.rules, stage: rule}, label,
                                  {"sweep": f"{stage} early exit", "threshold": threshold})
-        best, measured = sweep(exit_candidate, [None, *thresholds[stage]], opts.patience)
+        best, measured = sweep(exit_candidate, [None, *thresholds[stage]], opts.patience, meter.choose)
         rows += measured
         threshold = best["threshold"]
         state.rules[stage] = None if threshold is None else ExitRule(opts.exit_window, threshold, opts.exit_confidence)
@@ -551,6 +512,9 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
     store = RowStore(store_dir if store_dir is not None else default_store(model_label(name), bench))
     recorders = {s: ConfidenceRecorder(opts.exit_window, opts.exit_confidence) for s in STAGES}
     memo = StageMemo()
+    fit_group = {"model": name, "numerics": str(session.loaded.numerics or session.loaded.dtype),
+                 "device": str(session.executor.device), "cpu": str(machine_info().get("cpu"))}
+    speed = find_predictor(opts.latency_fit, fit_group, bench, log)  # before anything runs: a bad fit fails now
     log(f"[search] {name} {bench}: rows in {store.root}; dense on the first calibration batches (canary)")
     canary_sha, canary_trace = _canary(reasoner, items, opts, recorders, memo)
 
@@ -567,10 +531,10 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                                                  canary_trace, recorders, memo, log)
     if not texts.header:
         raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")
-    meter = CandidateMeter(reasoner, items, timed_items, dense, keys, store, opts, log, memo)
+    meter = CandidateMeter(reasoner, items, timed_items, dense, keys, store, opts, log, memo, speed)
     for q in items[:1]:  # warm-up (allocator, header cache), not timed
         reasoner.solve(q, SkipPlan())
-    dense_row = meter.measure({}, {}, "dense", {"sweep": "dense", "n_skip": 0})
+    dense_row = meter.measure({}, {}, "dense", {"sweep": "dense", "n_skip": 0}, timed=True)
     order = sorted(STAGES, key=lambda s: -dense_row["stage_latency_s"][s])
 
     dense_acc = dense_row["accuracy"]
@@ -597,7 +561,7 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
         thresholds = {s: sorted({_quantile(means[s], q) for q in opts.exit_quantiles}, reverse=True)
                       if means[s] else [] for s in STAGES}
         rows += _exit_sweeps(meter, thresholds, order, opts, state)
-    final = meter.measure(state.sets, state.rules, "chosen", {"sweep": "chosen"})
+    final = meter.measure(state.sets, state.rules, "chosen", {"sweep": "chosen"}, timed=True)
     harm_report = _harm_report(harm, state.sets, ranking, scores, opts, log)
 
     return {
@@ -614,11 +578,14 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
         "early_exit": {s: (state.rules[s].to_dict() if state.rules[s] else None) for s in STAGES},
         "exit_thresholds_swept": thresholds,
         "chosen": {**final, "speedup_vs_dense": final["speedup"]},
-        "power": target_power(opts, len(items)),
+        "power": target_power(opts, len(items)), "looks": meter.looks.to_dict(),
+        "speed_ranking": speed.describe() if speed else {"fit": None, "timed": "every candidate that does not "
+                                                                                 "clearly miss"},
         "candidates": rows, "harm": harm_report,
         "search_cost": {"wall_seconds": time.perf_counter() - started, "stage_runs": meter.memo.misses,
                         "stage_runs_reused": meter.memo.hits, "candidates_measured": meter.measured,
                         "candidates_from_disk": meter.from_disk, "candidates_retimed": meter.retimed,
+                        "candidates_timed": meter.timed,
                         "answers_cache": "without the CPU (exact numerics)" if exact else "per CPU",
                         "harm_passes": harm.passes,
                         "rows": {"dir": store.root.as_posix(), "read": len(store.read),
@@ -650,5 +617,7 @@ def options_from_args(args) -> SearchOptions:
         timed=args.timed or min(SearchOptions.timed, args.limit or SearchOptions.limit), rounds=args.rounds,
         batch_size=args.batch_size, granularity=args.granularity, ranking=args.ranking,
         budget="uniform" if args.uniform else "stagewise", max_skip=args.max_skip, step=args.step,
+        coarse_step=args.coarse_step, efficacy_share=args.efficacy_share,
+        latency_fit=None if args.latency_fit.lower() == "none" else args.latency_fit,
         patience=args.patience, looks=args.looks, confidence=args.confidence, iterative_pool=args.iterative_pool,
         early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed)

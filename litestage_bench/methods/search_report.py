@@ -1,9 +1,11 @@
 """`litestage-bench report --search DIR`: a LiteStage search's sweep, read back from its rows.
 
 Every candidate found in the folder, with its answers merged over the chunks that landed, its
-target test (the target of `--policy`, else the default 4-point accuracy tolerance at 95%), and
-its timing. With `--policy`, also an audit: each of the policy's candidates recomputed from the
-rows it names, so anyone can check why its layer sets were chosen.
+target test replayed look by look as the search decides it (the target and options of `--policy`,
+else the default 4-point accuracy tolerance at 95% with the default alpha spending; the looks from
+dense's chunks), where it stops, and its timing. With `--policy`, also an audit: each of the
+policy's candidates recomputed from the chunks it names, so anyone can check why its layer sets
+were chosen.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from tabulate import tabulate
 
 from ..core.errors import UserError
 from ..engine.plan import STAGES
-from .litestage import decide, merge_answer_counts
+from .litestage import SearchOptions
+from .search_decisions import LookPlan, decide, merge_answer_counts, run_looks, spending
 from .search_rows import key_sha, load_row
 
 DEFAULT_TARGET = {"kind": "accuracy", "tolerance_points": 4.0}
@@ -34,8 +37,9 @@ def candidates(root: Path) -> list[dict]:
     for path in sorted(root.glob("answers-*.json")):
         row = load_row(path, "answers")
         c = found.setdefault(_plan_id(row["key"]), {"label": row.get("label", "?"), "key": row["key"],
-                                                    "chunks": {}, "timing": None, "rows": []})
+                                                    "chunks": {}, "files": {}, "timing": None, "rows": []})
         c["chunks"][tuple(row["key"].get("chunk", (0, 0)))] = row["value"]
+        c["files"][path.name] = row["value"]
         c["rows"].append(path.name)
     for path in sorted(root.glob("timing-*.json")):
         row = load_row(path, "timing")
@@ -71,25 +75,38 @@ def sweep_table(root: str | Path, policy: dict | None = None) -> str:
     target = dict((policy or {}).get("target") or DEFAULT_TARGET)
     if target["kind"] == "accuracy" and dense is not None:
         target.setdefault("dense_accuracy", dense["answers"]["accuracy"])
-    confidence = ((policy or {}).get("options") or {}).get("confidence", 0.95)
+    options = (policy or {}).get("options") or {}
+    confidence = options.get("confidence", 0.95)
+    # a policy searched before efficacy stops spent nothing on them
+    share = options.get("efficacy_share", 0.0) if policy else SearchOptions.efficacy_share
+    ends = sorted(hi for _, hi in dense["chunks"]) if dense else []
+    plan = LookPlan(tuple(ends), confidence, *spending(confidence, share, len(ends) - 1)) if ends else None
     table = []
     for c in sorted(cands, key=lambda c: (not _is_dense(c), c["label"])):
-        a, t = c["answers"], c["timing"] or {}
-        test = decide(target, a, confidence)
+        a, t, stop = c["answers"], c["timing"] or {}, "-"
+        if plan is not None and not _is_dense(c):
+            replayed, _, test, stopped = run_looks(target, plan, lambda lo, hi, c=c: c["chunks"].get((lo, hi)))
+            a, stop = replayed or a, f"{stopped['look']}/{stopped['of']} {stopped['why']}"
+            if not replayed:
+                test = decide(target, a, confidence)
+        else:
+            test = decide(target, a, confidence)
         speed = t.get("speedup")
         ci = t.get("speedup_ci95") or (None, None)
         table.append([c["label"], a["flips"]["n"], f"{a['accuracy']:.3f}", f"{a['agreement']:.3f}",
-                      f"{test['decision']} {test['estimate']:+.3f} [{test['lower']:+.3f}, {test['upper']:+.3f}]",
+                      f"{test['decision']} {test['estimate']:+.3f} [{test['lower']:+.3f}, {test['upper']:+.3f}]", stop,
                       "-" if speed is None else f"{speed:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci[0] else ""),
                       "/".join(f"{a['tokens'][s]:.1f}" for s in STAGES),
                       "/".join(f"{a['executed_cost_fraction'][s]:.2f}" for s in STAGES),
                       a["answers_cpu"], c.get("timing_cpu") or "-"])
     what = (f"accuracy difference vs dense >= -{target['tolerance_points']:g} points" if target["kind"] == "accuracy"
             else f"agreement >= {target['min_agreement']:g}")
-    lines = [f"Search rows in {root}: {len(cands)} candidates; target test: {what}, one-sided {confidence:.0%}",
+    spent = "" if plan is None or plan.efficacy is None else \
+        f" (interim looks' efficacy at {plan.efficacy:.4g}, the last look's at {plan.final:.4g})"
+    lines = [f"Search rows in {root}: {len(cands)} candidates; target test: {what}, one-sided {confidence:.0%}{spent}",
              "", tabulate(table, headers=["candidate", "n", "accuracy", "agreement", "test: estimate [bounds]",
-                                          "speedup [95% CI]", "tokens R/A/S", "cost R/A/S", "answers CPU",
-                                          "timing CPU"], tablefmt="github")]
+                                          "stopped (look, why)", "speedup [95% CI]", "tokens R/A/S", "cost R/A/S",
+                                          "answers CPU", "timing CPU"], tablefmt="github")]
     if policy is not None:
         lines += ["", audit(root, policy)]
     return "\n".join(lines)
@@ -98,6 +115,7 @@ def sweep_table(root: str | Path, policy: dict | None = None) -> str:
 def audit(root: Path, policy: dict) -> str:
     """Each policy candidate recomputed from the rows it names: equal, differing, or rows missing."""
     by_name = {name: c for c in candidates(root) for name in c["rows"]}
+    chunk_of = {name: value for c in candidates(root) for name, value in c["files"].items()}
     same, differ, missing = 0, [], []
     for row in policy.get("candidates", []):
         names = row.get("rows") or []
@@ -105,7 +123,9 @@ def audit(root: Path, policy: dict) -> str:
         if not names or any(h is None for h in have):
             missing.append(row.get("label", "?"))
             continue
-        a = have[0]["answers"]
+        # the chunks the row names (a folder may hold more of them, measured for another target)
+        named = [chunk_of[n] for n in names if n in chunk_of]
+        a = merge_answer_counts(named) if named else have[0]["answers"]
         if (a["accuracy"], a["agreement"]) == (row["accuracy"], row["agreement"]):
             same += 1
         else:

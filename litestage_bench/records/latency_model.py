@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,14 @@ def fit_blocks(base: LatencyFit, blocks: list[Block]) -> LatencyFit:
 
 # --------------------------------------------------------------------------------------------
 # files
+
+
+def fit_file_name(group: dict) -> str:
+    """A fit's file name from its group: fit_MODEL_NUMERICS_DEVICE_CPU.json (lower case, runs of other
+    characters than letters, digits and dots as one '-'), as `latency_fit` writes it and a search finds it."""
+    def slug(text: str) -> str:
+        return re.sub(r"[^a-z0-9.]+", "-", str(text).lower()).strip("-")
+    return "fit_" + "_".join(slug(group[k]) for k in ("model", "numerics", "device", "cpu")) + ".json"
 
 
 def _fix(path: str) -> str:

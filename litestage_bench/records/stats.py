@@ -9,11 +9,14 @@ where a statistic is undefined). scipy is imported inside the functions so that 
 from __future__ import annotations
 
 import bisect
+import functools
+import math
 from typing import Sequence
 
 NAN = float("nan")
 
 
+@functools.lru_cache(maxsize=65536)  # merged answer counts ask for the same (k, n) at every look
 def wilson_ci95(k: int, n: int) -> tuple[float, float]:
     """Wilson score 95% interval for ``k`` successes out of ``n``; ``(nan, nan)`` when ``n == 0``."""
     if n == 0:
@@ -97,6 +100,7 @@ def paired_difference(a: Sequence[bool], b: Sequence[bool]) -> dict:
 # One-sided bounds for decisions at a stated confidence (the LiteStage search's target tests)
 
 
+@functools.lru_cache(maxsize=65536)  # the looks, sweeps and power computations ask for the same counts again
 def paired_difference_bounds(gained: int, lost: int, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
     """``(estimate, lower, upper)`` of the mean paired difference ``(gained - lost) / n`` over ``n``
     items, each bound one-sided at ``confidence``: scipy's one-sample t test on the per-item
@@ -115,6 +119,7 @@ def paired_difference_bounds(gained: int, lost: int, n: int, confidence: float =
     return mean, float(low), float(high)
 
 
+@functools.lru_cache(maxsize=65536)
 def proportion_bounds(k: int, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
     """``(estimate, lower, upper)`` of a proportion ``k / n``, each bound one-sided at ``confidence``
     (exact Clopper-Pearson: the two-sided interval at ``2 * confidence - 1``); nans when ``n == 0``."""
@@ -127,46 +132,72 @@ def proportion_bounds(k: int, n: int, confidence: float = 0.95) -> tuple[float, 
 
 
 def noninferiority_power(n: int, tolerance: float, discordance: float, confidence: float = 0.95,
-                         looks: Sequence[int] = (), seed: int = 0) -> float:
+                         looks: Sequence[int] = (), seed: int = 0, efficacy: float | None = None,
+                         final_confidence: float | None = None) -> float:
     """Power of the paired non-inferiority test (lower bound of the difference above ``-tolerance``)
     when the two sides are equally accurate and a fraction ``discordance`` of items differ in
     correctness: normal approximation, the per-item difference has variance ``discordance``.
 
     ``looks``: interim item counts (below ``n``) after which a candidate stops as a clear miss when its
-    upper bound on the items so far is below ``-tolerance``. The estimates after m and after n items
-    are jointly normal (covariance ``discordance / max(m, n)``): scipy's multivariate normal gives the
-    chance of passing every interim look and then the final test (seeded: its integration is randomised)."""
+    upper bound (at ``confidence``) on the items so far is below ``-tolerance``, and, given
+    ``efficacy`` (the confidence of an interim "meets"), as a meet when its lower bound at that
+    confidence is above it. ``final_confidence`` (default ``confidence``): the lower bound's at ``n``.
+    The estimates after m and after n items are jointly normal (covariance ``discordance / max(m, n)``):
+    the power is the sum over the looks of the chance to go on at every earlier look and meet at this
+    one, each a box probability of scipy's multivariate normal (seeded: its integration is randomised)."""
     from scipy.stats import multivariate_normal, norm
 
     if discordance <= 0:
         return 1.0
-    z = norm.ppf(confidence)
+    z, z_final = norm.ppf(confidence), norm.ppf(final_confidence or confidence)
     if not looks:
-        return float(norm.cdf(tolerance * n ** 0.5 / discordance ** 0.5 - z))
+        return float(norm.cdf(tolerance * n ** 0.5 / discordance ** 0.5 - z_final))
     counts = [*sorted(looks), n]
-    # go on at a look m: estimate >= -tolerance - z * sd(m); meet at n: estimate >= -tolerance + z * sd(n)
-    bars = [-tolerance - z * (discordance / m) ** 0.5 for m in counts[:-1]] + [-tolerance + z * (discordance / n) ** 0.5]
+    sd = [(discordance / m) ** 0.5 for m in counts]
+    # at an interim look m: a clear miss below -tolerance - z * sd(m), a meet at or above
+    # -tolerance + z_efficacy * sd(m); at n a meet at or above -tolerance + z_final * sd(n)
+    futile = [-tolerance - z * s for s in sd[:-1]]
+    meet = [-tolerance + (norm.ppf(efficacy) if efficacy is not None else math.inf) * s for s in sd[:-1]]
+    meet.append(-tolerance + z_final * sd[-1])
     cov = [[discordance / max(a, b) for b in counts] for a in counts]
-    # P(X >= bars) for X ~ N(0, cov) is P(-X <= -bars), and -X has the same distribution
-    return float(multivariate_normal(mean=[0.0] * len(counts), cov=cov, seed=seed).cdf([-b for b in bars]))
+    power = 0.0
+    for i in range(len(counts)):
+        if math.isinf(meet[i]):
+            continue
+        # P(futile_j <= X_j < meet_j for j < i, X_i >= meet_i) for X ~ N(0, cov); as -X has the same
+        # distribution: P(-meet_j < Y_j <= -futile_j, Y_i <= -meet_i)
+        dist = multivariate_normal(mean=[0.0] * (i + 1), cov=[row[:i + 1] for row in cov[:i + 1]], seed=seed)
+        low = [-m for m in meet[:i]] + [-math.inf]
+        high = [-f for f in futile[:i]] + [-meet[i]]
+        power += float(dist.cdf(high, lower_limit=low)) if i else float(norm.cdf(high[0] / sd[0]))
+    return power
 
 
 def agreement_power(n: int, minimum: float, true_agreement: float, confidence: float = 0.95,
-                    looks: Sequence[int] = ()) -> float:
+                    looks: Sequence[int] = (), efficacy: float | None = None,
+                    final_confidence: float | None = None) -> float:
     """Power of the agreement test (one-sided Clopper-Pearson lower bound at or above ``minimum``)
     when the true agreement is ``true_agreement``: exact. ``looks``: interim item counts (below
-    ``n``) after which a candidate stops as a clear miss when its upper bound on the items so far is
-    below ``minimum``; the binomial's distribution of agreeing items is carried from look to look
-    without the counts that stop there, and summed at ``n`` over the counts whose bound passes."""
+    ``n``) after which a candidate stops as a clear miss when its upper bound (at ``confidence``) on
+    the items so far is below ``minimum``, and, given ``efficacy`` (the confidence of an interim
+    "meets"), as a meet when its lower bound at that confidence is at or above it. The binomial's
+    distribution of agreeing items is carried from look to look without the counts that stop there
+    (those that meet are added to the power), and summed at ``n`` over the counts whose lower bound
+    at ``final_confidence`` (default ``confidence``) passes."""
     import numpy as np
     from scipy.stats import binom
 
-    dist, done = np.ones(1), 0
+    dist, done, power = np.ones(1), 0, 0.0
     for m in [*sorted(looks), n]:
         dist, done = np.convolve(dist, binom.pmf(np.arange(m - done + 1), m - done, true_agreement)), m
         if m < n:
             dist[:_first_count(m, lambda k: proportion_bounds(k, m, confidence)[2] >= minimum)] = 0.0
-    return float(dist[_first_count(n, lambda k: proportion_bounds(k, n, confidence)[1] >= minimum):].sum())
+            if efficacy is not None:
+                met = _first_count(m, lambda k: proportion_bounds(k, m, efficacy)[1] >= minimum)
+                power += float(dist[met:].sum())
+                dist[met:] = 0.0
+    final = final_confidence or confidence
+    return power + float(dist[_first_count(n, lambda k: proportion_bounds(k, n, final)[1] >= minimum):].sum())
 
 
 def _first_count(n: int, holds) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from ..core.errors import UserError, print_error
 from ..records.latency_data import RecordData, group_key, model_facts, prompt_constants, record_data, timed_records
 from ..records.latency_features import FEATURES
-from ..records.latency_model import LatencyFit, blocks_for, fit_blocks, load_fit, predict_record
+from ..records.latency_model import LatencyFit, blocks_for, fit_blocks, fit_file_name, load_fit, predict_record
 from ..records.results import load_record, write_text_atomic
 
 GOAL = {"median": 0.05, "p95": 0.15, "records": 100}  # the project's stated target
@@ -98,10 +97,6 @@ def fit_group(key: tuple, data: list[RecordData], facts: dict, consts: dict) -> 
 def errors(fit: LatencyFit, kind: str = "held_out") -> list[float]:
     """predicted / measured - 1 of each record's speedup (`kind`: fitted, held_out, held_out_benchmark)."""
     return [r[kind] / r["measured"] - 1 for r in fit.residuals.values() if r.get(kind)]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
 
 
 def _row(name: str, rows: list[tuple]) -> str:
@@ -196,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         fits = [fit_group(key, groups[key], facts, consts) for key in sorted(groups)]
         out = Path(args.out)
         for f in fits:
-            g = f.group
-            name = "fit_" + "_".join(_slug(g[k]) for k in ("model", "numerics", "device", "cpu")) + ".json"
-            write_text_atomic(out / name, json.dumps({**f.to_dict(), "command": command}, indent=1) + "\n")
+            write_text_atomic(out / fit_file_name(f.group), json.dumps({**f.to_dict(), "command": command}, indent=1) + "\n")
         text = render(fits, command)
         write_text_atomic(out / "errors.md", text)
     except UserError as err:
