@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 # 6 items per benchmark, 3 of them timed: the speedup of so few questions is noisy, hence 30%.
 SPEED_TOL=${SPEED_TOL:-0.30}
 GRID=(--models smollm2-135m --benches obqa,strategyqa --methods dense,unified --points 'unified=4'
-      --limit 6 --timed 3 --grid-cache off)
+      --limit 6 --timed 3 --rounds 2 --grid-cache off)
 if [ "${1:-}" = "--update" ]; then
   out=results/reference
   rm -rf "$out"
