@@ -108,14 +108,15 @@ def sweep_table(root: str | Path, policy: dict | None = None) -> str:
                                           "stopped (look, why)", "speedup [95% CI]", "tokens R/A/S", "cost R/A/S",
                                           "answers CPU", "timing CPU"], tablefmt="github")]
     if policy is not None:
-        lines += ["", audit(root, policy)]
+        lines += ["", audit(root, policy, cands)]
     return "\n".join(lines)
 
 
-def audit(root: Path, policy: dict) -> str:
-    """Each policy candidate recomputed from the rows it names: equal, differing, or rows missing."""
-    by_name = {name: c for c in candidates(root) for name in c["rows"]}
-    chunk_of = {name: value for c in candidates(root) for name, value in c["files"].items()}
+def audit(root: Path, policy: dict, cands: list[dict]) -> str:
+    """Each policy candidate recomputed from the rows it names (`cands`: the folder's, read once by
+    `candidates`): equal, differing, or rows missing."""
+    by_name = {name: c for c in cands for name in c["rows"]}
+    chunk_of = {name: value for c in cands for name, value in c["files"].items()}
     same, differ, missing = 0, [], []
     for row in policy.get("candidates", []):
         names = row.get("rows") or []
