@@ -77,3 +77,57 @@ def test_progress_of_a_resumed_run_counts_seconds_only_over_questions_solved_now
     evaluate_items(tiny, SkipPlan(), {}, QUESTIONS, batch_size=2, progress=False, checkpoint=cp)
     evaluate_items(tiny, SkipPlan(), {}, QUESTIONS, batch_size=2, checkpoint=RunCheckpoint(cp.path, {"run": 1}))
     assert "(read back from the checkpoint)" in capsys.readouterr().err
+
+
+def _session(numerics: str, source: str):
+    from types import SimpleNamespace
+    loaded = SimpleNamespace(spec=None, name="m", source=source, dtype="float32", numerics=numerics)
+    return SimpleNamespace(loaded=loaded, executor=SimpleNamespace(device="cpu"))
+
+
+def _fingerprint(session, threads: int, monkeypatch) -> str:
+    from litestage_bench.evaluation.checkpoint import fingerprint
+    from litestage_bench.evaluation.reasoner import ReasonerConfig
+    from litestage_bench.evaluation.runner import checkpoint_config
+    from litestage_bench.methods.registry import make_method
+    monkeypatch.setattr("torch.get_num_threads", lambda: threads)
+    return fingerprint(checkpoint_config(session, bench="obqa", split="eval", items=QUESTIONS, method=make_method("dense"),
+                                         config=ReasonerConfig(), batch_size=8, timed=5, seed=0))
+
+
+def test_exact_numerics_resume_on_any_thread_count_and_no_machine_path_decides(tmp_path, monkeypatch):
+    """A float32 run's answers are the same on every thread count (noise floor 0), so a checkpoint
+    made with 2 threads resumes with 1; bf16-matmul's are not, so there it starts afresh. The model
+    is named by its weights, not by where this machine keeps them."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    exact = [_fingerprint(_session("float32", str(a)), n, monkeypatch) for n in (1, 2)]
+    assert exact[0] == exact[1]
+    assert _fingerprint(_session("bf16-matmul", str(a)), 1, monkeypatch) != _fingerprint(
+        _session("bf16-matmul", str(a)), 2, monkeypatch)
+    import os
+    os.utime(a / "config.json", ns=(1, 1))
+    os.utime(b / "config.json", ns=(1, 1))
+    assert _fingerprint(_session("float32", str(a)), 1, monkeypatch) == _fingerprint(
+        _session("float32", str(b)), 1, monkeypatch)
+
+
+def test_timed_questions_of_another_machine_are_timed_again(tiny, tmp_path, monkeypatch):
+    """`run` names its timed phase by device, CPU and threads: what another machine timed is re-timed."""
+    path = tmp_path / "run.partial.jsonl"
+    cp = RunCheckpoint(path, {"run": 1})
+    time_items(tiny, {"m": (SkipPlan(), {})}, QUESTIONS[:2], warmup=0, progress=False, checkpoint=cp,
+               phase="timed on cpu, CPU A, 1 threads")
+    again = RunCheckpoint(path, {"run": 1})
+    calls = []
+    real = tiny.solve
+    monkeypatch.setattr(tiny, "solve", lambda *a, **k: calls.append(1) or real(*a, **k))
+    time_items(tiny, {"m": (SkipPlan(), {})}, QUESTIONS[:2], warmup=0, progress=False, checkpoint=again,
+               phase="timed on cpu, CPU A, 1 threads")
+    assert not calls
+    time_items(tiny, {"m": (SkipPlan(), {})}, QUESTIONS[:2], warmup=0, progress=False, checkpoint=again,
+               phase="timed on cpu, CPU B, 1 threads")
+    assert len(calls) == 2 * 2  # both questions, in the default 2 rounds
+    assert again.count("timed on cpu, CPU A, 1 threads") == again.count("timed on cpu, CPU B, 1 threads") == 2

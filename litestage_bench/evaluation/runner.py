@@ -15,11 +15,11 @@ import torch
 from ..core.errors import UserError
 from ..engine.executor import SkipExecutor
 from ..engine.method import Method, ModelFacts, model_facts
-from ..engine.models import LoadedModel, load_model
+from ..engine.models import LoadedModel, load_model, weights_id
 from ..engine.plan import DENSE, STAGES, SkipPlan
 from ..records import metrics
-from ..records.noise import compact, compare, noise_floor_for
-from ..records.results import ItemResult, ResultRecord, build_record, load_record
+from ..records.noise import compact, compare, exact_numerics, noise_floor_for
+from ..records.results import ItemResult, ResultRecord, build_record, cpu_model, load_record
 from ..records.timing import DEFAULT_ROUNDS, merge_rounds, with_latencies
 from .benchmarks import Question, check_items, load_split, normalize_stem, subset
 from .checkpoint import RunCheckpoint
@@ -140,18 +140,19 @@ def timed_phase(rounds: int) -> str:
 def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callbacks]], items: list[Question],
                label: str = "", warmup: int = 1, progress: bool = True,
                checkpoint: RunCheckpoint | None = None, rounds: int = DEFAULT_ROUNDS,
-               progress_every: int = 10) -> dict[str, list[ItemResult]]:
+               progress_every: int = 10, phase: str | None = None) -> dict[str, list[ItemResult]]:
     """Batch-1 latency of each pipeline on the same items, interleaved: per question, `rounds`
     rounds in which every pipeline solves it back to back, the order alternating by question and
     round, so that drift of a shared machine hits every pipeline alike (`timing.py` pairs the rounds).
     `warmup` questions per pipeline (which also fill the header cache) are excluded. With a
-    checkpoint, questions timed before an interruption are read back instead of re-timed."""
+    checkpoint, questions timed before an interruption are read back instead of re-timed (`phase`
+    names them in the checkpoint: `run` adds the machine, so that another machine times them again)."""
     for plan, callbacks in pipelines.values():
         for q in items[:warmup]:
             reasoner.solve(q, plan, callbacks)
     names = list(pipelines)
     out: dict[str, list[ItemResult]] = {name: [] for name in names}
-    phase = timed_phase(rounds)
+    phase = phase or timed_phase(rounds)
     start, solved = time.perf_counter(), 0
     for i, q in enumerate(items, 1):
         done = checkpoint.get(phase, q.id) if checkpoint else None
@@ -282,6 +283,27 @@ def _same_costs(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(abs(a[s] - b[s]) < 1e-9 for s in a)
 
 
+def clock_label(session: Session) -> str:
+    """What a timing depends on besides the code: the device, the CPU and the threads. Timed questions
+    checkpointed under another label are timed again, never mixed into one record."""
+    return f"{session.executor.device}, {cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def checkpoint_config(session: Session, **settings) -> dict:
+    """Everything that decides a run's answers, as the checkpoint's fingerprint takes it: the weights
+    by their id (no machine path), and the thread count only where the numerics are not exact
+    across threads (float32 on a CPU is: its answers resume on any thread count and CPU)."""
+    loaded = session.loaded
+    device = str(session.executor.device)
+    out = {"model": loaded.name, "weights": weights_id(loaded), "dtype": loaded.dtype, "numerics": loaded.numerics,
+           **{k: v for k, v in settings.items() if k not in ("items", "method", "config")},
+           "items": [q.id for q in settings["items"]], "method": settings["method"].describe(),
+           "config": settings["config"].to_dict(), "device": device}
+    if not exact_numerics(loaded.numerics, device):
+        out["threads"] = torch.get_num_threads()
+    return out
+
+
 def run_benchmark(session: Session, bench: str, method: Method, *, split: str = "eval", limit: int | None = None,
                   config: ReasonerConfig, data_dir=None, command: str = "", seed: int = SEED,
                   one_step: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, timed: int | None = DEFAULT_TIMED,
@@ -316,12 +338,9 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
                                 numerics=session.loaded.numerics, method=method.name, policy=method.describe())
     checkpoint = None
     if checkpoint_path:
-        checkpoint = RunCheckpoint(checkpoint_path, {
-            "model": session.loaded.name, "source": session.loaded.source, "dtype": session.loaded.dtype,
-            "numerics": session.loaded.numerics, "bench": bench, "split": split, "items": [q.id for q in items], "method": method.describe(),
-            "config": config.to_dict(), "batch_size": batch_size, "timed": timed, "seed": seed,
-            "dense_record": dense_record, "answers_from": answers_from, "threads": torch.get_num_threads(),
-            "device": str(session.executor.device)})
+        checkpoint = RunCheckpoint(checkpoint_path, checkpoint_config(
+            session, bench=bench, split=split, items=items, method=method, config=config, batch_size=batch_size,
+            timed=timed, seed=seed, dense_record=dense_record, answers_from=answers_from))
         if checkpoint.resumed:
             log(f"[{label}] resuming: {checkpoint.resumed} finished batches / timed questions in {checkpoint_path}")
         elif checkpoint.replaced:
@@ -338,8 +357,9 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     pipelines = {"method": (plan, callbacks)}
     if not is_dense:
         pipelines["dense"] = (DENSE, {})
-    resumed_timed = checkpoint.count(timed_phase(rounds)) if checkpoint else 0
-    clock = time_items(reasoner, pipelines, timed_items, label, checkpoint=checkpoint, rounds=rounds)
+    phase = f"{timed_phase(rounds)} on {clock_label(session)}"
+    resumed_timed = checkpoint.count(phase) if checkpoint else 0
+    clock = time_items(reasoner, pipelines, timed_items, label, checkpoint=checkpoint, rounds=rounds, phase=phase)
     if reused is not None:
         _check_reproduced({"method": (answers_from, results), "dense": (dense_record, dense_items)}, clock)
     results = with_latencies(results, clock["method"])

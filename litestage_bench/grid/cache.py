@@ -37,20 +37,6 @@ def cache_key(config: dict) -> str:
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:32]
 
 
-def weights_id(loaded) -> str:
-    """What identifies a loaded model's weights: the pinned GGUF sha256 of an embedded alias, the
-    file names, sizes and mtimes of a local folder, or the hub id (its revision is not pinned)."""
-    spec = getattr(loaded, "spec", None)
-    if spec is not None:
-        return f"gguf-sha256:{spec.sha256 or 'unpinned-' + spec.alias}"
-    source = Path(loaded.source)
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.is_file())
-        listing = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        return "local:" + hashlib.sha256(canonical(listing).encode()).hexdigest()[:20]
-    return f"hub:{loaded.source}"
-
-
 class AccuracyCache:
     """Per-item results by configuration; ``folder=None`` disables caching (always computes)."""
 

@@ -36,7 +36,7 @@ from ..methods.registry import SEARCHES, Method, load_policy, make_method
 from ..records.noise import compact, compare, noise_floor_for
 from ..records.results import atomic_write
 from ..records.timing import with_latencies
-from .cache import AccuracyCache, cache_key, weights_id
+from .cache import AccuracyCache, cache_key
 from .cases import GridCase, GridSelection, needs_search
 from .store import CaseResult
 

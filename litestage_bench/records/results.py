@@ -239,7 +239,7 @@ def _compare_with_dense(
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -256,7 +256,7 @@ def machine_info() -> dict:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "litestage_bench": __version__,
         # method and benchmark plugins from outside the package, with their sources' sha256
