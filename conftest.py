@@ -194,13 +194,18 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash.get(_MAIN, False):
+        # the main job runs the benchmark cases only: the other tests are deselected, not sent to the
+        # workers one by one to be skipped (a thousand round trips, and a screen of 's')
+        kept = [item for item in items if "benchmark" in getattr(item, "fixturenames", ())]
+        if len(kept) < len(items):
+            kept_ids = {id(item) for item in kept}
+            config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept_ids])
+            items[:] = kept
     cuda = _cuda_available()
-    only_benchmarks = config.stash.get(_MAIN, False) and not config.getoption("benchmark_only", False)
     for item in items:
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs CUDA"))
-        if only_benchmarks and "benchmark" not in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.skip(reason="Skipping non-benchmark (--benchmark-only active)."))
 
 
 # --- the benchmark grid -------------------------------------------------------------------------

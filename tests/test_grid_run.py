@@ -155,3 +155,28 @@ def test_lossless_cases_run_in_the_grid_and_equal_dense(tiny, tmp_path, method):
     assert record.speculative is not None and record.speculative["total"]["verify_steps"] > 0
     assert record.speculative["seconds_from"] == "2 timed items"  # the batch-1 run's drafting seconds
     assert [r.outputs for r in lossless.items] == [r.outputs for r in dense.items]
+
+
+def test_a_cpu_process_warms_up_once_then_only_what_is_cold():
+    """The first timed case of a process solves the warm-up questions under each pipeline; later cases
+    skip it for a plan already warmed (dense) and for a method whose accuracy pass just ran here (its
+    header caches are filled); a method whose accuracy came from the cache still warms up. CUDA always does."""
+    from types import SimpleNamespace
+
+    from litestage_bench.engine.plan import DENSE, SkipPlan, SkipSet, StagePlan
+    from litestage_bench.grid.run import _warm
+
+    solved = []
+    reasoner = SimpleNamespace(ex=SimpleNamespace(device=SimpleNamespace(type="cpu")),
+                               solve=lambda q, plan, callbacks: solved.append(q))
+    ctx = SimpleNamespace(warmed=set())
+    skip = SkipPlan(stages={"recall": StagePlan.static(SkipSet.layers([1]))})
+    assert _warm(ctx, reasoner, "obqa", (DENSE, {}), ["q"], filled=False) == 1  # first case: full warm-up
+    assert _warm(ctx, reasoner, "obqa", (skip, {}), ["q"], filled=True) == 0  # accuracy ran here
+    assert _warm(ctx, reasoner, "obqa", (DENSE, {}), ["q"], filled=False) == 0  # warmed before
+    other = SkipPlan(stages={"recall": StagePlan.static(SkipSet.layers([2]))})
+    assert _warm(ctx, reasoner, "obqa", (other, {}), ["q"], filled=False) == 1  # accuracy from the cache
+    assert _warm(ctx, reasoner, "csqa", (DENSE, {}), ["q"], filled=False) == 1  # another benchmark's header
+    reasoner.ex.device.type = "cuda"
+    assert _warm(ctx, reasoner, "obqa", (DENSE, {}), ["q", "r"], filled=True) == 2
+    assert len(solved) == 5
