@@ -27,16 +27,7 @@ DEFAULT_MODEL=smollm2-135m
 
 # An embedded model is converted (GGUF -> float32 safetensors in the model cache) once per machine,
 # here in the set-up rather than inside the first case that loads it. Prints only when it converts.
-convert_model() {
-  python - "$1" <<'PY'
-import sys, time
-from litestage_bench.engine.models import MODELS, ensure_converted
-start = time.perf_counter()
-target, converted = ensure_converted(MODELS[sys.argv[1]])
-if converted:
-    print(f"[run.sh] converted {sys.argv[1]} into {target} ({time.perf_counter() - start:.0f} s, once)", file=sys.stderr)
-PY
-}
+convert_model() { python -m litestage_bench.engine.convert "$@"; }
 
 # Re-install only when the project's requirements changed.
 stamp="$VENV/.litestage-setup"

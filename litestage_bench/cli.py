@@ -182,6 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # Validate every cheap argument before the (slow) model load.
     _check_before_load(args, args.split)
+    from .records.throughput import parse_timing
+    batch = parse_timing(args.timing)
     policy = load_policy(args.policy)
     if policy is not None and args.no_early_exit:
         policy["early_exit_off"] = True
@@ -208,7 +210,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                            data_dir=args.data_dir, command=_command_line(), seed=args.seed, one_step=args.one_step,
                            batch_size=args.batch_size, timed=args.timed or None, dense_record=args.dense_record,
                            rounds=args.rounds, answers_from=args.answers_from,
-                           checkpoint_path=str(out) + ".partial.jsonl")
+                           checkpoint_path=str(out) + ".partial.jsonl",
+                           throughput=(batch, args.chunks, args.chunk_rounds) if batch > 1 else None)
     write_record(out, record)
     Path(str(out) + ".partial.jsonl").unlink(missing_ok=True)  # the record holds everything now
     from .records.report import results_table
@@ -295,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .engine.models import DEFAULT_MODEL
     from .evaluation.benchmarks import BENCHMARKS
     from .evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_ROUNDS, DEFAULT_TIMED
+    from .evaluation.throughput import DEFAULT_CHUNK_ROUNDS, DEFAULT_CHUNKS
     ap = _Parser(prog="litestage-bench", description="Layer skipping for multi-stage reasoning, benchmarked.")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -342,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=_positive, default=DEFAULT_ROUNDS,
                      help=f"interleaved rounds per timed item: dense and the method back to back, the order "
                           f"alternating (default {DEFAULT_ROUNDS})")
+    run.add_argument("--timing", default="latency",
+                     help="latency (batch 1, default), or batch=B: also throughput at batch B, dense and the method "
+                          "solving the same chunks of B items, interleaved (timing.throughput in the record)")
+    run.add_argument("--chunks", type=_positive, default=DEFAULT_CHUNKS,
+                     help=f"with --timing batch=B: seeded chunks of B items (default {DEFAULT_CHUNKS}; 3 or more give a CI)")
+    run.add_argument("--chunk-rounds", type=_positive, default=DEFAULT_CHUNK_ROUNDS,
+                     help=f"with --timing batch=B: interleaved rounds per chunk (default {DEFAULT_CHUNK_ROUNDS})")
     run.add_argument("--dense-record", help="a dense record of the same model/items/settings to compare with "
                                             "(default: run dense on the same items in this run)")
     run.add_argument("--answers-from", help="re-time an earlier record of this method and items: read its answers "

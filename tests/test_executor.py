@@ -330,3 +330,34 @@ def test_unsupported_model_type_is_refused_before_weights_load(tmp_path, monkeyp
         load_model(str(tmp_path))
     assert "'mamba' is not supported" in err.value.problem
     assert all(family in err.value.fix for family in ("llama", "qwen3", "phi3", "gemma2", "olmo2", "granite"))
+
+
+@pytest.mark.parametrize("keep_finished", [False, True])
+def test_a_row_that_stops_early_leaves_the_batch_within_max_wait_steps(arch_model, keep_finished):
+    """Row 0 of 6 stops at step 1, the others run 16 steps: it costs at most MAX_WAIT_STEPS more
+    row-steps after it stopped (computed - generated), not the 14 that waiting for the longest row would. With
+    keep_finished the returned cache still holds every row, in order: continuing it gives each
+    row the logits it gives alone."""
+    from litestage_bench.engine.executor import MAX_WAIT_STEPS
+    _, model = arch_model
+    ex = SkipExecutor(model)
+    prompts = [PROMPT, PROMPT[:6], PROMPT[2:], PROMPT[:9], PROMPT[4:], PROMPT[1:8]]
+
+    def stop_row_zero(step, logits, tokens, rows):
+        return (rows == 0) & (step >= 1)
+
+    got = ex.generate(prompts, StagePlan(), 16, on_token=stop_row_zero, keep_finished=keep_finished)
+    generated = sum(len(t) for t in got.tokens)
+    assert got.stopped[0] == "callback" and len(got.tokens[1]) == 16
+    # row 0's waste: the token its early exit discarded, then at most MAX_WAIT_STEPS padded steps
+    assert 0 < got.computed_tokens - generated <= 1 + MAX_WAIT_STEPS
+    if not keep_finished:
+        return
+    assert got.cache.batch == len(prompts)
+    after = ex.extend(got.cache, [[70, 71]] * len(prompts), StagePlan(), CostMeter(), logits="last")[:, -1]
+    for i, p in enumerate(prompts):
+        alone = ex.generate([p], StagePlan(), 16, on_token=lambda s, lg, t, r, i=i: stop_row_zero(s, lg, t, r + i),
+                            keep_finished=True)
+        assert alone.tokens[0] == got.tokens[i]
+        ref = ex.extend(alone.cache, [[70, 71]], StagePlan(), CostMeter(), logits="last")[:, -1]
+        assert_close(after[i:i + 1], ref)

@@ -49,6 +49,7 @@ def _records(doc: dict, folder: Path) -> dict:
     return out
 
 
+@pytest.mark.slow  # a whole search or grid run: in `bash run.sh test --all` and CI
 def test_serial_and_two_workers_agree_except_timings_and_a_rerun_reads_the_cache(tmp_path):
     pytest.importorskip("xdist")
     cache = str(tmp_path / "cache")
@@ -96,6 +97,7 @@ def test_serial_and_two_workers_agree_except_timings_and_a_rerun_reads_the_cache
         Path(c["record"]).name for c in again["cases"])
 
 
+@pytest.mark.slow  # a whole search or grid run: in `bash run.sh test --all` and CI
 def test_an_interrupted_run_writes_no_table_and_resumes_from_the_cache(tmp_path):
     cache, one = str(tmp_path / "cache"), ["--models", "smollm2-135m", "--benches", "obqa"]
     stopped = _run(tmp_path, "stopped", *one, cache=cache, env={"FAKE_GRID_INTERRUPT": "smollm2-135m-obqa-unified-k3"})

@@ -58,6 +58,7 @@ def test_the_eta_leaves_out_each_workers_first_case():
     assert line.endswith("eta 0.2 min")  # 3 left x 10 s / 2 workers, not x 66.7 s
 
 
+@pytest.mark.slow  # a whole search or grid run: in `bash run.sh test --all` and CI
 def test_one_model_and_benchmark_is_dealt_out_over_both_workers(tmp_path):
     pytest.importorskip("xdist")
     one = ("--models", "smollm2-135m", "--benches", "obqa")

@@ -371,6 +371,7 @@ def test_method_refuses_a_policy_for_something_else(over, match):
         LiteStage(_policy(**over)).plan(FACTS)
 
 
+@pytest.mark.slow  # a whole search or grid run: in `bash run.sh test --all` and CI
 def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, tokenizer, monkeypatch, tmp_path):
     """A whole (tiny) search: every question the reasoner sees is a calibration question."""
     splits = calibration_splits()

@@ -32,6 +32,12 @@ TokenCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.
 SubLayerProbe = Callable[[int, str, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
+# A finished row leaves the batch within this many decode steps (Generation.computed_tokens counts
+# the row-steps it costs meanwhile): few enough that an early-stopping row pays at most a handful of
+# wasted steps, many enough that rows finishing close together leave in one copy of the cache.
+MAX_WAIT_STEPS = 4
+
+
 @dataclass
 class CostMeter:
     """Executed vs. total sub-layer FLOPs (2 x weight parameters per token processed)."""
@@ -57,9 +63,12 @@ class Generation:
     seconds: float
     cost: CostMeter
     cache: SkipKVCache | None = None  # rows still present at the end (batch-1: the row itself)
-    last_logits: torch.Tensor | None = None
+    last_logits: torch.Tensor | None = None  # per row still in the batch; keep_finished: every row, NaN for one that left
     steps: int = 0
     prefix_cache: SkipKVCache | None = None  # batch-1 cache holding exactly the shared prefix
+    # rows x positions of the decode: each row's first token (from the prefill) plus the rows of every
+    # decode forward, finished rows still in the batch (fed padding) included; None: not counted
+    computed_tokens: int | None = None
 
     def fed_tokens(self, row: int) -> list[int]:
         """Generated ids that were fed back, i.e. that the cache holds (all but the last sampled)."""
@@ -245,9 +254,12 @@ class SkipExecutor:
         `cache`: a cache to continue instead of starting empty. With `prefix` it must hold the
         first `cache.length` prefix tokens (computed under this plan's prefill set) and keeps
         holding exactly the prefix afterwards; without `prefix` its rows are the input rows.
-        `keep_finished`: keep finished rows in the cache (fed masked padding, which costs compute
-        but changes nothing), so that the returned cache holds every row; otherwise finished rows
-        are dropped (in bulk) and the returned cache may lack some finished rows.
+        Finished rows leave the batch in bulk (each time costs a copy of the cache), once at most half
+        the rows still run or the earliest of them finished `MAX_WAIT_STEPS` decode steps ago; until
+        then they are fed masked padding (changes nothing, costs a row-step each). So a row that stops
+        early costs at most `MAX_WAIT_STEPS` more row-steps (`Generation.computed_tokens`).
+        `keep_finished`: rows that leave are parked and put back (in their order, padded with masked
+        slots) into the returned cache, which then holds every row; otherwise it may lack some.
         """
         if plan.draft is not None:
             raise ValueError("a drafted stage plan decodes with engine.speculative.generate_drafted")
@@ -267,6 +279,9 @@ class SkipExecutor:
         live = torch.ones(rows, dtype=torch.bool, device=self.device)  # cache rows still generating
         stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=self.device)
         step = 0
+        computed = rows
+        parked: list[tuple[torch.Tensor, SkipKVCache]] = []  # (original rows, their cache) that left
+        waiting_since: int | None = None  # the step at which the earliest finished row in the batch stopped
         while True:
             token = logits.argmax(-1)
             finished = torch.isin(token, stop_tensor) if len(stop_tensor) else torch.zeros_like(live)
@@ -287,23 +302,36 @@ class SkipExecutor:
             step += 1
             if step >= max_new_tokens or not bool(live.any()):
                 break
-            # Drop finished rows once at most half the rows still run: each drop copies the whole
-            # cache, so until then finished rows are fed masked padding (changes nothing, costs little).
-            if not keep_finished and bool(finished.any()) and 2 * int(live.sum()) <= len(live):
+            if waiting_since is None and bool(finished.any()):
+                waiting_since = step
+            if waiting_since is not None and (2 * int(live.sum()) <= len(live)
+                                              or step - waiting_since >= MAX_WAIT_STEPS):
                 keep = live.nonzero().squeeze(1)
+                if keep_finished:
+                    gone = (~live).nonzero().squeeze(1)
+                    parked.append((alive[gone], cache.select(gone)))
                 cache = cache.select(keep)
                 alive, token, live = alive[keep], token[keep], live[keep]
+                waiting_since = None
                 if dynamic is not None:
                     dynamic.keep(keep)
             if dynamic is not None:
                 dynamic.decide_after_warmup()
             # decode forward k processes generated token k (token 0 came from the prefill)
             fed = torch.where(live, token, torch.full_like(token, pad_id))
+            computed += len(fed)
             logits = self.forward(cache, fed[:, None], live[:, None], plan.skip_at(step - 1), plan, meter,
                                   fill=plan_layers, dynamic=dynamic)[:, -1]
+        if parked:
+            cache = SkipKVCache.gather_rows([*parked, (alive, cache)])
+            # one row of logits per input row, as without parking; a row that left has none of its own
+            full = logits.new_full((rows, logits.shape[-1]), float("nan"))
+            full[alive] = logits
+            logits = full
         synchronize(self.device)
         return Generation(tokens=out, stopped=stopped, seconds=time.perf_counter() - start, cost=meter,
-                          cache=cache, last_logits=logits, steps=step, prefix_cache=prefix_cache)
+                          cache=cache, last_logits=logits, steps=step, prefix_cache=prefix_cache,
+                          computed_tokens=computed)
 
     def start_rows(self, inputs: list[list[int]], plan: StagePlan, max_new_tokens: int, prefix: list[int] | None,
                    cache: SkipKVCache | None, pad_id: int, meter: CostMeter,

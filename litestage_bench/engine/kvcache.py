@@ -127,3 +127,46 @@ class SkipKVCache:
     def select(self, rows: torch.Tensor) -> "SkipKVCache":
         """Keep only the given rows (drop finished sequences)."""
         return self._map_rows(lambda t: t.index_select(0, rows))
+
+    @staticmethod
+    def gather_rows(parts: list[tuple[torch.Tensor, "SkipKVCache"]]) -> "SkipKVCache":
+        """One cache from parts (original row indices, a cache of those rows), rows in original order.
+        A part that left a generation early holds fewer slots: its missing last slots are masked
+        padding (not valid), which no mask lets a query see, so every row continues as it was."""
+        length = max(c.length for _, c in parts)
+        order = torch.cat([rows for rows, _ in parts])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+
+        def joined(tensors: list[torch.Tensor | None], template: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+            if template is None:
+                return None
+            fitted = []
+            for t, (_, c) in zip(tensors, parts):
+                if t is None:  # a layer this part never wrote: zeros (its slots are masked anyway)
+                    shape = list(template.shape)
+                    shape[0] = c.batch
+                    t = template.new_zeros(shape)
+                t = t.narrow(dim, 0, min(t.shape[dim], length))
+                if t.shape[dim] < length:
+                    pad = list(t.shape)
+                    pad[dim] = length - t.shape[dim]
+                    t = torch.cat([t, t.new_zeros(pad)], dim)
+                fitted.append(t)
+            return torch.cat(fitted, 0).index_select(0, inverse)
+
+        last = parts[-1][1]
+        out = SkipKVCache.__new__(SkipKVCache)
+        out.__dict__.update(last.__dict__)
+        out.valid = joined([c.valid for _, c in parts], last.valid, 1)
+        out.positions = joined([c.positions for _, c in parts], last.positions, 1)
+        out.next_pos = torch.cat([c.next_pos for _, c in parts]).index_select(0, inverse)
+        for name in ("keys", "values"):
+            stores = [getattr(c, name) for _, c in parts]
+            layers = []
+            for i in range(last.num_layers):
+                template = next((store[i] for store in stores if store[i] is not None), None)
+                layers.append(joined([store[i] for store in stores], template, 2))
+            setattr(out, name, layers)
+        out.batch, out.capacity, out.length, out._write_at = len(order), length, length, length
+        return out

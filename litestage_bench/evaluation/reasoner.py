@@ -82,6 +82,7 @@ class _StageRun:
     scored: list | None = None  # summarize: per question (predictions by rule, option scores)
     speculative: list[dict] | None = None  # drafted stages: per question SpeculativeStats.summary()
     blocks: BlockClock | None = None  # timed runs: the multi-token forwards (prefill, answer scoring)
+    computed: int | None = None  # the batch's decode row-steps (Generation.computed_tokens)
 
 
 class StageMemo:
@@ -192,8 +193,10 @@ class Reasoner:
         cost = CostMeter()
         for g in parts:
             cost.add(g.cost)
+        counted = [g.computed_tokens for g in parts]
         joined = dict(tokens=[g.tokens[0] for g in parts], stopped=[g.stopped[0] for g in parts],
-                      seconds=sum(g.seconds for g in parts), cost=cost)
+                      seconds=sum(g.seconds for g in parts), cost=cost,
+                      computed_tokens=None if None in counted else sum(counted))
         if plan.draft is not None:
             return SpeculativeGeneration(**joined, row_stats=[s for g in parts for s in g.row_stats])
         return Generation(**joined)
@@ -210,8 +213,25 @@ class Reasoner:
         executed-cost fractions are the batch's (equal per item for plans without per-token rules)."""
         return self._solve(list(qs), plan, callbacks or {}, timed=False, memo=memo)
 
+    def time_batch(self, qs: list[Question], plan: SkipPlan,
+                   callbacks: Callbacks | None = None) -> tuple[list[ItemResult], dict[str, dict]]:
+        """Answer several questions as one batch, timed (throughput): the items (no per-item latency:
+        they share every step) and per stage the batch's wall seconds, generated tokens, computed tokens
+        (decode row-steps, finished rows kept in the batch included; None where not counted, e.g. a
+        drafted stage) and executed-cost fraction."""
+        runs = self._stage_runs(list(qs), plan, callbacks or {}, timed=True)
+        items = [self._item(q, i, runs, timed=False) for i, q in enumerate(qs)]
+        stages = {s: {"seconds": runs[s].seconds, "generated": sum(runs[s].tokens), "computed": runs[s].computed,
+                      "cost_fraction": runs[s].cost.fraction} for s in STAGES}
+        return items, stages
+
     def _solve(self, qs: list[Question], plan: SkipPlan, callbacks: Callbacks, timed: bool,
                memo: "StageMemo | None" = None) -> list[ItemResult]:
+        runs = self._stage_runs(qs, plan, callbacks, timed, memo)
+        return [self._item(q, i, runs, timed) for i, q in enumerate(qs)]
+
+    def _stage_runs(self, qs: list[Question], plan: SkipPlan, callbacks: Callbacks, timed: bool,
+                    memo: "StageMemo | None" = None) -> dict[str, "_StageRun"]:
         """The three stages in order. With a `memo`, a stage whose own plan and callback and whose
         earlier stages' are unchanged since an earlier call on the same questions is taken from it
         (outputs, tokens, cost and time as measured then); the next stage then starts from the
@@ -238,7 +258,7 @@ class Reasoner:
             runs[stage].blocks = blocks
             if memo is not None:
                 memo.put(stage, key, runs[stage])
-        return [self._item(q, i, runs, timed) for i, q in enumerate(qs)]
+        return runs
 
     def _run_stage(self, stage: str, qs: list[Question], headers: list[list[int]], runs: dict[str, "_StageRun"],
                    plan: StagePlan, callbacks: Callbacks, held: "_HeldCache | None"):
@@ -259,7 +279,8 @@ class Reasoner:
         recalls = [P.as_sentence(self._content(g, i)) for i in range(len(qs))]
         self._trace("recall", [q.id for q in qs], prompts, [self._content(g, i) for i in range(len(qs))])
         held = _HeldCache([p + g.fed_tokens(i) for i, p in enumerate(prompts)], g.cache, plan.uniform_signature())
-        return _StageRun(recalls, [len(t) for t in g.tokens], cost, speculative=_drafting(g, range(len(qs)))), held
+        return _StageRun(recalls, [len(t) for t in g.tokens], cost, speculative=_drafting(g, range(len(qs))),
+                         computed=g.computed_tokens), held
 
     def _analyze(self, qs, headers, recalls, plan: StagePlan, callbacks: Callbacks,
                  held: "_HeldCache | None") -> tuple["_StageRun", "_HeldCache | None"]:
@@ -286,7 +307,7 @@ class Reasoner:
         self._trace("analyze", [qs[o].id for o in owner], [prefixes[o] + s for o, s in zip(owner, suffixes)],
                     [self._content(g, row) for row in range(len(owner))])
         tokens = [sum(len(g.tokens[r]) for r, o in enumerate(owner) if o == i) for i in range(len(qs))]
-        return _StageRun(analyses, tokens, cost, speculative=_drafting(g, owner)), held
+        return _StageRun(analyses, tokens, cost, speculative=_drafting(g, owner), computed=g.computed_tokens), held
 
     def _summarize(self, qs, headers, recalls, analyses, plan: StagePlan, callbacks: Callbacks,
                    held: "_HeldCache | None") -> tuple["_StageRun", None]:
@@ -300,7 +321,7 @@ class Reasoner:
         scored = self._score(qs, g, summaries, plan, cost)
         cost.add(g.cost)
         return _StageRun(summaries, [len(t) for t in g.tokens], cost, scored=scored,
-                         speculative=_drafting(g, range(len(qs)))), None
+                         speculative=_drafting(g, range(len(qs))), computed=g.computed_tokens), None
 
     def _trace(self, stage: str, ids: list[str], prompts: list[list[int]], outputs: list[list[int]]) -> None:
         if self.trace is not None:

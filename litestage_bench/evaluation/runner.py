@@ -20,9 +20,11 @@ from ..engine.plan import DENSE, STAGES, SkipPlan
 from ..records import metrics
 from ..records.noise import compact, compare, exact_numerics, noise_floor_for
 from ..records.results import ItemResult, ResultRecord, build_record, cpu_model, load_record
+from ..records.throughput import throughput_summary
 from ..records.timing import DEFAULT_ROUNDS, merge_rounds, with_latencies
 from .benchmarks import Question, check_items, load_split, normalize_stem, subset
 from .checkpoint import RunCheckpoint
+from .throughput import chunks_of, time_chunks
 from .demos import load_demos
 from .reasoner import Callbacks, Reasoner, ReasonerConfig, StageMemo, select_demos
 
@@ -308,7 +310,8 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
                   config: ReasonerConfig, data_dir=None, command: str = "", seed: int = SEED,
                   one_step: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, timed: int | None = DEFAULT_TIMED,
                   dense_record: str | None = None, checkpoint_path: str | None = None,
-                  rounds: int = DEFAULT_ROUNDS, answers_from: str | None = None) -> ResultRecord:
+                  rounds: int = DEFAULT_ROUNDS, answers_from: str | None = None,
+                  throughput: tuple[int, int, int] | None = None) -> ResultRecord:
     """The whole `litestage-bench run`: one record for model x benchmark x method.
 
     Accuracy (and, for a non-dense method, dense's on the same items) is computed `batch_size`
@@ -318,7 +321,11 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     With `answers_from` (an earlier record of this method, policy, items and settings), only the
     timing runs: the per-item answers are read from that record (and dense's from `dense_record`),
     and the timed items' batch-1 outputs must reproduce both records exactly, and one batch of the
-    method, re-run at `batch_size`, that record's outputs and executed costs, or the run stops."""
+    method, re-run at `batch_size`, that record's outputs and executed costs, or the run stops.
+
+    `throughput` = (B, chunks, rounds): also the throughput at batch B of a non-dense method
+    (`timing["throughput"]`, records/throughput.py): seeded chunks of B of the items, dense and the
+    method solving each as one batch, interleaved; its answers must equal the accuracy pass's."""
     seed_everything(seed)
     items = check_items(load_split(bench, split, limit=limit, data_dir=data_dir, seed=seed), bench, split, data_dir)
     reasoner = session.reasoner(bench, config, data_dir)
@@ -379,6 +386,8 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
         extra["answers_from"] = {"record": answers_from, "command": load_record(answers_from).command}
     if one_step:
         extra["one_step_accuracy"] = one_step_accuracy(reasoner, items)
+    if throughput and not is_dense:
+        timing["throughput"] = throughput_timing(reasoner, pipelines, items, results, throughput, seed, label)
     device = str(session.executor.device)
     return build_record(model=session.loaded.name, benchmark=bench, split=split, method=method.name,
                         policy=method.describe(), answer_rule=config.answer_rule, items=results,
@@ -387,6 +396,28 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
                         noise_floor=noise_floor_for(session.loaded.name, session.loaded.numerics, device),
                         timing=timing, dtype=session.loaded.dtype, numerics=session.loaded.numerics,
                         threads=torch.get_num_threads(), device=device)
+
+
+def throughput_timing(reasoner: Reasoner, pipelines: dict, items: list[Question], results: list[ItemResult],
+                      settings: tuple[int, int, int], seed: int, label: str) -> dict:
+    """The throughput summary at batch B (records/throughput.py) with every chunk round, of seeded
+    chunks of B of the items; the chunks' answers must be the accuracy pass's (else the run stops)."""
+    batch, n_chunks, rounds = settings
+    if batch * n_chunks > len(items):
+        raise UserError(f"--timing batch={batch} with --chunks {n_chunks} needs {batch * n_chunks} items, "
+                        f"the run has {len(items)}", "raise --limit, or lower --chunks or B")
+    chunks = chunks_of(subset(items, batch * n_chunks, seed), batch)
+    measured = time_chunks(reasoner, {"dense": pipelines["dense"], "method": pipelines["method"]}, chunks, rounds,
+                           log=log, label=label)
+    answers = {r.id: r.prediction for r in results}
+    differ = sorted({q.id for chunk, rounds in zip(chunks, measured["method"]) for entry in rounds
+                     for q, answer in zip(chunk, entry["answers"]) if answer != answers[q.id]})
+    if differ:
+        raise UserError(f"{len(differ)} items answered at batch {batch} differ from the accuracy pass (e.g. {differ[0]})",
+                        "use numerics that are exact across batch sizes (float32 on CPU)")
+    summary = throughput_summary(measured["dense"], measured["method"], batch)
+    return {**summary, "chunk_ids": [[q.id for q in chunk] for chunk in chunks],
+            "chunk_rounds": {"dense": measured["dense"], "method": measured["method"]}}
 
 
 def one_step_accuracy(reasoner: Reasoner, items: list[Question]) -> dict:

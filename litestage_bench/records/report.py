@@ -85,6 +85,20 @@ def speedup_ci_cell(r: ResultRecord) -> str:
     return f"{point} [{fmt_num(lo, '.2f')}, {fmt_num(hi, '.2f')}]"
 
 
+def throughput_cell(r: ResultRecord) -> str:
+    """``1.41x [1.30, 1.52] b8 (1.9 x 0.81 x 0.92)``: the throughput speedup at batch B with its CI and
+    its factors fewer tokens x less waiting x cheaper tokens (records/throughput.py); ``-`` without one."""
+    t = (r.timing or {}).get("throughput")
+    if not t:
+        return "-"
+    point = _speedup(t.get("throughput_speedup"))
+    lo, hi = t.get("throughput_speedup_ci95") or (None, None)
+    ci = f"no CI: {t['ci95_refused']}" if t.get("ci95_refused") else f"{fmt_num(lo, '.2f')}, {fmt_num(hi, '.2f')}"
+    total = t.get("decomposition", {}).get("total", {})
+    factors = " x ".join(fmt_num(total.get(k), ".2f") for k in ("token_factor", "waiting_factor", "per_token_factor"))
+    return f"{point} [{ci}] b{t.get('batch_size')} ({factors})"
+
+
 # timing.decompose: speedup = fewer tokens x cheaper tokens; then each phase's seconds per token
 DECOMPOSITION_COLUMNS = ["fewer tokens x", "cheaper tokens x", "prefill s/tok x", "decode s/tok x"]
 _DECOMPOSITION_KEYS = ("token_factor", "per_token_factor", "prefill_per_token_factor", "decode_per_token_factor")
@@ -189,13 +203,14 @@ def results_table(records: list[ResultRecord], fmt: str = "github") -> str:
     """
     headers = [
         "model", "bench", "method", "policy", "n", "accuracy [95% CI]", "speedup [95% CI]", *DECOMPOSITION_COLUMNS,
+        "batch-B speedup [95% CI] (fewer x waiting x cheaper)",
         "agreement", "flips -c2w/+w2c", "answer KL", "McNemar p", "retention", "latency s/q",
         "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "answer rule (counts)", "lossless drafting",
     ]
     rows = [
         [
             r.model, r.benchmark, r.method, policy_name(r.policy), r.n, _accuracy(r), speedup_ci_cell(r),
-            *decomposition_cells(r), *_fidelity_cells(r), fmt_num(r.retention, ".2f"),
+            *decomposition_cells(r), throughput_cell(r), *_fidelity_cells(r), fmt_num(r.retention, ".2f"),
             fmt_num(r.latency_s, ".3f"), fmt_stages(r.stage_latency_s, ".3f"), fmt_stages(r.tokens, ".1f"),
             fmt_stages(r.executed_cost_fraction, ".2f"), _rules(r), drafting_cell(r),
         ]

@@ -1,0 +1,83 @@
+"""Throughput timing at batch B: the chunk loop interleaves dense and the method with the order
+alternating, the summary's factors multiply exactly to the speedup, computed tokens count the rows
+that wait in a batch, and a bad --timing is one line."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from tiny_reasoner import QUESTIONS, STATIC, reasoner
+
+from litestage_bench.core.errors import UserError
+from litestage_bench.engine.plan import DENSE, SkipPlan
+from litestage_bench.evaluation.throughput import chunks_of, time_chunks
+from litestage_bench.records.throughput import parse_timing, throughput_summary
+
+
+def _entry(seconds: float, generated: int, computed: int, first: bool = True) -> dict:
+    stages = {s: {"seconds": seconds / 3, "generated": generated, "computed": computed, "cost_fraction": 1.0}
+              for s in ("recall", "analyze", "summarize")}
+    return {"first": first, "stages": stages}
+
+
+def test_the_factors_multiply_to_the_speedup_and_name_the_waiting():
+    # the method generates half the tokens, but its rows wait: it computes 3/4 of dense's row-steps
+    dense = [[_entry(12.0, 40, 48), _entry(12.6, 40, 48)] for _ in range(4)]
+    method = [[_entry(9.0 + 0.1 * c, 20, 36), _entry(9.3, 20, 36)] for c in range(4)]
+    out = throughput_summary(dense, method, batch=8)
+    total = out["decomposition"]["total"]
+    assert math.isclose(total["speedup"], total["token_factor"] * total["waiting_factor"] * total["per_token_factor"])
+    assert math.isclose(total["token_factor"], 2.0) and math.isclose(total["waiting_factor"], (48 / 40) / (36 / 20))
+    assert out["throughput_speedup"] == total["speedup"] and out["ci95_refused"] is None
+    low, high = out["throughput_speedup_ci95"]
+    assert low < out["throughput_speedup"] < high
+    assert out["n_chunks"] == 4 and out["rounds"] == 2 and out["batch_size"] == 8
+    assert math.isclose(out["items_per_hour_dense"], 8 * 3600 / 12.3)
+
+
+def test_fewer_than_three_chunks_give_no_interval():
+    out = throughput_summary([[_entry(10, 5, 5)]] * 2, [[_entry(9, 5, 5)]] * 2, batch=8)
+    assert out["ci95_refused"] and all(math.isnan(v) for v in out["throughput_speedup_ci95"])
+
+
+def test_timing_mode_parses_or_says_what_to_pass():
+    assert parse_timing("latency") == 1 and parse_timing("batch=8") == 8
+    for bad in ("batch=1", "batch=x", "throughput", "batch="):
+        with pytest.raises(UserError, match="batch=B"):
+            parse_timing(bad)
+
+
+@pytest.fixture(scope="module")
+def tiny(model, tokenizer):
+    return reasoner(model, tokenizer)
+
+
+def test_chunks_are_timed_interleaved_with_the_order_alternating(tiny):
+    qs = QUESTIONS[1:] * 3  # two-option questions: 6 items, chunks of 2
+    chunks = chunks_of(qs + QUESTIONS[:1], 2)
+    assert [len(c) for c in chunks] == [2, 2, 2]  # the odd item left over is dropped
+    out = time_chunks(tiny, {"dense": (DENSE, {}), "method": (STATIC, {})}, chunks, rounds=2)
+    assert [len(r) for r in out["dense"]] == [2, 2, 2]
+    firsts = [[e["first"] for e in rounds] for rounds in out["dense"]]
+    assert firsts == [[True, False], [False, True], [True, False]]  # alternates by chunk and by round
+    for rounds in out["dense"] + out["method"]:
+        for e in rounds:
+            for s in e["stages"].values():
+                assert s["seconds"] > 0 and s["computed"] >= s["generated"] >= 2 and 0 < s["cost_fraction"] <= 1
+    assert all(e["stages"]["recall"]["cost_fraction"] < 1 for rounds in out["method"] for e in rounds)
+    # the A/A pipeline: an empty plan runs dense's computation, token for token
+    same = time_chunks(tiny, {"dense": (DENSE, {}), "same": (SkipPlan(name="dense-copy"), {})}, chunks[:1], rounds=1)
+    assert same["dense"][0][0]["stages"] == {s: {**v, "seconds": same["dense"][0][0]["stages"][s]["seconds"]}
+                                             for s, v in same["same"][0][0]["stages"].items()}
+
+
+def test_computed_tokens_count_the_rows_that_wait(tiny):
+    """At batch 1 a stage computes what it generates; in a batch, recall keeps its finished rows (the
+    next stage continues their cache), so it computes rows x the longest row's steps."""
+    items, stages = tiny.time_batch(QUESTIONS[:1], DENSE)
+    assert all(s["computed"] == s["generated"] for s in stages.values())
+    items, stages = tiny.time_batch(QUESTIONS, DENSE)
+    recall = stages["recall"]
+    longest = max(it.tokens["recall"] for it in items)
+    assert recall["generated"] == sum(it.tokens["recall"] for it in items)
+    assert recall["computed"] == len(QUESTIONS) * longest
