@@ -159,8 +159,9 @@ def write_grid(store: GridStore, folder: str | Path, command: str, selection: di
            f"from the cache for {sum(r.accuracy_cached for r in normal.sorted())} of {len(normal.sorted())} cases.",
            ""] if wall_seconds is not None else []),
         "Accuracy: all n items, batched (`accuracy from`: `cache` = read from the accuracy cache, only re-timed). "
-        "Latency: median per question at batch 1 on the seeded timed items, after one warm-up question "
-        "(on CUDA a warm-up pass over all timed items). "
+        "Latency: median per question at batch 1 on the seeded timed items, after a warm-up (on a CPU one "
+        "question per pipeline in a worker's first case, later only for a plan still cold; on CUDA a pass over "
+        "all timed items per case). "
         "Speedup: dense and the method timed back to back on each timed item, R rounds with the order "
         "alternating; the geometric mean of the paired per-item ratios, with a 95% Student t interval on the "
         "per-item mean log ratios (none below 3 timed items; litestage_bench/records/timing.py). It splits "
