@@ -55,6 +55,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="interleaved rounds per timed item: dense and the case's method back to back, the order "
                          "alternating (default 1 in the main job, 2 in a plain pytest smoke)")
     group.addoption("--batch-size", type=int, default=8, help="questions per batch for accuracy (default 8)")
+    group.addoption("--timing", default="latency",
+                    help="latency (batch 1, default), or batch=B: each case also times throughput at batch B, "
+                         "dense and the method on the same chunks of B items, interleaved (docs/measuring.md)")
+    group.addoption("--chunks", type=int, default=None,
+                    help="with --timing batch=B: chunks of B items per case (default 4, or as many as the items hold)")
+    group.addoption("--chunk-rounds", type=int, default=None,
+                    help="with --timing batch=B: interleaved rounds per chunk (default 4)")
     group.addoption("--dtype", default=None, help="float32 or bfloat16 (default: the model's default)")
     group.addoption("--numerics", default=None,
                     help="float32, bfloat16 or bf16-matmul (litestage_bench/engine/numerics.py; default: the dtype's own)")

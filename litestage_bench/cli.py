@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .engine.models import DEFAULT_MODEL
     from .evaluation.benchmarks import BENCHMARKS
     from .evaluation.runner import DEFAULT_BATCH_SIZE, DEFAULT_ROUNDS, DEFAULT_TIMED
-    from .evaluation.throughput import DEFAULT_CHUNK_ROUNDS, DEFAULT_CHUNKS
+    from .records.throughput import DEFAULT_CHUNK_ROUNDS, DEFAULT_CHUNKS
     ap = _Parser(prog="litestage-bench", description="Layer skipping for multi-stage reasoning, benchmarked.")
     sub = ap.add_subparsers(dest="command", required=True)
 

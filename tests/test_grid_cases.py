@@ -10,7 +10,8 @@ from litestage_bench.grid.cases import DEFAULT_POINTS, SWEEP_POINTS, GridCase, s
 
 DEFAULTS = {"--models": None, "--benches": None, "--methods": None, "--points": None, "--stages": "all",
             "--limit": None, "--timed": None, "--batch-size": 8, "--dtype": None, "--numerics": None, "--device": "cpu",
-            "--policy-dir": "results/policies", "--no-search": False, "--search-limit": None, "--rounds": None}
+            "--policy-dir": "results/policies", "--no-search": False, "--search-limit": None, "--rounds": None,
+            "--timing": "latency", "--chunks": None, "--chunk-rounds": None}
 
 
 def select(main_job: bool = True, **options):

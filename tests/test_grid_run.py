@@ -18,6 +18,7 @@ from litestage_bench.grid.cache import AccuracyCache
 from litestage_bench.grid.cases import GridCase, selection_from_options, slug
 from litestage_bench.grid.run import GridContext, run_case
 from litestage_bench.grid.store import GridStore, extra_info
+from litestage_bench.records.report import throughput_cell
 from litestage_bench.methods.registry import METHODS, SEARCHES, Method
 
 
@@ -88,6 +89,24 @@ def test_case_accuracy_is_cached_and_only_timing_reruns(tiny, tmp_path):
     changed = context(tiny, tmp_path)
     changed.config_overrides["answer_rule"] = "letter"
     assert not run_case(cases[1], changed, FakeBenchmark()).accuracy_cached
+
+
+def test_a_case_times_throughput_at_batch_b_beside_its_latency(tiny, tmp_path):
+    """--timing batch=2: a non-dense case also solves chunks of 2 of its items as one batch, interleaved
+    with dense; its record carries the throughput speedup and the factors, dense's case does not."""
+    ctx = context(tiny, tmp_path, **{"--limit": 6, "--timing": "batch=2", "--chunk-rounds": 2})
+    model = tiny[0]
+    store = GridStore()
+    for case in (GridCase(model, "obqa"), GridCase(model, "obqa", "unified", 1)):
+        store.add(run_case(case, ctx, FakeBenchmark()))
+    dense, unified = (store.results[c] for c in (f"{slug(model)}-obqa-dense", f"{slug(model)}-obqa-unified-k1"))
+    assert "throughput" not in dense.timing
+    t = unified.timing["throughput"]
+    assert t["batch_size"] == 2 and t["n_chunks"] == 3 and t["rounds"] == 2 and t["ci95_refused"] is None
+    assert [len(c) for c in t["chunk_ids"]] == [2, 2, 2] and t["throughput_speedup"] > 0
+    assert throughput_cell(store.record_for(unified)).endswith(")") and " b2 " in throughput_cell(store.record_for(unified))
+    with pytest.raises(UserError, match="batch=8 needs at least 8 items"):
+        context(tiny, tmp_path, **{"--limit": 6, "--timing": "batch=8"})
 
 
 class Searched(Method):

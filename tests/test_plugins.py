@@ -139,7 +139,7 @@ model, out = sys.argv[1], sys.argv[2]
 opts = {"--models": model, "--benches": "arc_numeric", "--methods": "skip_third_ffn", "--points": None,
         "--stages": "all", "--limit": 2, "--timed": 1, "--batch-size": 2, "--dtype": "float32", "--numerics": None,
         "--device": "cpu", "--policy-dir": out + "/policies", "--no-search": True, "--search-limit": None,
-        "--rounds": 1}
+        "--rounds": 1, "--timing": "latency", "--chunks": None, "--chunk-rounds": None}
 sel = selection_from_options(opts.__getitem__, main_job=True)
 ctx = GridContext(sel, AccuracyCache(out + "/cache"), "test", search_dir=out + "/searched",
                   config_overrides={"max_new_tokens": {"recall": 4, "analyze": 3, "summarize": 3},

@@ -7,6 +7,7 @@ Prints a line per model it converted (nothing for one already converted); exit 2
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -15,7 +16,10 @@ from .models import MODELS, ensure_converted
 
 
 def main(argv: list[str] | None = None) -> int:
-    aliases = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m litestage_bench.engine.convert",
+                                     description="Convert embedded models into the model cache once.")
+    parser.add_argument("aliases", nargs="+", metavar="ALIAS", help=f"one of {', '.join(MODELS)}")
+    aliases = parser.parse_args(sys.argv[1:] if argv is None else argv).aliases
     try:
         for alias in aliases:
             if alias not in MODELS:

@@ -7,9 +7,6 @@ from ..engine.plan import SkipPlan
 from .benchmarks import Question
 from .reasoner import Callbacks, Reasoner
 
-DEFAULT_CHUNKS = 4  # chunks of B items per record: 3 or more give a t interval over chunks
-DEFAULT_CHUNK_ROUNDS = 4  # interleaved rounds per chunk: each side goes first twice
-
 
 def chunks_of(items: list[Question], batch: int) -> list[list[Question]]:
     """Whole chunks of `batch` items (a last, smaller chunk would be a different batch size: dropped)."""

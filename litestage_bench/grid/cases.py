@@ -14,6 +14,7 @@ from ..engine.models import DEFAULT_MODEL, MODELS, check_numerics
 from ..engine.plan import STAGES
 from ..evaluation.benchmarks import BENCHMARKS, check_bench
 from ..methods.registry import METHODS, load_plugins
+from ..records.throughput import DEFAULT_CHUNK_ROUNDS, DEFAULT_CHUNKS, parse_timing
 from ..records.timing import DEFAULT_ROUNDS
 
 # Budget points (k, in each method's own unit) for the methods that take one. The default run
@@ -221,6 +222,9 @@ class GridSelection:
     search_missing: bool
     search_limit: int | None
     main_job: bool  # `pytest --benchmark-only`: writes under results/; else a smoke in a temp folder
+    timing_batch: int = 1  # --timing batch=B: also throughput at batch B (1: batch-1 latency only)
+    chunks: int = DEFAULT_CHUNKS  # with timing_batch > 1: chunks of B items per case (at most what the items hold)
+    chunk_rounds: int = DEFAULT_CHUNK_ROUNDS  # interleaved rounds per chunk
 
     def cases(self) -> list[GridCase]:
         out = []
@@ -279,7 +283,15 @@ def selection_from_options(get, main_job: bool) -> GridSelection:
     check_numerics(DEFAULT_MODEL, dtype, numerics)  # checks the names and their pair
     search_limit = _count(get("--search-limit"), "search-limit", zero_means_all=False)
     rounds = _count(get("--rounds"), "rounds", zero_means_all=False) or (MAIN_ROUNDS if main_job else DEFAULT_ROUNDS)
-    return GridSelection(models=models, benches=benches, methods=methods, points=points,
+    timing_batch = parse_timing(get("--timing") or "latency")
+    if timing_batch > 1 and limit is not None and limit < timing_batch:
+        raise UserError(f"--timing batch={timing_batch} needs at least {timing_batch} items per benchmark, "
+                        f"--limit is {limit}", f"raise --limit to {timing_batch} or more (3 chunks give a CI)")
+    throughput = {"timing_batch": timing_batch,
+                  "chunks": _count(get("--chunks"), "chunks", zero_means_all=False) or DEFAULT_CHUNKS,
+                  "chunk_rounds": _count(get("--chunk-rounds"), "chunk-rounds", zero_means_all=False)
+                  or DEFAULT_CHUNK_ROUNDS}
+    return GridSelection(**throughput,models=models, benches=benches, methods=methods, points=points,
                          stage_sets=parse_stage_sets(get("--stages")), limit=limit, timed=timed, rounds=rounds,
                          batch_size=batch or 8, dtype=dtype, device=check_device(get("--device")), numerics=numerics,
                          policy_dir=Path(get("--policy-dir")), search_missing=not get("--no-search"),

@@ -14,21 +14,21 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ..engine.plan import STAGES
-from ..records.report import (DECOMPOSITION_COLUMNS, decomposition_cells, drafting_cell, fmt_num, fmt_p, fmt_stages,
-                              noise_floor_notes, speedup_ci_cell)
+from ..records.report import (DECOMPOSITION_COLUMNS, THROUGHPUT_COLUMN, decomposition_cells, drafting_cell, fmt_num,
+                              fmt_p, fmt_stages, noise_floor_notes, speedup_ci_cell, throughput_cell)
 from ..records.results import ResultRecord, atomic_write, machine_info, write_record, write_text_atomic
 from .cases import slug
 from .store import CaseResult, GridStore
 
 GRID_SCHEMA = 1
 COLUMNS = ["method", "point", "stages", "n", "accuracy [95% CI]", "d acc vs dense", "agreement",
-           "flips -c2w/+w2c", "McNemar p", "speedup [95% CI]", *DECOMPOSITION_COLUMNS, "s/question",
+           "flips -c2w/+w2c", "McNemar p", "speedup [95% CI]", *DECOMPOSITION_COLUMNS, THROUGHPUT_COLUMN, "s/question",
            "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "accuracy from", "policy", "lossless drafting"]
 STAGE_COLUMNS = ["method", "point", "stages", "stage", "s/question", "share of question", "speedup vs dense",
                  *DECOMPOSITION_COLUMNS, "tokens", "token ratio vs dense", "cost frac", "output = dense", "drafting"]
 # Columns that hold measured times: the only ones in which a rerun or an `-n N` run may differ.
 TIMING_COLUMNS = {"speedup [95% CI]", "s/question", "stage s R/A/S", "share of question", "speedup vs dense",
-                  *DECOMPOSITION_COLUMNS[1:]}
+                  *DECOMPOSITION_COLUMNS[1:], THROUGHPUT_COLUMN}
 
 
 def _ci(point, ci, fmt: str, suffix: str = "") -> str:
@@ -49,7 +49,7 @@ def main_row(res: CaseResult, rec: ResultRecord, dense: ResultRecord | None) -> 
     return [rec.method, res.case.point, res.case.stage_label, str(rec.n),
             _ci(rec.accuracy, rec.accuracy_ci95, ".3f"), fmt_num(d_acc, "+.3f"), fmt_num(fid.get("agreement"), ".3f"),
             flips, fmt_p(rec.mcnemar_p), speedup_ci_cell(rec),
-            *decomposition_cells(rec, "total"), fmt_num(rec.latency_s, ".3f"),
+            *decomposition_cells(rec, "total"), throughput_cell(rec), fmt_num(rec.latency_s, ".3f"),
             fmt_stages(rec.stage_latency_s, ".3f"), fmt_stages(rec.tokens, ".1f"),
             fmt_stages(rec.executed_cost_fraction, ".2f"), "cache" if res.accuracy_cached else "computed",
             _policy_cell(res), drafting_cell(rec)]

@@ -31,6 +31,7 @@ from ..evaluation.benchmarks import DATA_DIR_ENV, data_fingerprint, load_split, 
 from ..evaluation.packaged import sha256_file
 from ..evaluation.reasoner import Reasoner, ReasonerConfig
 from ..evaluation.runner import (SEED, Session, chance_rate, checked_plan, default_config, evaluate_items,
+                                 throughput_timing,
                                  method_callbacks, model_facts, seed_everything, time_items)
 from ..methods.registry import SEARCHES, Method, load_policy, make_method
 from ..records.noise import compact, compare, noise_floor_for
@@ -233,6 +234,11 @@ def run_case(case: GridCase, ctx: GridContext, benchmark: Any) -> CaseResult:
               "rounds": sel.rounds, "interleaved_with_dense": "dense" in pipelines,
               # how often the batch-1 (timed) run reproduced the batched (or cached) one
               "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["m"]])}
+    if sel.timing_batch > 1 and case.method != "dense":
+        chunks = max(1, min(sel.chunks, len(items) // sel.timing_batch))
+        timing["throughput"] = throughput_timing(reasoner, {"method": pipelines["m"], "dense": pipelines["dense"]},
+                                                 items, results, (sel.timing_batch, chunks, sel.chunk_rounds), SEED,
+                                                 label)
     device = str(session.executor.device)
     return CaseResult(
         case=case, items=with_latencies(results, clock["m"]), dense_timed=clock.get("dense", []),

@@ -85,6 +85,9 @@ def speedup_ci_cell(r: ResultRecord) -> str:
     return f"{point} [{fmt_num(lo, '.2f')}, {fmt_num(hi, '.2f')}]"
 
 
+THROUGHPUT_COLUMN = "batch-B speedup [95% CI] (fewer x waiting x cheaper)"
+
+
 def throughput_cell(r: ResultRecord) -> str:
     """``1.41x [1.30, 1.52] b8 (1.9 x 0.81 x 0.92)``: the throughput speedup at batch B with its CI and
     its factors fewer tokens x less waiting x cheaper tokens (records/throughput.py); ``-`` without one."""
@@ -203,7 +206,7 @@ def results_table(records: list[ResultRecord], fmt: str = "github") -> str:
     """
     headers = [
         "model", "bench", "method", "policy", "n", "accuracy [95% CI]", "speedup [95% CI]", *DECOMPOSITION_COLUMNS,
-        "batch-B speedup [95% CI] (fewer x waiting x cheaper)",
+        THROUGHPUT_COLUMN,
         "agreement", "flips -c2w/+w2c", "answer KL", "McNemar p", "retention", "latency s/q",
         "stage s R/A/S", "tokens R/A/S", "cost frac R/A/S", "answer rule (counts)", "lossless drafting",
     ]

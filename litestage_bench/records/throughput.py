@@ -29,6 +29,8 @@ from ..engine.plan import STAGES
 from .timing import NAN, _gm, _item_means, t_gm_ci95
 
 FACTORS = ("speedup", "token_factor", "waiting_factor", "per_token_factor")
+DEFAULT_CHUNKS = 4  # chunks of B items per record: 3 or more give a t interval over chunks
+DEFAULT_CHUNK_ROUNDS = 4  # interleaved rounds per chunk: each side goes first twice
 
 
 def parse_timing(text: str) -> int:
@@ -87,7 +89,7 @@ def throughput_summary(dense: list[list[dict]], method: list[list[dict]], batch:
             means = _item_means([[f["speedup"] for f in rounds] for rounds in per_chunk])
             ci, refused = t_gm_ci95(means)
             out.update(throughput_speedup=row["speedup"] if row["speedup"] is not None else NAN,
-                       throughput_speedup_ci95=list(ci), ci95_refused=refused)
+                       throughput_speedup_ci95=None if refused else list(ci), ci95_refused=refused)
             for side, chunks in (("dense", dense), ("method", method)):
                 seconds = [_totals(e, None)[0] for rounds in chunks for e in rounds]
                 out[f"items_per_hour_{side}"] = batch * 3600 / statistics.median(seconds) if seconds else None

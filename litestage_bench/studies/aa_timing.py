@@ -58,7 +58,7 @@ def one_repeat(reasoner, items: list, batch: int, timed: int, chunks: int, round
         result = throughput_summary(measured["dense"], measured["same"], batch)
         point, ci, refused = result["throughput_speedup"], result["throughput_speedup_ci95"], result["ci95_refused"]
     covered = None if refused else bool(ci[0] <= 1.0 <= ci[1])
-    return {"seed": seed, "ids": [q.id for q in drawn], "speedup": point, "ci95": list(ci), "refused": refused,
+    return {"seed": seed, "ids": [q.id for q in drawn], "speedup": point, "ci95": list(ci) if ci else None, "refused": refused,
             "covered": covered}
 
 
