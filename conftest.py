@@ -50,7 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--limit", type=int, default=None,
                     help="items per benchmark, 0 = the whole evaluation split (default: 8 with --benchmark-only, 2 otherwise)")
     group.addoption("--timed", type=int, default=None,
-                    help="items of them timed at batch 1 per case, 0 = all (default: min(limit, 3); 1 in the smoke)")
+                    help="items of them timed at batch 1 per case, 0 = all (default: min(limit, 4); 1 in the smoke)")
     group.addoption("--rounds", type=int, default=None,
                     help="interleaved rounds per timed item: dense and the case's method back to back, the order "
                          "alternating (default 1 in the main job, 2 in a plain pytest smoke)")

@@ -6,7 +6,7 @@ The true speedup is 1.00, so a 95% interval should cover it in about 95% of the 
     python -m litestage_bench.studies.aa_timing --timing batch=8 --chunks 3 --rounds 4 --repeats 1 \\
         --out results/intervals/aa_batch8.md
 
-Defaults are the main job's timing (`pytest --benchmark-only`: 3 timed items, 1 interleaved round, at
+Defaults are the main job's timing (`pytest --benchmark-only`: 4 timed items, 1 interleaved round, at
 batch 1). With `--timing batch=B` each repeat times `--chunks` chunks of B items at throughput
 (evaluation/throughput.py). Repeat r draws its items with seed r. Each finished repeat is appended
 to OUT's rows file (OUT with `.jsonl`), so a stopped run resumes after it; the markdown is rewritten
@@ -28,8 +28,9 @@ from ..engine.plan import DENSE, SkipPlan
 from ..evaluation.benchmarks import load_split, subset
 from ..evaluation.runner import Session, default_config, log, seed_everything, time_items
 from ..evaluation.throughput import chunks_of, time_chunks
+from ..grid.cases import MAIN_ROUNDS, MAIN_TIMED
 from ..records.results import machine_info, write_text_atomic
-from ..records.throughput import parse_timing, throughput_summary
+from ..records.throughput import DEFAULT_CHUNK_ROUNDS, parse_timing, throughput_summary
 from ..records.timing import paired_speedup
 
 SAME = SkipPlan(name="dense-copy")  # no stage named: every stage runs dense's computation
@@ -97,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--bench", default="obqa")
     p.add_argument("--timing", default="latency", help="latency (batch 1, default) or batch=B (throughput)")
-    p.add_argument("--timed", type=int, default=3, help="batch 1: timed items per repeat (default 3, the main job's)")
+    p.add_argument("--timed", type=int, default=MAIN_TIMED, help=f"batch 1: timed items per repeat (default {MAIN_TIMED}, the main job's)")
     p.add_argument("--chunks", type=int, default=3, help="batch B: chunks of B items per repeat (default 3)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 1 at batch 1, 4 at batch B)")
+    p.add_argument("--rounds", type=int, default=None, help=f"interleaved rounds (default {MAIN_ROUNDS} at batch 1, {DEFAULT_CHUNK_ROUNDS} at batch B)")
     p.add_argument("--repeats", type=int, default=40)
     p.add_argument("--out", required=True, help="the markdown to write; its rows go to OUT with .jsonl")
     return p
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         batch = parse_timing(args.timing)
-        rounds = args.rounds or (1 if batch == 1 else 4)
+        rounds = args.rounds or (MAIN_ROUNDS if batch == 1 else DEFAULT_CHUNK_ROUNDS)
         if min(args.timed, args.chunks, args.repeats, rounds) < 1:
             raise UserError("--timed, --chunks, --repeats and --rounds must be at least 1", "pass positive counts")
         out = Path(args.out)
