@@ -149,6 +149,17 @@ def _method_options(args: argparse.Namespace, policy: dict | None) -> dict | Non
     return policy
 
 
+def method_from_args(args: argparse.Namespace):
+    """The method a `run` command line names: its policy file, --k and --no-early-exit applied."""
+    from .methods.registry import load_policy, make_method
+    policy = load_policy(args.policy)
+    if policy is not None and args.no_early_exit:
+        policy["early_exit_off"] = True
+    method = make_method(args.method, _method_options(args, policy))
+    method.check_model(args.model)
+    return method
+
+
 def _check_before_load(args: argparse.Namespace, split: str) -> None:
     """What run and search can check from their arguments and files before the (slow) model load."""
     from .engine.models import check_model_folder, check_numerics
@@ -177,18 +188,13 @@ def _clean_stale(out: Path) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine.models import model_label
     from .evaluation.runner import Session, default_config, run_benchmark
-    from .methods.registry import load_policy, make_method
     from .records.results import write_record
 
     # Validate every cheap argument before the (slow) model load.
     _check_before_load(args, args.split)
     from .records.throughput import parse_timing
     batch = parse_timing(args.timing)
-    policy = load_policy(args.policy)
-    if policy is not None and args.no_early_exit:
-        policy["early_exit_off"] = True
-    method = make_method(args.method, _method_options(args, policy))
-    method.check_model(args.model)
+    method = method_from_args(args)
     if args.answers_from and not args.dense_record and method.name != "dense":
         raise UserError("--answers-from needs --dense-record",
                         "name the dense record the answers were compared with (its `extra.dense_record`)")

@@ -23,5 +23,11 @@ python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'tox 
 base=${LITESTAGE_GPU_BASE_MODELS-smollm2-135m,qwen2.5-coder-0.5b}
 models="$(printf '%s' "$base${LITESTAGE_GPU_MODELS:+,$LITESTAGE_GPU_MODELS}" | sed 's/^,//')"
 # LITESTAGE_GPU_NUMERICS: bfloat16 (default on CUDA), float32 or bf16-matmul (litestage_bench/engine/numerics.py)
-exec python -m pytest --benchmark-only -n auto --device cuda --numerics "${LITESTAGE_GPU_NUMERICS:-bfloat16}" --models "$models" \
-  --points sweep --limit "${LITESTAGE_GPU_LIMIT:-0}" --timed 50 --batch-size 32 --grid-out results/grid-gpu "$@"
+# Both timing modes: every run times batch-1 latency, and throughput at one batch size B
+# ($LITESTAGE_GPU_BATCHES, default "8 32"), into results/grid-gpu/batchB; the second run reads every
+# accuracy from the grid's cache and only re-times.
+for b in ${LITESTAGE_GPU_BATCHES:-8 32}; do
+  python -m pytest --benchmark-only -n auto --device cuda --numerics "${LITESTAGE_GPU_NUMERICS:-bfloat16}" --models "$models" \
+    --points sweep --limit "${LITESTAGE_GPU_LIMIT:-0}" --timed 50 --batch-size 32 --timing "batch=$b" \
+    --grid-out "results/grid-gpu/batch$b" "$@"
+done

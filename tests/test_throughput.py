@@ -81,3 +81,17 @@ def test_computed_tokens_count_the_rows_that_wait(tiny):
     longest = max(it.tokens["recall"] for it in items)
     assert recall["generated"] == sum(it.tokens["recall"] for it in items)
     assert recall["computed"] == len(QUESTIONS) * longest
+
+
+@pytest.mark.parametrize("record, needle", [
+    ("results/comparison/smollm2-135m_obqa_dense.json", "dense's own record"),
+    ("results/grid/records/smollm2-135m-obqa-sleb-k2.json", "not made by `litestage-bench run`"),
+])
+def test_retime_refuses_what_it_cannot_re_time_in_one_line(record, needle, tmp_path, capsys):
+    from pathlib import Path
+
+    from litestage_bench.studies.throughput_retime import main
+    root = Path(__file__).resolve().parents[1]
+    assert main([str(root / record), "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and not list(tmp_path.iterdir())
