@@ -334,7 +334,7 @@ def _glob_patterns(path: str) -> list[str]:
 
 
 def path_exists(path: str) -> bool:
-    if path.rstrip("/") in NOT_COMMITTED:
+    if any(path.rstrip("/") == p or path.startswith(p + "/") for p in NOT_COMMITTED):  # or a folder inside one
         return True
     return any(glob.glob(str(REPO / p)) for p in _glob_patterns(path))
 
