@@ -194,6 +194,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_before_load(args, args.split)
     from .records.throughput import parse_timing
     batch = parse_timing(args.timing)
+    if batch > 1:
+        from .evaluation.benchmarks import load_split
+        from .evaluation.runner import check_chunks
+        n_items = len(load_split(args.bench, args.split, limit=args.limit, data_dir=args.data_dir, seed=args.seed))
+        check_chunks((batch, args.chunks, args.chunk_rounds), n_items)
     method = method_from_args(args)
     if args.answers_from and not args.dense_record and method.name != "dense":
         raise UserError("--answers-from needs --dense-record",

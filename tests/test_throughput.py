@@ -95,3 +95,18 @@ def test_retime_refuses_what_it_cannot_re_time_in_one_line(record, needle, tmp_p
     assert main([str(root / record), "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--timing", "batch=8", "--limit", "16"], "needs 32 items, the run has 16"),
+    (["--timing", "batch=1"], "is not a timing mode"),
+])
+def test_run_refuses_a_throughput_timing_it_cannot_do_before_loading(args, needle, capsys, tmp_path, monkeypatch):
+    from test_cli import assert_one_line_error, run_cli
+
+    from litestage_bench.evaluation import runner
+    monkeypatch.setattr(runner.Session, "open", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, _, err = run_cli(["run", "--bench", "obqa", "--method", "unified", "--k", "2", "--chunks", "4",
+                            "--out", str(tmp_path / "r.json"), *args], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not list(tmp_path.iterdir())

@@ -328,6 +328,8 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     method solving each as one batch, interleaved; its answers must equal the accuracy pass's."""
     seed_everything(seed)
     items = check_items(load_split(bench, split, limit=limit, data_dir=data_dir, seed=seed), bench, split, data_dir)
+    if throughput and method.name != "dense":
+        check_chunks(throughput, len(items))  # before hours of accuracy and latency, not after
     reasoner = session.reasoner(bench, config, data_dir)
     facts = model_facts(session.executor, session.loaded.name)
     plan, callbacks = checked_plan(method, facts), method_callbacks(method)
@@ -398,14 +400,19 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
                         threads=torch.get_num_threads(), device=device)
 
 
+def check_chunks(settings: tuple[int, int, int], n_items: int) -> None:
+    batch, n_chunks, _ = settings
+    if batch * n_chunks > n_items:
+        raise UserError(f"--timing batch={batch} with --chunks {n_chunks} needs {batch * n_chunks} items, "
+                        f"the run has {n_items}", "raise --limit, or lower --chunks or B")
+
+
 def throughput_timing(reasoner: Reasoner, pipelines: dict, items: list[Question], results: list[ItemResult],
                       settings: tuple[int, int, int], seed: int, label: str) -> dict:
     """The throughput summary at batch B (records/throughput.py) with every chunk round, of seeded
     chunks of B of the items; the chunks' answers must be the accuracy pass's (else the run stops)."""
     batch, n_chunks, rounds = settings
-    if batch * n_chunks > len(items):
-        raise UserError(f"--timing batch={batch} with --chunks {n_chunks} needs {batch * n_chunks} items, "
-                        f"the run has {len(items)}", "raise --limit, or lower --chunks or B")
+    check_chunks(settings, len(items))
     chunks = chunks_of(subset(items, batch * n_chunks, seed), batch)
     measured = time_chunks(reasoner, {"dense": pipelines["dense"], "method": pipelines["method"]}, chunks, rounds,
                            log=log, label=label)
