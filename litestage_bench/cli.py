@@ -262,6 +262,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retime_throughput(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .records.results import load_record
+    from .records.throughput import parse_timing
+    from .studies.throughput_retime import retime
+    batch = parse_timing(args.timing)
+    if batch < 2:
+        raise UserError("retime-throughput needs --timing batch=B with B >= 2", "e.g. --timing batch=8")
+    command = _command_line()
+    sessions: dict = {}
+    for path in args.records:
+        rec = load_record(path)
+        words = shlex.split(rec.command or "")
+        if words[:2] != ["litestage-bench", "run"]:
+            raise UserError(f"{path} was not made by `litestage-bench run`", "give records written by `run --out`")
+        run_args = build_parser().parse_args(words[1:])
+        retime(path, rec, run_args, method_from_args(run_args), (batch, args.chunks, args.chunk_rounds),
+               Path(args.out_dir), sessions, command)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .records.report import pareto_plot, results_table, rules_table, versus_table
     from .records.results import load_record, write_text_atomic
@@ -437,6 +459,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "they finish (default results/search/MODEL_BENCH; commit them)")
     search.add_argument("--out", required=True)
     search.set_defaults(func=cmd_search)
+
+    retime = sub.add_parser("retime-throughput", help="add throughput at batch B to `run` records, answers "
+                                                      "checked against theirs, their latency kept")
+    retime.add_argument("records", nargs="+", metavar="RECORD")
+    retime.add_argument("--timing", default="batch=8", help="batch=B (default batch=8)")
+    retime.add_argument("--chunks", type=_positive, default=DEFAULT_CHUNKS,
+                        help=f"seeded chunks of B of each record's items (default {DEFAULT_CHUNKS})")
+    retime.add_argument("--chunk-rounds", type=_positive, default=DEFAULT_CHUNK_ROUNDS,
+                        help=f"interleaved rounds per chunk (default {DEFAULT_CHUNK_ROUNDS})")
+    retime.add_argument("--out-dir", required=True, help="where the re-timed copies go (the records stay as they are)")
+    retime.set_defaults(func=cmd_retime_throughput)
 
     report = sub.add_parser("report", help="comparative table (and Pareto plot) of result records")
     report.add_argument("results", nargs="*")

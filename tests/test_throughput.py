@@ -90,11 +90,11 @@ def test_computed_tokens_count_the_rows_that_wait(tiny):
 def test_retime_refuses_what_it_cannot_re_time_in_one_line(record, needle, tmp_path, capsys):
     from pathlib import Path
 
-    from litestage_bench.studies.throughput_retime import main
+    from test_cli import assert_one_line_error, run_cli
     root = Path(__file__).resolve().parents[1]
-    assert main([str(root / record), "--out-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0] and not list(tmp_path.iterdir())
+    code, _, err = run_cli(["retime-throughput", str(root / record), "--out-dir", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -110,3 +110,9 @@ def test_run_refuses_a_throughput_timing_it_cannot_do_before_loading(args, needl
                             "--out", str(tmp_path / "r.json"), *args], capsys)
     assert_one_line_error(code, err, needle)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_aa_check_defaults_to_the_main_jobs_timing():
+    from litestage_bench.grid import cases
+    from litestage_bench.studies import aa_timing
+    assert (aa_timing.MAIN_TIMED, aa_timing.MAIN_ROUNDS) == (cases.MAIN_TIMED, cases.MAIN_ROUNDS)
