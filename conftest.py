@@ -48,7 +48,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="stage selections in which methods may skip (others run dense), ';'-separated: "
                          "e.g. 'all;analyze;recall,summarize' (default all)")
     group.addoption("--limit", type=int, default=None,
-                    help="items per benchmark, 0 = the whole evaluation split (default: 8 with --benchmark-only, 2 otherwise)")
+                    help="items per benchmark, 0 = the whole evaluation split (default: 4 with --benchmark-only, 2 otherwise)")
     group.addoption("--timed", type=int, default=None,
                     help="items of them timed at batch 1 per case, 0 = all (default: min(limit, 4); 1 in the smoke)")
     group.addoption("--rounds", type=int, default=None,

@@ -22,7 +22,7 @@ def select(main_job: bool = True, **options):
 def test_main_job_defaults(tmp_path):
     sel = select(policy_dir=str(tmp_path))
     # the main job a newcomer waits for: every method on one benchmark, one batch, 4 timed in 1 round (an even count: each side first on half)
-    assert (sel.models, sel.benches, sel.limit, sel.timed) == (["smollm2-135m"], ["obqa"], 8, 4)
+    assert (sel.models, sel.benches, sel.limit, sel.timed) == (["smollm2-135m"], ["obqa"], 4, 4)
     assert sel.rounds == 1
     assert select(policy_dir=str(tmp_path), benches="all").benches == ["obqa", "csqa", "strategyqa"]
     assert sel.methods[0] == "dense" and "plan" not in sel.methods

@@ -40,7 +40,7 @@ SMOKE_LIMIT, SMOKE_TIMED = 2, 1
 # The main job (`pytest --benchmark-only`) that a newcomer waits for: every method on one benchmark,
 # one accuracy batch; `--benches all` (or a list) is the full grid.
 MAIN_BENCHES = "obqa"
-MAIN_LIMIT = 8  # items per benchmark in `pytest --benchmark-only` (one batch of 8)
+MAIN_LIMIT = 4  # items per benchmark in `pytest --benchmark-only` (one batch, every item timed: the job a newcomer waits for)
 MAIN_TIMED = 4  # of them timed at batch 1 per case, beside dense: an even count, so that in 1 round each side
 # goes first on half the items (a question's first solve runs slower: results/intervals/aa_latency_timed3.md)
 MAIN_ROUNDS = 1  # interleaved rounds per timed item in the main job (the order alternates by item)
