@@ -510,15 +510,18 @@ def emit_markdown(render: Callable[[], str], out: str | os.PathLike | None) -> i
     return 0
 
 
-def write_record(path: str | os.PathLike, record: ResultRecord) -> Path:
-    """Atomically write ``record`` as indented JSON (strict: NaN becomes ``null``)."""
-    data = record_to_dict(record)
-
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Atomically write ``data`` as records are written: indented, strict JSON, a final newline."""
     def dump(fh: IO) -> None:
         json.dump(data, fh, indent=1, sort_keys=False, allow_nan=False)
         fh.write("\n")
 
     return atomic_write(path, dump)
+
+
+def write_record(path: str | os.PathLike, record: ResultRecord) -> Path:
+    """Atomically write ``record`` as indented JSON (strict: NaN becomes ``null``)."""
+    return write_json(path, record_to_dict(record))
 
 
 def load_records(path: str | os.PathLike) -> list[ResultRecord]:

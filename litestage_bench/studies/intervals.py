@@ -36,7 +36,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ..core.errors import UserError, print_error
-from ..records.results import ResultRecord, atomic_write, json_safe, load_record, record_from_dict
+from ..records.results import ResultRecord, atomic_write, json_safe, load_record, record_from_dict, write_json
 from ..records.timing import SPEEDUP_INTERVAL, round_pair_logs, rounds_of, speedup_of_logs, t_gm_ci95
 
 NAN = float("nan")
@@ -110,13 +110,6 @@ def _cell(point: float, ci, refused: str | None) -> str:
     return f"{point:.3f}x [{lo:.3f}, {hi:.3f}]"
 
 
-def _write_json(path: str, data: dict) -> None:
-    """As `write_record` writes records (indented, strict JSON), atomically."""
-    def dump(fh) -> None:
-        json.dump(data, fh, indent=1, allow_nan=False)
-        fh.write("\n")
-
-    atomic_write(path, dump)
 
 
 def recompute_files(paths: list[str], dry_run: bool = False) -> int:
@@ -132,7 +125,7 @@ def recompute_files(paths: list[str], dry_run: bool = False) -> int:
             print(f"{path}: left as it was: {what}")
             continue
         if not dry_run:
-            _write_json(path, out)
+            write_json(path, out)
         print(f"{path}: {what}{' (dry run: not written)' if dry_run else ''}")
     return 1 if left else 0
 

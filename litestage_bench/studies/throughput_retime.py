@@ -21,7 +21,7 @@ from ..engine.plan import DENSE
 from ..evaluation.benchmarks import check_items, load_split
 from ..evaluation.reasoner import ReasonerConfig
 from ..evaluation.runner import Session, check_chunks, checked_plan, log, method_callbacks, throughput_timing
-from ..records.results import atomic_write
+from ..records.results import write_json
 
 
 def retime(path: str, rec, args, method, settings: tuple[int, int, int], out_dir: Path, sessions: dict,
@@ -51,12 +51,7 @@ def retime(path: str, rec, args, method, settings: tuple[int, int, int], out_dir
     data["timing"]["throughput"] = throughput
     data.setdefault("extra", {})["throughput_command"] = command
     out = out_dir / Path(path).name
-
-    def dump(fh) -> None:
-        json.dump(data, fh, indent=1, allow_nan=False)
-        fh.write("\n")
-
-    atomic_write(out, dump)
+    write_json(out, data)
     t = throughput
     log(f"[{label}] batch {settings[0]}: {t['throughput_speedup']:.2f}x {t['throughput_speedup_ci95']} -> {out}")
     return out
