@@ -431,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of alpha = 1 - confidence spent on stopping a candidate that already meets the "
                              "target at an interim look, split evenly over those looks; the last look gets the rest "
                              "(default 0.2; 0: no such stops)")
+    search.add_argument("--futility-confidence", type=float, default=0.7,
+                        help="confidence of the upper bound that stops a candidate at an interim look when it is "
+                             "below the target (default 0.7, within 0.5..--confidence: a lower one stops more "
+                             "candidates that would not have met, at some power, never at the confidence of a meet)")
     search.add_argument("--coarse-step", type=_positive, default=4,
                         help="#skip sweeps measure every C-th step first, then only the gaps that may hold a meeting "
                              "#skip (default 4; 1: every step)")

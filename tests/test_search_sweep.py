@@ -98,6 +98,55 @@ def test_a_candidate_stops_at_the_first_look_where_it_meets_and_records_why():
     assert decide(ACC, counts, 0.95, 0.96)["decision"] == "undecided"
 
 
+def test_an_interim_look_stops_for_futility_at_its_own_lower_confidence():
+    """41 of 48 agree (0.854): the upper bound at 95% (0.929) does not rule out 0.9, at 70% (0.887)
+    it does, so the default futility confidence stops the candidate after the first chunk, where the
+    plain one goes on to the third."""
+    calls = []
+
+    def chunk(lo, hi):
+        calls.append((lo, hi))
+        return _counts(hi - lo, (hi - lo) * 7 // 48)
+    cheap = LookPlan((48, 96, 152, 200), 0.95, *spending(0.95, 0.2, 3), SearchOptions().futility_confidence)
+    _, _, test, stopped = run_looks(AGREE, cheap, chunk)
+    assert stopped == {"look": 1, "of": 4, "n": 48, "why": "futility"}
+    assert test["decision"] == "clearly misses" and test["confidence"] == 0.7 and test["upper"] < 0.9
+    calls.clear()
+    _, _, test, stopped = run_looks(AGREE, LookPlan(cheap.ends, 0.95, cheap.efficacy, cheap.final), chunk)
+    assert len(calls) == 3 and stopped["why"] == "futility" and test["confidence"] == 0.95
+
+
+def test_the_futility_confidence_costs_little_power_and_is_recorded():
+    for target in ("accuracy", "agreement"):
+        cheap, plain = (litestage.target_power(SearchOptions(target=target, futility_confidence=f), 200)
+                        for f in (0.7, 0.95))
+        key = "power_by_discordance" if target == "accuracy" else "power_by_true_agreement"
+        assert cheap["futility_confidence"] == 0.7 and plain["futility_confidence"] == 0.95
+        for k, p in cheap[key].items():
+            assert plain[key][k] - 0.02 <= p <= plain[key][k] + 1e-6  # lower, by at most 2 points
+        assert cheap["without_looks"] == plain["without_looks"]
+    for bad in (0.4, 0.96):
+        with pytest.raises(UserError, match="futility confidence"):
+            SearchOptions(futility_confidence=bad).check()
+
+
+def test_a_candidate_predicted_clearly_slower_stops_after_its_first_look_and_is_not_chosen():
+    plan = LookPlan((48, 96, 152, 200), 0.95, *spending(0.95, 0.2, 3), 0.7)
+    calls = []
+
+    def chunk(lo, hi):
+        calls.append((lo, hi))
+        return _counts(hi - lo, (hi - lo) // 20)  # 95% agreement: undecided at the first look
+    _, parts, test, stopped = run_looks(AGREE, plan, chunk, slower=lambda parts: True)
+    assert calls == [(0, 48)] and len(parts) == 1
+    assert stopped["why"] == "slower" and test["decision"] == "slower"
+    # a candidate that meets by efficacy stops as meeting; at a single look nothing is "slower"
+    _, _, test, stopped = run_looks(ACC, plan, lambda lo, hi: _counts(hi - lo), slower=lambda parts: True)
+    assert stopped["why"] == "efficacy" and test["decision"] == "meets"
+    _, _, test, stopped = run_looks(AGREE, LookPlan((200,), 0.95, None, 0.95), chunk, slower=lambda parts: True)
+    assert stopped["why"] == "all items" and test["decision"] == "meets"
+
+
 # ------------------------------------------------------------------------------ coarse to fine
 
 # #skip -> (gained, lost of 200 items, speedup): meets up to 5, a dip (undecided) at 6-7, meets again at
@@ -204,7 +253,28 @@ def test_only_finalists_by_predicted_speedup_are_timed_and_the_choice_matches_ti
     untimed = [r for r in rows if r is not best]
     assert untimed and all(r["speedup"] is None for r in untimed)
     assert all(r["predicted_speedup"] is not None for r in rows if r["test"]["decision"] != "clearly misses")
-    assert predictor.calls == sum(r["test"]["decision"] != "clearly misses" for r in rows)
+    # each row that does not clearly miss is predicted (and the first chunks for the speed stop)
+    assert predictor.calls >= sum(r["test"]["decision"] != "clearly misses" for r in rows)
+
+
+class SlowingPredictor(FakePredictor):
+    """Skipping makes the answers longer: 1 - 0.1 per skipped unit."""
+
+    def predict(self, sets, rules, chunks, dense, reuse_kv=True):
+        return 2.0 - super().predict(sets, rules, chunks, dense, reuse_kv)
+
+
+def test_the_meter_stops_candidates_slower_than_the_accepted_setting_after_one_chunk(tmp_path):
+    best, rows, timed = _ranked_search(tmp_path, SlowingPredictor())
+    assert best["n_skip"] == 0 and timed == [0]
+    others = [r for r in rows if r["n_skip"] and r["test"]["decision"] != "clearly misses"]
+    assert [r["n_skip"] for r in others] == [1, 2, 3, 4, 5]  # 6 and 7 clearly miss: the sweep ends
+    assert all(r["test"]["decision"] == "slower" and r["stopped"]["n"] == 48 for r in others)
+    assert all(r["speedup"] is None and "slower" in r["timing"] for r in others)
+    # without a fit nothing is stopped for speed: those that do not clearly miss go past the first chunk
+    _, rows, _ = _ranked_search(tmp_path / "plain", None)
+    assert not [r for r in rows if r["test"]["decision"] == "slower"]
+    assert all(r["stopped"]["n"] > 48 for r in rows if r["test"]["decision"] != "clearly misses")
 
 
 def test_finalists_are_the_best_prediction_and_every_interval_reaching_it():

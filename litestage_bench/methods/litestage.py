@@ -180,6 +180,8 @@ class SearchOptions:
     looks: int = 4  # the calibration items in this many chunks: a candidate stops at the first one where it
     # clearly misses (futility) or already meets at the interim confidence (efficacy)
     efficacy_share: float = 0.2  # of alpha = 1 - confidence, spent evenly on the interim looks' efficacy stops
+    futility_confidence: float = 0.7  # an interim look's upper bound: below the bar stops the candidate
+    # (a curtailment: it costs power, recorded in `power`, never the confidence of a "meets")
     latency_fit: str | None = "auto"  # rank by predicted speedup, time the finalists: a fit file, "auto"
     # (results/latency/ by model, numerics, device and CPU, if there) or None (time every candidate)
     early_exit: bool = True
@@ -201,6 +203,8 @@ class SearchOptions:
                   (min(self.step, self.coarse_step, self.patience, self.limit, self.rounds, self.looks) >= 1,
                    "step, coarse step, patience, limit, rounds and looks must be >= 1"),
                   (0 <= self.efficacy_share < 1, "efficacy share must be within 0..1 (1 excluded)"),
+                  (0.5 <= self.futility_confidence <= self.confidence,
+                   "futility confidence must be within 0.5..confidence"),
                   (0.5 < self.confidence < 1, "confidence must be within 0.5..1"),
                   (1 <= self.timed <= self.limit, "timed must be within 1..limit")]
         for ok, msg in checks:
@@ -248,6 +252,9 @@ class CandidateMeter:
         self.retimed = 0  # candidates whose answers came from disk and whose timing was measured
         self.timed = 0  # candidates timed (measured or read)
         self._answers_read: dict[int, bool] = {}  # id(row) of an untimed row -> whether it was read whole
+        # per sweep, the highest speedup predicted on the first chunk's items among its qualifying rows
+        # (the accepted setting, measured first, and every meeting one): the bar of the speed stop
+        self._qualifying: dict[str, float] = {}
 
     def measure(self, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None], label: str,
                 meta: dict | None = None, timed: bool = False) -> dict:
@@ -255,15 +262,18 @@ class CandidateMeter:
         `timed` (then `choose` times the finalists)."""
         config = {"sets": {s: sets.get(s, SkipSet()).to_dict() for s in STAGES},
                   "exits": {s: (rules[s].to_dict() if rules.get(s) else None) for s in STAGES}}
-        answers, answers_stored, rows, parts, t, stopped = self._answers(sets, rules, config, label)
+        sweep_name = (meta or {}).get("sweep", label)
+        answers, answers_stored, rows, parts, t, stopped = self._answers(sets, rules, config, label, sweep_name)
+        self._note_qualifying(sweep_name, sets, rules, parts, t)
         predicted = None
-        if self.speed is not None and t["decision"] != "clearly misses":
+        if self.speed is not None and t["decision"] not in ("clearly misses", "slower"):
             predicted = self.speed.predict(sets, rules, [p.get("items") for p in parts], self.dense,
                                            self.reasoner.cfg.reuse_kv)
         row = {**config, **answers, "speedup": None, "predicted_speedup": predicted, "label": label, **(meta or {}),
                "test": t, "stopped": stopped, "rows": rows}
-        if t["decision"] == "clearly misses":
-            row["timing"] = "none: it clearly misses the target"
+        if t["decision"] in ("clearly misses", "slower"):
+            row["timing"] = ("none: it clearly misses the target" if t["decision"] == "clearly misses" else
+                             "none: predicted clearly slower than a qualifying candidate of its sweep")
         elif self.speed is None or timed:
             self._time(row, answers_stored, counted=False)
         else:
@@ -313,8 +323,32 @@ class CandidateMeter:
             self.measured += not (answers_stored and stored)
             self.retimed += answers_stored and not stored
 
+    def _first_chunk_speedup(self, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None],
+                             parts: list[dict]) -> float | None:
+        """The speedup predicted from the first chunk's items alone (the same items for every candidate)."""
+        return self.speed.predict(sets, rules, [parts[0].get("items")], self.dense, self.reasoner.cfg.reuse_kv)
+
+    def _note_qualifying(self, sweep: str, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None],
+                         parts: list[dict], t: dict) -> None:
+        """Raise the sweep's speed bar with a qualifying row: the first one measured in the sweep (its
+        accepted setting) or one that meets."""
+        if self.speed is None or not parts or (sweep in self._qualifying and t["decision"] != "meets"):
+            return
+        p = self._first_chunk_speedup(sets, rules, parts)
+        if p is not None:
+            self._qualifying[sweep] = max(p, self._qualifying.get(sweep, p))
+
+    def _slower(self, sweep: str, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None], parts: list[dict]) -> bool:
+        """The speed stop: the candidate's first-chunk prediction, at its most optimistic (p / (1 - e)),
+        stays below the sweep's bar at its least (bar / (1 + e)); such a candidate is no finalist
+        (search_sweep.finalists) unless its later items change its tokens. e: the fit's error."""
+        if self.speed is None or sweep not in self._qualifying:
+            return False
+        p, e = self._first_chunk_speedup(sets, rules, parts), self.speed.half_width
+        return p is not None and p / (1 - e) < self._qualifying[sweep] / (1 + e)
+
     def _answers(self, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None], config: dict,
-                 label: str) -> tuple[dict, bool, list[str], list[dict], dict, dict]:
+                 label: str, sweep: str) -> tuple[dict, bool, list[str], list[dict], dict, dict]:
         """The candidate's answers over the chunks it needs (see the class), whether every chunk
         came from the row store, the rows' file names, the chunks, its test and where it stopped."""
         plan, callbacks = plan_from_sets(sets), exit_callbacks(rules)
@@ -327,7 +361,8 @@ class CandidateMeter:
             rows.append(name)
             read.append(stored)
             return part
-        answers, parts, t, stopped = run_looks(self.target, self.looks, chunk)
+        answers, parts, t, stopped = run_looks(self.target, self.looks, chunk,
+                                               lambda parts: self._slower(sweep, sets, rules, parts))
         return answers, all(read), rows, parts, t, stopped
 
     def _answer_counts(self, plan: SkipPlan, callbacks: Callbacks, lo: int, hi: int) -> dict:
@@ -618,6 +653,7 @@ def options_from_args(args) -> SearchOptions:
         batch_size=args.batch_size, granularity=args.granularity, ranking=args.ranking,
         budget="uniform" if args.uniform else "stagewise", max_skip=args.max_skip, step=args.step,
         coarse_step=args.coarse_step, efficacy_share=args.efficacy_share,
+        futility_confidence=args.futility_confidence,
         latency_fit=None if args.latency_fit.lower() == "none" else args.latency_fit,
         patience=args.patience, looks=args.looks, confidence=args.confidence, iterative_pool=args.iterative_pool,
         early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed)

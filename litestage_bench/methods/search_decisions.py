@@ -4,7 +4,11 @@ and the power the procedure has.
 A candidate's calibration items come in `looks` chunks (``look_ends``). After each chunk but the
 last its test is computed on the items so far (``look_test``): a candidate that *clearly misses*
 (upper bound below the bar) stops there (futility); one whose lower bound already passes stops as
-*meets* (efficacy). Futility stops can only lower the chance of a "meets". Efficacy stops raise it,
+*meets* (efficacy). An interim futility stop uses its own, lower confidence (``futility``, SearchOptions.
+futility_confidence): the upper bound at that confidence below the bar stops a candidate that is
+unlikely to meet at the last look (a curtailment), not only one that is already sure to miss.
+Futility stops can only lower the chance of a "meets", whatever their confidence: they cost power
+(``target_power`` computes it with them), never the stated confidence. Efficacy stops raise it,
 so the chance of a false "meets" is spent over the looks (``look_plan``): a share
 ``efficacy_share`` of alpha = 1 - confidence split evenly over the interim looks, the rest at the
 last look. By the union bound the chance that a candidate truly below the bar meets at some look
@@ -61,6 +65,7 @@ class LookPlan:
     confidence: float  # the stated confidence: every upper bound (clear misses)
     efficacy: float | None  # the lower bound's at an interim look (None: no efficacy stops)
     final: float  # the lower bound's at the last look
+    futility: float | None = None  # the upper bound's at an interim look (None: `confidence`)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ends": list(self.ends)}
@@ -79,7 +84,7 @@ def look_plan(n: int, opts: Any) -> LookPlan:
     """The LookPlan of `n` calibration items under SearchOptions `opts`."""
     ends = look_ends(n, opts.looks, opts.batch_size)
     efficacy, final = spending(opts.confidence, opts.efficacy_share, len(ends) - 1)
-    return LookPlan(tuple(ends), opts.confidence, efficacy, final)
+    return LookPlan(tuple(ends), opts.confidence, efficacy, final, opts.futility_confidence)
 
 
 def look_test(target: dict, answers: dict, look: int, plan: LookPlan) -> tuple[dict, str | None]:
@@ -88,7 +93,7 @@ def look_test(target: dict, answers: dict, look: int, plan: LookPlan) -> tuple[d
     (the last look); None: it goes on."""
     if look == len(plan.ends) - 1:
         return decide(target, answers, plan.confidence, plan.final), "all items"
-    t = decide(target, answers, plan.confidence, plan.efficacy)
+    t = decide(target, answers, plan.futility or plan.confidence, plan.efficacy)
     if t["decision"] == "clearly misses":
         return t, "futility"
     if t["decision"] == "meets" and plan.efficacy is not None:
@@ -96,13 +101,16 @@ def look_test(target: dict, answers: dict, look: int, plan: LookPlan) -> tuple[d
     return t, None
 
 
-def run_looks(target: dict | None, plan: LookPlan,
-              chunk: Callable[[int, int], dict | None]) -> tuple[dict, list[dict], dict, dict]:
+def run_looks(target: dict | None, plan: LookPlan, chunk: Callable[[int, int], dict | None],
+              slower: Callable[[list[dict]], bool] | None = None) -> tuple[dict, list[dict], dict, dict]:
     """A candidate measured look by look: `chunk(lo, hi)` gives the answer counts of calibration
     items lo..hi (CandidateMeter._answer_counts, a row read back, or None where there is none), and
     the candidate stops at the first look where `look_test` says so (the reference, target None,
-    at the last). Returns its answers merged over the chunks, the chunks, its test and where it
-    stopped ({"look", "of", "n", "why"}; why "no more rows" where a chunk is missing)."""
+    at the last), or at an interim look where `slower(chunks so far)` says it cannot be the fastest
+    qualifying candidate of its sweep (decision "slower", why "slower": it can no longer be chosen,
+    so, like a futility stop, this only lowers the chance of a "meets"). Returns its answers merged
+    over the chunks, the chunks, its test and where it stopped ({"look", "of", "n", "why"}; why "no
+    more rows" where a chunk is missing)."""
     parts: list[dict] = []
     answers, t, start = {}, {"decision": "reference"}, 0
     for look, end in enumerate(plan.ends):
@@ -115,6 +123,8 @@ def run_looks(target: dict | None, plan: LookPlan,
             why = "all items" if end == plan.ends[-1] else None
         else:
             t, why = look_test(target, answers, look, plan)
+            if why is None and slower is not None and slower(parts):
+                t, why = {**t, "decision": "slower"}, "slower"
         if why is not None:
             return answers, parts, t, {"look": look + 1, "of": len(plan.ends), "n": end, "why": why}
     raise AssertionError("the last look always stops")
@@ -148,10 +158,12 @@ def target_power(opts: Any, n: int) -> dict:
     plan = look_plan(n, opts)
     looks = list(plan.ends[:-1])
     spent = {"n": n, "interim_looks": looks, "confidence": opts.confidence,
-             "efficacy_confidence": plan.efficacy, "final_confidence": plan.final}
+             "futility_confidence": plan.futility, "efficacy_confidence": plan.efficacy,
+             "final_confidence": plan.final}
+    futility = plan.futility or opts.confidence
     if opts.target == "accuracy":
         def power(d: float, at: list[int], stops: bool = True) -> float:
-            return stats.noninferiority_power(n, opts.tolerance / 100, d, opts.confidence, at,
+            return stats.noninferiority_power(n, opts.tolerance / 100, d, futility if stops else opts.confidence, at,
                                               efficacy=plan.efficacy if stops else None,
                                               final_confidence=plan.final if stops else None)
         return {**spent, "tolerance_points": opts.tolerance, "computed": "normal approximation, multivariate normal "
@@ -161,7 +173,7 @@ def target_power(opts: Any, n: int) -> dict:
     trues = sorted({min(opts.min_agreement + 0.05, 1.0), max(0.97, opts.min_agreement)})
 
     def agree_power(t: float, at: list[int], stops: bool = True) -> float:
-        return stats.agreement_power(n, opts.min_agreement, t, opts.confidence, at,
+        return stats.agreement_power(n, opts.min_agreement, t, futility if stops else opts.confidence, at,
                                      efficacy=plan.efficacy if stops else None,
                                      final_confidence=plan.final if stops else None)
     return {**spent, "min_agreement": opts.min_agreement, "computed": "exact binomial over the looks",

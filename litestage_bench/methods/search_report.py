@@ -79,8 +79,11 @@ def sweep_table(root: str | Path, policy: dict | None = None) -> str:
     confidence = options.get("confidence", 0.95)
     # a policy searched before efficacy stops spent nothing on them
     share = options.get("efficacy_share", 0.0) if policy else SearchOptions.efficacy_share
+    # and one searched before the futility confidence stopped at the plain one
+    futility = options.get("futility_confidence") if policy else SearchOptions.futility_confidence
     ends = sorted(hi for _, hi in dense["chunks"]) if dense else []
-    plan = LookPlan(tuple(ends), confidence, *spending(confidence, share, len(ends) - 1)) if ends else None
+    plan = (LookPlan(tuple(ends), confidence, *spending(confidence, share, len(ends) - 1), futility)
+            if ends else None)
     table = []
     for c in sorted(cands, key=lambda c: (not _is_dense(c), c["label"])):
         a, t, stop = c["answers"], c["timing"] or {}, "-"
