@@ -1,0 +1,121 @@
+"""What a LiteStage search cost, an earlier policy beside a new one of the same search (model,
+benchmark, target), read from the policies alone: candidates, calibration items measured, and the
+CPU seconds of their answers and timings.
+
+    python -m litestage_bench.studies.search_cost --pair EARLIER.json NEW.json [--pair ...] --out results/search/cost.md
+
+Seconds are the candidates' own `answers_seconds` and `timing_seconds`: the CPU time each measured
+piece took when it was measured, also for a piece the new search read back from its rows (measured
+in an earlier period, perhaps on another CPU: the table names the CPUs). Each distinct plan counts
+once (a sweep's accepted setting repeats the previous sweep's choice); "every row" counts the rows
+as listed, as the earlier comparison did. The dense calibration pass is in neither.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tabulate import tabulate
+
+from ..core.errors import UserError
+from ..records.results import emit_markdown
+
+COLUMNS = ["search", "policy", "CPU", "candidates (distinct plans)", "items measured", "answers s", "timing s",
+           "total s (every row)", "new / earlier", "stopped (why)", "chosen", "chosen: calibration test",
+           "speedup [95% CI]"]
+
+
+def load_policy(path: str) -> dict:
+    try:
+        policy = json.loads(Path(path).read_text(encoding="utf-8"))
+        policy["candidates"], policy["chosen"], policy["target"]  # noqa: B018 (the keys a cost needs)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a LiteStage policy with candidates ({err!r})",
+                        "pass files written by `litestage-bench search --method litestage`") from None
+    return policy
+
+
+def _plan(row: dict) -> str:
+    return json.dumps({"sets": row.get("sets"), "exits": row.get("exits")}, sort_keys=True)
+
+
+def cost(policy: dict) -> dict:
+    """Distinct candidate plans (dense left out), their items and seconds, and the seconds of every row."""
+    rows = [r for r in policy["candidates"] if r.get("sweep") != "dense" and r.get("label") != "dense"]
+    distinct: dict[str, dict] = {}
+    for r in rows:
+        distinct.setdefault(_plan(r), r)
+    n = policy["calibration"]["n"]
+
+    def seconds(rs, key: str) -> float:
+        return sum(r.get(key) or 0.0 for r in rs)
+    why = Counter((r.get("stopped") or {}).get("why", "all items") for r in distinct.values())
+    cpus = sorted({str(r.get(k)) for r in distinct.values() for k in ("answers_cpu", "timing_cpu") if r.get(k)})
+    return {"candidates": len(distinct), "items": sum(r["flips"].get("n", n) for r in distinct.values()),
+            "answers": seconds(distinct.values(), "answers_seconds"),
+            "timing": seconds(distinct.values(), "timing_seconds"),
+            "every_row": seconds(rows, "answers_seconds") + seconds(rows, "timing_seconds"),
+            "why": why, "cpus": cpus}
+
+
+def _target(policy: dict) -> str:
+    t = policy["target"]
+    return f"acc -{t['tolerance_points']:g} pts" if t["kind"] == "accuracy" else f"agree {t['min_agreement']:g}"
+
+
+def _chosen(policy: dict) -> tuple[str, str, str]:
+    stages = policy["stages"]
+    exits = policy.get("early_exit") or {}
+    plan = " ".join(f"{s[0].upper()}{stages[s]['n_skip']}" + ("e" if exits.get(s) else "") for s in stages)
+    chosen = policy["chosen"]
+    t = chosen.get("test") or {}
+    test = f"{t.get('decision', '-')} {t.get('estimate', 0):+.3f} [{t.get('lower', 0):+.3f}]" if t else "-"
+    ci = chosen.get("speedup_ci95") or (None, None)
+    speed = "-" if chosen.get("speedup") is None else (
+        f"{chosen['speedup']:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci[0] else ""))
+    return plan, test, speed
+
+
+def pair_rows(earlier_path: str, new_path: str) -> list[list[str]]:
+    earlier, new = load_policy(earlier_path), load_policy(new_path)
+    if (earlier["model"], earlier["bench"], _target(earlier)) != (new["model"], new["bench"], _target(new)):
+        raise UserError(f"{earlier_path} and {new_path} are not the same search (model, benchmark, target)",
+                        "pair the policies of one model, benchmark and target")
+    search = f"{new['model']} {new['bench']} {_target(new)}"
+    costs = [cost(earlier), cost(new)]
+    base = costs[0]["answers"] + costs[0]["timing"]
+    out = []
+    for name, policy, c in (("earlier", earlier_path, costs[0]), ("new", new_path, costs[1])):
+        total = c["answers"] + c["timing"]
+        plan, test, speed = _chosen(load_policy(policy))
+        out.append([search if name == "earlier" else "", f"{name}: `{policy}`", ", ".join(c["cpus"]),
+                    str(c["candidates"]), str(c["items"]), f"{c['answers']:.0f}", f"{c['timing']:.0f}",
+                    f"{total:.0f} ({c['every_row']:.0f})", "-" if name == "earlier" else f"{total / base:.2f}",
+                    ", ".join(f"{k} {v}" for k, v in sorted(c["why"].items())), plan, test, speed])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m litestage_bench.studies.search_cost", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pair", nargs=2, action="append", required=True, metavar=("EARLIER", "NEW"))
+    ap.add_argument("--out", help="also write the markdown table here")
+    args = ap.parse_args(argv)
+    command = "python -m litestage_bench.studies.search_cost " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def render() -> str:
+        rows = [r for a, b in args.pair for r in pair_rows(a, b)]
+        table = tabulate(rows, headers=COLUMNS, tablefmt="github", disable_numparse=True)
+        return (f"# What the LiteStage searches cost\n\nRendered with `{command}`.\n\n"
+                "Seconds: CPU seconds of one one-thread process, as each piece was measured (the CPU column "
+                "names where); each distinct plan once, every row in brackets; the dense calibration pass in "
+                "neither. Chosen: #skip per stage (R, A, S), `e` with an early exit.\n\n" + table + "\n")
+
+    return emit_markdown(render, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""The search-cost table: distinct plans counted once, items and seconds summed, the ratio of the
+new search's seconds to the earlier one's, and a one-line error for policies of different searches."""
+from __future__ import annotations
+
+import json
+
+from litestage_bench.studies import search_cost
+
+AGREE = {"kind": "agreement", "min_agreement": 0.9}
+
+
+def _row(label: str, skip: list[int], n: int, answers: float, timing: float | None, why: str | None = None) -> dict:
+    row = {"label": label, "sweep": label.split()[0], "sets": {"analyze": {"attn": skip, "ffn": []}}, "exits": {},
+           "flips": {"n": n}, "answers_seconds": answers, "timing_seconds": timing, "answers_cpu": "cpu A"}
+    if why:
+        row["stopped"] = {"why": why, "n": n}
+    return row
+
+
+def _policy(path, rows: list[dict], target=AGREE) -> str:
+    chosen = {"speedup": 1.5, "speedup_ci95": [1.4, 1.6], "test": {"decision": "meets", "estimate": 0.95,
+                                                                    "lower": 0.92}}
+    path.write_text(json.dumps({"model": "m", "bench": "obqa", "target": target, "calibration": {"n": 200},
+                                "stages": {s: {"n_skip": 2} for s in ("recall", "analyze", "summarize")},
+                                "early_exit": {}, "chosen": chosen,
+                                "candidates": [{"label": "dense", "sweep": "dense", "answers_seconds": 0}, *rows]}))
+    return str(path)
+
+
+def test_distinct_plans_count_once_and_the_ratio_is_new_over_earlier(tmp_path):
+    earlier = _policy(tmp_path / "a.json", [_row("analyze #skip=2", [1, 2], 200, 100.0, 20.0),
+                                            _row("summarize #skip=0", [1, 2], 200, 100.0, 20.0),  # the same plan
+                                            _row("analyze #skip=4", [1, 2, 3, 4], 200, 80.0, 20.0)])
+    new = _policy(tmp_path / "b.json", [_row("analyze #skip=2", [1, 2], 96, 40.0, None, "efficacy"),
+                                        _row("analyze #skip=4", [1, 2, 3, 4], 48, 20.0, None, "futility")])
+    first, second = search_cost.pair_rows(earlier, new)
+    cols = dict(zip(search_cost.COLUMNS, first))
+    assert (cols["candidates (distinct plans)"], cols["items measured"], cols["answers s"]) == ("2", "400", "180")
+    assert cols["total s (every row)"] == "220 (340)" and cols["new / earlier"] == "-"
+    cols = dict(zip(search_cost.COLUMNS, second))
+    assert cols["items measured"] == "144" and cols["new / earlier"] == f"{60 / 220:.2f}"
+    assert cols["stopped (why)"] == "efficacy 1, futility 1" and cols["speedup [95% CI]"] == "1.50x [1.40, 1.60]"
+
+
+def test_policies_of_different_searches_give_a_one_line_error(tmp_path, capsys):
+    a = _policy(tmp_path / "a.json", [])
+    b = _policy(tmp_path / "b.json", [], {"kind": "accuracy", "tolerance_points": 4.0})
+    assert search_cost.main(["--pair", a, b, "--out", str(tmp_path / "t.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not the same search" in err[0] and not (tmp_path / "t.md").exists()
+    (tmp_path / "bad.json").write_text("{")
+    assert search_cost.main(["--pair", str(tmp_path / "bad.json"), a]) == 2
