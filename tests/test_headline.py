@@ -119,3 +119,28 @@ def test_litestage_spec_is_shown_but_not_matched_as_a_baseline():
     other = _record("sleb", _flip(DENSE, {0}), 1.05, "sleb-k2")
     assert headline.matched_rows([lite, spec, other])[0][2] == "sleb-k2"
     assert "| litestage-spec " in headline.headline_markdown([lite, spec, other], "cmd")
+
+
+def _batched(rec, speedup: float, ci: tuple[float, float], batch: int = 8):
+    """rec with a batch-B throughput measurement (the fields the table reads)."""
+    rec.timing["throughput"] = {"throughput_speedup": speedup, "throughput_speedup_ci95": list(ci),
+                                "batch_size": batch, "decomposition": {"total": {
+                                    "token_factor": 1.5, "waiting_factor": 0.9, "per_token_factor": speedup / 1.35}}}
+    return rec
+
+
+def test_records_retimed_at_batch_b_add_the_column_and_a_matched_agreement_row_by_throughput():
+    lite = _batched(_record("litestage", _flip(DENSE, range(0, 2)), 1.0, "litestage"), 1.2, (1.1, 1.3))
+    fast_at_1 = _batched(_record("unified", _flip(DENSE, range(0, 3)), 0.9, "unified-k4"), 0.8, (0.75, 0.85))
+    slow_at_1 = _batched(_record("sleb", _flip(DENSE, range(0, 4)), 1.8, "sleb-k2"), 1.0, (0.95, 1.05))
+    unbatched = _record("shortgpt", _flip(DENSE, range(0, 2)), 0.5, "shortgpt-k4")  # not re-timed at batch 8
+    rows = headline.matched_rows([lite, fast_at_1, slow_at_1, unbatched])
+    assert [r[1].split(",")[-1].strip() for r in rows][2] == "batch 8"
+    # at batch 1 shortgpt is the fastest of the matched; at batch 8 among the re-timed ones sleb-k2 is
+    assert rows[1][2] == "shortgpt-k4" and rows[2][2] == "sleb-k2"
+    assert rows[2][3] == "1.00x (agreement 0.900)" and rows[2][4] == "batch-8 speedup ratio 1.20x"
+    assert rows[2][5] == "<0.001"  # 1.2 [1.1, 1.3] against 1.0 [0.95, 1.05]: z = 3.7
+    text = headline.headline_markdown([lite, fast_at_1, slow_at_1, unbatched], "cmd")
+    assert "batch-B speedup [95% CI]" in text and "1.20x [1.10, 1.30] b8 (1.50 x 0.90 x 0.89)" in text
+    # a table without any batch-B record keeps its columns
+    assert "batch-B speedup" not in headline.headline_markdown([_record("litestage", DENSE, 1.0, "l")], "cmd")

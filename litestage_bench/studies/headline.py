@@ -15,6 +15,9 @@ Matching (suite decisions):
   whose standard errors come from each speedup's 95% CI (each speedup was measured against dense
   in its own interleaved run, so the two are independent estimates).
 - without a baseline within the window, the row compares the nearest one, named "none (nearest X)".
+- where records were re-timed at batch B (`timing.throughput`, `litestage-bench retime-throughput`),
+  the table gains the batch-B column and LiteStage a third row: matched agreement again, the fastest
+  baseline by its batch-B speedup, the same z test on the batch-B CIs (each over its chunks).
 - a baseline that gives one answer on every item is left out of both matchings (named under the
   table): its agreement is only dense's share of that answer, and its accuracy that answer's share
   of the gold labels, so it says nothing about reasoning. The "top answer" column shows each
@@ -33,8 +36,8 @@ from tabulate import tabulate
 from ..core.errors import UserError
 from ..records import stats
 from ..records.fidelity import same_answer
-from ..records.report import (DECOMPOSITION_COLUMNS, decomposition_cells, flips_cell, fmt_num, fmt_p, paired_cell,
-                              policy_name, speedup_ci_cell)
+from ..records.report import (DECOMPOSITION_COLUMNS, THROUGHPUT_COLUMN, decomposition_cells, flips_cell, fmt_num,
+                              fmt_p, paired_cell, policy_name, speedup_ci_cell, throughput_cell)
 from ..records.results import ResultRecord, emit_markdown, load_records
 
 SPEED_MATCH = 0.1  # x
@@ -68,11 +71,17 @@ def _agreement(r: ResultRecord) -> float | None:
     return (r.fidelity or {}).get("agreement")
 
 
+def _throughput(r: ResultRecord) -> dict:
+    return (r.timing or {}).get("throughput") or {}
+
+
 def method_rows(records: list[ResultRecord]) -> list[list[str]]:
-    rows = []
+    """A row per method; the batch-B column only where a record of the group has one."""
+    rows, batched = [], any(map(_throughput, records))
     for r in sorted(records, key=lambda r: (r.method != "dense", -(r.speedup or 0))):
         lo, hi = r.accuracy_ci95
-        rows.append([_label(r), str(r.n), speedup_ci_cell(r), *decomposition_cells(r),
+        rows.append([_label(r), str(r.n), speedup_ci_cell(r), *([throughput_cell(r)] if batched else []),
+                     *decomposition_cells(r),
                      f"{r.accuracy:.3f} [{lo:.3f}, {hi:.3f}]", fmt_num(_agreement(r), ".3f"), _top_answer_cell(r),
                      flips_cell(r), fmt_p(r.mcnemar_p), str(r.timing.get("n_timed", "-")),
                      str(r.timing.get("rounds", "-"))])
@@ -98,20 +107,26 @@ def _paired(a: ResultRecord, b: ResultRecord) -> tuple[list[bool], list[bool], f
     return [x.correct for x, _ in pairs], [y.correct for _, y in pairs], agree
 
 
-def _log_se(r: ResultRecord) -> float | None:
+def _log_se(ci) -> float | None:
     """Standard error of log(speedup) read off its 95% CI (None without a finite one, a refused CI
     included). A t interval's half-width is t(0.975, n-1) x se, wider than 1.96 x se: read with
     1.96 it gives a larger se, so the test errs towards "no difference" when few items were timed."""
-    if not r.speedup_ci95 or not all(x and x > 0 and math.isfinite(x) for x in r.speedup_ci95):
+    if not ci or not all(x and x > 0 and math.isfinite(x) for x in ci):
         return None
-    lo, hi = r.speedup_ci95
+    lo, hi = ci
     return (math.log(hi) - math.log(lo)) / (2 * 1.959964)
 
 
-def speed_ratio_test(a: ResultRecord, b: ResultRecord) -> tuple[float, float | None]:
-    """(a's speedup / b's, two-sided p of the z test on the log ratio; None without CIs)."""
-    ratio = a.speedup / b.speedup
-    se_a, se_b = _log_se(a), _log_se(b)
+def speed_ratio_test(a: ResultRecord, b: ResultRecord, batched: bool = False) -> tuple[float, float | None]:
+    """(a's speedup / b's, two-sided p of the z test on the log ratio; None without CIs); `batched`:
+    their batch-B throughput speedups."""
+    if batched:
+        ta, tb = _throughput(a), _throughput(b)
+        ratio = ta["throughput_speedup"] / tb["throughput_speedup"]
+        se_a, se_b = _log_se(ta.get("throughput_speedup_ci95")), _log_se(tb.get("throughput_speedup_ci95"))
+    else:
+        ratio = a.speedup / b.speedup
+        se_a, se_b = _log_se(a.speedup_ci95), _log_se(b.speedup_ci95)
     if se_a is None or se_b is None:
         return ratio, None
     if se_a + se_b == 0:  # both CIs collapsed: every item's ratio was the same, the ratio is exact
@@ -152,14 +167,38 @@ def _agreement_row(L: ResultRecord, base: list[ResultRecord]) -> list[str]:
             f"{_speed(best)} (agreement {_agreement(best):.3f})", f"speedup ratio {ratio:.2f}x", fmt_p(p), "-"]
 
 
+def _batched_agreement_row(L: ResultRecord, base: list[ResultRecord]) -> list[str]:
+    """As _agreement_row, by the batch-B throughput speedups of the records re-timed at L's batch size."""
+    mine, batch = _agreement(L), _throughput(L).get("batch_size")
+    base = [b for b in base if _throughput(b).get("batch_size") == batch]
+    matched = f"agreement {fmt_num(mine, '.3f')} +/-{AGREEMENT_MATCH}, batch {batch}"
+    if mine is None or not base:
+        return [_label(L), matched, "none re-timed at this batch size", "-", "-", "-", "-"]
+    near = [b for b in base if abs(_agreement(b) - mine) <= AGREEMENT_MATCH]
+
+    def speed(b: ResultRecord) -> float:
+        return _throughput(b)["throughput_speedup"]
+    best = max(near, key=speed) if near else min(base, key=lambda b: abs(_agreement(b) - mine))
+    ratio, p = speed_ratio_test(L, best, batched=True)
+    return [_label(L), matched, _label(best) if near else f"none (nearest {_label(best)})",
+            f"{speed(best):.2f}x (agreement {_agreement(best):.3f})", f"batch-{batch} speedup ratio {ratio:.2f}x",
+            fmt_p(p), "-"]
+
+
 def matched_rows(records: list[ResultRecord]) -> list[list[str]]:
-    """LiteStage policies against the best baseline at matched speedup and at matched agreement."""
+    """LiteStage policies against the best baseline at matched speedup and at matched agreement (and,
+    for a LiteStage record re-timed at batch B, at matched agreement by batch-B speedup)."""
     lite = [r for r in records if r.method == LITESTAGE and r.speedup]
     base = [r for r in records if _baseline(r) and r.speedup and not constant_answer(r)]
     if not base:
         return [[_label(L), "-", "none", "-", "-", "-", "-"] for L in lite]
-    return [row for L in lite
-            for row in (_speed_row(L, base), _agreement_row(L, [b for b in base if _agreement(b) is not None]))]
+    agreeing = [b for b in base if _agreement(b) is not None]
+    rows = []
+    for L in lite:
+        rows += [_speed_row(L, base), _agreement_row(L, agreeing)]
+        if _throughput(L).get("throughput_speedup"):
+            rows.append(_batched_agreement_row(L, [b for b in agreeing if _throughput(b).get("throughput_speedup")]))
+    return rows
 
 
 def missing_methods(group: list[ResultRecord]) -> list[str]:
@@ -183,8 +222,9 @@ def headline_markdown(records: list[ResultRecord], command: str) -> str:
         groups[(r.model, r.benchmark)].append(r)
     parts = ["# Headline comparison", "", f"Rendered with `{command}`.", ""]
     for (model, bench), group in sorted(groups.items()):
+        columns = METHOD_COLUMNS[:3] + [THROUGHPUT_COLUMN] * any(map(_throughput, group)) + METHOD_COLUMNS[3:]
         parts += [f"## {model} / {bench}", "",
-                  tabulate(method_rows(group), headers=METHOD_COLUMNS, tablefmt="github", disable_numparse=True), ""]
+                  tabulate(method_rows(group), headers=columns, tablefmt="github", disable_numparse=True), ""]
         if any(r.method == LITESTAGE for r in group):
             parts += ["LiteStage against the best baseline:", "",
                       tabulate(matched_rows(group), headers=MATCH_COLUMNS, tablefmt="github", disable_numparse=True), ""]
