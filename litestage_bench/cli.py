@@ -302,7 +302,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         write_text_atomic(args.markdown, f"{table}\n\nProduced by:\n{commands}\n\nRendered with: `{_command_line()}`\n")
         print(f"wrote {args.markdown}")
     if args.plot:
-        pareto_plot(records, args.plot)
+        pareto_plot(records, args.plot, throughput=args.plot_speed == "throughput")
         print(f"wrote {args.plot}")
     return 0
 
@@ -482,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--policy", help="with --search: take the target from this policy and audit its "
                         "candidates against the rows they name")
     report.add_argument("--plot", help="write a Pareto plot PNG")
+    report.add_argument("--plot-speed", choices=("latency", "throughput"), default="latency",
+                        help="the plot's speed axis: batch-1 latency speedup (default) or the batch-B throughput "
+                             "speedup of records re-timed with `retime-throughput`")
     report.add_argument("--markdown", help="also write the table as markdown")
     report.add_argument("--vs", help="also compare every record with this one (e.g. LiteStage's): paired "
                         "accuracy difference, McNemar p, answer agreement, speedup ratio")

@@ -130,3 +130,23 @@ def test_crowded_points_still_get_apart_labels(tmp_path: Path, monkeypatch):
     assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
     assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 and fig.bbox.y0 <= b.y0 and b.y1 <= fig.bbox.y1
                for b in boxes)
+
+
+def test_the_throughput_plot_draws_batch_b_speedups_and_leaves_out_records_not_retimed():
+    records = _records()
+    lite, layer = records[1], records[2]
+    records[1] = dataclasses.replace(lite, timing={"throughput": {"throughput_speedup": 0.8, "batch_size": 8,
+                                                                  "throughput_speedup_ci95": [0.7, 0.9]}})
+    records[2] = dataclasses.replace(layer, timing={"throughput": {"throughput_speedup": 1.9, "batch_size": 8,
+                                                                   "throughput_speedup_ci95": [None, None],
+                                                                   "ci95_refused": "2 chunks, 3 needed"}})
+    from litestage_bench.records.pareto import pareto_figure
+    fig = pareto_figure(records, throughput=True)
+    acc = fig.axes[0]
+    bars = {c.get_label().split(" ", 1)[1]: c for c in acc.containers if isinstance(c, ErrorbarContainer)}
+    assert set(bars) == {"dense", "litestage-acc4", "litestage-acc4-layer"}  # the others were not re-timed
+    assert bars["litestage-acc4"].lines[0].get_xdata()[0] == pytest.approx(0.8) and bars["litestage-acc4"].has_xerr
+    assert not bars["litestage-acc4-layer"].has_xerr  # refused: hollow, no bar
+    assert "batch-8 throughput speedup" in acc.get_xlabel()
+    with pytest.raises(report.UserError, match="no record"):
+        pareto_figure(records[3:], throughput=True)

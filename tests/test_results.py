@@ -589,3 +589,16 @@ def test_policy_name_labels_searched_policies_by_target_and_ablation():
                         "options": {**base["options"], "budget": "uniform", "granularity": "layer"}}) == \
         "litestage-agree0.9-uniform-layer"
     assert policy_name({"name": "unified-k4"}) == "unified-k4"
+
+
+def test_the_one_step_pass_prints_progress_and_scores_both_rules(capsys):
+    from types import SimpleNamespace
+
+    from litestage_bench.evaluation import runner
+    items = [SimpleNamespace(answer="A" if i % 2 else "B") for i in range(30)]
+    reasoner = SimpleNamespace(one_step=lambda q: {"letter": "A", "cloze": q.answer})
+    scored = runner.one_step_accuracy(reasoner, items, "m obqa dense")
+    assert scored["letter"]["accuracy"] == 0.5 and scored["cloze"]["accuracy"] == 1.0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "one-step" in ln]
+    assert [ln.split("]")[1].split()[0] for ln in lines] == ["25/30", "30/30"]
+    assert lines[0].startswith("[m obqa dense one-step]") and "s/question" in lines[0]

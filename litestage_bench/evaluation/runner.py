@@ -387,7 +387,7 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     if answers_from:
         extra["answers_from"] = {"record": answers_from, "command": load_record(answers_from).command}
     if one_step:
-        extra["one_step_accuracy"] = one_step_accuracy(reasoner, items)
+        extra["one_step_accuracy"] = one_step_accuracy(reasoner, items, label)
     if throughput and not is_dense:
         timing["throughput"] = throughput_timing(reasoner, pipelines, items, results, throughput, seed, label)
     device = str(session.executor.device)
@@ -427,11 +427,18 @@ def throughput_timing(reasoner: Reasoner, pipelines: dict, items: list[Question]
             "chunk_rounds": {"dense": measured["dense"], "method": measured["method"]}}
 
 
-def one_step_accuracy(reasoner: Reasoner, items: list[Question]) -> dict:
+ONE_STEP_PROGRESS = 25  # questions between progress lines of the one-step pass
+
+
+def one_step_accuracy(reasoner: Reasoner, items: list[Question], label: str = "") -> dict:
     """Accuracy of answering with no reasoning (letter and cloze), on the same items."""
     hits = {"letter": [], "cloze": []}
-    for q in items:
+    start = time.perf_counter()
+    for i, q in enumerate(items, 1):
         for rule, pred in reasoner.one_step(q).items():
             hits[rule].append(pred == q.answer)
+        if i % ONE_STEP_PROGRESS == 0 or i == len(items):
+            log(f"[{label} one-step] {i}/{len(items)} letter acc={sum(hits['letter']) / i:.3f} "
+                f"{(time.perf_counter() - start) / i:.2f} s/question")
     scored = {rule: metrics.accuracy_ci95(v) for rule, v in hits.items()}
     return {rule: {"accuracy": acc, "ci95": ci} for rule, (acc, ci) in scored.items()}

@@ -48,7 +48,17 @@ def _err(y: float, ci) -> tuple[float, float] | None:
     return max(0.0, y - ci[0]), max(0.0, ci[1] - y)
 
 
-def _points(records: list[ResultRecord]) -> tuple[dict[tuple[str, str], list[_Point]], dict[tuple[str, str], list]]:
+def _speed(r: ResultRecord, throughput: bool) -> tuple[float | None, object, object]:
+    """(speedup, its 95% CI, why the CI was refused): batch-1 latency's, or with `throughput` the
+    batch-B throughput speedup's (`timing.throughput`; None where the record was not re-timed)."""
+    if not throughput:
+        return r.speedup, r.speedup_ci95, (r.timing or {}).get("speedup_ci95_refused")
+    t = (r.timing or {}).get("throughput") or {}
+    return t.get("throughput_speedup"), t.get("throughput_speedup_ci95"), t.get("ci95_refused")
+
+
+def _points(records: list[ResultRecord], throughput: bool = False
+            ) -> tuple[dict[tuple[str, str], list[_Point]], dict[tuple[str, str], list]]:
     """Plottable points per (model, benchmark), numbered by table row, and per (model, benchmark) the
     (number, name) of the records left out (no speedup, or no accuracy)."""
     from .report import _agreement, _sort_key, policy_name
@@ -59,12 +69,12 @@ def _points(records: list[ResultRecord]) -> tuple[dict[tuple[str, str], list[_Po
         pol = policy_name(r.policy)
         name = r.method if pol in ("-", r.method) else pol if pol.startswith(r.method) else f"{r.method} ({pol})"
         dense = r.method == "dense"
-        x = r.speedup if _finite(r.speedup) and r.speedup > 0 else (1.0 if dense else None)
+        speed, ci, refused = _speed(r, throughput)
+        x = speed if _finite(speed) and speed > 0 else (1.0 if dense else None)
         if x is None or not _finite(r.accuracy):
             left_out.setdefault((r.model, r.benchmark), []).append((number, name))
             continue
-        refused = (r.timing or {}).get("speedup_ci95_refused")
-        xerr = None if refused else _err(x, r.speedup_ci95)
+        xerr = None if refused else _err(x, ci)
         agree = _agreement(r)
         agreement = (1.0, None) if dense else (agree[0], agree[1]) if agree and _finite(agree[0]) else None
         groups.setdefault((r.model, r.benchmark), []).append(_Point(number, name, r, x, xerr, agreement))
@@ -278,17 +288,22 @@ def _place_labels(ax, drawn: list[tuple[_Point, float, tuple | None]], styles: d
 # ---------------------------------------------------------------------------------------------
 
 
-def pareto_figure(records: list[ResultRecord], *, width: float = 12.0, dpi: int = 110, log_speedup: bool = True):
+def pareto_figure(records: list[ResultRecord], *, width: float = 12.0, dpi: int = 110, log_speedup: bool = True,
+                  throughput: bool = False):
     """The figure (Agg canvas) of ``pareto_plot``; ``UserError`` when no record can be placed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    groups, left_out = _points(records)
+    groups, left_out = _points(records, throughput)
     if not groups:
         raise UserError(
             "no record has both a speedup and an accuracy to plot",
+            "re-time the records at batch B (`litestage-bench retime-throughput`)" if throughput else
             "run the methods together with the dense baseline so records carry a speedup",
         )
+    batches = sorted({str(((r.timing or {}).get("throughput") or {}).get("batch_size")) for r in records
+                      if ((r.timing or {}).get("throughput") or {}).get("batch_size")})
+    speed_name = f"batch-{'/'.join(batches)} throughput speedup" if throughput else "speedup"
     styles = _styles(groups)
     keys = {g: _key_handles(pts, left_out.get(g, []), styles) for g, pts in groups.items()}
     longest = max(len(labels) for _, labels in keys.values())
@@ -302,7 +317,8 @@ def pareto_figure(records: list[ResultRecord], *, width: float = 12.0, dpi: int 
         pts = groups[group]
         for ax, metric in ((acc_ax, "accuracy"), (agr_ax, "agreement")):
             panels.append((ax, _draw_panel(ax, pts, styles, metric)))
-            ax.set_xlabel(f"speedup vs dense (x, 95% CI{'; log scale' if log_speedup else ''})", fontsize=FONT + 1)
+            ax.set_xlabel(f"{speed_name} vs dense (x, 95% CI{'; log scale' if log_speedup else ''})",
+                          fontsize=FONT + 1)
             ax.margins(y=0.08)
         if log_speedup:
             _log_speedup_axis(acc_ax)  # shared with the agreement panel
@@ -316,7 +332,7 @@ def pareto_figure(records: list[ResultRecord], *, width: float = 12.0, dpi: int 
         agr_ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0,
                       fontsize=FONT, ncol=ncol, labelspacing=0.3, handletextpad=0.4, columnspacing=1.0,
                       title="key (numbers = rows of the table)", title_fontsize=FONT, frameon=False)
-    fig.suptitle("Accuracy and answer agreement vs speedup over dense (up and right is better; "
+    fig.suptitle(f"Accuracy and answer agreement vs {speed_name} over dense (up and right is better; "
                  "dense = black star, dashed lines = dense)", fontsize=FONT + 2)
     # lay the figure out once, then freeze it: the labels are placed in its final pixels
     fig.canvas.draw()
@@ -331,7 +347,7 @@ def pareto_figure(records: list[ResultRecord], *, width: float = 12.0, dpi: int 
 
 
 def pareto_plot(records: list[ResultRecord], path: str | os.PathLike, *, width: float = 12.0,
-                dpi: int = 110, log_speedup: bool = True) -> Path:
+                dpi: int = 110, log_speedup: bool = True, throughput: bool = False) -> Path:
     """Accuracy and answer agreement with dense (95% CIs) against speedup (95% CI), one row of two
     panels per (model, benchmark) sharing the speedup axis (log unless ``log_speedup=False``),
     saved as PNG; ``width`` in inches. Dashed lines mark dense: speedup 1, its accuracy, agreement 1.
@@ -339,7 +355,8 @@ def pareto_plot(records: list[ResultRecord], path: str | os.PathLike, *, width: 
     Each point is a marker numbered by the record's row in the report's table, keyed beside the
     panels. A dense record without a speedup sits at 1.0; other records without one are left out
     (named in the key). A record whose speedup interval was refused has no horizontal bar and a
-    hollow marker. Raises ``UserError`` when no record can be placed.
+    hollow marker. ``throughput``: the batch-B throughput speedups (`timing.throughput`) instead;
+    records not re-timed at batch B are then left out. Raises ``UserError`` when no record can be placed.
     """
-    fig = pareto_figure(records, width=width, dpi=dpi, log_speedup=log_speedup)
+    fig = pareto_figure(records, width=width, dpi=dpi, log_speedup=log_speedup, throughput=throughput)
     return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi), binary=True)
