@@ -1,0 +1,82 @@
+"""Choose a model's answer rule on calibration items: every rule's accuracy on the same dense
+generations (`predictions_by_rule`), beside the rule the record ran with, paired.
+
+    python -m litestage_bench.studies.answer_rule CALIB_RECORD.json ... --out results/headline/answer_rule.md
+
+Each record must be dense on the calibration split (`litestage-bench run ... --split calib`), so the
+rule is never chosen on evaluation items. Per record: each rule's accuracy with its Wilson 95% CI,
+its items gained / lost against the record's own rule and the exact McNemar p. The chosen rule is
+the most accurate one; a tie keeps the record's rule. With a record per benchmark the choice is per
+benchmark (the reasoner's `--answer-rule`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tabulate import tabulate
+
+from ..core.errors import UserError
+from ..records import stats
+from ..records.results import ResultRecord, emit_markdown, load_record
+
+COLUMNS = ["model", "benchmark", "n", "rule", "accuracy [95% CI]", "vs the record's rule (+gained/-lost)",
+           "McNemar p", "chosen"]
+
+
+def rule_hits(r: ResultRecord) -> dict[str, list[bool]]:
+    """Per rule, whether each item's prediction under that rule is its gold answer."""
+    rules = sorted({rule for it in r.items for rule in (it.predictions_by_rule or {})})
+    return {rule: [(it.predictions_by_rule or {}).get(rule) == it.answer for it in r.items] for rule in rules}
+
+
+def choose(r: ResultRecord) -> str:
+    """The most accurate rule; a tie keeps the record's own rule."""
+    hits = rule_hits(r)
+    best = max(sum(v) for v in hits.values())
+    tied = sorted(rule for rule, v in hits.items() if sum(v) == best)
+    return r.answer_rule if r.answer_rule in tied else tied[0]
+
+
+def record_rows(path: str) -> list[list[str]]:
+    r = load_record(path)
+    if r.split != "calib" or r.method != "dense":
+        raise UserError(f"{path} is {r.method} on the {r.split} split, not dense on calibration items",
+                        "run `litestage-bench run --model M --bench B --split calib --limit 100 --out R.json`")
+    hits = rule_hits(r)
+    if r.answer_rule not in hits:
+        raise UserError(f"{path} holds no prediction for its own rule {r.answer_rule!r}", "re-run the record")
+    own, chosen = hits[r.answer_rule], choose(r)
+    rows = []
+    for rule, v in hits.items():
+        acc, (lo, hi) = stats.accuracy_ci95(v)
+        gained = sum(a and not b for a, b in zip(v, own))
+        lost = sum(b and not a for a, b in zip(v, own))
+        same = rule == r.answer_rule
+        rows.append([r.model, r.benchmark, str(r.n), rule + (" (the record's)" if same else ""),
+                     f"{acc:.3f} [{lo:.3f}, {hi:.3f}]", "-" if same else f"+{gained}/-{lost}",
+                     "-" if same else f"{stats.mcnemar_exact_p(v, own):.3f}", "yes" if rule == chosen else ""])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m litestage_bench.studies.answer_rule", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("records", nargs="+", help="dense records on the calibration split")
+    ap.add_argument("--out", help="also write the markdown table here")
+    args = ap.parse_args(argv)
+    command = "python -m litestage_bench.studies.answer_rule " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def render() -> str:
+        table = tabulate([row for p in args.records for row in record_rows(p)], headers=COLUMNS,
+                         tablefmt="github", disable_numparse=True)
+        return (f"# The answer rule, chosen on calibration items\n\nRendered with `{command}`.\n\n"
+                "Every rule scores the same dense generations; the chosen rule is the most accurate (a tie keeps "
+                f"the record's own).\n\n{table}\n\nRecords:\n"
+                + "".join(f"- `{load_record(p).command}`\n" for p in args.records))
+
+    return emit_markdown(render, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
