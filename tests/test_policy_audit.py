@@ -40,3 +40,19 @@ def test_a_candidate_stopped_at_a_look_is_judged_on_its_own_items(tmp_path):
     stopped["flips"].pop("n")
     path.write_text(json.dumps(policy))
     assert policy_audit.audit_row(str(path), 0.95)[6:] == ["0", "1", "0"]
+
+
+def test_each_row_is_judged_at_the_confidences_its_test_recorded(tmp_path):
+    """5 gained and 7 lost of 200 meets at 95% but not at the last look's spent 96%: a row that recorded
+    96% is re-judged at 96% (undecided), one that recorded nothing at --confidence (meets)."""
+    def row(test=None):
+        r = {"accuracy": 0.49, "agreement": 1 - 12 / 200,
+             "flips": {"wrong_to_correct": 5, "correct_to_wrong": 7, "changed": 12, "n": 200}}
+        return {**r, "test": test} if test else r
+    spent = row({"confidence": 0.95, "meets_confidence": 0.96, "decision": "undecided"})
+    policy = {"target": {"kind": "accuracy", "tolerance_points": 4.0, "min_accuracy": 0.46},
+              "calibration": {"n": 200}, "candidates": [_cand(0.5, 0, 0), spent, row()], "chosen": row()}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(policy))
+    audited = policy_audit.audit_row(str(path), 0.95)
+    assert audited[4] == "meets" and audited[6:] == ["1", "1", "0"]

@@ -1,6 +1,8 @@
 """Re-judge the candidates of committed LiteStage policies with the search's current decision rule
 (`litestage.decide`: one-sided bounds, paired against dense), without running anything: each
-candidate row already holds its answer flips and agreement on the calibration items.
+candidate row already holds its answer flips and agreement on the calibration items, and each row
+is judged at the confidences its test recorded (`test.confidence`, `test.meets_confidence`: an
+interim look's or the last look's spent one), `--confidence` where it recorded none.
 
     python -m litestage_bench.studies.policy_audit results/policies/*litestage*.json --out results/litestage/policy_audit.md
 """
@@ -34,6 +36,13 @@ def _point_rule(target: dict, row: dict) -> bool:
     return row["agreement"] >= target["min_agreement"] - 1e-9
 
 
+def _confidences(row: dict, confidence: float) -> tuple[float, float | None]:
+    """The confidences a row's test was decided at (an interim look's futility and efficacy ones, or the
+    last look's spent one), as recorded; `confidence` for rows that recorded none."""
+    test = row.get("test") or {}
+    return test.get("confidence") or confidence, test.get("meets_confidence")
+
+
 def audit_row(path: str, confidence: float) -> list[str]:
     try:
         policy = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -43,7 +52,7 @@ def audit_row(path: str, confidence: float) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{path} is not a LiteStage policy with candidates ({err!r})",
                         "pass files written by `litestage-bench search --method litestage`") from None
-    chosen, *candidates = [decide(target, r, confidence) for r in rows]
+    chosen, *candidates = [decide(target, r, *_confidences(r, confidence)) for r in rows]
     decisions = [d["decision"] for d in candidates]
     return [Path(path).stem, target["kind"], str(n),
             f"{chosen['estimate']:+.3f} [{chosen['lower']:+.3f}, {chosen['upper']:+.3f}]", chosen["decision"],
