@@ -144,3 +144,21 @@ def test_records_retimed_at_batch_b_add_the_column_and_a_matched_agreement_row_b
     assert "batch-B speedup [95% CI]" in text and "1.20x [1.10, 1.30] b8 (1.50 x 0.90 x 0.89)" in text
     # a table without any batch-B record keeps its columns
     assert "batch-B speedup" not in headline.headline_markdown([_record("litestage", DENSE, 1.0, "l")], "cmd")
+
+
+def test_the_held_out_prediction_stands_beside_the_measured_speedup(tmp_path):
+    import dataclasses
+    import json as _json
+
+    lite = dataclasses.replace(_record("litestage", DENSE, 1.0, "litestage"),
+                               command="litestage-bench run --model m --bench obqa --out results/x/lite.json")
+    (tmp_path / "fit_m_float32_cpu_x.json").write_text(_json.dumps({"residuals": {
+        "results/x/lite.json": {"measured": lite.speedup, "held_out": 1.87, "fitted": 1.9}}}))
+    assert headline.predicted_cell(lite, headline.held_out_predictions(tmp_path)) == "1.87x"
+    moved = dataclasses.replace(lite, speedup=lite.speedup * 1.1)  # re-timed since the fit: not its prediction
+    assert headline.predicted_cell(moved, headline.held_out_predictions(tmp_path)) == "-"
+    text = headline.headline_markdown([lite], "cmd", fits=tmp_path)
+    assert "predicted (held out)" in text and "| 1.87x" in text
+    (tmp_path / "fit_bad.json").write_text("{")
+    with pytest.raises(headline.UserError, match="unreadable"):
+        headline.held_out_predictions(tmp_path)

@@ -15,6 +15,9 @@ Matching (suite decisions):
   whose standard errors come from each speedup's 95% CI (each speedup was measured against dense
   in its own interleaved run, so the two are independent estimates).
 - without a baseline within the window, the row compares the nearest one, named "none (nearest X)".
+- the predicted speedup beside the measured one: the latency model's prediction for the record made
+  without it (`held_out` of the record in the fits under results/latency/, `studies.latency_fit`),
+  found by the path its `run` command wrote and its measured speedup; "-" for a record no fit holds.
 - where records were re-timed at batch B (`timing.throughput`, `litestage-bench retime-throughput`),
   the table gains the batch-B column and LiteStage a third row: matched agreement again, the fastest
   baseline by its batch-B speedup, the same z test on the batch-B CIs (each over its chunks).
@@ -26,9 +29,12 @@ Matching (suite decisions):
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shlex
 import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Callable
 
 from tabulate import tabulate
@@ -71,16 +77,44 @@ def _agreement(r: ResultRecord) -> float | None:
     return (r.fidelity or {}).get("agreement")
 
 
+FIT_DIR = Path("results") / "latency"
+
+
+def held_out_predictions(root: Path = FIT_DIR) -> dict[str, dict]:
+    """Per record path in the latency fits under `root`: its residual row (measured, held_out, ...)."""
+    found: dict[str, dict] = {}
+    for path in sorted(root.glob("fit_*.json")):
+        try:
+            found.update(json.loads(path.read_text(encoding="utf-8")).get("residuals") or {})
+        except (OSError, ValueError, AttributeError) as err:
+            raise UserError(f"latency fit {path} is unreadable ({err!r})",
+                            "re-fit with `python -m litestage_bench.studies.latency_fit --out results/latency/`")
+    return found
+
+
+def predicted_cell(r: ResultRecord, residuals: dict[str, dict]) -> str:
+    """The held-out predicted speedup of r's record (the path its command wrote, the same measured
+    speedup), or "-"."""
+    words = shlex.split(r.command or "")
+    out = words[words.index("--out") + 1] if "--out" in words[:-1] else None
+    row = residuals.get(out) if out else None
+    if not row or not row.get("held_out") or r.speedup is None or not math.isclose(row["measured"], r.speedup,
+                                                                                  rel_tol=1e-9):
+        return "-"
+    return f"{row['held_out']:.2f}x"
+
+
 def _throughput(r: ResultRecord) -> dict:
     return (r.timing or {}).get("throughput") or {}
 
 
-def method_rows(records: list[ResultRecord]) -> list[list[str]]:
+def method_rows(records: list[ResultRecord], residuals: dict[str, dict] | None = None) -> list[list[str]]:
     """A row per method; the batch-B column only where a record of the group has one."""
     rows, batched = [], any(map(_throughput, records))
     for r in sorted(records, key=lambda r: (r.method != "dense", -(r.speedup or 0))):
         lo, hi = r.accuracy_ci95
-        rows.append([_label(r), str(r.n), speedup_ci_cell(r), *([throughput_cell(r)] if batched else []),
+        rows.append([_label(r), str(r.n), speedup_ci_cell(r), predicted_cell(r, residuals or {}),
+                     *([throughput_cell(r)] if batched else []),
                      *decomposition_cells(r),
                      f"{r.accuracy:.3f} [{lo:.3f}, {hi:.3f}]", fmt_num(_agreement(r), ".3f"), _top_answer_cell(r),
                      flips_cell(r), fmt_p(r.mcnemar_p), str(r.timing.get("n_timed", "-")),
@@ -210,21 +244,23 @@ def missing_methods(group: list[ResultRecord]) -> list[str]:
     return [m for m in sorted(METHODS) if m not in have and m != "plan"]
 
 
-METHOD_COLUMNS = ["method", "n", "speedup [95% CI]", *DECOMPOSITION_COLUMNS, "accuracy [95% CI]", "agreement",
+METHOD_COLUMNS = ["method", "n", "speedup [95% CI]", "predicted (held out)", *DECOMPOSITION_COLUMNS, "accuracy [95% CI]", "agreement",
                   "top answer", "flips -c2w/+w2c", "McNemar p", "timed", "rounds"]
 MATCH_COLUMNS = ["LiteStage", "matched on", "best baseline", "its speedup", "difference (LiteStage - baseline)",
                  "p", "answer agreement"]
 
 
-def headline_markdown(records: list[ResultRecord], command: str) -> str:
+def headline_markdown(records: list[ResultRecord], command: str, fits: Path = FIT_DIR) -> str:
+    residuals = held_out_predictions(fits)
     groups: dict[tuple[str, str], list[ResultRecord]] = defaultdict(list)
     for r in records:
         groups[(r.model, r.benchmark)].append(r)
     parts = ["# Headline comparison", "", f"Rendered with `{command}`.", ""]
     for (model, bench), group in sorted(groups.items()):
-        columns = METHOD_COLUMNS[:3] + [THROUGHPUT_COLUMN] * any(map(_throughput, group)) + METHOD_COLUMNS[3:]
+        columns = METHOD_COLUMNS[:4] + [THROUGHPUT_COLUMN] * any(map(_throughput, group)) + METHOD_COLUMNS[4:]
         parts += [f"## {model} / {bench}", "",
-                  tabulate(method_rows(group), headers=columns, tablefmt="github", disable_numparse=True), ""]
+                  tabulate(method_rows(group, residuals), headers=columns, tablefmt="github", disable_numparse=True),
+                  ""]
         if any(r.method == LITESTAGE for r in group):
             parts += ["LiteStage against the best baseline:", "",
                       tabulate(matched_rows(group), headers=MATCH_COLUMNS, tablefmt="github", disable_numparse=True), ""]
