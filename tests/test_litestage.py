@@ -122,7 +122,9 @@ BODIES = [[5, 17, 33, 2, 81, 40, 9], [64, 12, 7, 55], [21, 22, 23, 24, 25, 26, 2
 
 def test_identity_sublayers_rank_first():
     ex = SkipExecutor(_identity_model())
-    per_stage = sublayer_similarity(ex, _texts(HEADER, BODIES), batch_size=2)
+    lines = []
+    per_stage = sublayer_similarity(ex, _texts(HEADER, BODIES), batch_size=2, log=lines.append)
+    assert [ln.split("'")[0].split()[-1] for ln in lines] == list(STAGES)  # a progress line per stage
     for stage in STAGES:
         assert per_stage[stage]["attn"][1] == pytest.approx(1.0, abs=1e-6)
         assert per_stage[stage]["ffn"][2] == pytest.approx(1.0, abs=1e-6)

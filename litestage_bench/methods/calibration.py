@@ -11,7 +11,9 @@
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -80,16 +82,21 @@ def prefill_after_header(ex: SkipExecutor, header: HeaderCache, prompts: list[li
     return ex.prefill(cache, [p[n:] for p in prompts], plan, 0, CostMeter(), logits=logits, probe=probe)
 
 
-def sublayer_similarity(ex: SkipExecutor, texts: StageTexts, batch_size: int = 8) -> dict[str, dict[str, list[float]]]:
-    """Per stage: {"attn": [L], "ffn": [L]} mean input/output cosine over the stage's dense prefills."""
+def sublayer_similarity(ex: SkipExecutor, texts: StageTexts, batch_size: int = 8,
+                        log: Callable[[str], None] | None = None) -> dict[str, dict[str, list[float]]]:
+    """Per stage: {"attn": [L], "ffn": [L]} mean input/output cosine over the stage's dense prefills;
+    `log` gets a line per stage (the pass runs for minutes on a 200-item calibration set)."""
     header = HeaderCache(ex, texts.header)
     dense = StagePlan()
     out = {}
     for stage in STAGES:
         probe = CosineProbe(ex.num_layers)
-        for chunk in _chunks(texts.prompts(stage), batch_size):
+        prompts, start = texts.prompts(stage), time.perf_counter()
+        for chunk in _chunks(prompts, batch_size):
             prefill_after_header(ex, header, chunk, dense, probe=probe)
         out[stage] = probe.means()
+        if log is not None:
+            log(f"[search] importance: {stage}'s {len(prompts)} dense prefills in {time.perf_counter() - start:.0f} s")
     return out
 
 

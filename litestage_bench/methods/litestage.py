@@ -525,7 +525,9 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
     with reasoner.tracing() as trace:
         dense = evaluate_items(reasoner, SkipPlan(), recorders, items, opts.batch_size, f"{label} dense", memo=memo)
     texts = StageTexts(header, {s: canary_trace.get(s, []) + trace.get(s, []) for s in STAGES})
-    importance = store.stored("importance", key, lambda: sublayer_similarity(session.executor, texts, opts.batch_size))[0]
+    log(f"[search] {label}: importance (input/output cosine of every sub-layer over the dense prefills)")
+    importance = store.stored("importance", key,
+                              lambda: sublayer_similarity(session.executor, texts, opts.batch_size, log))[0]
     means = {s: recorders[s].means for s in STAGES}
     store.stored("dense", key, lambda: {"ids": [q.id for q in items], "items": [item_to_dict(d) for d in dense],
                                         "means": means})
