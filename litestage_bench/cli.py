@@ -431,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of alpha = 1 - confidence spent on stopping a candidate that already meets the "
                              "target at an interim look, split evenly over those looks; the last look gets the rest "
                              "(default 0.2; 0: no such stops)")
+    search.add_argument("--timing", default="latency",
+                        help="latency (default) or batch=B: every timed candidate (the finalists, with a latency fit) "
+                             "is also timed at batch B against dense, on chunks of the calibration items it answered "
+                             "(throughput_speedup in its row; the choice stays by batch-1 speedup)")
+    search.add_argument("--chunks", type=_positive, default=DEFAULT_CHUNKS,
+                        help=f"with --timing batch=B: seeded chunks of B items (default {DEFAULT_CHUNKS})")
+    search.add_argument("--chunk-rounds", type=_positive, default=DEFAULT_CHUNK_ROUNDS,
+                        help=f"with --timing batch=B: interleaved rounds per chunk (default {DEFAULT_CHUNK_ROUNDS})")
     search.add_argument("--futility-confidence", type=float, default=0.7,
                         help="confidence of the upper bound that stops a candidate at an interim look when it is "
                              "below the target (default 0.7, within 0.5..--confidence: a lower one stops more "

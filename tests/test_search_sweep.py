@@ -38,7 +38,7 @@ def _counts(n: int, changed: int = 0, gained: int = 0, skipped: int = 0, ids: li
            "token_sums": {s: 10 * n for s in STAGES}, "cost_fraction_sums": {s: n for s in STAGES},
            "stage_runs": n, "cpu": "cpu", "seconds": 1.0}
     if ids is not None:
-        row["items"] = {"ids": ids, "tokens": {s: [10] * n for s in STAGES},
+        row["items"] = {"ids": ids, "prediction": ["A"] * n, "tokens": {s: [10] * n for s in STAGES},
                         "cost": {s: [1.0 - 0.02 * skipped] * n for s in STAGES}}
     return row
 
@@ -214,7 +214,7 @@ class FakePredictor:
         return 1.0 + 0.1 * sum(len(s.attn) + len(s.ffn) for s in sets.values())
 
 
-def _ranked_search(tmp_path: Path, speed) -> tuple[dict, list[dict], list[int]]:
+def _ranked_search(tmp_path: Path, speed, **options) -> tuple[dict, list[dict], list[int]]:
     """The analyze #skip sweep on fake answers (agreement falls once 5 units are skipped) and fake
     timings (1 + 0.1 per unit + 0.01): the kept row, every row, and the #skip of each timing."""
     items = [Question(f"q{i}", "?", ("a", "b"), ("A", "B"), "A") for i in range(200)]
@@ -227,10 +227,10 @@ def _ranked_search(tmp_path: Path, speed) -> tuple[dict, list[dict], list[int]]:
 
     def timing(plan, callbacks):
         timed.append(_skipped(plan))
-        return {"speedup": 1.01 + 0.1 * _skipped(plan), "latency_s": 1.0}
+        return {"speedup": 1.01 + 0.1 * _skipped(plan), "latency_s": 1.0, "timing_seconds": 1.0}
 
     reasoner = SimpleNamespace(cfg=SimpleNamespace(reuse_kv=True))
-    opts = SearchOptions(target="agreement", max_skip=8, coarse_step=1, patience=2)
+    opts = SearchOptions(target="agreement", max_skip=8, coarse_step=1, patience=2, **options)
     meter = litestage.CandidateMeter(reasoner, items, items[:2], [], ({"k": "answers"}, {"k": "timing"}),
                                      RowStore(tmp_path), opts, lambda msg: None, StageMemo(), speed)
     meter._answer_counts, meter._timing, meter.target = answer_counts, timing, AGREE
@@ -275,6 +275,27 @@ def test_the_meter_stops_candidates_slower_than_the_accepted_setting_after_one_c
     _, rows, _ = _ranked_search(tmp_path / "plain", None)
     assert not [r for r in rows if r["test"]["decision"] == "slower"]
     assert all(r["stopped"]["n"] > 48 for r in rows if r["test"]["decision"] != "clearly misses")
+
+
+def test_timed_candidates_are_also_timed_at_batch_b_on_the_items_they_answered(tmp_path, monkeypatch):
+    from litestage_bench.evaluation import runner
+    calls = []
+
+    def throughput_timing(reasoner, pipelines, items, results, settings, seed, label):
+        calls.append((label, [q.id for q in items], {r.id: r.prediction for r in results}, settings))
+        return {"throughput_speedup": 1.3, "throughput_speedup_ci95": [1.2, 1.4], "batch_size": settings[0],
+                "decomposition": {"total": {"token_factor": 1.0}}}
+    monkeypatch.setattr(runner, "throughput_timing", throughput_timing)
+    best, rows, timed = _ranked_search(tmp_path, FakePredictor(), throughput=(8, 4, 2))
+    assert timed == [4] and [c[0] for c in calls] == ["search analyze #skip=4"]  # the finalist; dense is not
+    label, ids, answers, settings = calls[0]
+    assert settings == (8, 4, 2) and len(ids) == best["flips"]["n"] and set(answers) == set(ids)
+    assert best["throughput_speedup"] == 1.3 and best["throughput_batch"] == 8
+    assert len(list(tmp_path.glob("throughput-*.json"))) == 1
+    _ranked_search(tmp_path, FakePredictor(), throughput=(8, 4, 2))  # the same search again: read back
+    assert len(calls) == 1
+    with pytest.raises(UserError, match="first look"):
+        SearchOptions(throughput=(8, 8, 1)).check()  # 64 items: more than the first look's 48
 
 
 def test_finalists_are_the_best_prediction_and_every_interval_reaching_it():

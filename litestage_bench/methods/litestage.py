@@ -182,6 +182,7 @@ class SearchOptions:
     efficacy_share: float = 0.2  # of alpha = 1 - confidence, spent evenly on the interim looks' efficacy stops
     futility_confidence: float = 0.7  # an interim look's upper bound: below the bar stops the candidate
     # (a curtailment: it costs power, recorded in `power`, never the confidence of a "meets")
+    throughput: tuple[int, int, int] | None = None  # (B, chunks, rounds): every timed candidate also at batch B
     latency_fit: str | None = "auto"  # rank by predicted speedup, time the finalists: a fit file, "auto"
     # (results/latency/ by model, numerics, device and CPU, if there) or None (time every candidate)
     early_exit: bool = True
@@ -206,7 +207,11 @@ class SearchOptions:
                   (0.5 <= self.futility_confidence <= self.confidence,
                    "futility confidence must be within 0.5..confidence"),
                   (0.5 < self.confidence < 1, "confidence must be within 0.5..1"),
-                  (1 <= self.timed <= self.limit, "timed must be within 1..limit")]
+                  (1 <= self.timed <= self.limit, "timed must be within 1..limit"),
+                  (self.throughput is None or (self.throughput[0] >= 2 and min(self.throughput[1:]) >= 1 and
+                                               self.throughput[0] * self.throughput[1] <= look_ends(
+                                                   self.limit, self.looks, self.batch_size)[0]),
+                   "--timing batch=B needs B >= 2 and B x chunks within the first look's items")]
         for ok, msg in checks:
             if not ok:
                 raise UserError(f"bad search option: {msg}", "see `litestage-bench search --help`")
@@ -255,6 +260,7 @@ class CandidateMeter:
         # per sweep, the highest speedup predicted on the first chunk's items among its qualifying rows
         # (the accepted setting, measured first, and every meeting one): the bar of the speed stop
         self._qualifying: dict[str, float] = {}
+        self._predictions: dict[int, dict[str, str | None]] = {}  # id(row) -> its answers by item id
 
     def measure(self, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None], label: str,
                 meta: dict | None = None, timed: bool = False) -> dict:
@@ -271,6 +277,9 @@ class CandidateMeter:
                                            self.reasoner.cfg.reuse_kv)
         row = {**config, **answers, "speedup": None, "predicted_speedup": predicted, "label": label, **(meta or {}),
                "test": t, "stopped": stopped, "rows": rows}
+        if self.opts.throughput:  # the answers its batch-B chunks must reproduce
+            self._predictions[id(row)] = {i: a for p in parts if p.get("items")
+                                          for i, a in zip(p["items"]["ids"], p["items"]["prediction"])}
         if t["decision"] in ("clearly misses", "slower"):
             row["timing"] = ("none: it clearly misses the target" if t["decision"] == "clearly misses" else
                              "none: predicted clearly slower than a qualifying candidate of its sweep")
@@ -315,6 +324,8 @@ class CandidateMeter:
         row.pop("timing", None)
         row.update(timing)
         row["rows"].append(name)
+        if self.opts.throughput and (plan.stages or callbacks):
+            self._time_throughput(row, plan, callbacks, config)
         self.timed += 1
         if counted and answers_stored and not stored:  # read whole so far: now re-timed
             self.from_disk, self.measured, self.retimed = self.from_disk - 1, self.measured + 1, self.retimed + 1
@@ -346,6 +357,28 @@ class CandidateMeter:
             return False
         p, e = self._first_chunk_speedup(sets, rules, parts), self.speed.half_width
         return p is not None and p / (1 - e) < self._qualifying[sweep] / (1 + e)
+
+    def _time_throughput(self, row: dict, plan: SkipPlan, callbacks: Callbacks, config: dict) -> None:
+        """The candidate's throughput over dense at batch B (runner.throughput_timing) on seeded chunks of
+        the calibration items its answers cover, which the chunks must reproduce; a `throughput` row."""
+        from ..evaluation.runner import throughput_timing
+        from types import SimpleNamespace
+
+        answers = self._predictions.get(id(row), {})
+        items = [q for q in self.items if q.id in answers]
+        results = [SimpleNamespace(id=q.id, prediction=answers[q.id]) for q in items]
+        pipelines = {"method": (plan, callbacks), "dense": (SkipPlan(), {})}
+        settings = tuple(self.opts.throughput)
+        value, _, name = self.store.stored(
+            "throughput", {**self.timing_key, **config, "throughput": list(settings),
+                                 "throughput_items": ids_sha([q.id for q in items])},
+            lambda: {**throughput_timing(self.reasoner, pipelines, items, results, settings, self.opts.seed,
+                                         f"search {row['label']}"), "cpu": machine_info().get("cpu")},
+            {"label": row["label"]})
+        row.update(throughput_speedup=value["throughput_speedup"],
+                   throughput_speedup_ci95=value["throughput_speedup_ci95"], throughput_batch=value["batch_size"],
+                   throughput_decomposition=(value.get("decomposition") or {}).get("total"))
+        row["rows"].append(name)
 
     def _answers(self, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None], config: dict,
                  label: str, sweep: str) -> tuple[dict, bool, list[str], list[dict], dict, dict]:
@@ -643,6 +676,14 @@ def search_command(session, bench: str, args, config, command: str, log) -> dict
                   store_dir=getattr(args, "rows", None), log=log)
 
 
+def _throughput_option(args) -> tuple[int, int, int] | None:
+    """(B, chunks, rounds) of `--timing batch=B`, None for `--timing latency`."""
+    from ..records.throughput import parse_timing
+
+    batch = parse_timing(getattr(args, "timing", "latency"))
+    return None if batch == 1 else (batch, args.chunks, args.chunk_rounds)
+
+
 def options_from_args(args) -> SearchOptions:
     """The search options of parsed `litestage-bench search` arguments."""
     return SearchOptions(
@@ -655,7 +696,7 @@ def options_from_args(args) -> SearchOptions:
         batch_size=args.batch_size, granularity=args.granularity, ranking=args.ranking,
         budget="uniform" if args.uniform else "stagewise", max_skip=args.max_skip, step=args.step,
         coarse_step=args.coarse_step, efficacy_share=args.efficacy_share,
-        futility_confidence=args.futility_confidence,
+        futility_confidence=args.futility_confidence, throughput=_throughput_option(args),
         latency_fit=None if args.latency_fit.lower() == "none" else args.latency_fit,
         patience=args.patience, looks=args.looks, confidence=args.confidence, iterative_pool=args.iterative_pool,
         early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed)

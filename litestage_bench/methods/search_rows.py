@@ -9,7 +9,9 @@ that can be committed as soon as it is written:
 - ``answers-SHA.json``: one candidate plan on one chunk of the calibration items (a look): the
   counts the target test adds up, and per item the answer, its correctness, the tokens and
   executed cost per stage and a hash of each stage's output;
-- ``timing-SHA.json``: one candidate timed at batch 1, interleaved with dense, with its CPU.
+- ``timing-SHA.json``: one candidate timed at batch 1, interleaved with dense, with its CPU;
+- ``throughput-SHA.json``: with `--timing batch=B`, a timed candidate's throughput over dense at
+  batch B (chunks of calibration items, interleaved; evaluation/throughput.py), with its CPU.
 
 SHA is a hash of the row's key. Keys hold what decides the row's numbers (model, numerics, items,
 reasoner settings, the plan, and for timings the CPU and code version); answers are keyed on the
@@ -32,12 +34,13 @@ from ..core.errors import UserError
 from ..records.results import atomic_write
 
 ROWS_VERSION = 1  # bump when a change alters what a skip plan computes but not dense's outputs
-KINDS = ("dense", "importance", "answers", "timing")
+KINDS = ("dense", "importance", "answers", "timing", "throughput")
 # the fields a row's value must hold, per kind (what the search reads back)
 REQUIRED = {"dense": ("items", "means"), "importance": (),
             "answers": ("n", "correct", "correct_to_wrong", "wrong_to_correct", "changed", "answer_kl_n",
                         "answer_kl_sum", "token_sums", "cost_fraction_sums", "cpu", "seconds"),
-            "timing": ("speedup", "timing_seconds")}
+            "timing": ("speedup", "timing_seconds"),
+            "throughput": ("throughput_speedup", "throughput_speedup_ci95", "batch_size")}
 
 
 def key_sha(key: Any) -> str:
