@@ -11,7 +11,8 @@ AGREE = {"kind": "agreement", "min_agreement": 0.9}
 
 def _row(label: str, skip: list[int], n: int, answers: float, timing: float | None, why: str | None = None) -> dict:
     row = {"label": label, "sweep": label.split()[0], "sets": {"analyze": {"attn": skip, "ffn": []}}, "exits": {},
-           "flips": {"n": n}, "answers_seconds": answers, "timing_seconds": timing, "answers_cpu": "cpu A"}
+           "flips": {"n": n}, "answers_seconds": answers, "timing_seconds": timing, "answers_cpu": "cpu A",
+           "stage_runs": n // 4}
     if why:
         row["stopped"] = {"why": why, "n": n}
     return row
@@ -36,9 +37,10 @@ def test_distinct_plans_count_once_and_the_ratio_is_new_over_earlier(tmp_path):
     first, second = search_cost.pair_rows(earlier, new)
     cols = dict(zip(search_cost.COLUMNS, first))
     assert (cols["candidates (distinct plans)"], cols["items measured"], cols["answers s"]) == ("2", "400", "180")
-    assert cols["total s (every row)"] == "220 (340)" and cols["new / earlier"] == "-"
+    assert cols["total s (every row)"] == "220 (340)" and cols["new / earlier: s"] == "-"
     cols = dict(zip(search_cost.COLUMNS, second))
-    assert cols["items measured"] == "144" and cols["new / earlier"] == f"{60 / 220:.2f}"
+    assert cols["items measured"] == "144" and cols["new / earlier: s"] == f"{60 / 220:.2f}"
+    assert cols["stage runs"] == "36" and cols["new / earlier: stage runs"] == f"{36 / 100:.2f}"
     assert cols["stopped (why)"] == "efficacy 1, futility 1" and cols["speedup [95% CI]"] == "1.50x [1.40, 1.60]"
 
 

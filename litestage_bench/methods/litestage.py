@@ -400,7 +400,7 @@ class CandidateMeter:
 
     def _answer_counts(self, plan: SkipPlan, callbacks: Callbacks, lo: int, hi: int) -> dict:
         """Calibration items lo..hi: counts and sums that add up over chunks (merge_answer_counts)."""
-        start, misses, items = time.perf_counter(), self.memo.misses, self.items[lo:hi]
+        start, cpu, misses, items = time.perf_counter(), time.process_time(), self.memo.misses, self.items[lo:hi]
         results = evaluate_items(self.reasoner, plan, callbacks, items, self.opts.batch_size, progress=False,
                                  memo=self.memo)
         ids = {q.id for q in items}
@@ -411,11 +411,12 @@ class CandidateMeter:
                 "token_sums": {s: sum(r.tokens[s] for r in results) for s in STAGES},
                 "cost_fraction_sums": {s: sum(r.executed_cost_fraction[s] for r in results) for s in STAGES},
                 "stage_runs": self.memo.misses - misses, "cpu": str(machine_info().get("cpu")),
-                "seconds": time.perf_counter() - start, "items": item_columns(results)}
+                "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
+                "items": item_columns(results)}
 
     def _timing(self, plan: SkipPlan, callbacks: Callbacks) -> dict:
         """Batch-1 timing without the memo: every stage is re-run, dense beside the candidate."""
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         pipelines = {"candidate": (plan, callbacks)}
         if plan.stages or callbacks:
             pipelines["dense"] = (SkipPlan(), {})
@@ -427,7 +428,8 @@ class CandidateMeter:
         return {"speedup": paired["speedup"], "speedup_ci95": paired["ci95"], "speedup_rounds": paired["speedup_rounds"],
                 "latency_s": statistics.fmean(r.latency_s for r in cand),
                 "stage_latency_s": {s: statistics.fmean(r.stage_latency_s[s] for r in cand) for s in STAGES},
-                "timing_cpu": machine_info().get("cpu"), "timing_seconds": time.perf_counter() - start}
+                "timing_cpu": machine_info().get("cpu"), "timing_seconds": time.perf_counter() - start,
+                "timing_cpu_seconds": time.process_time() - cpu}
 
 
 def cache_keys(base_key: dict, exact: bool, opts: "SearchOptions") -> tuple[dict, dict]:

@@ -8,7 +8,9 @@ Seconds are the candidates' own `answers_seconds` and `timing_seconds`: the CPU 
 piece took when it was measured, also for a piece the new search read back from its rows (measured
 in an earlier period, perhaps on another CPU: the table names the CPUs). Each distinct plan counts
 once (a sweep's accepted setting repeats the previous sweep's choice); "every row" counts the rows
-as listed, as the earlier comparison did. The dense calibration pass is in neither.
+as listed, as the earlier comparison did. The dense calibration pass is in neither. Seconds are
+wall seconds, which grow with whatever else the machine ran; *stage runs* (one stage of one batch of
+8 calibration items executed, not reused) count the answers' work on any machine and load.
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ from tabulate import tabulate
 from ..core.errors import UserError
 from ..records.results import emit_markdown
 
-COLUMNS = ["search", "policy", "CPU", "candidates (distinct plans)", "items measured", "answers s", "timing s",
-           "total s (every row)", "new / earlier", "stopped (why)", "chosen", "chosen: calibration test",
-           "speedup [95% CI]"]
+COLUMNS = ["search", "policy", "CPU", "candidates (distinct plans)", "items measured", "stage runs", "answers s",
+           "timing s", "total s (every row)", "new / earlier: s", "new / earlier: stage runs", "stopped (why)",
+           "chosen", "chosen: calibration test", "speedup [95% CI]"]
 
 
 def load_policy(path: str) -> dict:
@@ -55,6 +57,7 @@ def cost(policy: dict) -> dict:
     why = Counter((r.get("stopped") or {}).get("why", "all items") for r in distinct.values())
     cpus = sorted({str(r.get(k)) for r in distinct.values() for k in ("answers_cpu", "timing_cpu") if r.get(k)})
     return {"candidates": len(distinct), "items": sum(r["flips"].get("n", n) for r in distinct.values()),
+            "stage_runs": sum(r.get("stage_runs") or 0 for r in distinct.values()),
             "answers": seconds(distinct.values(), "answers_seconds"),
             "timing": seconds(distinct.values(), "timing_seconds"),
             "every_row": seconds(rows, "answers_seconds") + seconds(rows, "timing_seconds"),
@@ -86,14 +89,16 @@ def pair_rows(earlier_path: str, new_path: str) -> list[list[str]]:
                         "pair the policies of one model, benchmark and target")
     search = f"{new['model']} {new['bench']} {_target(new)}"
     costs = [cost(earlier), cost(new)]
-    base = costs[0]["answers"] + costs[0]["timing"]
+    base, base_runs = costs[0]["answers"] + costs[0]["timing"], costs[0]["stage_runs"]
     out = []
     for name, policy, c in (("earlier", earlier_path, costs[0]), ("new", new_path, costs[1])):
         total = c["answers"] + c["timing"]
         plan, test, speed = _chosen(load_policy(policy))
         out.append([search if name == "earlier" else "", f"{name}: `{policy}`", ", ".join(c["cpus"]),
-                    str(c["candidates"]), str(c["items"]), f"{c['answers']:.0f}", f"{c['timing']:.0f}",
-                    f"{total:.0f} ({c['every_row']:.0f})", "-" if name == "earlier" else f"{total / base:.2f}",
+                    str(c["candidates"]), str(c["items"]), str(c["stage_runs"]), f"{c['answers']:.0f}",
+                    f"{c['timing']:.0f}", f"{total:.0f} ({c['every_row']:.0f})",
+                    "-" if name == "earlier" else f"{total / base:.2f}",
+                    "-" if name == "earlier" or not base_runs else f"{c['stage_runs'] / base_runs:.2f}",
                     ", ".join(f"{k} {v}" for k, v in sorted(c["why"].items())), plan, test, speed])
     return out
 
