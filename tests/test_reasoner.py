@@ -87,3 +87,12 @@ def test_cost_fraction_does_not_depend_on_the_header_cache(model, tokenizer):
     a, b = with_cache.solve(QUESTIONS[0], STAGEWISE), without.solve(QUESTIONS[0], STAGEWISE)
     assert a.executed_cost_fraction == pytest.approx(b.executed_cost_fraction, abs=1e-12)
     assert a.executed_cost_fraction["recall"] < 1.0
+
+
+def test_the_one_step_answer_from_the_header_cache_equals_a_whole_prefill(model, tokenizer):
+    with_cache, without = reasoner(model, tokenizer), reasoner(model, tokenizer, header_cache=False)
+    for q in QUESTIONS:
+        (fast, fast_scores), (plain, plain_scores) = with_cache.one_step_scored(q), without.one_step_scored(q)
+        assert fast == plain
+        for rule in ("letter", "cloze"):
+            assert fast_scores[rule] == pytest.approx(plain_scores[rule], abs=SCORE_ATOL)

@@ -396,11 +396,17 @@ class Reasoner:
                         {"letter": nxt[i, -1, letter_ids].tolist(), "cloze": logprobs}))
         return out
 
-    @torch.inference_mode()
     def one_step(self, q: Question) -> dict[str, str]:
         """Dense one-step answers with no reasoning: letter and cloze right after the question."""
+        return self.one_step_scored(q)[0]
+
+    @torch.inference_mode()
+    def one_step_scored(self, q: Question) -> tuple[dict[str, str], dict]:
+        """one_step's answers and option scores; the prompt continues a copy of the shared header's
+        cache (the few-shot demonstrations: most of the prompt), as the stages do."""
         base = self.prompts.header(q) + self.prompts.ids("Summarize: So the answer is")
         dense, meter = StagePlan(), CostMeter()
-        cache = self.ex.new_cache(1)
-        first = self.ex.extend(cache, [base], dense, meter, logits="last", pad_id=self.pad_id)[:, -1]
-        return self._constrained([q], cache, first, dense, meter)[0][0]
+        cache, start = self._start(None, dense, "summarize", [base], meter)
+        cache = cache if cache is not None else self.ex.new_cache(1)
+        first = self.ex.extend(cache, [base[start[0]:]], dense, meter, logits="last", pad_id=self.pad_id)[:, -1]
+        return self._constrained([q], cache, first, dense, meter)[0]
