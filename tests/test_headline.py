@@ -162,3 +162,25 @@ def test_the_held_out_prediction_stands_beside_the_measured_speedup(tmp_path):
     (tmp_path / "fit_bad.json").write_text("{")
     with pytest.raises(headline.UserError, match="unreadable"):
         headline.held_out_predictions(tmp_path)
+
+
+def test_throughput_copies_replace_their_records_by_file_name_once_their_answers_match(tmp_path, capsys):
+    lite = _record("litestage", _flip(DENSE, range(0, 2)), 1.0, "litestage")
+    base = _record("sleb", _flip(DENSE, range(0, 3)), 1.05, "sleb-k2")
+    for r in (lite, base):
+        write_record(tmp_path / f"{r.policy['name']}.json", r)
+    copies = tmp_path / "batch8"
+    copies.mkdir()
+    write_record(copies / "litestage.json", _batched(_record("litestage", _flip(DENSE, range(0, 2)), 1.0, "litestage"),
+                                                     1.2, (1.1, 1.3)))
+    out = tmp_path / "table.md"
+    args = [str(tmp_path / "litestage.json"), str(tmp_path / "sleb-k2.json"), "--throughput", str(copies)]
+    assert headline.main([*args, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "1.20x [1.10, 1.30] b8" in text and "--throughput" in text  # the copy's column, the command named
+    assert "b8" not in headline.headline_markdown([lite, base], "cmd")
+    write_record(copies / "sleb-k2.json", _batched(_record("sleb", DENSE, 1.05, "sleb-k2"), 1.0, (0.9, 1.1)))
+    assert headline.main(args) == 2  # other answers than the record's: refused in one line
+    err = capsys.readouterr().err
+    assert "is not a batch-B copy of" in err and "Traceback" not in err
+    assert headline.main([str(tmp_path / "litestage.json"), "--throughput", str(tmp_path / "none")]) == 2

@@ -21,7 +21,7 @@ from litestage_bench.methods.litestage import SearchOptions
 from litestage_bench.methods.search_decisions import LookPlan, decide, look_ends, run_looks, spending
 from litestage_bench.methods.search_rows import RowStore
 from litestage_bench.methods.search_speed import SpeedPredictor, find_predictor
-from litestage_bench.methods.search_sweep import coarse_to_fine, finalists, sweep
+from litestage_bench.methods.search_sweep import coarse_to_fine, finalists, sweep, threshold_sweep
 from litestage_bench.records import stats
 from litestage_bench.records.items import ItemResult
 
@@ -191,6 +191,20 @@ def test_coarse_to_fine_refines_beside_the_fastest_meeting_point_when_speed_is_n
     # coarse 0, 4, 8 meet, 12 and 16 clearly miss: the gap above 8 (the boundary; 9 and 10 clearly
     # miss, which ends it), and as 4 is faster than 8, both gaps beside 4
     assert seen == [0, 4, 8, 12, 16, 1, 2, 3, 5, 6, 7, 9, 10] and best["n_skip"] == 5
+
+
+def test_a_threshold_sweep_ends_at_its_first_meeting_threshold_and_keeps_the_patience_rule():
+    # thresholds from the highest down: 1 clearly misses, 2 is undecided, 3 meets; 4 and 5 (lower
+    # thresholds: they exit later on every item) would meet too, and are slower
+    curve = {0: (0, 0, 1.0), 1: (2, 50, 1.5), 2: (4, 14, 1.3), 3: (1, 2, 1.2), 4: (1, 2, 1.1), 5: (1, 2, 1.05)}
+    measure, seen = _curve_meter(curve)
+    best, rows = threshold_sweep(measure, list(range(6)), patience=2)
+    assert seen == [0, 1, 2, 3] and best["n_skip"] == 3 and len(rows) == 4
+    measure, seen = _curve_meter(curve)
+    assert sweep(measure, list(range(6)), patience=2)[0]["n_skip"] == 3 and seen == list(range(6))
+    misses = {**curve, 2: (2, 50, 1.3)}  # two clear misses in a row end it before any meets
+    measure, seen = _curve_meter(misses)
+    assert threshold_sweep(measure, list(range(6)), patience=2)[0]["n_skip"] == 0 and seen == [0, 1, 2]
 
 
 # ------------------------------------------------------------------------------ ranking by predicted speedup

@@ -60,7 +60,7 @@ from .search_decisions import (decide, look_ends, look_plan, look_test, merge_an
                                run_looks, target_power)  # (decide, look_ends, look_test: re-exported)
 from .search_rows import RowStore, canary, default_store, ids_sha, item_columns
 from .search_speed import SpeedPredictor, find_predictor
-from .search_sweep import coarse_to_fine, fastest_meeting, finalists, meets, sweep  # noqa: F401 (re-exported)
+from .search_sweep import coarse_to_fine, fastest_meeting, finalists, meets, sweep, threshold_sweep  # noqa: F401 (re-exported)
 
 POLICY_SCHEMA_VERSION = 1
 
@@ -480,7 +480,8 @@ def _budget_sweeps(meter: CandidateMeter, ranking: list, order: list[str], opts:
 
 def _exit_sweeps(meter: CandidateMeter, thresholds: dict[str, list[float]], order: list[str], opts: SearchOptions,
                  state: SearchState) -> list[dict]:
-    """Step 3: per stage (slowest first), the fastest early-exit threshold (or none) meeting the target."""
+    """Step 3: per stage (slowest first), the fastest early-exit threshold (or none) meeting the target;
+    thresholds from the highest down, the sweep ending at the first that meets (search_sweep.threshold_sweep)."""
     rows: list[dict] = []
     for stage in order:
         def exit_candidate(threshold: float | None, stage: str = stage) -> dict:
@@ -488,7 +489,8 @@ def _exit_sweeps(meter: CandidateMeter, thresholds: dict[str, list[float]], orde
             label = f"{stage} exit " + ("off" if rule is None else f"<= {threshold:.4g}")
             return meter.measure(state.sets, {**state.rules, stage: rule}, label,
                                  {"sweep": f"{stage} early exit", "threshold": threshold})
-        best, measured = sweep(exit_candidate, [None, *thresholds[stage]], opts.patience, meter.choose)
+        best, measured = threshold_sweep(exit_candidate, [None, *sorted(thresholds[stage], reverse=True)], opts.patience,
+                                         meter.choose)
         rows += measured
         threshold = best["threshold"]
         state.rules[stage] = None if threshold is None else ExitRule(opts.exit_window, threshold, opts.exit_confidence)

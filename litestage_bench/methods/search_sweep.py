@@ -1,8 +1,14 @@
 """The LiteStage search's sweeps: which candidates of one stage's sweep are measured, and which of
 them is kept.
 
-- ``sweep``: every value in order until `patience` candidates in a row clearly miss (the fine sweep;
-  the early-exit sweeps, and the #skip sweeps at coarse_step 1).
+- ``sweep``: every value in order until `patience` candidates in a row clearly miss (the fine sweep:
+  the #skip sweeps at coarse_step 1).
+- ``threshold_sweep``: the early-exit sweeps, thresholds from the highest (exits soonest) down: as
+  ``sweep``, and it also ends at the first threshold that meets. On the same plan a lower threshold
+  fires at the same step or later on every item (a window mean at or below it is at or below the
+  higher one too; float32 is exact, so the trajectory up to the exit is the same), so it generates
+  at least as many tokens in the swept stage: it cannot be faster there. What it gives up: a lower
+  threshold faster only through the later stages' lengths, which its longer text changes.
 - ``coarse_to_fine``: the #skip sweeps. First every `coarse`-th value (the same patience rule on the
   coarse points), then the values inside each coarse gap (two neighbouring coarse points) that may
   hold the boundary of the meeting region or a recovery after a dip: every gap except those whose
@@ -75,6 +81,21 @@ def sweep(measure: Callable[[Any], Row], values: list, patience: int,
         row = measure(value)
         rows.append(row)
         misses = misses + 1 if len(rows) > 1 and clearly_misses(row) else 0
+        if misses >= patience:
+            break
+    return choose(rows), rows
+
+
+def threshold_sweep(measure: Callable[[Any], Row], values: list, patience: int,
+                    choose: Choose = fastest_meeting) -> tuple[Row, list[Row]]:
+    """``sweep`` over values[0] (the accepted setting) and then thresholds from the highest down,
+    ending also at the first one that meets (see the module: the lower ones exit later)."""
+    rows, misses = [], 0
+    for value in values:
+        rows.append(measure(value))
+        if len(rows) > 1 and meets(rows[-1]):
+            break
+        misses = misses + 1 if len(rows) > 1 and clearly_misses(rows[-1]) else 0
         if misses >= patience:
             break
     return choose(rows), rows

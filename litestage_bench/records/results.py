@@ -524,16 +524,21 @@ def write_record(path: str | os.PathLike, record: ResultRecord) -> Path:
     return write_json(path, record_to_dict(record))
 
 
-def load_records(path: str | os.PathLike) -> list[ResultRecord]:
-    """One record file, or every ``*.json`` record in a folder (a grid folder: its ``records/``)."""
+def record_files(path: str | os.PathLike) -> list[Path]:
+    """One record file, or every ``*.json`` in a folder (a grid folder: its ``records/``)."""
     path = Path(path)
     if not path.is_dir():
-        return [load_record(path)]
+        return [path]
     folder = path / "records" if (path / "records").is_dir() else path
     files = sorted(folder.glob("*.json"))
     if not files:
         raise UserError(f"{folder} holds no result records (*.json)", "pass a record file or a folder of records")
-    return [load_record(f) for f in files]
+    return files
+
+
+def load_records(path: str | os.PathLike) -> list[ResultRecord]:
+    """One record file, or every ``*.json`` record in a folder (a grid folder: its ``records/``)."""
+    return [load_record(f) for f in record_files(path)]
 
 
 def load_record(path: str | os.PathLike) -> ResultRecord:

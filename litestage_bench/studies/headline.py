@@ -44,7 +44,7 @@ from ..records import stats
 from ..records.fidelity import same_answer
 from ..records.report import (DECOMPOSITION_COLUMNS, THROUGHPUT_COLUMN, decomposition_cells, flips_cell, fmt_num,
                               fmt_p, paired_cell, policy_name, speedup_ci_cell, throughput_cell)
-from ..records.results import ResultRecord, emit_markdown, load_records
+from ..records.results import ResultRecord, emit_markdown, load_record, record_files
 
 SPEED_MATCH = 0.1  # x
 AGREEMENT_MATCH = 0.05
@@ -280,15 +280,40 @@ def headline_markdown(records: list[ResultRecord], command: str, fits: Path = FI
 
 def records_table_main(module: str, doc: str, render: Callable[[list[ResultRecord], str], str],
                        argv: list[str] | None) -> int:
-    """`python -m MODULE RECORD.json|FOLDER ... [--out FILE.md]`: the markdown of `render` over the
-    records, which are named with the command line that rendered them."""
+    """`python -m MODULE RECORD.json|FOLDER ... [--throughput DIR] [--out FILE.md]`: the markdown of
+    `render` over the records, which are named with the command line that rendered them."""
     ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("records", nargs="+", help="record files or folders of records")
+    ap.add_argument("--throughput", metavar="DIR",
+                    help="a folder of the records' batch-B copies (litestage-bench retime-throughput --out-dir DIR): "
+                         "a record whose copy of the same file name is there is read from the copy")
     ap.add_argument("--out", help="write the markdown here too")
     args = ap.parse_args(argv)
     command = f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)
-    return emit_markdown(lambda: render([r for path in args.records for r in load_records(path)], command), args.out)
+
+    def records() -> list[ResultRecord]:
+        folder = Path(args.throughput) if args.throughput else None
+        if folder is not None and not folder.is_dir():
+            raise UserError(f"--throughput {folder} is not a folder", "pass the --out-dir of retime-throughput")
+        return [with_throughput(f, folder) for path in args.records for f in record_files(path)]
+    return emit_markdown(lambda: render(records(), command), args.out)
+
+
+def with_throughput(path: Path, folder: Path | None) -> ResultRecord:
+    """The record at `path`, or its batch-B copy folder/NAME when there is one: the copy must hold the
+    same items, answers and command (retime-throughput only adds `timing.throughput`)."""
+    rec = load_record(path)
+    copy_path = folder / path.name if folder is not None else None
+    if copy_path is None or not copy_path.is_file() or copy_path.resolve() == path.resolve():
+        return rec
+    copy = load_record(copy_path)
+    same = ([(it.id, it.prediction) for it in copy.items] == [(it.id, it.prediction) for it in rec.items]
+            and copy.command == rec.command)
+    if not same:
+        raise UserError(f"{copy_path} is not a batch-B copy of {path}: its items, answers or command differ",
+                        f"re-time the record again (litestage-bench retime-throughput {path} --out-dir {folder})")
+    return copy
 
 
 def main(argv: list[str] | None = None) -> int:
