@@ -36,3 +36,23 @@ def test_evaluation_items_or_a_method_are_refused_in_one_line(tmp_path, capsys):
     assert answer_rule.main([str(tmp_path / "eval.json"), "--out", str(tmp_path / "t.md")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not dense on calibration items" in err[0] and not (tmp_path / "t.md").exists()
+
+
+def test_a_searchs_dense_row_serves_as_a_calibration_record_under_the_models_default_rule(tmp_path):
+    import json
+
+    from litestage_bench.records.results import item_to_dict
+    rec = make_record("dense", [True, False, True, True])
+    for it in rec.items:
+        it.predictions_by_rule["cloze"] = "A"  # cloze 4/4 against letter's 3/4
+    row = {"kind": "dense", "rows_version": 1, "key": {"model": "qwen2.5-coder-1.5b", "bench": "obqa", "config": {}},
+           "value": {"ids": [it.id for it in rec.items], "items": [item_to_dict(it) for it in rec.items], "means": {}}}
+    path = tmp_path / "dense-0123.json"
+    path.write_text(json.dumps(row))
+    rows = {r[3].split()[0]: r for r in answer_rule.record_rows(str(path))}
+    assert rows["cloze"][3] == "cloze (the record's)" and rows["cloze"][7] == "yes"  # the 1.5B's default rule
+    assert rows["letter"][5] == "+0/-1" and rows["cloze"][2] == "4"
+    out = tmp_path / "t.md"
+    assert answer_rule.main([str(path), "--out", str(out)]) == 0 and "dense calibration pass" in out.read_text()
+    path.write_text(json.dumps({**row, "value": {}}))
+    assert answer_rule.main([str(path)]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -31,12 +32,14 @@ def searcher(model, tokenizer, monkeypatch):
     monkeypatch.setattr(litestage, "load_split", split_loader(calibration_splits()))
     monkeypatch.setattr(CandidateMeter, "_timing", _fake_timing)
     r = reasoner(model, tokenizer)
-    session = SimpleNamespace(reasoner=lambda bench, cfg, data_dir=None: r, executor=r.ex,
-                              loaded=SimpleNamespace(name="tiny", source="test", dtype="float32", numerics="float32"))
-
-    def run(store, cpu: str) -> dict:
+    def run(store, cpu: str, home=None, log=lambda m: None) -> dict:
+        # the model's folder as each machine has it: under its own home, named by the weights' hash
+        source = str((home or store.parent / "home1") / "models" / "tiny-0123abcd")
+        session = SimpleNamespace(reasoner=lambda bench, cfg, data_dir=None: r, executor=r.ex,
+                                  loaded=SimpleNamespace(name="tiny", source=source, dtype="float32", numerics="float32"))
         monkeypatch.setattr(litestage, "machine_info", lambda: {"cpu": cpu})
-        return litestage.search(session, "obqa", SearchOptions(**OPTS), r.cfg, store_dir=store, log=lambda m: None)
+        return litestage.search(session, "obqa", SearchOptions(**OPTS), r.cfg, store_dir=store, log=log)
+    run.reasoner = r
     return run
 
 
@@ -45,7 +48,7 @@ def test_a_fresh_clone_on_another_cpu_resumes_with_no_answer_measured_and_the_sa
     assert first["search_cost"]["candidates_measured"] >= 2
     # the rows that landed, on a fresh clone of another machine (no stage memo, no other files)
     shutil.copytree(tmp_path / "machine1", tmp_path / "clone")
-    again = searcher(tmp_path / "clone", "CPU two")
+    again = searcher(tmp_path / "clone", "CPU two", home=tmp_path / "home2")
     cost = again["search_cost"]
     assert cost["candidates_retimed"] == cost["candidates_measured"] > 0  # every answer read, only re-timed
     assert (again["stages"], again["early_exit"]) == (first["stages"], first["early_exit"])
@@ -55,6 +58,20 @@ def test_a_fresh_clone_on_another_cpu_resumes_with_no_answer_measured_and_the_sa
     for path in (tmp_path / "clone").iterdir():
         assert str(tmp_path) not in path.read_text()
     assert again["search_cost"]["rows"]["dir"] == (tmp_path / "clone").as_posix()
+
+
+def test_the_dense_row_serves_every_answer_rule_and_is_answered_by_the_searchs_own(searcher, tmp_path):
+    first = searcher(tmp_path / "rows", "CPU one")
+    dense = next(p for p in (tmp_path / "rows").iterdir() if p.name.startswith("dense-"))
+    items = json.loads(dense.read_text())["value"]["items"]
+    searcher.reasoner.cfg = replace(searcher.reasoner.cfg, answer_rule="letter")
+    lines = []
+    other = searcher(tmp_path / "rows", "CPU one", log=lines.append)
+    assert any("calibration items from" in line and dense.name in line for line in lines)  # read, not measured
+    letter = sum(it["predictions_by_rule"]["letter"] == it["answer"] for it in items) / len(items)
+    assert other["calibration"]["dense_accuracy"] == pytest.approx(letter)
+    assert first["calibration"]["dense_accuracy"] == pytest.approx(
+        sum(it["predictions_by_rule"]["cloze"] == it["answer"] for it in items) / len(items))
 
 
 def test_a_malformed_row_stops_the_search_with_a_one_line_error(searcher, tmp_path):

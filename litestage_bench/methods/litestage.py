@@ -58,7 +58,8 @@ from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, ite
 from .registry import Method, ModelFacts, register, register_search
 from .search_decisions import (decide, look_ends, look_plan, look_test, merge_answer_counts,  # noqa: F401
                                run_looks, target_power)  # (decide, look_ends, look_test: re-exported)
-from .search_rows import RowStore, canary, default_store, ids_sha, item_columns
+from .search_rows import (RowStore, canary, default_store, generations_canary, ids_sha, item_columns, model_source,
+                          under_rule)
 from .search_speed import SpeedPredictor, find_predictor
 from .search_sweep import coarse_to_fine, fastest_meeting, finalists, meets, sweep, threshold_sweep  # noqa: F401 (re-exported)
 
@@ -534,14 +535,15 @@ def calibration_items(bench: str, limit: int, timed: int, seed: int, data_dir=No
 
 
 def _canary(reasoner: Reasoner, items: list[Question], opts: SearchOptions, recorders: dict,
-            memo: StageMemo) -> tuple[str, dict]:
+            memo: StageMemo) -> tuple[str, str, dict]:
     """Dense on the first calibration batches (covering the harm items), traced; run by every search
-    before it reads any row. Its hash goes into the answer keys (search_rows.py), its stage runs
-    into the memo (the dense pass takes them from there) and its trace gives the harm prompts."""
+    before it reads any row. Its hashes go into the row keys (search_rows.py: the answers' with the
+    rule's answers, the dense row's with every rule's), its stage runs into the memo (the dense pass
+    takes them from there) and its trace gives the harm prompts."""
     n = -(-max(opts.batch_size, opts.harm_items) // opts.batch_size) * opts.batch_size
     with reasoner.tracing() as trace:
         results = evaluate_items(reasoner, SkipPlan(), recorders, items[:n], opts.batch_size, progress=False, memo=memo)
-    return canary(results), trace
+    return canary(results), generations_canary(results), trace
 
 
 def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: SearchOptions, label: str,
@@ -550,12 +552,14 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
     """Dense on the calibration items, batched: its answers, the confidence means (exit thresholds)
     and the importance vectors, from the row store when both rows are there (then the stage texts
     are the canary's: enough for the harm prompts), else measured, importance row first, so that a
-    dense row never stands without its importance."""
+    dense row never stands without its importance. The row is the same for every answer rule (its
+    key leaves the rule out): read back, its items are answered by this search's rule."""
     header = reasoner.header.ids if reasoner.header else []
     if store.path("dense", key).is_file() and store.path("importance", key).is_file():
         value = store.stored("dense", key, dict)[0]
         importance = store.stored("importance", key, dict)[0]
-        dense = [item_from_dict(it, f"search row {store.path('dense', key)}", i) for i, it in enumerate(value["items"])]
+        dense = [under_rule(item_from_dict(it, f"search row {store.path('dense', key)}", i), reasoner.cfg.answer_rule)
+                 for i, it in enumerate(value["items"])]
         log(f"[search] {label}: dense on {len(items)} calibration items from {store.path('dense', key)}")
         return dense, StageTexts(header, canary_trace), value["means"], importance
     log(f"[search] {label}: dense on {len(items)} calibration items")
@@ -590,17 +594,19 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                  "device": str(session.executor.device), "cpu": str(machine_info().get("cpu"))}
     speed = find_predictor(opts.latency_fit, fit_group, bench, log)  # before anything runs: a bad fit fails now
     log(f"[search] {name} {bench}: rows in {store.root}; dense on the first calibration batches (canary)")
-    canary_sha, canary_trace = _canary(reasoner, items, opts, recorders, memo)
+    canary_sha, generations_sha, canary_trace = _canary(reasoner, items, opts, recorders, memo)
 
-    base_key = {"code": code_version(), "canary": canary_sha, "model": name, "source": session.loaded.source,
+    base_key = {"code": code_version(), "canary": canary_sha, "model": name,
+                "source": model_source(session.loaded.source),
                 "dtype": session.loaded.dtype, "numerics": session.loaded.numerics, "bench": bench,
                 "items": ids_sha([q.id for q in items]), "timed": ids_sha([q.id for q in timed_items]),
                 "config": config.to_dict(), "cpu": machine_info().get("cpu"), "threads": _threads(),
                 "device": str(session.executor.device)}
     exact = exact_numerics(session.loaded.numerics or session.loaded.dtype, str(session.executor.device))
     keys = cache_keys(base_key, exact, opts)
-    dense_key = {**keys[0], "batch_size": opts.batch_size, "exit_window": opts.exit_window,
-                 "exit_confidence": opts.exit_confidence}
+    rule_free = {k: v for k, v in keys[0]["config"].items() if k != "answer_rule"}
+    dense_key = {**keys[0], "canary": generations_sha, "config": rule_free, "batch_size": opts.batch_size,
+                 "exit_window": opts.exit_window, "exit_confidence": opts.exit_confidence}
     dense, texts, means, per_stage = _dense_pass(session, reasoner, items, opts, f"{name} {bench}", store, dense_key,
                                                  canary_trace, recorders, memo, log)
     if not texts.header:

@@ -130,3 +130,25 @@ def item_columns(results: list) -> dict:
 def canary(results: list) -> str:
     """A hash of dense's answers and outputs on some items: equal only where they reproduce."""
     return key_sha([[r.id, r.prediction, sorted(r.outputs.items())] for r in results])
+
+
+def generations_canary(results: list) -> str:
+    """As ``canary`` over every answer rule's prediction instead of the chosen one: the same for any
+    answer rule (the dense row's key: a rule only picks among predictions every run makes)."""
+    return key_sha([[r.id, sorted((r.predictions_by_rule or {}).items()), sorted(r.outputs.items())]
+                    for r in results])
+
+
+def model_source(source: str) -> str:
+    """The model's source in a row key: a local folder by its name (which carries the weights' hash),
+    never the machine's path to it, so that another machine's rows match; a hub id as it is."""
+    return Path(source).name if os.path.isabs(source) else source
+
+
+def under_rule(item, rule: str):
+    """`item` (an ItemResult) answered by `rule` from its every-rule predictions."""
+    from dataclasses import replace
+
+    from ..evaluation.answers import decide
+    prediction, used = decide(rule, item.predictions_by_rule or {})
+    return replace(item, prediction=prediction, rule=used, correct=prediction == item.answer)

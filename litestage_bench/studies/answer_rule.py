@@ -1,10 +1,12 @@
 """Choose a model's answer rule on calibration items: every rule's accuracy on the same dense
 generations (`predictions_by_rule`), beside the rule the record ran with, paired.
 
-    python -m litestage_bench.studies.answer_rule CALIB_RECORD.json ... --out results/headline/answer_rule.md
+    python -m litestage_bench.studies.answer_rule CALIB_RECORD.json|DENSE_ROW.json ... --out results/headline/answer_rule.md
 
 Each record must be dense on the calibration split (`litestage-bench run ... --split calib`), so the
-rule is never chosen on evaluation items. Per record: each rule's accuracy with its Wilson 95% CI,
+rule is never chosen on evaluation items. A LiteStage search's dense row
+(`results/search/MODEL_BENCH/dense-SHA.json`: dense on the search's calibration items, every rule's
+prediction kept) serves as well, at no extra cost; its own rule is the model's default. Per record: each rule's accuracy with its Wilson 95% CI,
 its items gained / lost against the record's own rule and the exact McNemar p. The chosen rule is
 the most accurate one; a tie keeps the record's rule. With a record per benchmark the choice is per
 benchmark (the reasoner's `--answer-rule`).
@@ -12,13 +14,17 @@ benchmark (the reasoner's `--answer-rule`).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 from tabulate import tabulate
 
 from ..core.errors import UserError
 from ..records import stats
-from ..records.results import ResultRecord, emit_markdown, load_record
+from ..engine.models import MODELS
+from ..records.results import ResultRecord, emit_markdown, item_from_dict, load_record
 
 COLUMNS = ["model", "benchmark", "n", "rule", "accuracy [95% CI]", "vs the record's rule (+gained/-lost)",
            "McNemar p", "chosen"]
@@ -38,8 +44,28 @@ def choose(r: ResultRecord) -> str:
     return r.answer_rule if r.answer_rule in tied else tied[0]
 
 
+def load_calibration(path: str):
+    """A record, or a search's dense row read as one (model, benchmark, split, method, answer_rule,
+    items, n, command: what this table reads)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and data.get("kind") == "dense" and "rows_version" in data):
+        return load_record(path)
+    key, value = data.get("key") or {}, data.get("value") or {}
+    if not isinstance(value.get("items"), list) or "model" not in key or "bench" not in key:
+        raise UserError(f"{path} is not a whole dense row of a search", "pass the dense-SHA.json the search wrote")
+    items = [item_from_dict(it, f"search row {path}", i) for i, it in enumerate(value["items"])]
+    spec = MODELS.get(key["model"])
+    own = key.get("config", {}).get("answer_rule") or (spec.default_answer_rule if spec else "letter")
+    return SimpleNamespace(model=key["model"], benchmark=key["bench"], split="calib", method="dense",
+                           answer_rule=own, items=items, n=len(items),
+                           command=f"the dense calibration pass of a LiteStage search: {Path(path).as_posix()}")
+
+
 def record_rows(path: str) -> list[list[str]]:
-    r = load_record(path)
+    r = load_calibration(path)
     if r.split != "calib" or r.method != "dense":
         raise UserError(f"{path} is {r.method} on the {r.split} split, not dense on calibration items",
                         "run `litestage-bench run --model M --bench B --split calib --limit 100 --out R.json`")
@@ -73,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return (f"# The answer rule, chosen on calibration items\n\nRendered with `{command}`.\n\n"
                 "Every rule scores the same dense generations; the chosen rule is the most accurate (a tie keeps "
                 f"the record's own).\n\n{table}\n\nRecords:\n"
-                + "".join(f"- `{load_record(p).command}`\n" for p in args.records))
+                + "".join(f"- `{load_calibration(p).command}`\n" for p in args.records))
 
     return emit_markdown(render, args.out)
 
