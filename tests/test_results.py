@@ -602,3 +602,15 @@ def test_the_one_step_pass_prints_progress_and_scores_both_rules(capsys):
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "one-step" in ln]
     assert [ln.split("]")[1].split()[0] for ln in lines] == ["25/30", "30/30"]
     assert lines[0].startswith("[m obqa dense one-step]") and "s/question" in lines[0]
+
+
+def test_no_committed_result_names_a_machine_path():
+    """results/ holds no absolute path of the machine that made it (a home, a cache, a checkout); a
+    scratch folder under /tmp that a recorded command was given (--out /tmp/...) may stand."""
+    import re
+    root = Path(__file__).resolve().parent.parent / "results"
+    machine = re.compile(r"(?<![\w.~])/(root|home|work|Users)/")
+    named = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".md", ".txt",
+                                                                                                ".jsonl")
+             and machine.search(p.read_text(encoding="utf-8", errors="replace"))]
+    assert not named, f"machine paths in {named[:5]}"
