@@ -10,6 +10,8 @@ import re
 
 import torch
 
+from ..records.fidelity import decide  # noqa: F401 (the reasoner's; records re-score with it)
+
 ANSWER_RE = re.compile(r"the answer is option ([A-Z])\.")
 def regex_answer(text: str, labels: tuple[str, ...]) -> str | None:
     """TinyThinker's regex on the Summarize text; None without a match or for a letter not offered."""
@@ -60,9 +62,3 @@ def option_logprobs(first_logits: torch.Tensor, block_logits: torch.Tensor, opti
     return torch.stack(scores).tolist()  # one device-to-host copy for all options
 
 
-def decide(rule: str, predictions: dict[str, str | None]) -> tuple[str | None, str]:
-    """Apply a rule (or chain) to the per-rule predictions: (prediction, deciding rule)."""
-    for part in rule.split("+"):
-        if predictions.get(part) is not None:
-            return predictions[part], part
-    return None, "none"

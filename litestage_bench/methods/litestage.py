@@ -49,7 +49,7 @@ from ..engine.plan import STAGES, SkipPlan, SkipSet, StagePlan, check_skip_set
 from ..evaluation.benchmarks import Question, check_disjoint, check_items, load_split, subset
 from ..evaluation.reasoner import Callbacks, Reasoner, StageMemo
 from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
-from ..records.fidelity import aggregate_fidelity
+from ..records.fidelity import aggregate_fidelity, answered_by
 from ..records.noise import exact_numerics
 from ..records.results import ItemResult, item_from_dict, item_to_dict, machine_info
 from ..records.timing import paired_speedup
@@ -58,8 +58,7 @@ from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, ite
 from .registry import Method, ModelFacts, register, register_search
 from .search_decisions import (decide, look_ends, look_plan, look_test, merge_answer_counts,  # noqa: F401
                                run_looks, target_power)  # (decide, look_ends, look_test: re-exported)
-from .search_rows import (RowStore, canary, default_store, generations_canary, ids_sha, item_columns, model_source,
-                          under_rule)
+from .search_rows import RowStore, canary, default_store, generations_canary, ids_sha, item_columns, model_source
 from .search_speed import SpeedPredictor, find_predictor
 from .search_sweep import coarse_to_fine, fastest_meeting, finalists, meets, sweep, threshold_sweep  # noqa: F401 (re-exported)
 
@@ -558,7 +557,7 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
     if store.path("dense", key).is_file() and store.path("importance", key).is_file():
         value = store.stored("dense", key, dict)[0]
         importance = store.stored("importance", key, dict)[0]
-        dense = [under_rule(item_from_dict(it, f"search row {store.path('dense', key)}", i), reasoner.cfg.answer_rule)
+        dense = [answered_by(item_from_dict(it, f"search row {store.path('dense', key)}", i), reasoner.cfg.answer_rule)
                  for i, it in enumerate(value["items"])]
         log(f"[search] {label}: dense on {len(items)} calibration items from {store.path('dense', key)}")
         return dense, StageTexts(header, canary_trace), value["means"], importance

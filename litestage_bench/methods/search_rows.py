@@ -143,12 +143,3 @@ def model_source(source: str) -> str:
     """The model's source in a row key: a local folder by its name (which carries the weights' hash),
     never the machine's path to it, so that another machine's rows match; a hub id as it is."""
     return Path(source).name if os.path.isabs(source) else source
-
-
-def under_rule(item, rule: str):
-    """`item` (an ItemResult) answered by `rule` from its every-rule predictions."""
-    from dataclasses import replace
-
-    from ..evaluation.answers import decide
-    prediction, used = decide(rule, item.predictions_by_rule or {})
-    return replace(item, prediction=prediction, rule=used, correct=prediction == item.answer)

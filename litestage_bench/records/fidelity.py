@@ -31,6 +31,22 @@ def check_rule(rule: str) -> str:
     return rule
 
 
+def decide(rule: str, predictions: dict[str, str | None]) -> tuple[str | None, str]:
+    """Apply a rule (or chain) to the per-rule predictions: (prediction, deciding rule)."""
+    for part in rule.split("+"):
+        if predictions.get(part) is not None:
+            return predictions[part], part
+    return None, "none"
+
+
+def answered_by(item: "ItemResult", rule: str) -> "ItemResult":
+    """`item` answered by `rule` from its every-rule predictions (the same generations)."""
+    from dataclasses import replace
+
+    prediction, used = decide(rule, item.predictions_by_rule or {})
+    return replace(item, prediction=prediction, rule=used, correct=prediction == item.answer)
+
+
 def score_rule(answer_rule: str) -> str:
     """``"cloze"`` or ``"letter"``: whose ``option_scores`` stand for ``answer_rule``'s answer.
 
