@@ -249,10 +249,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.latency_fit.lower() not in ("auto", "none"):
         from .records.latency_model import load_fit
         load_fit(args.latency_fit)  # likewise
+    if args.answer_rule:
+        from .records.fidelity import check_rule
+        check_rule(args.answer_rule)
     out = Path(args.out)
     _clean_stale(out)
     session = Session.open(args.model, dtype=args.dtype, device=args.device, numerics=args.numerics)
-    config = default_config(session.loaded, shots=args.shots)
+    config = default_config(session.loaded, shots=args.shots, answer_rule=args.answer_rule)
     policy = SEARCHES[args.method](session, args.bench, args, config, _command_line(), log)
     atomic_write(out, lambda fh: json.dump(policy, fh, indent=1))
     cost = policy.get("search_cost", {})
@@ -462,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     drafts.add_argument("--ranking-from", help="take the sub-layer ranking of this LiteStage policy (same model "
                         "and benchmark) instead of measuring it")
     search.add_argument("--shots", type=_non_negative)
+    search.add_argument("--answer-rule", help="regex, letter, cloze, regex+letter, regex+cloze (default: per model); "
+                                              "the records of its policy take the same `run --answer-rule`")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--dtype")
     search.add_argument("--numerics", help=NUMERICS_HELP)

@@ -375,3 +375,6 @@ def test_search_flags_set_the_new_options_and_the_policy_records_them(tmp_path, 
     assert main([*base[:-1], str(out), "--latency-fit", str(tmp_path / "none.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0] and not out.exists()
+    assert build_parser().parse_args([*base, "--answer-rule", "regex"]).answer_rule == "regex"
+    assert main([*base[:-1], str(out), "--answer-rule", "vote"]) == 2  # refused before the model loads
+    assert "unknown answer rule 'vote'" in capsys.readouterr().err and not out.exists()
