@@ -465,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     drafts.add_argument("--ranking-from", help="take the sub-layer ranking of this LiteStage policy (same model "
                         "and benchmark) instead of measuring it")
     search.add_argument("--shots", type=_non_negative)
+    search.add_argument("--importance-items", type=_positive,
+                        help="LiteStage: the importance from the first N calibration items' prefills (default: all)")
     search.add_argument("--answer-rule", help="regex, letter, cloze, regex+letter, regex+cloze (default: per model); "
                                               "the records of its policy take the same `run --answer-rule`")
     search.add_argument("--seed", type=int, default=0)

@@ -120,6 +120,24 @@ HEADER = [3, 14, 15, 92, 65, 35]
 BODIES = [[5, 17, 33, 2, 81, 40, 9], [64, 12, 7, 55], [21, 22, 23, 24, 25, 26, 27, 28, 29]]
 
 
+def test_importance_merged_from_batch_parts_is_the_one_pass_importance():
+    from litestage_bench.evaluation.header_cache import HeaderCache
+    from litestage_bench.methods.calibration import merged_importance, probe_sums
+    model = _identity_model()
+    ex = SkipExecutor(model)
+    whole = sublayer_similarity(ex, _texts(HEADER, BODIES), batch_size=2)
+    header = HeaderCache(ex, HEADER)
+    texts = _texts(HEADER, BODIES)
+    parts = [probe_sums(ex, header, StageTexts(HEADER, {s: [e for e in texts.entries[s] if e[0] in ids]
+                                                        for s in STAGES}), batch_size=2)
+             for ids in ({"q0", "q1"}, {"q2"})]  # two batches of the pass, as the search measures them
+    merged = merged_importance(parts)
+    for stage in STAGES:
+        for k in ("attn", "ffn"):
+            assert merged[stage][k] == pytest.approx(whole[stage][k], abs=1e-12)
+    assert parts[1]["recall"]["rows"]["attn"][0] == 1.0  # one prompt in the second batch
+
+
 def test_identity_sublayers_rank_first():
     ex = SkipExecutor(_identity_model())
     lines = []

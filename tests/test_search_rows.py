@@ -74,6 +74,38 @@ def test_the_dense_row_serves_every_answer_rule_and_is_answered_by_the_searchs_o
         sum(it["predictions_by_rule"]["cloze"] == it["answer"] for it in items) / len(items))
 
 
+def test_a_dense_pass_cut_off_after_a_batch_continues_from_its_batch_row(searcher, tmp_path, monkeypatch):
+    whole = searcher(tmp_path / "whole", "CPU one")
+    real, calls = litestage.probe_sums, []
+
+    def cut_off(*args, **kwargs):  # the machine is taken away while the second batch is measured
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(litestage, "probe_sums", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        searcher(tmp_path / "cut", "CPU one")
+    assert [p.name.split("-")[1] for p in (tmp_path / "cut").iterdir()] == ["batch"]  # the first batch landed
+    monkeypatch.setattr(litestage, "probe_sums", real)
+    lines = []
+    again = searcher(tmp_path / "cut", "CPU two", log=lines.append)
+    assert any("3/6 items (read back)" in line for line in lines) and any("6/6 items (measured)" in line for line in lines)
+    assert (again["importance"], again["stages"], again["early_exit"]) == (whole["importance"], whole["stages"],
+                                                                        whole["early_exit"])
+    assert again["exit_thresholds_swept"] == whole["exit_thresholds_swept"]  # the confidences of both batches
+    assert not [p for p in (tmp_path / "cut").iterdir() if p.name.startswith("dense-batch-")]  # in the dense row now
+
+
+def test_the_importance_from_the_first_items_shares_the_dense_row(searcher, tmp_path, monkeypatch):
+    whole = searcher(tmp_path / "rows", "CPU one")
+    monkeypatch.setitem(OPTS, "importance_items", 3)  # the first batch of 3
+    first = searcher(tmp_path / "rows", "CPU one")
+    names = sorted(p.name.split("-")[0] for p in (tmp_path / "rows").iterdir() if not p.name.startswith("answers"))
+    assert names.count("dense") == 1 and names.count("importance") == 2  # one dense pass, two importances
+    assert first["importance"] != whole["importance"] and first["options"]["importance_items"] == 3
+
+
 def test_a_malformed_row_stops_the_search_with_a_one_line_error(searcher, tmp_path):
     searcher(tmp_path, "CPU one")
     row = sorted(tmp_path.glob("answers-*.json"))[-1]

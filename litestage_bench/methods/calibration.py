@@ -87,16 +87,40 @@ def sublayer_similarity(ex: SkipExecutor, texts: StageTexts, batch_size: int = 8
     """Per stage: {"attn": [L], "ffn": [L]} mean input/output cosine over the stage's dense prefills;
     `log` gets a line per stage (the pass runs for minutes on a 200-item calibration set)."""
     header = HeaderCache(ex, texts.header)
-    dense = StagePlan()
     out = {}
     for stage in STAGES:
-        probe = CosineProbe(ex.num_layers)
-        prompts, start = texts.prompts(stage), time.perf_counter()
-        for chunk in _chunks(prompts, batch_size):
-            prefill_after_header(ex, header, chunk, dense, probe=probe)
-        out[stage] = probe.means()
+        start = time.perf_counter()
+        out.update(merged_importance([probe_sums(ex, header, texts, batch_size, stages=(stage,))]))
         if log is not None:
-            log(f"[search] importance: {stage}'s {len(prompts)} dense prefills in {time.perf_counter() - start:.0f} s")
+            log(f"[search] importance: {stage}'s {len(texts.prompts(stage))} dense prefills in "
+                f"{time.perf_counter() - start:.0f} s")
+    return out
+
+
+def probe_sums(ex: SkipExecutor, header: HeaderCache, texts: StageTexts, batch_size: int = 8,
+               stages: tuple[str, ...] = STAGES) -> dict:
+    """Per stage, the CosineProbe's raw sums and row counts over the stage's dense prefills: parts
+    of one pass that `merged_importance` adds up (the search measures them batch by batch)."""
+    out = {}
+    for stage in stages:
+        probe = CosineProbe(ex.num_layers)
+        for chunk in _chunks(texts.prompts(stage), batch_size):
+            prefill_after_header(ex, header, chunk, StagePlan(), probe=probe)
+        out[stage] = {"sums": {k: probe.sums[k].tolist() for k in SUBLAYERS},
+                      "rows": {k: probe.rows[k].tolist() for k in SUBLAYERS}}
+    return out
+
+
+def merged_importance(parts: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """sublayer_similarity's result from `probe_sums` parts: per stage and sub-layer, the summed
+    cosines over the summed rows."""
+    out = {}
+    for stage in parts[0]:
+        out[stage] = {}
+        for k in SUBLAYERS:
+            sums = [sum(p[stage]["sums"][k][j] for p in parts) for j in range(len(parts[0][stage]["sums"][k]))]
+            rows = [sum(p[stage]["rows"][k][j] for p in parts) for j in range(len(sums))]
+            out[stage][k] = [x / max(r, 1.0) for x, r in zip(sums, rows)]
     return out
 
 

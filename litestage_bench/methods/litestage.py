@@ -47,14 +47,15 @@ from ..core.schema import Checker
 from ..engine.early_exit import CONFIDENCES, ConfidenceExit, ConfidenceRecorder, ExitRule
 from ..engine.plan import STAGES, SkipPlan, SkipSet, StagePlan, check_skip_set
 from ..evaluation.benchmarks import Question, check_disjoint, check_items, load_split, subset
+from ..evaluation.header_cache import HeaderCache
 from ..evaluation.reasoner import Callbacks, Reasoner, StageMemo
 from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
 from ..records.fidelity import aggregate_fidelity, answered_by
 from ..records.noise import exact_numerics
 from ..records.results import ItemResult, item_from_dict, item_to_dict, machine_info
 from ..records.timing import paired_speedup
-from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking, ranking_vs_harm,
-                          skip_set, sublayer_similarity)
+from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking, merged_importance,
+                          probe_sums, ranking_vs_harm, skip_set)
 from .registry import Method, ModelFacts, register, register_search
 from .search_decisions import (decide, look_ends, look_plan, look_test, merge_answer_counts,  # noqa: F401
                                run_looks, target_power)  # (decide, look_ends, look_test: re-exported)
@@ -190,6 +191,7 @@ class SearchOptions:
     exit_confidence: str = "max_prob"
     exit_quantiles: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
     harm_items: int = 8  # calibration questions whose stage prompts measure KL harm
+    importance_items: int | None = None  # the first N calibration items' prefills give the importance (None: all)
     harm_profile: bool = False  # every unit skipped alone, with its rank correlation to the cosine ranking
     iterative_pool: int | None = 16  # candidates per iterative round (None: all)
     seed: int = 0
@@ -208,6 +210,7 @@ class SearchOptions:
                    "futility confidence must be within 0.5..confidence"),
                   (0.5 < self.confidence < 1, "confidence must be within 0.5..1"),
                   (1 <= self.timed <= self.limit, "timed must be within 1..limit"),
+                  (self.importance_items is None or self.importance_items >= 1, "importance items must be >= 1"),
                   (self.throughput is None or (self.throughput[0] >= 2 and min(self.throughput[1:]) >= 1 and
                                                self.throughput[0] * self.throughput[1] <= look_ends(
                                                    self.limit, self.looks, self.batch_size)[0]),
@@ -549,28 +552,67 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
                 store: RowStore, key: dict, canary_trace: dict, recorders: dict, memo: StageMemo,
                 log: Callable[[str], None]) -> tuple[list[ItemResult], StageTexts, dict, dict]:
     """Dense on the calibration items, batched: its answers, the confidence means (exit thresholds)
-    and the importance vectors, from the row store when both rows are there (then the stage texts
-    are the canary's: enough for the harm prompts), else measured, importance row first, so that a
-    dense row never stands without its importance. The row is the same for every answer rule (its
-    key leaves the rule out): read back, its items are answered by this search's rule."""
+    and the importance vectors. Measured batch by batch, each batch's answers, confidences and
+    importance sums written as a `dense-batch` row when it finishes, so that a pass longer than a
+    working period (1.7 core-hours on the 1.5B) continues on the next machine; the whole pass then
+    becomes the importance and dense rows (importance first: a dense row never stands without it)
+    and the batch rows go. The dense row is the same for every answer rule (its key leaves the rule
+    out): its items are answered by this search's rule. The stage texts returned are the canary's
+    (enough for the harm prompts)."""
     header = reasoner.header.ids if reasoner.header else []
-    if store.path("dense", key).is_file() and store.path("importance", key).is_file():
+    texts = StageTexts(header, canary_trace)
+    rule = reasoner.cfg.answer_rule
+    importance_key = {} if opts.importance_items is None else {"importance_items": opts.importance_items}
+    if store.path("dense", key).is_file() and store.path("importance", {**key, **importance_key}).is_file():
         value = store.stored("dense", key, dict)[0]
-        importance = store.stored("importance", key, dict)[0]
-        dense = [answered_by(item_from_dict(it, f"search row {store.path('dense', key)}", i), reasoner.cfg.answer_rule)
+        importance = store.stored("importance", {**key, **importance_key}, dict)[0]
+        dense = [answered_by(item_from_dict(it, f"search row {store.path('dense', key)}", i), rule)
                  for i, it in enumerate(value["items"])]
         log(f"[search] {label}: dense on {len(items)} calibration items from {store.path('dense', key)}")
-        return dense, StageTexts(header, canary_trace), value["means"], importance
-    log(f"[search] {label}: dense on {len(items)} calibration items")
-    with reasoner.tracing() as trace:
-        dense = evaluate_items(reasoner, SkipPlan(), recorders, items, opts.batch_size, f"{label} dense", memo=memo)
-    texts = StageTexts(header, {s: canary_trace.get(s, []) + trace.get(s, []) for s in STAGES})
-    log(f"[search] {label}: importance (input/output cosine of every sub-layer over the dense prefills)")
-    importance = store.stored("importance", key,
-                              lambda: sublayer_similarity(session.executor, texts, opts.batch_size, log))[0]
-    means = {s: recorders[s].means for s in STAGES}
-    store.stored("dense", key, lambda: {"ids": [q.id for q in items], "items": [item_to_dict(d) for d in dense],
-                                        "means": means})
+        return dense, texts, value["means"], importance
+    # the importance of the first N items' prefills (a prefill costs the 1.5B about as much per item as
+    # its whole dense answer); its key names N only when it is not every item, as before
+    n_importance = len(items) if opts.importance_items is None else opts.importance_items
+    n_canary = -(-max(opts.batch_size, opts.harm_items) // opts.batch_size) * opts.batch_size
+    canary_ids = {q.id for q in items[:n_canary]}
+    canary_means = {s: list(recorders[s].means) for s in STAGES}  # recorded by the canary's batches
+    header_cache = HeaderCache(session.executor, header)
+    log(f"[search] {label}: dense on {len(items)} calibration items and the importance of their prefills, "
+        f"batch by batch (rows dense-batch-*)")
+    parts, batch_keys, start = [], [], time.perf_counter()
+    for b in range(0, len(items), opts.batch_size):
+        batch = items[b:b + opts.batch_size]
+        ids = [q.id for q in batch]
+
+        def measure(batch: list[Question] = batch, ids: list[str] = ids, index: int = b) -> dict:
+            before = {s: len(recorders[s].means) for s in STAGES}
+            with reasoner.tracing() as trace:
+                results = evaluate_items(reasoner, SkipPlan(), recorders, batch, opts.batch_size, progress=False,
+                                         memo=memo)
+            in_canary = set(ids) <= canary_ids  # its stage runs came from the canary's memo: so did its trace
+            source = canary_trace if in_canary else trace
+            batch_texts = StageTexts(header, {s: [e for e in source.get(s, []) if e[0] in set(ids)] for s in STAGES})
+            means = ({s: (canary_means[s] if index == 0 else []) for s in STAGES} if in_canary
+                     else {s: recorders[s].means[before[s]:] for s in STAGES})
+            probe = (probe_sums(session.executor, header_cache, batch_texts, opts.batch_size)
+                     if index < n_importance else None)
+            return {"ids": ids, "items": [item_to_dict(r) for r in results], "means": means, "probe": probe}
+        batch_key = {**key, "batch": ids_sha(ids), **importance_key}
+        value, read, _ = store.stored("dense-batch", batch_key, measure)
+        parts.append(value)
+        batch_keys.append(batch_key)
+        done = b + len(batch)
+        log(f"[search] {label} dense: {done}/{len(items)} items ({'read back' if read else 'measured'}), "
+            f"{(time.perf_counter() - start) / 60:.1f} min")
+    means = {s: [m for p in parts for m in p["means"][s]] for s in STAGES}
+    importance = store.stored("importance", {**key, **importance_key},
+                              lambda: merged_importance([p["probe"] for p in parts if p["probe"]]))[0]
+    value = store.stored("dense", key, lambda: {"ids": [q.id for q in items],
+                                                "items": [it for p in parts for it in p["items"]], "means": means})[0]
+    for batch_key in batch_keys:  # the dense row holds them now
+        store.remove("dense-batch", batch_key)
+    dense = [answered_by(item_from_dict(it, f"search row {store.path('dense', key)}", i), rule)
+             for i, it in enumerate(value["items"])]
     return dense, texts, means, importance
 
 
@@ -708,4 +750,5 @@ def options_from_args(args) -> SearchOptions:
         futility_confidence=args.futility_confidence, throughput=_throughput_option(args),
         latency_fit=None if args.latency_fit.lower() == "none" else args.latency_fit,
         patience=args.patience, looks=args.looks, confidence=args.confidence, iterative_pool=args.iterative_pool,
-        early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed)
+        early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed,
+        importance_items=args.importance_items)

@@ -34,9 +34,9 @@ from ..core.errors import UserError
 from ..records.results import atomic_write
 
 ROWS_VERSION = 1  # bump when a change alters what a skip plan computes but not dense's outputs
-KINDS = ("dense", "importance", "answers", "timing", "throughput")
+KINDS = ("dense", "dense-batch", "importance", "answers", "timing", "throughput")
 # the fields a row's value must hold, per kind (what the search reads back)
-REQUIRED = {"dense": ("items", "means"), "importance": (),
+REQUIRED = {"dense": ("items", "means"), "dense-batch": ("ids", "items", "means", "probe"), "importance": (),
             "answers": ("n", "correct", "correct_to_wrong", "wrong_to_correct", "changed", "answer_kl_n",
                         "answer_kl_sum", "token_sums", "cost_fraction_sums", "cpu", "seconds"),
             "timing": ("speedup", "timing_seconds"),
@@ -86,7 +86,7 @@ def load_row(path: Path, kind: str) -> dict:
     missing = [k for k in REQUIRED[kind] if not isinstance(value, dict) or k not in value]
     if missing:
         raise _bad_row(path, f"missing {', '.join(missing)}")
-    if kind == "dense" and not isinstance(value["items"], list):
+    if kind in ("dense", "dense-batch") and not isinstance(value["items"], list):
         raise _bad_row(path, "'items' must be a list")
     if not isinstance(row.get("key"), dict):
         raise _bad_row(path, "missing its key")
@@ -103,6 +103,13 @@ class RowStore:
 
     def path(self, kind: str, key: dict) -> Path:
         return self.root / f"{kind}-{key_sha({'rows_version': ROWS_VERSION, **key})}.json"
+
+    def remove(self, kind: str, key: dict) -> None:
+        """Delete a row whose content another row now holds (the dense pass's batch rows)."""
+        path = self.path(kind, key)
+        path.unlink(missing_ok=True)
+        self.written = [n for n in self.written if n != path.name]
+        self.read = [n for n in self.read if n != path.name]
 
     def stored(self, kind: str, key: dict, compute: Callable[[], Any], meta: dict | None = None) -> tuple[Any, bool, str]:
         """(value, whether it was read back, the row's file name)."""
