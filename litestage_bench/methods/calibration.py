@@ -65,9 +65,6 @@ class CosineProbe:
         self.sums[kind][layer] += float(per_row.double().sum())
         self.rows[kind][layer] += int(has.sum())
 
-    def means(self) -> dict[str, list[float]]:
-        return {k: (self.sums[k] / self.rows[k].clamp(min=1)).tolist() for k in SUBLAYERS}
-
 
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):

@@ -536,15 +536,20 @@ def calibration_items(bench: str, limit: int, timed: int, seed: int, data_dir=No
     return items, subset(items, timed, seed)
 
 
+def _canary_size(opts: SearchOptions) -> int:
+    """The canary's items: whole batches covering the harm items."""
+    return -(-max(opts.batch_size, opts.harm_items) // opts.batch_size) * opts.batch_size
+
+
 def _canary(reasoner: Reasoner, items: list[Question], opts: SearchOptions, recorders: dict,
             memo: StageMemo) -> tuple[str, str, dict]:
     """Dense on the first calibration batches (covering the harm items), traced; run by every search
     before it reads any row. Its hashes go into the row keys (search_rows.py: the answers' with the
     rule's answers, the dense row's with every rule's), its stage runs into the memo (the dense pass
     takes them from there) and its trace gives the harm prompts."""
-    n = -(-max(opts.batch_size, opts.harm_items) // opts.batch_size) * opts.batch_size
     with reasoner.tracing() as trace:
-        results = evaluate_items(reasoner, SkipPlan(), recorders, items[:n], opts.batch_size, progress=False, memo=memo)
+        results = evaluate_items(reasoner, SkipPlan(), recorders, items[:_canary_size(opts)], opts.batch_size,
+                                 progress=False, memo=memo)
     return canary(results), generations_canary(results), trace
 
 
@@ -561,20 +566,21 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
     (enough for the harm prompts)."""
     header = reasoner.header.ids if reasoner.header else []
     texts = StageTexts(header, canary_trace)
-    rule = reasoner.cfg.answer_rule
+
+    def answered(value: dict) -> list[ItemResult]:  # the dense row's items, answered by this search's rule
+        return [answered_by(item_from_dict(it, f"search row {store.path('dense', key)}", i), reasoner.cfg.answer_rule)
+                for i, it in enumerate(value["items"])]
+
     importance_key = {} if opts.importance_items is None else {"importance_items": opts.importance_items}
     if store.path("dense", key).is_file() and store.path("importance", {**key, **importance_key}).is_file():
         value = store.stored("dense", key, dict)[0]
         importance = store.stored("importance", {**key, **importance_key}, dict)[0]
-        dense = [answered_by(item_from_dict(it, f"search row {store.path('dense', key)}", i), rule)
-                 for i, it in enumerate(value["items"])]
         log(f"[search] {label}: dense on {len(items)} calibration items from {store.path('dense', key)}")
-        return dense, texts, value["means"], importance
+        return answered(value), texts, value["means"], importance
     # the importance of the first N items' prefills (a prefill costs the 1.5B about as much per item as
     # its whole dense answer); its key names N only when it is not every item, as before
     n_importance = len(items) if opts.importance_items is None else opts.importance_items
-    n_canary = -(-max(opts.batch_size, opts.harm_items) // opts.batch_size) * opts.batch_size
-    canary_ids = {q.id for q in items[:n_canary]}
+    canary_ids = {q.id for q in items[:_canary_size(opts)]}
     canary_means = {s: list(recorders[s].means) for s in STAGES}  # recorded by the canary's batches
     header_cache = HeaderCache(session.executor, header)
     log(f"[search] {label}: dense on {len(items)} calibration items and the importance of their prefills, "
@@ -611,9 +617,7 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
                                                 "items": [it for p in parts for it in p["items"]], "means": means})[0]
     for batch_key in batch_keys:  # the dense row holds them now
         store.remove("dense-batch", batch_key)
-    dense = [answered_by(item_from_dict(it, f"search row {store.path('dense', key)}", i), rule)
-             for i, it in enumerate(value["items"])]
-    return dense, texts, means, importance
+    return answered(value), texts, means, importance
 
 
 def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, command: str = "",

@@ -24,6 +24,7 @@ from tabulate import tabulate
 from ..core.errors import UserError
 from ..records import stats
 from ..engine.models import MODELS
+from ..methods.search_rows import load_row
 from ..records.results import ResultRecord, emit_markdown, item_from_dict, load_record
 
 COLUMNS = ["model", "benchmark", "n", "rule", "accuracy [95% CI]", "vs the record's rule (+gained/-lost)",
@@ -53,8 +54,9 @@ def load_calibration(path: str):
         data = None
     if not (isinstance(data, dict) and data.get("kind") == "dense" and "rows_version" in data):
         return load_record(path)
-    key, value = data.get("key") or {}, data.get("value") or {}
-    if not isinstance(value.get("items"), list) or "model" not in key or "bench" not in key:
+    row = load_row(Path(path), "dense")  # the search's own validation of a row read back
+    key, value = row["key"], row["value"]
+    if "model" not in key or "bench" not in key:
         raise UserError(f"{path} is not a whole dense row of a search", "pass the dense-SHA.json the search wrote")
     items = [item_from_dict(it, f"search row {path}", i) for i, it in enumerate(value["items"])]
     spec = MODELS.get(key["model"])
@@ -65,7 +67,11 @@ def load_calibration(path: str):
 
 
 def record_rows(path: str) -> list[list[str]]:
-    r = load_calibration(path)
+    return calibration_rows(load_calibration(path), path)
+
+
+def calibration_rows(r, path: str) -> list[list[str]]:
+    """The table's rows of one calibration record (or dense row) `r`, read from `path`."""
     if r.split != "calib" or r.method != "dense":
         raise UserError(f"{path} is {r.method} on the {r.split} split, not dense on calibration items",
                         "run `litestage-bench run --model M --bench B --split calib --limit 100 --out R.json`")
@@ -94,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m litestage_bench.studies.answer_rule " + " ".join(sys.argv[1:] if argv is None else argv)
 
     def render() -> str:
-        table = tabulate([row for p in args.records for row in record_rows(p)], headers=COLUMNS,
+        loaded = {p: load_calibration(p) for p in args.records}
+        table = tabulate([row for p, r in loaded.items() for row in calibration_rows(r, p)], headers=COLUMNS,
                          tablefmt="github", disable_numparse=True)
         return (f"# The answer rule, chosen on calibration items\n\nRendered with `{command}`.\n\n"
                 "Every rule scores the same dense generations; the chosen rule is the most accurate (a tie keeps "
                 f"the record's own).\n\n{table}\n\nRecords:\n"
-                + "".join(f"- `{load_calibration(p).command}`\n" for p in args.records))
+                + "".join(f"- `{r.command}`\n" for r in loaded.values()))
 
     return emit_markdown(render, args.out)
 

@@ -19,18 +19,13 @@ import math
 
 from tabulate import tabulate
 
-from ..records.report import fmt_num, fmt_p, policy_name, speedup_ci_cell, throughput_cell
+from ..records.report import fmt_num, fmt_p, speedup_ci_cell, throughput_cell
 from ..records.results import ResultRecord
-from .headline import log_ratio_test, records_table_main
+from .headline import _label, log_ratio_test, records_table_main
 
 COLUMNS = ["model", "bench", "method", "batch-1 speedup [95% CI] (fewer x cheaper)",
            "batch-B speedup [95% CI] (fewer x waiting x cheaper)", "B / 1", "p", "verdict", "moved most (B / 1)"]
 ALPHA = 0.05
-
-
-def _label(r: ResultRecord) -> str:
-    name = policy_name(r.policy)
-    return r.method if name in ("-", r.method) else name
 
 
 def shift(r: ResultRecord) -> dict:

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> str:
         dense = load_record(args.dense_record) if args.dense_record else None
-        new = {Path(p): rescored(load_record(p), args.answer_rule, dense, command) for p in args.records}
+        old = {Path(p): load_record(p) for p in args.records}
+        new = {p: rescored(rec, args.answer_rule, dense, command) for p, rec in old.items()}
         out = Path(args.out_dir)
         if any(p.resolve().parent == out.resolve() for p in new):
             raise UserError(f"--out-dir {out} holds the records themselves", "write the copies to another folder")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, rec in new.items():  # every record checked before the first is written
             write_record(out / path.name, rec)
             lines.append(f"{out / path.name}: {args.answer_rule} accuracy {rec.accuracy:.3f} "
-                         f"(was {load_record(path).accuracy:.3f} by {rec.extra['rescored']['from_rule']})")
+                         f"(was {old[path].accuracy:.3f} by {old[path].answer_rule})")
         return "\n".join(lines)
     return emit_markdown(run, None)
 
