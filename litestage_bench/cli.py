@@ -270,20 +270,22 @@ def cmd_retime_throughput(args: argparse.Namespace) -> int:
 
     from .records.results import load_record
     from .records.throughput import parse_timing
-    from .studies.throughput_retime import retime
+    from .studies.throughput_retime import groups_of, retime
     batch = parse_timing(args.timing)
     if batch < 2:
         raise UserError("retime-throughput needs --timing batch=B with B >= 2", "e.g. --timing batch=8")
     command = _command_line()
-    sessions: dict = {}
+    entries = []
     for path in args.records:
         rec = load_record(path)
         words = shlex.split(rec.command or "")
         if words[:2] != ["litestage-bench", "run"]:
             raise UserError(f"{path} was not made by `litestage-bench run`", "give records written by `run --out`")
         run_args = build_parser().parse_args(words[1:])
-        retime(path, rec, run_args, method_from_args(run_args), (batch, args.chunks, args.chunk_rounds),
-               Path(args.out_dir), sessions, command)
+        entries.append((path, rec, run_args, method_from_args(run_args)))
+    sessions: dict = {}
+    for group in groups_of(entries, args.group):
+        retime(group, (batch, args.chunks, args.chunk_rounds), Path(args.out_dir), sessions, command)
     return 0
 
 
@@ -487,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"seeded chunks of B of each record's items (default {DEFAULT_CHUNKS})")
     retime.add_argument("--chunk-rounds", type=_positive, default=DEFAULT_CHUNK_ROUNDS,
                         help=f"interleaved rounds per chunk (default {DEFAULT_CHUNK_ROUNDS})")
+    retime.add_argument("--group", type=_positive, default=1,
+                        help="time up to K consecutive records of one model, benchmark and items in the same "
+                             "chunk rounds against one dense (default 1: each record with its own dense)")
     retime.add_argument("--out-dir", required=True, help="where the re-timed copies go (the records stay as they are)")
     retime.set_defaults(func=cmd_retime_throughput)
 

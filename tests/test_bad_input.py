@@ -198,16 +198,6 @@ TINY_RUN = ["--bench", "obqa", "--limit", "1", "--timed", "1", "--rounds", "1", 
             "--max-new-tokens", "2,2,2"]
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tokenizer, tmp_path_factory) -> Path:
-    """A tiny random llama with SmolLM2's tokenizer, saved like any local model (seconds to run)."""
-    from tiny_reasoner import tiny_llama
-    folder = tmp_path_factory.mktemp("models") / "tiny"
-    tiny_llama(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_a_full_disk_at_the_record_keeps_only_the_checkpoint(tiny_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "r.json"
     real_dump = json.dump

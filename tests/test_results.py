@@ -614,3 +614,18 @@ def test_no_committed_result_names_a_machine_path():
                                                                                                 ".jsonl")
              and machine.search(p.read_text(encoding="utf-8", errors="replace"))]
     assert not named, f"machine paths in {named[:5]}"
+
+
+def test_the_campaigns_run_checkpoints_are_committed_and_no_others():
+    """A 1.5B record takes longer than a working period: its `run` checkpoint lands in the repository
+    (results/large/), so the next period's clone resumes it; checkpoints elsewhere stay local."""
+    import shutil
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists() or not shutil.which("git"):
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0
+    assert not ignored("results/large/qwen2.5-coder-1.5b_obqa_unified-k4_float32.json.partial.jsonl")
+    assert ignored("results/baselines/smollm2-135m_obqa_unified-k4.json.partial.jsonl")

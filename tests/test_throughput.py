@@ -3,7 +3,9 @@ alternating, the summary's factors multiply exactly to the speedup, computed tok
 that wait in a batch, and a bad --timing is one line."""
 from __future__ import annotations
 
+import json
 import math
+import sys
 
 import pytest
 from tiny_reasoner import QUESTIONS, STATIC, reasoner
@@ -116,3 +118,33 @@ def test_the_aa_check_defaults_to_the_main_jobs_timing():
     from litestage_bench.grid import cases
     from litestage_bench.studies import aa_timing
     assert (aa_timing.MAIN_TIMED, aa_timing.MAIN_ROUNDS) == (cases.MAIN_TIMED, cases.MAIN_ROUNDS)
+
+
+def test_a_group_of_records_is_retimed_against_one_dense_in_the_same_rounds(tiny_folder, tmp_path, capsys,
+                                                                            monkeypatch):
+    """Two records of one model and items, re-timed with --group 2: each chunk round solves the chunk
+    once with dense and once with each method (3 solves, not 4), and both copies hold that same dense."""
+    from test_cli import run_cli
+
+    from litestage_bench.evaluation.reasoner import Reasoner
+    monkeypatch.chdir(tmp_path)
+    common = ["run", "--model", str(tiny_folder), "--bench", "obqa", "--limit", "4", "--batch-size", "2",
+              "--timed", "1", "--rounds", "1", "--max-new-tokens", "2,2,2"]
+    for method, k in (("unified", "1"), ("early_exit", "1")):
+        args = [*common, "--method", method, "--k", k, "--out", f"{method}.json"]
+        monkeypatch.setattr(sys, "argv", ["litestage-bench", *args])  # the record keeps its command line
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+    solves = []
+    real = Reasoner.time_batch
+    monkeypatch.setattr(Reasoner, "time_batch", lambda self, *a, **k: solves.append(1) or real(self, *a, **k))
+    code, _, err = run_cli(["retime-throughput", "unified.json", "early_exit.json", "--timing", "batch=2",
+                            "--chunks", "2", "--chunk-rounds", "1", "--group", "2", "--out-dir", "out"], capsys)
+    assert code == 0, err
+    assert len(solves) == 3 + 2 * 1 * 3  # warm-up of each pipeline, then 2 chunks x 1 round x 3 pipelines
+    copies = {name: json.loads((tmp_path / "out" / f"{name}.json").read_text())["timing"]["throughput"]
+              for name in ("unified", "early_exit")}
+    assert copies["unified"]["timed_with"] == ["early_exit.json"]
+    assert copies["early_exit"]["timed_with"] == ["unified.json"]
+    assert copies["unified"]["chunk_rounds"]["dense"] == copies["early_exit"]["chunk_rounds"]["dense"]
+    assert copies["unified"]["chunk_rounds"]["method"] != copies["early_exit"]["chunk_rounds"]["method"]

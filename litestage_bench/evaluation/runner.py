@@ -411,20 +411,35 @@ def throughput_timing(reasoner: Reasoner, pipelines: dict, items: list[Question]
                       settings: tuple[int, int, int], seed: int, label: str) -> dict:
     """The throughput summary at batch B (records/throughput.py) with every chunk round, of seeded
     chunks of B of the items; the chunks' answers must be the accuracy pass's (else the run stops)."""
+    return group_throughput_timing(reasoner, pipelines["dense"], {"method": pipelines["method"]},
+                                   items, {"method": results}, settings, seed, label)["method"]
+
+
+def group_throughput_timing(reasoner: Reasoner, dense: tuple, methods: dict[str, tuple], items: list[Question],
+                            results: dict[str, list[ItemResult]], settings: tuple[int, int, int], seed: int,
+                            label: str) -> dict[str, dict]:
+    """Per method, its throughput summary against one dense timed in the same chunk rounds: each round
+    solves the chunk with dense and every method back to back (the order reversed every other round),
+    so k methods cost k + 1 solves per chunk round instead of 2k. Every chunk's answers must be the
+    method's accuracy pass's (else the run stops)."""
     batch, n_chunks, rounds = settings
     check_chunks(settings, len(items))
+    if "dense" in methods:
+        raise ValueError("'dense' names the shared reference pipeline")
     chunks = chunks_of(subset(items, batch * n_chunks, seed), batch)
-    measured = time_chunks(reasoner, {"dense": pipelines["dense"], "method": pipelines["method"]}, chunks, rounds,
-                           log=log, label=label)
-    answers = {r.id: r.prediction for r in results}
-    differ = sorted({q.id for chunk, rounds in zip(chunks, measured["method"]) for entry in rounds
-                     for q, answer in zip(chunk, entry["answers"]) if answer != answers[q.id]})
-    if differ:
-        raise UserError(f"{len(differ)} items answered at batch {batch} differ from the accuracy pass (e.g. {differ[0]})",
-                        "use numerics that are exact across batch sizes (float32 on CPU)")
-    summary = throughput_summary(measured["dense"], measured["method"], batch)
-    return {**summary, "chunk_ids": [[q.id for q in chunk] for chunk in chunks],
-            "chunk_rounds": {"dense": measured["dense"], "method": measured["method"]}}
+    measured = time_chunks(reasoner, {"dense": dense, **methods}, chunks, rounds, log=log, label=label)
+    out = {}
+    for name in methods:
+        answers = {r.id: r.prediction for r in results[name]}
+        differ = sorted({q.id for chunk, entries in zip(chunks, measured[name]) for entry in entries
+                         for q, answer in zip(chunk, entry["answers"]) if answer != answers[q.id]})
+        if differ:
+            raise UserError(f"{name}: {len(differ)} items answered at batch {batch} differ from the accuracy pass "
+                            f"(e.g. {differ[0]})", "use numerics that are exact across batch sizes (float32 on CPU)")
+        summary = throughput_summary(measured["dense"], measured[name], batch)
+        out[name] = {**summary, "chunk_ids": [[q.id for q in chunk] for chunk in chunks],
+                     "chunk_rounds": {"dense": measured["dense"], "method": measured[name]}}
+    return out
 
 
 ONE_STEP_PROGRESS = 25  # questions between progress lines of the one-step pass

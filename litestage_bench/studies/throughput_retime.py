@@ -8,7 +8,10 @@ docs/measuring.md, "Throughput at batch B"), and every chunk's answers must equa
 (exact numerics), or the record is refused. Writes OUT_DIR/NAME.json: the record with
 `timing.throughput` added and the command in `extra.throughput_command`; nothing else changes.
 Records with the same model share one load. CPU cost per record: about chunks x B items x 2 sides x
-(rounds + 1 warm-up chunk) at batched speed.
+(rounds + 1 warm-up chunk) at batched speed. With `--group K`, up to K consecutive records of the
+same model, benchmark, items and reasoner settings are timed in the same chunk rounds against one
+dense (each copy names the others in `timing.throughput.timed_with`): k records cost k + 1 solves
+per chunk round instead of 2k.
 """
 from __future__ import annotations
 
@@ -20,14 +23,13 @@ from ..engine.method import model_facts
 from ..engine.plan import DENSE
 from ..evaluation.benchmarks import check_items, load_split
 from ..evaluation.reasoner import ReasonerConfig
-from ..evaluation.runner import Session, check_chunks, checked_plan, log, method_callbacks, throughput_timing
+from ..evaluation.runner import Session, check_chunks, checked_plan, group_throughput_timing, log, method_callbacks
 from ..records.results import write_json
 
 
-def retime(path: str, rec, args, method, settings: tuple[int, int, int], out_dir: Path, sessions: dict,
-           command: str) -> Path:
-    """Add `timing.throughput` at `settings` = (B, chunks, rounds) to the record at `path` (`rec`, made by
-    the `run` command `args` whose method is `method`), written to out_dir."""
+def _checked(path: str, rec, args, settings: tuple[int, int, int]) -> list:
+    """The record's items, after the checks that need no model: not dense, the command's items are
+    the record's, enough items for the chunks."""
     if rec.method == "dense":
         raise UserError(f"{path} is dense's own record: there is nothing to compare", "give a method's record")
     items = check_items(load_split(args.bench, args.split, limit=args.limit, data_dir=args.data_dir, seed=args.seed),
@@ -35,6 +37,34 @@ def retime(path: str, rec, args, method, settings: tuple[int, int, int], out_dir
     if [q.id for q in items] != [it.id for it in rec.items]:
         raise UserError(f"{path}: its command selects other items than the record holds", "re-run the record")
     check_chunks(settings, len(items))
+    return items
+
+
+def group_key(rec, args) -> tuple:
+    """Records with the same key can share dense's chunk rounds: one model, numerics, benchmark, items
+    and reasoner settings."""
+    return (args.model, args.dtype, args.device, rec.numerics, args.bench, args.split, args.limit, args.seed,
+            str(args.data_dir), json.dumps(rec.config, sort_keys=True))
+
+
+def groups_of(entries: list[tuple], size: int) -> list[list[tuple]]:
+    """Consecutive entries (path, rec, args, method) with the same `group_key`, at most `size` each."""
+    out: list[list[tuple]] = []
+    for entry in entries:
+        if out and len(out[-1]) < size and group_key(*out[-1][0][1:3]) == group_key(*entry[1:3]):
+            out[-1].append(entry)
+        else:
+            out.append([entry])
+    return out
+
+
+def retime(group: list[tuple], settings: tuple[int, int, int], out_dir: Path, sessions: dict,
+           command: str) -> list[Path]:
+    """Add `timing.throughput` at `settings` = (B, chunks, rounds) to each record of `group` (entries
+    (path, record, the `run` command's args, its method), one `group_key`), timed in the same chunk
+    rounds against one dense; the copies are written to out_dir."""
+    items = [_checked(path, rec, args, settings) for path, rec, args, _ in group][0]  # one key: the same items
+    _, rec, args, _ = group[0]
     key = (args.model, rec.numerics)
     if key not in sessions:
         sessions.clear()  # one model in memory at a time
@@ -42,16 +72,27 @@ def retime(path: str, rec, args, method, settings: tuple[int, int, int], out_dir
     session = sessions[key]
     reasoner = session.reasoner(args.bench, ReasonerConfig(**rec.config), args.data_dir)
     facts = model_facts(session.executor, session.loaded.name)
-    pipelines = {"method": (checked_plan(method, facts), method_callbacks(method)), "dense": (DENSE, {})}
-    if json.loads(json.dumps(method.describe())) != rec.policy:  # as planned for the model (layers chosen)
-        raise UserError(f"{path}: its command's method and policy are not the record's", "re-run the record")
-    label = f"{rec.model} {rec.benchmark} {rec.method}"
-    throughput = throughput_timing(reasoner, pipelines, items, rec.items, settings, args.seed, label)
-    data = json.loads(Path(path).read_text())
-    data["timing"]["throughput"] = throughput
-    data.setdefault("extra", {})["throughput_command"] = command
-    out = out_dir / Path(path).name
-    write_json(out, data)
-    t = throughput
-    log(f"[{label}] batch {settings[0]}: {t['throughput_speedup']:.2f}x {t['throughput_speedup_ci95']} -> {out}")
-    return out
+    methods, results = {}, {}
+    for path, rec_i, _, method in group:
+        name = Path(path).stem
+        methods[name] = (checked_plan(method, facts), method_callbacks(method))
+        if json.loads(json.dumps(method.describe())) != rec_i.policy:  # as planned for the model (layers chosen)
+            raise UserError(f"{path}: its command's method and policy are not the record's", "re-run the record")
+        results[name] = rec_i.items
+    label = f"{rec.model} {rec.benchmark} " + " + ".join(r.method for _, r, _, _ in group)
+    timed = group_throughput_timing(reasoner, (DENSE, {}), methods, items, results, settings, args.seed, label)
+    written = []
+    for path, _, _, _ in group:
+        name = Path(path).stem
+        throughput = timed[name]
+        if len(group) > 1:
+            throughput["timed_with"] = [Path(p).name for p, _, _, _ in group if p != path]
+        data = json.loads(Path(path).read_text())
+        data["timing"]["throughput"] = throughput
+        data.setdefault("extra", {})["throughput_command"] = command
+        out = out_dir / Path(path).name
+        write_json(out, data)
+        written.append(out)
+        t = throughput
+        log(f"[{name}] batch {settings[0]}: {t['throughput_speedup']:.2f}x {t['throughput_speedup_ci95']} -> {out}")
+    return written
