@@ -58,7 +58,10 @@ def test_chunks_are_timed_interleaved_with_the_order_alternating(tiny):
     qs = QUESTIONS[1:] * 3  # two-option questions: 6 items, chunks of 2
     chunks = chunks_of(qs + QUESTIONS[:1], 2)
     assert [len(c) for c in chunks] == [2, 2, 2]  # the odd item left over is dropped
-    out = time_chunks(tiny, {"dense": (DENSE, {}), "method": (STATIC, {})}, chunks, rounds=2)
+    lines = []
+    out = time_chunks(tiny, {"dense": (DENSE, {}), "method": (STATIC, {})}, chunks, rounds=2, log=lines.append)
+    # progress: the warm-up, every round but a chunk's last, and each chunk's seconds
+    assert len(lines) == 1 + 3 * 1 + 3 and "warm-up" in lines[0] and "round 1/2 done" in lines[1]
     assert [len(r) for r in out["dense"]] == [2, 2, 2]
     firsts = [[e["first"] for e in rounds] for rounds in out["dense"]]
     assert firsts == [[True, False], [False, True], [True, False]]  # alternates by chunk and by round

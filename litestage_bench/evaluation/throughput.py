@@ -21,6 +21,9 @@ def time_chunks(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callbac
     machine hits both sides alike. The first chunk is solved once per pipeline beforehand, untimed
     (warm-up: allocations of the batch's shapes, the plan's header caches)."""
     names = list(pipelines)
+    if log is not None:
+        log(f"[{label} batch {len(chunks[0])} timed] warm-up: {len(names)} pipelines on chunk 1, then "
+            f"{len(chunks)} chunks x {rounds} rounds x {len(names)} pipelines")
     for plan, callbacks in pipelines.values():
         reasoner.time_batch(chunks[0], plan, callbacks)
     out: dict[str, list[list[dict]]] = {name: [] for name in names}
@@ -32,6 +35,8 @@ def time_chunks(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callbac
                 solved, stages = reasoner.time_batch(chunk, *pipelines[name])
                 per_round[name].append({"first": name == order[0], "stages": stages,
                                         "answers": [it.prediction for it in solved]})
+            if log is not None and r + 1 < rounds:
+                log(f"[{label} batch {len(chunk)} timed] chunk {c}/{len(chunks)}: round {r + 1}/{rounds} done")
         for name in names:
             out[name].append(per_round[name])
         if log is not None:
