@@ -97,13 +97,7 @@ def replay_candidate(c: dict, items: list, dense: dict, target: dict, plan) -> R
 
 
 def _decision(c: dict) -> str:
-    test = c.get("test")
-    if isinstance(test, dict):
-        return test.get("decision", "?")
-    for word in ("clearly misses", "meets", "undecided", "slower"):
-        if f"'decision': '{word}'" in str(test):
-            return word
-    return "?"
+    return (c.get("test") or {}).get("decision", "?")
 
 
 def replay(policy: dict, path: str, looks: int, threshold_sweep: bool) -> dict:
@@ -138,7 +132,7 @@ def _power_text(power: dict) -> str:
     return ", ".join(f"{k}: {v:.3f}" for k, v in by.items())
 
 
-def render(policy_path: str, results: list[dict], earlier_stage_runs: int | None) -> str:
+def render(policy_path: str, results: list[dict], earlier_stage_runs: int | None, command: str) -> str:
     base = results[0]
     head = ["candidate"] + [f"looks {r['looks']} ({', '.join(map(str, r['ends']))})" for r in results]
     labels = list(dict.fromkeys(c.label for r in results for c in r["candidates"]))
@@ -157,7 +151,7 @@ def render(policy_path: str, results: list[dict], earlier_stage_runs: int | None
     changed = [c.label for r in results[1:] for c in r["candidates"]
                if (b := next((x for x in base["candidates"] if x.label == c.label), None)) and b.decision != c.decision]
     note = ("Decisions that differ from the first column's: " + (", ".join(changed) if changed else "none") + ".")
-    return (f"# {policy_path}: its search replayed with other interim looks\n\n"
+    return (f"# {policy_path}: its search replayed with other interim looks\n\nRendered with `{command}`.\n\n"
             f"{tabulate(body, headers=head, tablefmt='github')}\n\n{note}\n")
 
 
@@ -177,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--looks must be >= 1", "e.g. --looks 4 8")
         policy = load_policy(args.policy)
         results = [replay(policy, args.policy, k, args.threshold_sweep) for k in args.looks]
-        return render(args.policy, results, args.earlier_stage_runs).replace("\n\n", f"\n\nRendered with `{command}`.\n\n", 1)
+        return render(args.policy, results, args.earlier_stage_runs, command)
 
     return emit_markdown(rendered, args.out)
 
