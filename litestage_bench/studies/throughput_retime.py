@@ -27,15 +27,17 @@ from ..evaluation.runner import Session, check_chunks, checked_plan, group_throu
 from ..records.results import write_json
 
 
-def _checked(path: str, rec, args, settings: tuple[int, int, int]) -> list:
-    """The record's items, after the checks that need no model: not dense, the command's items are
-    the record's, enough items for the chunks."""
-    if rec.method == "dense":
-        raise UserError(f"{path} is dense's own record: there is nothing to compare", "give a method's record")
+def _checked_items(group: list[tuple], settings: tuple[int, int, int]) -> list:
+    """The group's items (one `group_key`: one load), after the checks that need no model: no dense
+    record, each command's items are its record's, enough items for the chunks."""
+    _, _, args, _ = group[0]
     items = check_items(load_split(args.bench, args.split, limit=args.limit, data_dir=args.data_dir, seed=args.seed),
                         args.bench, args.split, args.data_dir)
-    if [q.id for q in items] != [it.id for it in rec.items]:
-        raise UserError(f"{path}: its command selects other items than the record holds", "re-run the record")
+    for path, rec, _, _ in group:
+        if rec.method == "dense":
+            raise UserError(f"{path} is dense's own record: there is nothing to compare", "give a method's record")
+        if [q.id for q in items] != [it.id for it in rec.items]:
+            raise UserError(f"{path}: its command selects other items than the record holds", "re-run the record")
     check_chunks(settings, len(items))
     return items
 
@@ -63,7 +65,7 @@ def retime(group: list[tuple], settings: tuple[int, int, int], out_dir: Path, se
     """Add `timing.throughput` at `settings` = (B, chunks, rounds) to each record of `group` (entries
     (path, record, the `run` command's args, its method), one `group_key`), timed in the same chunk
     rounds against one dense; the copies are written to out_dir."""
-    items = [_checked(path, rec, args, settings) for path, rec, args, _ in group][0]  # one key: the same items
+    items = _checked_items(group, settings)
     _, rec, args, _ = group[0]
     key = (args.model, rec.numerics)
     if key not in sessions:
@@ -72,7 +74,7 @@ def retime(group: list[tuple], settings: tuple[int, int, int], out_dir: Path, se
     session = sessions[key]
     reasoner = session.reasoner(args.bench, ReasonerConfig(**rec.config), args.data_dir)
     facts = model_facts(session.executor, session.loaded.name)
-    methods, results = {}, {}
+    methods, results = {}, {}  # by the record's file name (the command refuses two alike)
     for path, rec_i, _, method in group:
         name = Path(path).stem
         methods[name] = (checked_plan(method, facts), method_callbacks(method))
