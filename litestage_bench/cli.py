@@ -275,6 +275,11 @@ def cmd_retime_throughput(args: argparse.Namespace) -> int:
     if batch < 2:
         raise UserError("retime-throughput needs --timing batch=B with B >= 2", "e.g. --timing batch=8")
     command = _command_line()
+    names = [Path(p).name for p in args.records]
+    if len(set(names)) < len(names):  # the copies are named by the records' file names
+        twice = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"two records are named {twice}: their copies in --out-dir would overwrite each other",
+                        "re-time them in separate commands with separate --out-dir")
     entries = []
     for path in args.records:
         rec = load_record(path)

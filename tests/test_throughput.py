@@ -151,3 +151,12 @@ def test_a_group_of_records_is_retimed_against_one_dense_in_the_same_rounds(tiny
     assert copies["early_exit"]["timed_with"] == ["unified.json"]
     assert copies["unified"]["chunk_rounds"]["dense"] == copies["early_exit"]["chunk_rounds"]["dense"]
     assert copies["unified"]["chunk_rounds"]["method"] != copies["early_exit"]["chunk_rounds"]["method"]
+
+
+def test_two_records_of_one_name_are_refused_before_any_is_read(tmp_path, capsys):
+    """Copies are named by the record's file name (and a group keys its methods by it): two records of
+    one name would overwrite each other's copy, or one would drop out of its group."""
+    from test_cli import assert_one_line_error, run_cli
+    code, _, err = run_cli(["retime-throughput", "a/x.json", "b/x.json", "--out-dir", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "two records are named x.json")
+    assert not list(tmp_path.iterdir())
