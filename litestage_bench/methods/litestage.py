@@ -50,16 +50,17 @@ from ..evaluation.benchmarks import Question, check_disjoint, check_items, load_
 from ..evaluation.header_cache import HeaderCache
 from ..evaluation.reasoner import Callbacks, Reasoner, StageMemo
 from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
-from ..records.fidelity import aggregate_fidelity, answered_by
+from ..records.fidelity import aggregate_fidelity
 from ..records.noise import exact_numerics
-from ..records.results import ItemResult, item_from_dict, item_to_dict, machine_info
+from ..records.results import ItemResult, item_to_dict, machine_info
 from ..records.timing import paired_speedup
 from .calibration import (HarmMeter, StageTexts, accumulate, cosine_ranking, iterative_ranking, merged_importance,
                           probe_sums, ranking_vs_harm, skip_set)
 from .registry import Method, ModelFacts, register, register_search
 from .search_decisions import (decide, look_ends, look_plan, look_test, merge_answer_counts,  # noqa: F401
                                run_looks, target_power)  # (decide, look_ends, look_test: re-exported)
-from .search_rows import RowStore, canary, default_store, generations_canary, ids_sha, item_columns, model_source
+from .search_rows import (RowStore, canary, default_store, dense_row_items, generations_canary, ids_sha,
+                          item_columns, model_source)
 from .search_speed import SpeedPredictor, find_predictor
 from .search_sweep import coarse_to_fine, fastest_meeting, finalists, meets, sweep, threshold_sweep  # noqa: F401 (re-exported)
 
@@ -568,8 +569,7 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
     texts = StageTexts(header, canary_trace)
 
     def answered(value: dict) -> list[ItemResult]:  # the dense row's items, answered by this search's rule
-        return [answered_by(item_from_dict(it, f"search row {store.path('dense', key)}", i), reasoner.cfg.answer_rule)
-                for i, it in enumerate(value["items"])]
+        return dense_row_items(value, store.path("dense", key), reasoner.cfg.answer_rule)
 
     importance_key = {} if opts.importance_items is None else {"importance_items": opts.importance_items}
     if store.path("dense", key).is_file() and store.path("importance", {**key, **importance_key}).is_file():

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import UserError
-from ..records.results import atomic_write
+from ..records.results import atomic_write, item_from_dict
 
 ROWS_VERSION = 1  # bump when a change alters what a skip plan computes but not dense's outputs
 KINDS = ("dense", "dense-batch", "importance", "answers", "timing", "throughput")
@@ -144,6 +144,13 @@ def generations_canary(results: list) -> str:
     answer rule (the dense row's key: a rule only picks among predictions every run makes)."""
     return key_sha([[r.id, sorted((r.predictions_by_rule or {}).items()), sorted(r.outputs.items())]
                     for r in results])
+
+
+def dense_row_items(value: dict, path: Path, rule: str) -> list:
+    """The items of a dense row's value (read from `path`), each answered by `rule` from its every-rule
+    predictions (the row serves every rule: see `generations_canary`)."""
+    from ..records.fidelity import answered_by
+    return [answered_by(item_from_dict(it, f"search row {path}", i), rule) for i, it in enumerate(value["items"])]
 
 
 def model_source(source: str) -> str:

@@ -18,7 +18,6 @@ plan counts once, as in `studies.search_cost`. The power at each look count is `
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,8 @@ from tabulate import tabulate
 
 from ..core.errors import UserError
 from ..methods.search_decisions import look_plan, look_test, target_power
-from ..methods.search_rows import load_row
-from ..records.fidelity import answered_by
-from ..records.results import emit_markdown, item_from_dict
+from ..methods.search_rows import dense_row_items, load_row
+from ..records.results import emit_markdown
 from .search_cost import _plan, load_policy
 
 
@@ -56,9 +54,7 @@ def dense_answers(rows: Path, rule: str) -> dict[str, tuple[str, bool]]:
     found = [p for p in found if not p.name.startswith("dense-batch-")]
     if len(found) != 1:
         raise UserError(f"{rows} holds {len(found)} dense rows, not one", "replay a search whose dense pass finished")
-    row = load_row(found[0], "dense")
-    items = [answered_by(item_from_dict(it, f"search row {found[0]}", i), rule)
-             for i, it in enumerate(row["value"]["items"])]
+    items = dense_row_items(load_row(found[0], "dense")["value"], found[0], rule)
     return {it.id: (it.prediction, bool(it.correct)) for it in items}
 
 
