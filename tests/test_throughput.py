@@ -153,6 +153,73 @@ def test_a_group_of_records_is_retimed_against_one_dense_in_the_same_rounds(tiny
     assert copies["unified"]["chunk_rounds"]["method"] != copies["early_exit"]["chunk_rounds"]["method"]
 
 
+def test_an_interrupted_retime_continues_after_its_finished_chunks(tiny_folder, tmp_path, capsys, monkeypatch):
+    """A retime killed in its second chunk keeps the first in OUT/NAME.json.partial.jsonl; the same
+    command then times the second chunk only (after its warm-up), the copy holds the kept chunk's
+    rounds as they were timed, and the checkpoint goes once the copy is written."""
+    from test_cli import run_cli
+
+    from litestage_bench.evaluation.reasoner import Reasoner
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", str(tiny_folder), "--bench", "obqa", "--limit", "4", "--batch-size", "2", "--timed", "1",
+            "--rounds", "1", "--max-new-tokens", "2,2,2", "--method", "unified", "--k", "1", "--out", "unified.json"]
+    monkeypatch.setattr(sys, "argv", ["litestage-bench", *args])
+    assert run_cli(args, capsys)[0] == 0
+    retime = ["retime-throughput", "unified.json", "--timing", "batch=2", "--chunks", "2", "--chunk-rounds", "1",
+              "--out-dir", "out"]
+    solves = []
+    real = Reasoner.time_batch
+
+    def killed_in_chunk_two(self, *a, **k):
+        solves.append(1)
+        if len(solves) == 2 + 2 + 1:  # warm-up of both pipelines, chunk 1's two solves, then chunk 2
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(Reasoner, "time_batch", killed_in_chunk_two)
+    code, _, _ = run_cli(retime, capsys)
+    assert code != 0 and not (tmp_path / "out" / "unified.json").exists()
+    kept = tmp_path / "out" / "unified.json.partial.jsonl"
+    first_chunk = [json.loads(line)["value"] for line in kept.read_text().splitlines()[1:]]
+    assert len(first_chunk) == 1
+
+    solves.clear()
+    monkeypatch.setattr(Reasoner, "time_batch", lambda self, *a, **k: solves.append(1) or real(self, *a, **k))
+    code, _, err = run_cli(retime, capsys)
+    assert code == 0, err
+    assert len(solves) == 2 + 2  # warm-up, then chunk 2 only
+    rounds = json.loads((tmp_path / "out" / "unified.json").read_text())["timing"]["throughput"]["chunk_rounds"]
+    assert [rounds["dense"][0], rounds["method"][0]] == [first_chunk[0]["dense"], first_chunk[0]["unified"]]  # keyed by the record's name
+    assert not kept.exists()
+
+
+def test_an_interrupted_run_keeps_its_finished_throughput_chunks(tiny_folder, tmp_path, capsys, monkeypatch):
+    """`run --timing batch=B` killed in its second chunk: the rerun reads the first chunk back from the
+    run's checkpoint and times the second only (after its warm-up)."""
+    from test_cli import run_cli
+
+    from litestage_bench.evaluation.reasoner import Reasoner
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", str(tiny_folder), "--bench", "obqa", "--limit", "4", "--batch-size", "2", "--timed", "1",
+            "--rounds", "1", "--max-new-tokens", "2,2,2", "--method", "unified", "--k", "1", "--timing", "batch=2",
+            "--chunks", "2", "--chunk-rounds", "1", "--out", "unified.json"]
+    solves = []
+    real = Reasoner.time_batch
+
+    def killed_in_chunk_two(self, *a, **k):
+        solves.append(1)
+        if len(solves) == 2 + 2 + 1:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(Reasoner, "time_batch", killed_in_chunk_two)
+    assert run_cli(args, capsys)[0] != 0
+    solves.clear()
+    monkeypatch.setattr(Reasoner, "time_batch", lambda self, *a, **k: solves.append(1) or real(self, *a, **k))
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert len(solves) == 2 + 2
+    assert "1 chunks read back" in err
+
+
 def test_two_records_of_one_name_are_refused_before_any_is_read(tmp_path, capsys):
     """Copies are named by the record's file name (and a group keys its methods by it): two records of
     one name would overwrite each other's copy, or one would drop out of its group."""

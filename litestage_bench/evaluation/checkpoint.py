@@ -1,7 +1,7 @@
 """Resumable runs: finished work of a long `run`, kept beside its output until the record is written.
 
-Each finished batch (accuracy) and each timed question is appended as one JSON line to
-``OUT.partial.jsonl`` and flushed; the first line holds a fingerprint of everything that decides the
+Each finished batch (accuracy), each timed question and each timed throughput chunk is appended as
+one JSON line to ``OUT.partial.jsonl`` and flushed; the first line holds a fingerprint of everything that decides the
 results (model, dtype, items, method, settings). A rerun of the same command reads the lines back
 and continues after them; a different command (other fingerprint) starts afresh; a line cut off
 by a kill is ignored. Timed questions from before an interruption were timed in the earlier
@@ -23,7 +23,8 @@ def fingerprint(config: dict[str, Any]) -> str:
 
 
 class RunCheckpoint:
-    """Lists of items per (phase, key), read from and appended to a JSON-lines file.
+    """Lists of items (or, with `get_value`/`put_value`, plain JSON values) per (phase, key), read from
+    and appended to a JSON-lines file.
 
     The file is written from the first finished batch on: a run that fails before any leaves none.
     ``replaced`` says that a checkpoint of another run (or an unreadable one) was removed."""
@@ -32,6 +33,7 @@ class RunCheckpoint:
         self.path = Path(path)
         self.fingerprint = fingerprint(config)
         self.entries: dict[tuple[str, str], list[ItemResult]] = {}
+        self.values: dict[tuple[str, str], Any] = {}
         self.replaced = False
         self._started = self._load()
         if not self._started and self.path.exists():
@@ -50,7 +52,11 @@ class RunCheckpoint:
         for line in lines[1:]:
             try:
                 entry = json.loads(line)
-                self.entries[(entry["phase"], entry["key"])] = [item_from_dict(it) for it in entry["items"]]
+                key = (entry["phase"], entry["key"])
+                if "value" in entry:
+                    self.values[key] = entry["value"]
+                else:
+                    self.entries[key] = [item_from_dict(it) for it in entry["items"]]
             except (ValueError, KeyError, TypeError):
                 break  # a line cut off by a kill: it and anything after it are redone
             good.append(line)
@@ -60,14 +66,24 @@ class RunCheckpoint:
 
     @property
     def resumed(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + len(self.values)
 
     def get(self, phase: str, key: str) -> list[ItemResult] | None:
         return self.entries.get((phase, key))
 
     def put(self, phase: str, key: str, items: list[ItemResult]) -> None:
         self.entries[(phase, key)] = items
-        line = json.dumps({"phase": phase, "key": key, "items": [item_to_dict(it) for it in items]})
+        self._append({"phase": phase, "key": key, "items": [item_to_dict(it) for it in items]})
+
+    def get_value(self, phase: str, key: str) -> Any:
+        return self.values.get((phase, key))
+
+    def put_value(self, phase: str, key: str, value: Any) -> None:
+        self.values[(phase, key)] = value
+        self._append({"phase": phase, "key": key, "value": value})
+
+    def _append(self, entry: dict) -> None:
+        line = json.dumps(entry)
         if not self._started:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"fingerprint": self.fingerprint}) + "\n" + line
@@ -78,7 +94,7 @@ class RunCheckpoint:
             os.fsync(fh.fileno())
 
     def count(self, phase: str) -> int:
-        return sum(1 for p, _ in self.entries if p == phase)
+        return sum(1 for p, _ in [*self.entries, *self.values] if p == phase)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -389,7 +389,8 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     if one_step:
         extra["one_step_accuracy"] = one_step_accuracy(reasoner, items, label)
     if throughput and not is_dense:
-        timing["throughput"] = throughput_timing(reasoner, pipelines, items, results, throughput, seed, label)
+        timing["throughput"] = throughput_timing(reasoner, pipelines, items, results, throughput, seed, label,
+                                                 checkpoint, clock_label(session))
     device = str(session.executor.device)
     return build_record(model=session.loaded.name, benchmark=bench, split=split, method=method.name,
                         policy=method.describe(), answer_rule=config.answer_rule, items=results,
@@ -408,26 +409,29 @@ def check_chunks(settings: tuple[int, int, int], n_items: int) -> None:
 
 
 def throughput_timing(reasoner: Reasoner, pipelines: dict, items: list[Question], results: list[ItemResult],
-                      settings: tuple[int, int, int], seed: int, label: str) -> dict:
+                      settings: tuple[int, int, int], seed: int, label: str,
+                      checkpoint: RunCheckpoint | None = None, clock: str = "") -> dict:
     """The throughput summary at batch B (records/throughput.py) with every chunk round, of seeded
     chunks of B of the items; the chunks' answers must be the accuracy pass's (else the run stops)."""
     return group_throughput_timing(reasoner, pipelines["dense"], {"method": pipelines["method"]},
-                                   items, {"method": results}, settings, seed, label)["method"]
+                                   items, {"method": results}, settings, seed, label, checkpoint, clock)["method"]
 
 
 def group_throughput_timing(reasoner: Reasoner, dense: tuple, methods: dict[str, tuple], items: list[Question],
                             results: dict[str, list[ItemResult]], settings: tuple[int, int, int], seed: int,
-                            label: str) -> dict[str, dict]:
+                            label: str, checkpoint: RunCheckpoint | None = None, clock: str = "") -> dict[str, dict]:
     """Per method, its throughput summary against one dense timed in the same chunk rounds: each round
     solves the chunk with dense and every method back to back (the order reversed every other round),
     so k methods cost k + 1 solves per chunk round instead of 2k. Every chunk's answers must be the
-    method's accuracy pass's (else the run stops)."""
+    method's accuracy pass's (else the run stops). With a `checkpoint`, finished chunks are kept per
+    `clock` (clock_label: the machine they were timed on) and read back by a rerun on the same one."""
     batch, n_chunks, rounds = settings
     check_chunks(settings, len(items))
     if "dense" in methods:
         raise ValueError("'dense' names the shared reference pipeline")
     chunks = chunks_of(subset(items, batch * n_chunks, seed), batch)
-    measured = time_chunks(reasoner, {"dense": dense, **methods}, chunks, rounds, log=log, label=label)
+    measured = time_chunks(reasoner, {"dense": dense, **methods}, chunks, rounds, log=log, label=label,
+                           checkpoint=checkpoint, phase=f"chunk rounds {batch}x{n_chunks}x{rounds} on {clock}")
     out = {}
     for name in methods:
         answers = {r.id: r.prediction for r in results[name]}

@@ -11,19 +11,25 @@ Records with the same model share one load. CPU cost per record: about chunks x 
 (rounds + 1 warm-up chunk) at batched speed. With `--group K`, up to K consecutive records of the
 same model, benchmark, items and reasoner settings are timed in the same chunk rounds against one
 dense (each copy names the others in `timing.throughput.timed_with`): k records cost k + 1 solves
-per chunk round instead of 2k.
+per chunk round instead of 2k. Each finished chunk is kept in OUT_DIR/NAME.json.partial.jsonl (NAME:
+the group's first record) until the copies are written: the same command continues after the chunks
+that finished, on a machine of the same CPU label (another CPU times them again).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from ..core.errors import UserError
 from ..engine.method import model_facts
+from ..engine.models import weights_id
 from ..engine.plan import DENSE
 from ..evaluation.benchmarks import check_items, load_split
+from ..evaluation.checkpoint import RunCheckpoint
 from ..evaluation.reasoner import ReasonerConfig
-from ..evaluation.runner import Session, check_chunks, checked_plan, group_throughput_timing, log, method_callbacks
+from ..evaluation.runner import (Session, check_chunks, checked_plan, clock_label, group_throughput_timing, log,
+                                 method_callbacks)
 from ..records.results import write_json
 
 
@@ -82,7 +88,9 @@ def retime(group: list[tuple], settings: tuple[int, int, int], out_dir: Path, se
             raise UserError(f"{path}: its command's method and policy are not the record's", "re-run the record")
         results[name] = rec_i.items
     label = f"{rec.model} {rec.benchmark} " + " + ".join(r.method for _, r, _, _ in group)
-    timed = group_throughput_timing(reasoner, (DENSE, {}), methods, items, results, settings, args.seed, label)
+    checkpoint = _checkpoint(group, settings, out_dir, session, args.seed, label)
+    timed = group_throughput_timing(reasoner, (DENSE, {}), methods, items, results, settings, args.seed, label,
+                                    checkpoint, clock_label(session))
     written = []
     for path, _, _, _ in group:
         name = Path(path).stem
@@ -97,4 +105,22 @@ def retime(group: list[tuple], settings: tuple[int, int, int], out_dir: Path, se
         written.append(out)
         t = throughput
         log(f"[{name}] batch {settings[0]}: {t['throughput_speedup']:.2f}x {t['throughput_speedup_ci95']} -> {out}")
+    checkpoint.remove()
     return written
+
+
+def _checkpoint(group: list[tuple], settings: tuple[int, int, int], out_dir: Path, session: Session, seed: int,
+                label: str) -> RunCheckpoint:
+    """The group's chunk checkpoint, fingerprinted by the records (names and contents), the weights and
+    the settings: a group of other records or settings starts afresh."""
+    records = [(Path(path).name, hashlib.sha256(Path(path).read_bytes()).hexdigest()[:20]) for path, _, _, _ in group]
+    loaded = session.loaded
+    path = out_dir / f"{Path(group[0][0]).name}.partial.jsonl"
+    checkpoint = RunCheckpoint(path, {"records": records, "settings": list(settings), "seed": seed,
+                                      "weights": weights_id(loaded), "numerics": loaded.numerics,
+                                      "device": str(session.executor.device)})
+    if checkpoint.resumed:
+        log(f"[{label}] resuming: {checkpoint.resumed} finished chunks in {path}")
+    elif checkpoint.replaced:
+        log(f"[{label}] removed {path}: the checkpoint of another group (other records or settings)")
+    return checkpoint
