@@ -176,3 +176,15 @@ def test_a_search_with_a_latency_fit_times_dense_the_finalists_and_the_chosen_se
     timed = [r for r in rows if r["speedup"] is not None]
     assert all(r["test"]["decision"] == "meets" or r["n_skip"] == 0 or r.get("threshold", 0) is None for r in timed)
     assert policy["search_cost"]["candidates_timed"] == len(timed) + 2  # and dense, and the chosen setting
+
+
+def test_a_candidates_chunk_prints_progress_once_a_quiet_interval_has_passed(searcher, tmp_path, monkeypatch, capsys):
+    """A candidate's chunk runs silent for less than CHUNK_QUIET_SECONDS (each line waits that long
+    after the last), and prints its batches once they take longer (a 1.5B chunk: half an hour)."""
+    searcher(tmp_path / "quiet", "CPU one")
+    assert "items 1-" not in capsys.readouterr().err  # the tiny model's chunks take well under a minute
+    monkeypatch.setattr(litestage, "CHUNK_QUIET_SECONDS", 0.0)
+    searcher(tmp_path / "loud", "CPU one")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "items 1-" in line]
+    assert lines and all(line.startswith("[search ") for line in lines), lines[:3]
+    assert any("#skip=" in line and " batch 3] 3/" in line and "s/question" in line for line in lines), lines[:3]

@@ -181,12 +181,14 @@ def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callback
 def evaluate_items(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, items: list[Question],
                    batch_size: int = DEFAULT_BATCH_SIZE, label: str = "", progress: bool = True,
                    checkpoint: RunCheckpoint | None = None, phase: str = "batch",
-                   memo: StageMemo | None = None) -> list[ItemResult]:
+                   memo: StageMemo | None = None, quiet_for: float = 0.0) -> list[ItemResult]:
     """Accuracy and outputs at throughput: `batch_size` questions per batch, no latency. With a
     checkpoint, batches finished before an interruption are read back (`phase` names the pipeline);
-    a stage memo reuses stages unchanged since an earlier call (budget searches)."""
+    a stage memo reuses stages unchanged since an earlier call (budget searches). `quiet_for`: a
+    progress line only after at least that many seconds since the last one (or the start)."""
     results: list[ItemResult] = []
     start, solved = time.perf_counter(), 0
+    last_line = start
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
         key = ",".join(q.id for q in chunk)
@@ -197,8 +199,9 @@ def evaluate_items(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, ite
             if checkpoint:
                 checkpoint.put(phase, key, done)
         results += done
-        if progress:
+        if progress and time.perf_counter() - last_line >= quiet_for:
             _progress(f"{label} batch {batch_size}", len(results), len(items), results, start, solved)
+            last_line = time.perf_counter()
     return results
 
 

@@ -65,6 +65,7 @@ from .search_speed import SpeedPredictor, find_predictor
 from .search_sweep import coarse_to_fine, fastest_meeting, finalists, meets, sweep, threshold_sweep  # noqa: F401 (re-exported)
 
 POLICY_SCHEMA_VERSION = 1
+CHUNK_QUIET_SECONDS = 60.0  # a candidate chunk's progress: a line per batch, at most one a minute
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,7 +394,7 @@ class CandidateMeter:
 
         def chunk(lo: int, hi: int) -> dict:
             part, stored, name = self.store.stored("answers", {**self.answers_key, **config, "chunk": [lo, hi]},
-                                                   lambda: self._answer_counts(plan, callbacks, lo, hi),
+                                                   lambda: self._answer_counts(plan, callbacks, lo, hi, label),
                                                    {"label": label})
             rows.append(name)
             read.append(stored)
@@ -402,11 +403,13 @@ class CandidateMeter:
                                                lambda parts: self._slower(sweep, sets, rules, parts))
         return answers, all(read), rows, parts, t, stopped
 
-    def _answer_counts(self, plan: SkipPlan, callbacks: Callbacks, lo: int, hi: int) -> dict:
+    def _answer_counts(self, plan: SkipPlan, callbacks: Callbacks, lo: int, hi: int, label: str = "") -> dict:
         """Calibration items lo..hi: counts and sums that add up over chunks (merge_answer_counts)."""
         start, cpu, misses, items = time.perf_counter(), time.process_time(), self.memo.misses, self.items[lo:hi]
-        results = evaluate_items(self.reasoner, plan, callbacks, items, self.opts.batch_size, progress=False,
-                                 memo=self.memo)
+        # a chunk of the 1.5B runs for half an hour: a line per batch once a minute has passed since the last
+        results = evaluate_items(self.reasoner, plan, callbacks, items, self.opts.batch_size,
+                                 f"search {label} items {lo + 1}-{hi}", memo=self.memo,
+                                 quiet_for=CHUNK_QUIET_SECONDS)
         ids = {q.id for q in items}
         fid = aggregate_fidelity([d for d in self.dense if d.id in ids], results, self.reasoner.cfg.answer_rule)
         return {"n": len(results), "correct": sum(bool(r.correct) for r in results),
