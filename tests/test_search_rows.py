@@ -152,6 +152,31 @@ def test_report_search_prints_the_sweep_and_audits_the_policy(searcher, tmp_path
     assert len(err) == 1 and "is not a folder" in err[0]
 
 
+def test_the_dense_pass_keeps_its_cost_and_the_report_sums_the_rows_seconds_by_cpu(searcher, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """The dense row holds its batches' seconds per CPU (a pass cut off on one machine and finished
+    on another counts both), and `report --search` sums every row's seconds by piece and CPU."""
+    real, calls = litestage.probe_sums, []
+
+    def cut_off(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(litestage, "probe_sums", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        searcher(tmp_path / "rows", "CPU one")
+    monkeypatch.setattr(litestage, "probe_sums", real)
+    searcher(tmp_path / "rows", "CPU two")
+    row = next(p for p in (tmp_path / "rows").glob("dense-*.json") if not p.name.startswith("dense-batch-"))
+    dense = json.loads(row.read_text())["value"]["cost"]
+    assert {cpu: c["items"] for cpu, c in dense["per_cpu"].items()} == {"CPU one": 3, "CPU two": 3}
+    assert dense["batches_without_cost"] == 0 and all(c["seconds"] > 0 for c in dense["per_cpu"].values())
+    assert main(["report", "--search", str(tmp_path / "rows")]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Measured so far"))
+    assert "answers" in line and "dense" in line and "CPU one" in line and "CPU two" in line
+
+
 class _RankingPredictor:
     """A latency fit's stand-in: predicts the fake timing's speedup from the skipped units."""
 

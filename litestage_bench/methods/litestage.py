@@ -594,6 +594,7 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
         ids = [q.id for q in batch]
 
         def measure(batch: list[Question] = batch, ids: list[str] = ids, index: int = b) -> dict:
+            began, cpu = time.perf_counter(), time.process_time()
             before = {s: len(recorders[s].means) for s in STAGES}
             with reasoner.tracing() as trace:
                 results = evaluate_items(reasoner, SkipPlan(), recorders, batch, opts.batch_size, progress=False,
@@ -605,7 +606,9 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
                      else {s: recorders[s].means[before[s]:] for s in STAGES})
             probe = (probe_sums(session.executor, header_cache, batch_texts, opts.batch_size)
                      if index < n_importance else None)
-            return {"ids": ids, "items": [item_to_dict(r) for r in results], "means": means, "probe": probe}
+            return {"ids": ids, "items": [item_to_dict(r) for r in results], "means": means, "probe": probe,
+                    "cost": {"cpu": str(machine_info().get("cpu")), "seconds": time.perf_counter() - began,
+                             "cpu_seconds": time.process_time() - cpu}}
         batch_key = {**key, "batch": ids_sha(ids), **importance_key}
         value, read, _ = store.stored("dense-batch", batch_key, measure)
         parts.append(value)
@@ -617,10 +620,27 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
     importance = store.stored("importance", {**key, **importance_key},
                               lambda: merged_importance([p["probe"] for p in parts if p["probe"]]))[0]
     value = store.stored("dense", key, lambda: {"ids": [q.id for q in items],
-                                                "items": [it for p in parts for it in p["items"]], "means": means})[0]
+                                                "items": [it for p in parts for it in p["items"]], "means": means,
+                                                "cost": dense_pass_cost(parts)})[0]
     for batch_key in batch_keys:  # the dense row holds them now
         store.remove("dense-batch", batch_key)
     return answered(value), texts, means, importance
+
+
+def dense_pass_cost(parts: list[dict]) -> dict:
+    """What the dense pass's batches cost, per CPU they ran on (batch rows written before their cost
+    was kept are counted in `batches_without_cost`): the search's dense share, which its policy's
+    candidates do not hold."""
+    per_cpu: dict[str, dict] = {}
+    for part in parts:
+        cost = part.get("cost")
+        if cost:
+            entry = per_cpu.setdefault(cost["cpu"], {"batches": 0, "items": 0, "seconds": 0.0, "cpu_seconds": 0.0})
+            entry["batches"] += 1
+            entry["items"] += len(part["ids"])
+            entry["seconds"] += cost["seconds"]
+            entry["cpu_seconds"] += cost["cpu_seconds"]
+    return {"per_cpu": per_cpu, "batches_without_cost": sum(1 for p in parts if not p.get("cost"))}
 
 
 def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, command: str = "",

@@ -61,6 +61,43 @@ def candidates(root: Path) -> list[dict]:
     return out
 
 
+def rows_cost(root: Path) -> dict[str, dict[str, float]]:
+    """Wall seconds of one-thread work the folder's rows hold, per piece (answers chunks, batch-1
+    timings, the dense pass where its batches kept their cost) and per CPU they ran on: what a search
+    spanning several machines has cost so far."""
+    out: dict[str, dict[str, float]] = {}
+
+    def add(piece: str, cpu, seconds) -> None:
+        if isinstance(seconds, (int, float)):
+            entry = out.setdefault(piece, {})
+            entry[str(cpu)] = entry.get(str(cpu), 0.0) + seconds
+    for path in sorted(root.glob("answers-*.json")):
+        value = load_row(path, "answers")["value"]
+        add("answers", value.get("cpu"), value.get("seconds"))
+    for path in sorted(root.glob("timing-*.json")):
+        value = load_row(path, "timing")["value"]
+        add("timing", value.get("timing_cpu"), value.get("timing_seconds"))
+    for path in sorted(root.glob("dense-*.json")):
+        if path.name.startswith("dense-batch-"):  # a pass under way: its batches so far
+            cost = load_row(path, "dense-batch")["value"].get("cost")
+            costs = {cost["cpu"]: cost} if cost else {}
+        else:
+            costs = (load_row(path, "dense")["value"].get("cost") or {}).get("per_cpu", {})
+        for cpu, cost in costs.items():
+            add("dense", cpu, cost.get("seconds"))
+    return out
+
+
+def cost_line(root: Path) -> str:
+    cost = rows_cost(root)
+    if not cost:
+        return "Measured so far: nothing with its seconds in these rows"
+    parts = [f"{piece} {sum(v.values()) / 3600:.2f} h (" + ", ".join(f"{cpu} {s / 3600:.2f}" for cpu, s in sorted(v.items()))
+             + ")" for piece, v in cost.items()]
+    total = sum(sum(v.values()) for v in cost.values())
+    return f"Measured so far, one-thread hours by CPU: {'; '.join(parts)}; in all {total / 3600:.2f} h"
+
+
 def _is_dense(c: dict) -> bool:
     key = c["key"]
     return not any(v for s in key.get("sets", {}).values() for v in (s or {}).values()) and \
@@ -107,7 +144,7 @@ def sweep_table(root: str | Path, policy: dict | None = None) -> str:
     spent = "" if plan is None or plan.efficacy is None else \
         f" (interim looks' efficacy at {plan.efficacy:.4g}, the last look's at {plan.final:.4g})"
     lines = [f"Search rows in {root}: {len(cands)} candidates; target test: {what}, one-sided {confidence:.0%}{spent}",
-             "", tabulate(table, headers=["candidate", "n", "accuracy", "agreement", "test: estimate [bounds]",
+             cost_line(root), "", tabulate(table, headers=["candidate", "n", "accuracy", "agreement", "test: estimate [bounds]",
                                           "stopped (look, why)", "speedup [95% CI]", "tokens R/A/S", "cost R/A/S",
                                           "answers CPU", "timing CPU"], tablefmt="github")]
     if policy is not None:
