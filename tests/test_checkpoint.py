@@ -8,7 +8,8 @@ from tiny_reasoner import QUESTIONS, reasoner
 
 from litestage_bench.engine.plan import SkipPlan
 from litestage_bench.evaluation.checkpoint import RunCheckpoint
-from litestage_bench.evaluation.runner import evaluate_items, time_items
+from litestage_bench.evaluation import runner
+from litestage_bench.evaluation.runner import accuracy_cost, evaluate_items, time_items
 from litestage_bench.records.results import ItemResult
 
 
@@ -131,3 +132,19 @@ def test_timed_questions_of_another_machine_are_timed_again(tiny, tmp_path, monk
                phase="timed on cpu, CPU B, 1 threads")
     assert len(calls) == 2 * 2  # both questions, in the default 2 rounds
     assert again.count("timed on cpu, CPU A, 1 threads") == again.count("timed on cpu, CPU B, 1 threads") == 2
+
+
+def test_each_batch_keeps_its_seconds_and_cpu_and_the_cost_adds_up_per_cpu(tiny, tmp_path, monkeypatch):
+    """A run's accuracy batches keep their seconds and CPU in the checkpoint, so that a record spanning
+    machines says what its accuracy pass cost on each; a batch kept without them is counted apart."""
+    path = tmp_path / "run.partial.jsonl"
+    cp = RunCheckpoint(path, {"run": 1})
+    cp.put("batch", "old", [_item("x")])  # kept before batches kept their cost
+    monkeypatch.setattr(runner, "cpu_model", lambda: "CPU one")
+    evaluate_items(tiny, SkipPlan(), {}, QUESTIONS[:2], batch_size=2, progress=False, checkpoint=cp)
+    monkeypatch.setattr(runner, "cpu_model", lambda: "CPU two")
+    cp = RunCheckpoint(path, {"run": 1})
+    evaluate_items(tiny, SkipPlan(), {}, QUESTIONS, batch_size=2, progress=False, checkpoint=cp)
+    cost = accuracy_cost(RunCheckpoint(path, {"run": 1}))
+    assert {cpu: c["items"] for cpu, c in cost["per_cpu"].items()} == {"CPU one": 2, "CPU two": len(QUESTIONS) - 2}
+    assert all(c["seconds"] > 0 for c in cost["per_cpu"].values()) and cost["items_without_cost"] == 1

@@ -218,6 +218,8 @@ def test_an_interrupted_run_keeps_its_finished_throughput_chunks(tiny_folder, tm
     assert code == 0, err
     assert len(solves) == 2 + 2
     assert "1 chunks read back" in err
+    cost = json.loads((tmp_path / "unified.json").read_text())["timing"]["accuracy_cost"]  # from the checkpoint too
+    assert sum(c["items"] for c in cost["per_cpu"].values()) == 4 and cost["items_without_cost"] == 0
 
 
 def test_two_records_of_one_name_are_refused_before_any_is_read(tmp_path, capsys):

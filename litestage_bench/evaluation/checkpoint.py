@@ -34,6 +34,7 @@ class RunCheckpoint:
         self.fingerprint = fingerprint(config)
         self.entries: dict[tuple[str, str], list[ItemResult]] = {}
         self.values: dict[tuple[str, str], Any] = {}
+        self.meta: dict[tuple[str, str], dict] = {}  # what a line says about its work (seconds, CPU), if anything
         self.replaced = False
         self._started = self._load()
         if not self._started and self.path.exists():
@@ -57,6 +58,8 @@ class RunCheckpoint:
                     self.values[key] = entry["value"]
                 else:
                     self.entries[key] = [item_from_dict(it) for it in entry["items"]]
+                if isinstance(entry.get("meta"), dict):
+                    self.meta[key] = entry["meta"]
             except (ValueError, KeyError, TypeError):
                 break  # a line cut off by a kill: it and anything after it are redone
             good.append(line)
@@ -71,9 +74,12 @@ class RunCheckpoint:
     def get(self, phase: str, key: str) -> list[ItemResult] | None:
         return self.entries.get((phase, key))
 
-    def put(self, phase: str, key: str, items: list[ItemResult]) -> None:
+    def put(self, phase: str, key: str, items: list[ItemResult], meta: dict | None = None) -> None:
         self.entries[(phase, key)] = items
-        self._append({"phase": phase, "key": key, "items": [item_to_dict(it) for it in items]})
+        if meta is not None:
+            self.meta[(phase, key)] = meta
+        self._append({"phase": phase, "key": key, "items": [item_to_dict(it) for it in items],
+                      **({"meta": meta} if meta is not None else {})})
 
     def get_value(self, phase: str, key: str) -> Any:
         return self.values.get((phase, key))

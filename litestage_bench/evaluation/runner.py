@@ -195,14 +195,33 @@ def evaluate_items(reasoner: Reasoner, plan: SkipPlan, callbacks: Callbacks, ite
         done = checkpoint.get(phase, key) if checkpoint else None
         if done is None:
             solved += len(chunk)
+            began = time.perf_counter()
             done = reasoner.solve_batch(chunk, plan, callbacks, memo)
-            if checkpoint:
-                checkpoint.put(phase, key, done)
+            if checkpoint:  # the batch's cost, so that a record spanning machines can say what it cost
+                checkpoint.put(phase, key, done, {"seconds": time.perf_counter() - began, "cpu": cpu_model()})
         results += done
         if progress and time.perf_counter() - last_line >= quiet_for:
             _progress(f"{label} batch {batch_size}", len(results), len(items), results, start, solved)
             last_line = time.perf_counter()
     return results
+
+
+def accuracy_cost(checkpoint: RunCheckpoint, phase: str = "batch") -> dict:
+    """One-thread seconds of a run's accuracy batches per CPU they ran on, from its checkpoint (batches
+    kept before their cost was are counted in `items_without_cost`)."""
+    per_cpu: dict[str, dict] = {}
+    without = 0
+    for (p, key), items in checkpoint.entries.items():
+        if p != phase:
+            continue
+        meta = checkpoint.meta.get((p, key))
+        if not meta:
+            without += len(items)
+            continue
+        entry = per_cpu.setdefault(str(meta.get("cpu")), {"items": 0, "seconds": 0.0})
+        entry["items"] += len(items)
+        entry["seconds"] += float(meta.get("seconds", 0.0))
+    return {"per_cpu": per_cpu, "items_without_cost": without}
 
 
 def chance_rate(bench: str, split: str, data_dir=None) -> float:
@@ -382,6 +401,8 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
               # how often the batch-1 (timed) run reproduced the batched one on the timed items
               "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["method"]]),
               "resumed_timed": resumed_timed}
+    if checkpoint is not None and reused is None:
+        timing["accuracy_cost"] = accuracy_cost(checkpoint)
     extra: dict = {"load_seconds": session.loaded.load_seconds, "load_from_cache": session.loaded.from_cache,
                    "dtype": session.loaded.dtype, "numerics": session.loaded.numerics, "seed": seed, "limit": limit,
                    "demos": [d.question.id for d in reasoner.prompts.demos]}
