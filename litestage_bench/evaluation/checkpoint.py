@@ -41,8 +41,23 @@ class RunCheckpoint:
             self.path.unlink()
             self.replaced = True
 
-    def _load(self) -> bool:
-        """Read a checkpoint of the same run; False when there is none (or another run's)."""
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> RunCheckpoint | None:
+        """A checkpoint as it stands, whichever run wrote it, left untouched (a campaign's ledger);
+        None when there is none."""
+        try:
+            fingerprint = json.loads(Path(path).read_text(encoding="utf-8").splitlines()[0])["fingerprint"]
+        except (OSError, ValueError, IndexError, KeyError, TypeError):
+            return None
+        checkpoint = cls.__new__(cls)
+        checkpoint.path, checkpoint.fingerprint, checkpoint.replaced = Path(path), fingerprint, False
+        checkpoint.entries, checkpoint.values, checkpoint.meta = {}, {}, {}
+        checkpoint._started = checkpoint._load(repair=False)
+        return checkpoint
+
+    def _load(self, repair: bool = True) -> bool:
+        """Read a checkpoint of the same run; False when there is none (or another run's). `repair`:
+        drop a line cut off by a kill from the file."""
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
             if json.loads(lines[0]).get("fingerprint") != self.fingerprint:
@@ -63,7 +78,7 @@ class RunCheckpoint:
             except (ValueError, KeyError, TypeError):
                 break  # a line cut off by a kill: it and anything after it are redone
             good.append(line)
-        if len(good) < len(lines):  # drop the cut-off tail, so that new lines follow good ones
+        if repair and len(good) < len(lines):  # drop the cut-off tail, so that new lines follow good ones
             write_text_atomic(self.path, "\n".join(good) + "\n")
         return True
 
