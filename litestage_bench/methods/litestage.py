@@ -266,6 +266,7 @@ class CandidateMeter:
         # (the accepted setting, measured first, and every meeting one): the bar of the speed stop
         self._qualifying: dict[str, float] = {}
         self._predictions: dict[int, dict[str, str | None]] = {}  # id(row) -> its answers by item id
+        self._measuring = ""  # the candidate whose chunk is being measured
 
     def measure(self, sets: dict[str, SkipSet], rules: dict[str, ExitRule | None], label: str,
                 meta: dict | None = None, timed: bool = False) -> dict:
@@ -393,8 +394,9 @@ class CandidateMeter:
         rows, read = [], []
 
         def chunk(lo: int, hi: int) -> dict:
+            self._measuring = label  # its progress lines' name
             part, stored, name = self.store.stored("answers", {**self.answers_key, **config, "chunk": [lo, hi]},
-                                                   lambda: self._answer_counts(plan, callbacks, lo, hi, label),
+                                                   lambda: self._answer_counts(plan, callbacks, lo, hi),
                                                    {"label": label})
             rows.append(name)
             read.append(stored)
@@ -403,12 +405,12 @@ class CandidateMeter:
                                                lambda parts: self._slower(sweep, sets, rules, parts))
         return answers, all(read), rows, parts, t, stopped
 
-    def _answer_counts(self, plan: SkipPlan, callbacks: Callbacks, lo: int, hi: int, label: str = "") -> dict:
+    def _answer_counts(self, plan: SkipPlan, callbacks: Callbacks, lo: int, hi: int) -> dict:
         """Calibration items lo..hi: counts and sums that add up over chunks (merge_answer_counts)."""
         start, cpu, misses, items = time.perf_counter(), time.process_time(), self.memo.misses, self.items[lo:hi]
         # a chunk of the 1.5B runs for half an hour: a line per batch once a minute has passed since the last
         results = evaluate_items(self.reasoner, plan, callbacks, items, self.opts.batch_size,
-                                 f"search {label} items {lo + 1}-{hi}", memo=self.memo,
+                                 f"search {self._measuring} items {lo + 1}-{hi}", memo=self.memo,
                                  quiet_for=CHUNK_QUIET_SECONDS)
         ids = {q.id for q in items}
         fid = aggregate_fidelity([d for d in self.dense if d.id in ids], results, self.reasoner.cfg.answer_rule)

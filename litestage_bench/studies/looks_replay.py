@@ -48,14 +48,23 @@ def _rows_dir(policy: dict, path: str) -> Path:
     return Path(where)
 
 
-def dense_answers(rows: Path, rule: str) -> dict[str, tuple[str, bool]]:
-    """Per calibration item id, dense's (answer, correct) by `rule`, from the search's dense row."""
-    found = sorted(rows.glob("dense-*.json"))
-    found = [p for p in found if not p.name.startswith("dense-batch-")]
-    if len(found) != 1:
-        raise UserError(f"{rows} holds {len(found)} dense rows, not one", "replay a search whose dense pass finished")
-    items = dense_row_items(load_row(found[0], "dense")["value"], found[0], rule)
-    return {it.id: (it.prediction, bool(it.correct)) for it in items}
+def dense_answers(rows: Path, rule: str, ids: list[str]) -> dict[str, tuple[str, bool]]:
+    """Per calibration item id, dense's (answer, correct) by `rule`, from the search's dense row: a
+    row over these calibration items (a folder may hold one per row format, e.g. before the dense row
+    served every rule; they must answer alike)."""
+    found = [p for p in sorted(rows.glob("dense-*.json")) if not p.name.startswith("dense-batch-")]
+    answers = []
+    for path in found:
+        value = load_row(path, "dense")["value"]
+        if value.get("ids") == ids:
+            answers.append({it.id: (it.prediction, bool(it.correct)) for it in dense_row_items(value, path, rule)})
+    if not answers:
+        raise UserError(f"{rows} holds no dense row over the policy's calibration items",
+                        "replay a search whose dense pass finished")
+    if any(a != answers[0] for a in answers[1:]):
+        raise UserError(f"{rows} holds dense rows over these items that answer differently",
+                        "keep the dense row the search read, remove the other")
+    return answers[0]
 
 
 def candidate_items(rows: Path, names: list[str]) -> list[tuple[str, str, bool]]:
@@ -100,7 +109,7 @@ def replay(policy: dict, path: str, looks: int, threshold_sweep: bool) -> dict:
     """The search of `policy` replayed with `looks` interim looks: its candidates (distinct plans,
     dense left out) and the totals."""
     rows = _rows_dir(policy, path)
-    dense = dense_answers(rows, policy["reasoner_config"]["answer_rule"])
+    dense = dense_answers(rows, policy["reasoner_config"]["answer_rule"], policy["calibration"]["ids"])
     opts = SimpleNamespace(**{**policy["options"], "looks": looks})
     plan = look_plan(policy["calibration"]["n"], opts)
     target = {**policy["target"], "tolerance_points": policy["options"]["tolerance"]}
