@@ -67,3 +67,35 @@ def test_the_marked_block_is_replaced_and_a_ledger_without_markers_is_refused(tm
                           "no single")
     (tmp_path / "bad.json").write_text(json.dumps({"pieces": []}))
     assert_one_line_error(ledger.main([str(tmp_path / "bad.json")]), capsys.readouterr().err, "unreadable or incomplete")
+
+
+def test_next_gives_a_lanes_first_piece_not_landed_whose_predecessors_have(tmp_path, capsys):
+    landed = tmp_path / "landed.json"
+    landed.write_text("{}")
+    pieces = [{"piece": "done", "lane": "a", "command": "echo done", "record": str(landed)},
+              {"piece": "waits", "lane": "a", "command": "echo waits", "record": str(tmp_path / "w.json"),
+               "after": ["calibration"]},
+              {"piece": "calibration", "lane": "b", "command": "echo calibration", "done_when": str(tmp_path / "c")},
+              {"piece": "free", "lane": "a", "command": "echo free", "record": str(tmp_path / "f.json")}]
+    campaign = _campaign(tmp_path, pieces)
+    assert ledger.main([campaign, "--next", "a"]) == 0 and capsys.readouterr().out == "echo free\n"
+    (tmp_path / "c").write_text("")  # the calibration landed: the waiting piece comes first again
+    assert ledger.main([campaign, "--next", "a"]) == 0 and capsys.readouterr().out == "echo waits\n"
+    assert ledger.main([campaign, "--next", "b"]) == 0 and capsys.readouterr().out == ""
+
+
+def test_the_worker_runs_a_lanes_pieces_in_turn_and_stops_at_one_that_does_not_land(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "scripts" / "campaign_worker.sh"
+    first, second, never = (tmp_path / n for n in ("1.json", "2.json", "never.json"))
+    pieces = [{"piece": "one", "lane": "a", "command": f"echo {{}} > {first}", "record": str(first)},
+              {"piece": "two", "lane": "a", "command": f"echo {{}} > {second}", "record": str(second), "after": ["one"]}]
+    env = {"PATH": "/usr/bin:/bin", "LITESTAGE_VENV": str(Path(sys.executable).parent.parent)}
+    done = subprocess.run(["bash", str(script), _campaign(tmp_path, pieces), "a"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and first.exists() and second.exists(), done.stderr
+    assert done.stderr.strip().endswith("nothing left to run")
+    stuck = [{"piece": "stuck", "lane": "a", "command": "true", "record": str(never)}]
+    done = subprocess.run(["bash", str(script), _campaign(tmp_path, stuck), "a"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "did not land: true" in done.stderr

@@ -13,6 +13,11 @@ kept) with the table and its totals. CAMPAIGN.json lists the pieces:
   the policy is there; its measured hours are what its rows hold (search_report.rows_cost);
 - anything else (`done_when`: a path that exists once it is done, `estimate_hours`).
 
+`--next LANE` prints the command of the first piece of that lane (`lane`, `command`) that has not
+landed and whose `after` pieces (by name) have: `scripts/campaign_worker.sh CAMPAIGN LANE` runs them
+one after another, so a core goes on to the next piece when one lands (a partial piece's command
+resumes it: run checkpoints and search rows).
+
 What is left is estimated: a record's missing accuracy items at its own measured rate (else the
 campaign's `assumptions.accuracy_s_per_item`) plus its missing timed questions x rounds x sides at
 `assumptions.batch1_s_per_question`; a search's `estimate_hours` less what its rows have cost.
@@ -102,6 +107,17 @@ def piece_row(piece: dict, assume: dict, folders: set[str]) -> dict:
     return other_row(piece)
 
 
+def next_command(campaign: dict, lane: str) -> str:
+    """The command of the lane's first piece not landed whose `after` pieces have landed; "" if none."""
+    assume, folders = campaign["assumptions"], set()
+    landed = {piece["piece"]: piece_row(piece, assume, folders)["state"] == "landed" for piece in campaign["pieces"]}
+    for piece in campaign["pieces"]:
+        if piece.get("lane") == lane and piece.get("command") and not landed[piece["piece"]]:
+            if all(landed.get(name, False) for name in piece.get("after", [])):
+                return piece["command"]
+    return ""
+
+
 def render(campaign: dict) -> str:
     assume = campaign["assumptions"]
     table, spent, left, landed, folders = [], 0.0, 0.0, 0, set()
@@ -161,8 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m litestage_bench.studies.ledger", description=__doc__.split("\n")[0])
     parser.add_argument("campaign", help="the campaign's pieces (JSON)")
     parser.add_argument("--into", help="the ledger (markdown) whose marked block is replaced; else printed")
+    parser.add_argument("--next", metavar="LANE", help="print the command of the lane's next piece (nothing: none)")
     args = parser.parse_args(argv)
     try:
+        if args.next:
+            command = next_command(load_campaign(args.campaign), args.next)
+            if command:
+                print(command)
+            return 0
         text = render(load_campaign(args.campaign))
         if args.into:
             write_into(Path(args.into), text)
