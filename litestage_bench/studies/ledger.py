@@ -83,7 +83,8 @@ def search_row(piece: dict, first_in_folder: bool) -> dict:
     if Path(piece["policy"]).is_file():
         return {"state": "landed", "rate": None, "cpus": cpus, "spent": spent, "left": 0.0}
     if not first_in_folder:
-        return {"state": piece.get("when", "to do"), "rate": None, "cpus": "-", "spent": 0.0, "left": estimate}
+        return {"state": f"not landed (its rows' hours: on the first search of `{rows.name}`)", "rate": None,
+                "cpus": "-", "spent": 0.0, "left": estimate}
     n_rows = {kind: len(list(rows.glob(f"{kind}-*.json"))) for kind in ("answers", "timing")} if rows.is_dir() else {}
     dense = rows.is_dir() and any(not p.name.startswith("dense-batch-") for p in rows.glob("dense-*.json"))
     state = (f"partial: dense pass {'whole' if dense else 'under way'}, {n_rows.get('answers', 0)} answer and "
