@@ -2,7 +2,12 @@
 benchmark, target), read from the policies alone: candidates, calibration items measured, and the
 CPU seconds of their answers and timings.
 
-    python -m litestage_bench.studies.search_cost --pair EARLIER.json NEW.json [--pair ...] --out results/search/cost.md
+    python -m litestage_bench.studies.search_cost --pair EARLIER.json NEW.json [--pair ...]
+        [--records EARLIER_RECORD.json NEW_RECORD.json ...] --out results/search/cost.md
+
+With `--records`, a second table sets the chosen policies' records on the evaluation items side by
+side: each one's speedup, the search's target test on those items, and the new speedup over the
+earlier one, paired by timed item.
 
 Seconds are the candidates' own `answers_seconds` and `timing_seconds`: the CPU time each measured
 piece took when it was measured, also for a piece the new search read back from its rows (measured
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -103,10 +110,104 @@ def pair_rows(earlier_path: str, new_path: str) -> list[list[str]]:
     return out
 
 
+RECORD_COLUMNS = ["search", "record", "speedup [95% CI]", "target on the evaluation items",
+                  "new / earlier speedup [95% CI], p"]
+
+
+def item_log_speedups(record: dict) -> dict[str, float]:
+    """Per timed item of a record, the mean over its rounds of log(dense seconds / method seconds),
+    each round's dense beside the method's of the same round (`timing.dense_rounds`)."""
+    dense = (record.get("timing") or {}).get("dense_rounds") or {}
+    out = {}
+    for item in record["items"]:
+        rounds = [(d, m) for d, m in zip(dense.get(item["id"], []), item.get("timing_rounds") or [])]
+        logs = [math.log(sum(d["stage_s"].values()) / sum(m["stage_s"].values())) for d, m in rounds
+                if sum(d["stage_s"].values()) > 0 and sum(m["stage_s"].values()) > 0]
+        if logs:
+            out[item["id"]] = sum(logs) / len(logs)
+    return out
+
+
+def paired_speed_ratio(earlier: dict, new: dict) -> tuple[float, tuple[float, float], float, int]:
+    """new's speedup / earlier's on their shared timed items: exp(mean of the per-item differences of
+    log speedup), its 95% t interval, the two-sided p of the paired t test, and the item count. Each
+    record's speedup is its own interleaved dense over its method, so machine drift between the two
+    runs cancels within each item before the difference is taken."""
+    from scipy.stats import t as student
+
+    a, b = item_log_speedups(earlier), item_log_speedups(new)
+    diffs = [b[i] - a[i] for i in a if i in b]
+    if len(diffs) < 3:
+        raise UserError(f"the two records share {len(diffs)} timed items", "time both on the same --timed items")
+    n, mean = len(diffs), statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(n)
+    if se == 0:
+        return math.exp(mean), (math.exp(mean), math.exp(mean)), 1.0 if mean == 0 else 0.0, n
+    low, high = student.interval(0.95, n - 1, loc=mean, scale=se)
+    return math.exp(mean), (math.exp(float(low)), math.exp(float(high))), float(2 * student.sf(abs(mean / se), n - 1)), n
+
+
+def _eval_test(record: dict, policy: dict) -> str:
+    """The policy's target test (decide) on the record's evaluation items against dense."""
+    from ..methods.search_decisions import decide
+
+    fid = record.get("fidelity") or {}
+    if not fid.get("n"):
+        return "-"
+    m = {"flips": {k: fid[k] for k in ("n", "wrong_to_correct", "correct_to_wrong")}, "agreement": fid["agreement"]}
+    t = decide(policy["target"], m, (policy.get("options") or {}).get("confidence", 0.95))
+    return f"{t['decision']}: {t['statistic']} {t['estimate']:+.3f} [{t['lower']:+.3f}, {t['upper']:+.3f}] (n {t['n']})"
+
+
+def record_rows(earlier_path: str, new_path: str) -> list[list[str]]:
+    """Two records of the chosen policies (earlier, new) on the same evaluation items."""
+    records = []
+    for path in (earlier_path, new_path):
+        try:
+            records.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read record {path} ({err})", "give two `run` records of the chosen policies") from err
+    policies = [load_policy((r.get("policy") or {}).get("policy") or "") for r in records]
+    if [it["id"] for it in records[0]["items"]] != [it["id"] for it in records[1]["items"]]:
+        raise UserError(f"{earlier_path} and {new_path} hold other evaluation items", "run both on the same items")
+    if all(item_log_speedups(r) for r in records):
+        ratio, ci, p, n = paired_speed_ratio(*records)
+        compared = f"{ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], p {p:.3f} (paired t, {n} items)"
+    else:  # a record from before records kept dense's rounds per item: its speedup's CI only
+        from .headline import log_ratio_test
+
+        ratio, p = log_ratio_test(records[1]["speedup"], records[1].get("speedup_ci95"), records[0]["speedup"],
+                                  records[0].get("speedup_ci95"))
+        compared = f"{ratio:.3f}, p {p:.3f} (z on the two CIs: a record holds no per-item dense times)" if p is not None \
+            else f"{ratio:.3f} (no test: a record has no CI)"
+    search = f"{policies[1]['model']} {policies[1]['bench']} {_target(policies[1])}"
+    out = []
+    for name, path, rec, pol in (("earlier", earlier_path, records[0], policies[0]),
+                                 ("new", new_path, records[1], policies[1])):
+        speed_ci = rec.get("speedup_ci95") or (None, None)
+        out.append([search if name == "earlier" else "", f"{name}: `{path}`",
+                    f"{rec['speedup']:.2f}x" + (f" [{speed_ci[0]:.2f}, {speed_ci[1]:.2f}]" if speed_ci[0] else ""),
+                    _eval_test(rec, pol),
+                    "-" if name == "earlier" else compared])
+    return out
+
+
+def records_section(pairs: list[list[str]]) -> str:
+    rows = [r for a, b in pairs for r in record_rows(a, b)]
+    return ("\n## The chosen policies on the evaluation items\n\nEach record's speedup is timed interleaved "
+            "with dense on its timed items; the ratio of the two is paired by item where both records hold "
+            "dense's rounds per item (the difference of the per-item log speedups, Student t), else a z test "
+            "on the two speedups' CIs. The target test is the search's own (`decide`, its confidence) "
+            "on the evaluation items against dense.\n\n"
+            + tabulate(rows, headers=RECORD_COLUMNS, tablefmt="github", disable_numparse=True) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m litestage_bench.studies.search_cost", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pair", nargs=2, action="append", required=True, metavar=("EARLIER", "NEW"))
+    ap.add_argument("--records", nargs=2, action="append", default=[], metavar=("EARLIER", "NEW"),
+                    help="the chosen policies' records on the evaluation items (same items), compared paired")
     ap.add_argument("--out", help="also write the markdown table here")
     args = ap.parse_args(argv)
     command = "python -m litestage_bench.studies.search_cost " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -117,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         return (f"# What the LiteStage searches cost\n\nRendered with `{command}`.\n\n"
                 "Seconds: CPU seconds of one one-thread process, as each piece was measured (the CPU column "
                 "names where); each distinct plan once, every row in brackets; the dense calibration pass in "
-                "neither. Chosen: #skip per stage (R, A, S), `e` with an early exit.\n\n" + table + "\n")
+                "neither. Chosen: #skip per stage (R, A, S), `e` with an early exit.\n\n" + table + "\n"
+                + (records_section(args.records) if args.records else ""))
 
     return emit_markdown(render, args.out)
 
