@@ -1,8 +1,8 @@
 """Resumable runs: finished work of a long `run`, kept beside its output until the record is written.
 
-Each finished batch (accuracy), each timed question and each timed throughput chunk is appended as
-one JSON line to ``OUT.partial.jsonl`` and flushed; the first line holds a fingerprint of everything that decides the
-results (model, dtype, items, method, settings). A rerun of the same command reads the lines back
+Each finished batch (accuracy, with its seconds and CPU), each timed question and each timed
+throughput chunk is appended as one JSON line to ``OUT.partial.jsonl`` and flushed; the first line
+holds a fingerprint of everything that decides the results (model, dtype, items, method, settings). A rerun of the same command reads the lines back
 and continues after them; a different command (other fingerprint) starts afresh; a line cut off
 by a kill is ignored. Timed questions from before an interruption were timed in the earlier
 process (the record counts them in ``timing.resumed_timed``).
