@@ -15,6 +15,7 @@ from litestage_bench.core.errors import UserError
 from litestage_bench.methods import litestage, search_rows
 from litestage_bench.methods.litestage import CandidateMeter, SearchOptions
 
+REAL_TIMING = CandidateMeter._timing  # the fixture fakes it; the progress test times for real
 OPTS = dict(target="agreement", min_agreement=0.5, limit=6, timed=2, batch_size=3, max_skip=2, patience=1,
             harm_items=2)
 
@@ -209,7 +210,11 @@ def test_a_candidates_chunk_prints_progress_once_a_quiet_interval_has_passed(sea
     searcher(tmp_path / "quiet", "CPU one")
     assert "items 1-" not in capsys.readouterr().err  # the tiny model's chunks take well under a minute
     monkeypatch.setattr(litestage, "CHUNK_QUIET_SECONDS", 0.0)
+    monkeypatch.setattr(CandidateMeter, "_timing", REAL_TIMING)
     searcher(tmp_path / "loud", "CPU one")
-    lines = [line for line in capsys.readouterr().err.splitlines() if "items 1-" in line]
+    err = capsys.readouterr().err.splitlines()
+    lines = [line for line in err if "items 1-" in line]
     assert lines and all(line.startswith("[search ") for line in lines), lines[:3]
     assert any("#skip=" in line and " batch 3] 3/" in line and "s/question" in line for line in lines), lines[:3]
+    # a finalist's batch-1 timing too: a line per timed question
+    assert any(line.startswith("[search recall #skip=1 timed: 2 pipelines") and "] 1/2 " in line for line in err)

@@ -142,13 +142,14 @@ def timed_phase(rounds: int) -> str:
 def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callbacks]], items: list[Question],
                label: str = "", warmup: int = 1, progress: bool = True,
                checkpoint: RunCheckpoint | None = None, rounds: int = DEFAULT_ROUNDS,
-               progress_every: int = 10, phase: str | None = None) -> dict[str, list[ItemResult]]:
+               progress_every: int = 10, phase: str | None = None, quiet_for: float = 0.0) -> dict[str, list[ItemResult]]:
     """Batch-1 latency of each pipeline on the same items, interleaved: per question, `rounds`
     rounds in which every pipeline solves it back to back, the order alternating by question and
     round, so that drift of a shared machine hits every pipeline alike (`timing.py` pairs the rounds).
     `warmup` questions per pipeline (which also fill the header cache) are excluded. With a
     checkpoint, questions timed before an interruption are read back instead of re-timed (`phase`
-    names them in the checkpoint: `run` adds the machine, so that another machine times them again)."""
+    names them in the checkpoint: `run` adds the machine, so that another machine times them again).
+    `quiet_for`: a progress line only after at least that many seconds since the last one."""
     for plan, callbacks in pipelines.values():
         for q in items[:warmup]:
             reasoner.solve(q, plan, callbacks)
@@ -156,6 +157,7 @@ def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callback
     out: dict[str, list[ItemResult]] = {name: [] for name in names}
     phase = phase or timed_phase(rounds)
     start, solved = time.perf_counter(), 0
+    last_line = start
     for i, q in enumerate(items, 1):
         done = checkpoint.get(phase, q.id) if checkpoint else None
         if done is None:
@@ -172,9 +174,10 @@ def time_items(reasoner: Reasoner, pipelines: dict[str, tuple[SkipPlan, Callback
                 checkpoint.put(phase, q.id, done)
         for name, item in zip(names, done):
             out[name].append(item)
-        if progress and (i % progress_every == 0 or i == len(items)):
+        if progress and (i % progress_every == 0 or i == len(items)) and time.perf_counter() - last_line >= quiet_for:
             _progress(f"{label} timed: {len(names)} pipelines x {rounds} rounds", i, len(items), out[names[0]], start,
                       solved)
+            last_line = time.perf_counter()
     return out
 
 

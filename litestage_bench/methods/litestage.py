@@ -65,7 +65,7 @@ from .search_speed import SpeedPredictor, find_predictor
 from .search_sweep import coarse_to_fine, fastest_meeting, finalists, meets, sweep, threshold_sweep  # noqa: F401 (re-exported)
 
 POLICY_SCHEMA_VERSION = 1
-CHUNK_QUIET_SECONDS = 60.0  # a candidate chunk's progress: a line per batch, at most one a minute
+CHUNK_QUIET_SECONDS = 60.0  # a candidate's chunk or timing: a line per batch or question, at most one a minute
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,6 +325,7 @@ class CandidateMeter:
         config = {"sets": row["sets"], "exits": row["exits"]}
         plan = plan_from_sets({s: SkipSet.from_dict(row["sets"][s]) for s in STAGES})
         callbacks = exit_callbacks({s: ExitRule.from_dict(row["exits"][s]) for s in STAGES})
+        self._measuring = row["label"]
         timing, stored, name = self.store.stored("timing", {**self.timing_key, **config},
                                                  lambda: self._timing(plan, callbacks), {"label": row["label"]})
         row.pop("timing", None)
@@ -429,8 +430,9 @@ class CandidateMeter:
         pipelines = {"candidate": (plan, callbacks)}
         if plan.stages or callbacks:
             pipelines["dense"] = (SkipPlan(), {})
-        timed = time_items(self.reasoner, pipelines, self.timed_items, warmup=0, progress=False,
-                           rounds=self.opts.rounds)
+        # a 1.5B finalist is timed for 20 min: a line per question once a minute has passed since the last
+        timed = time_items(self.reasoner, pipelines, self.timed_items, f"search {self._measuring}", warmup=0,
+                           rounds=self.opts.rounds, progress_every=1, quiet_for=CHUNK_QUIET_SECONDS)
         paired = (paired_speedup(timed["dense"], timed["candidate"]) if "dense" in timed
                   else {"speedup": 1.0, "ci95": (1.0, 1.0), "speedup_rounds": []})
         cand = timed["candidate"]
