@@ -119,7 +119,7 @@ def next_command(campaign: dict, lane: str) -> str:
     return ""
 
 
-def render(campaign: dict) -> str:
+def render(campaign: dict, into: str | None = None) -> str:
     assume = campaign["assumptions"]
     table, spent, left, landed, folders = [], 0.0, 0.0, 0, set()
     for piece in campaign["pieces"]:
@@ -130,7 +130,8 @@ def render(campaign: dict) -> str:
                       "-" if row["rate"] is None else f"{row['rate']:.1f} ({row['cpus']})",
                       f"{row['spent']:.2f}" if row["spent"] else "-", f"{row['left']:.1f}"])
     return "\n".join([
-        f"Rendered with `python -m litestage_bench.studies.ledger {campaign['path']} --into LEDGER.md` from "
+        f"Rendered with `python -m litestage_bench.studies.ledger {campaign['path']}"
+        + (f" --into {into}" if into else "") + "` from "
         "the records, checkpoints and search rows in the repository. Hours are one-thread hours; what is "
         f"left is estimated at the piece's own measured rate, else {assume['accuracy_s_per_item']:g} s per "
         f"accuracy item and {assume['batch1_s_per_question']:g} s per batch-1 question ({assume['source']}). "
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             if command:
                 print(command)
             return 0
-        text = render(load_campaign(args.campaign))
+        text = render(load_campaign(args.campaign), args.into)
         if args.into:
             write_into(Path(args.into), text)
     except UserError as err:
