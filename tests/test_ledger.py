@@ -24,8 +24,8 @@ def test_states_rates_and_hours_left_come_from_what_the_repository_holds(tmp_pat
                                                                "items_without_cost": 0}}}))
     partial = tmp_path / "partial.json"
     cp = RunCheckpoint(f"{partial}.partial.jsonl", {"run": 1})
-    cp.put("batch", "a,b", [_item("a"), _item("b")], {"seconds": 50.0, "cpu": "CPU two"})
-    cp.put("timed x2 rounds on cpu", "a", [_item("a")])
+    cp.put("batch", "a,b", [_item("a"), _item("b")], {"seconds": 5000.0, "cpu": "CPU two"})
+    cp.put("timed x2 rounds on cpu", "a", [_item("a", 3000.0), _item("a", 3000.0)])  # method and dense, 3000 s each
     rows = tmp_path / "rows"
     rows.mkdir()
     (rows / "dense-0123.json").write_text(json.dumps({"kind": "dense", "rows_version": 1, "key": {}, "value": {
@@ -43,9 +43,11 @@ def test_states_rates_and_hours_left_come_from_what_the_repository_holds(tmp_pat
     rows_of = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
                for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert rows_of["landed"][0] == "landed" and rows_of["landed"][2] == "10.0 (CPU one)" and float(rows_of["landed"][4]) == 0
-    # 2 of 4 items done at 25 s per item, 1 of 2 timed questions: 2 x 25 + 1 x 2 rounds x 2 sides x 60 s
-    assert rows_of["partial"][0].startswith("partial: 2/4 accuracy items, 1/2 timed questions")
-    assert rows_of["partial"][2] == "25.0 (CPU two)" and float(rows_of["partial"][4]) == round((50 + 240) / 3600, 1)
+    # 2 of 4 items left at 2500 s per item, 1 of 2 timed questions at its measured 3000 s (not the assumed 60):
+    # 2 x 2500 + 1 x 2 rounds x 2 sides x 3000
+    assert rows_of["partial"][0].startswith("partial: 2/4 accuracy items, 1/2 timed questions, 3000 s per batch-1")
+    assert rows_of["partial"][2] == "2500.0 (CPU two)" and float(rows_of["partial"][4]) == round(17000 / 3600, 1)
+    assert float(rows_of["partial"][3]) == round((5000 + 2 * 3000 * 2) / 3600, 2)
     assert rows_of["to do"][0] == "to do" and float(rows_of["to do"][4]) == round((4 * 30 + 2 * 2 * 2 * 60) / 3600, 1)
     # the folder's two hours go on its first search, and off its estimate
     assert float(rows_of["search"][3]) == 2.0 and float(rows_of["search"][4]) == 3.0

@@ -8,7 +8,7 @@ kept) with the table and its totals. CAMPAIGN.json lists the pieces:
 - a record (`record`: its path; `items`, `timed`, `rounds`, `sides` (1: dense, 2: dense beside the
   method)): landed when the record is there; partial while its `run` checkpoint (`PATH.partial.jsonl`)
   holds finished batches and timed questions; measured seconds per item from the record's
-  `timing.accuracy_cost` or the checkpoint's batches;
+  `timing.accuracy_cost` or the checkpoint's batches, and per batch-1 question from its timed ones;
 - a search (`rows`: its row folder, `policy`: the policy it writes, `estimate_hours`): landed when
   the policy is there; its measured hours are what its rows hold (search_report.rows_cost);
 - anything else (`done_when`: a path that exists once it is done, `estimate_hours`).
@@ -20,7 +20,7 @@ resumes it: run checkpoints and search rows).
 
 What is left is estimated: a record's missing accuracy items at its own measured rate (else the
 campaign's `assumptions.accuracy_s_per_item`) plus its missing timed questions x rounds x sides at
-`assumptions.batch1_s_per_question`; a search's `estimate_hours` less what its rows have cost.
+its own measured seconds per question (else `assumptions.batch1_s_per_question`); a search's `estimate_hours` less what its rows have cost.
 """
 from __future__ import annotations
 
@@ -63,14 +63,19 @@ def record_row(piece: dict, assume: dict) -> dict:
         left = items * assume["accuracy_s_per_item"] / 3600 + timing_hours
         return {"state": piece.get("when", "to do"), "rate": None, "cpus": "-", "spent": 0.0, "left": left}
     done = sum(len(v) for (phase, _), v in checkpoint.entries.items() if phase == "batch")
-    timed_done = sum(1 for (phase, _) in checkpoint.entries if phase.startswith(timed_phase(rounds)))
+    timed_entries = [v for (phase, _), v in checkpoint.entries.items() if phase.startswith(timed_phase(rounds))]
     cost = accuracy_cost(checkpoint)
     rate, cpus = _rate(cost)
-    spent = sum(c["seconds"] for c in cost["per_cpu"].values()) / 3600
+    # a timed question's entry: each pipeline's item, its latency the mean over the rounds
+    latencies = [it.latency_s for entry in timed_entries for it in entry if it.latency_s == it.latency_s]
+    per_question = sum(latencies) / len(latencies) if latencies else None
+    spent = (sum(c["seconds"] for c in cost["per_cpu"].values()) + sum(latencies) * rounds) / 3600
     left = ((items - done) * (rate or assume["accuracy_s_per_item"]) / 3600
-            + max(timed - timed_done, 0) * rounds * sides * assume["batch1_s_per_question"] / 3600)
-    return {"state": f"partial: {done}/{items} accuracy items, {timed_done}/{timed} timed questions "
-                     f"(`{checkpoint.path.name}`)", "rate": rate, "cpus": cpus, "spent": spent, "left": left}
+            + max(timed - len(timed_entries), 0) * rounds * sides
+            * (per_question or assume["batch1_s_per_question"]) / 3600)
+    timed_rate = "" if per_question is None else f", {per_question:.0f} s per batch-1 question and side"
+    return {"state": f"partial: {done}/{items} accuracy items, {len(timed_entries)}/{timed} timed questions"
+                     f"{timed_rate} (`{checkpoint.path.name}`)", "rate": rate, "cpus": cpus, "spent": spent, "left": left}
 
 
 def search_row(piece: dict, first_in_folder: bool) -> dict:
