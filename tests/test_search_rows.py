@@ -75,20 +75,25 @@ def test_the_dense_row_serves_every_answer_rule_and_is_answered_by_the_searchs_o
         sum(it["predictions_by_rule"]["cloze"] == it["answer"] for it in items) / len(items))
 
 
-def test_a_dense_pass_cut_off_after_a_batch_continues_from_its_batch_row(searcher, tmp_path, monkeypatch):
-    whole = searcher(tmp_path / "whole", "CPU one")
+def _cut_off_in_the_second_dense_batch(searcher, store, monkeypatch) -> None:
+    """A search on "CPU one" whose machine is taken away while its second dense batch is measured."""
     real, calls = litestage.probe_sums, []
 
-    def cut_off(*args, **kwargs):  # the machine is taken away while the second batch is measured
+    def cut_off(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
     monkeypatch.setattr(litestage, "probe_sums", cut_off)
     with pytest.raises(KeyboardInterrupt):
-        searcher(tmp_path / "cut", "CPU one")
-    assert [p.name.split("-")[1] for p in (tmp_path / "cut").iterdir()] == ["batch"]  # the first batch landed
+        searcher(store, "CPU one")
     monkeypatch.setattr(litestage, "probe_sums", real)
+
+
+def test_a_dense_pass_cut_off_after_a_batch_continues_from_its_batch_row(searcher, tmp_path, monkeypatch):
+    whole = searcher(tmp_path / "whole", "CPU one")
+    _cut_off_in_the_second_dense_batch(searcher, tmp_path / "cut", monkeypatch)
+    assert [p.name.split("-")[1] for p in (tmp_path / "cut").iterdir()] == ["batch"]  # the first batch landed
     lines = []
     again = searcher(tmp_path / "cut", "CPU two", log=lines.append)
     assert any("3/6 items (read back)" in line for line in lines) and any("6/6 items (measured)" in line for line in lines)
@@ -157,17 +162,7 @@ def test_the_dense_pass_keeps_its_cost_and_the_report_sums_the_rows_seconds_by_c
                                                                                     capsys):
     """The dense row holds its batches' seconds per CPU (a pass cut off on one machine and finished
     on another counts both), and `report --search` sums every row's seconds by piece and CPU."""
-    real, calls = litestage.probe_sums, []
-
-    def cut_off(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(litestage, "probe_sums", cut_off)
-    with pytest.raises(KeyboardInterrupt):
-        searcher(tmp_path / "rows", "CPU one")
-    monkeypatch.setattr(litestage, "probe_sums", real)
+    _cut_off_in_the_second_dense_batch(searcher, tmp_path / "rows", monkeypatch)
     searcher(tmp_path / "rows", "CPU two")
     row = next(p for p in (tmp_path / "rows").glob("dense-*.json") if not p.name.startswith("dense-batch-"))
     dense = json.loads(row.read_text())["value"]["cost"]

@@ -20,7 +20,8 @@ resumes it: run checkpoints and search rows).
 
 What is left is estimated: a record's missing accuracy items at its own measured rate (else the
 campaign's `assumptions.accuracy_s_per_item`) plus its missing timed questions x rounds x sides at
-its own measured seconds per question (else `assumptions.batch1_s_per_question`); a search's `estimate_hours` less what its rows have cost.
+its own measured seconds per question (else `assumptions.batch1_s_per_question`); a search's
+`estimate_hours` less what its rows have cost.
 """
 from __future__ import annotations
 
@@ -39,37 +40,34 @@ from ..records.results import write_text_atomic
 BEGIN, END = "<!-- ledger:begin -->", "<!-- ledger:end -->"
 
 
-def _rate(cost: dict) -> tuple[float | None, str]:
-    """Seconds per item over the batches with a cost, and the CPUs they ran on."""
+def _rate(cost: dict) -> tuple[float | None, str, float]:
+    """Seconds per item over the batches with a cost, the CPUs they ran on, and their seconds."""
     per_cpu = cost.get("per_cpu") or {}
-    items = sum(c["items"] for c in per_cpu.values())
+    items, seconds = sum(c["items"] for c in per_cpu.values()), sum(c["seconds"] for c in per_cpu.values())
     if not items:
-        return None, "-"
-    return sum(c["seconds"] for c in per_cpu.values()) / items, ", ".join(sorted(per_cpu))
+        return None, "-", seconds
+    return seconds / items, ", ".join(sorted(per_cpu)), seconds
 
 
 def record_row(piece: dict, assume: dict) -> dict:
     path = Path(piece["record"]) if piece.get("record") else None
     items, timed = piece.get("items", 200), piece.get("timed", 20)
     rounds, sides = piece.get("rounds", 2), piece.get("sides", 2)
-    timing_hours = timed * rounds * sides * assume["batch1_s_per_question"] / 3600
     if path is not None and path.is_file():
         cost = (json.loads(path.read_text(encoding="utf-8")).get("timing") or {}).get("accuracy_cost") or {}
-        rate, cpus = _rate(cost)
-        spent = sum(c["seconds"] for c in (cost.get("per_cpu") or {}).values()) / 3600
-        return {"state": "landed", "rate": rate, "cpus": cpus, "spent": spent, "left": 0.0}
+        rate, cpus, seconds = _rate(cost)
+        return {"state": "landed", "rate": rate, "cpus": cpus, "spent": seconds / 3600, "left": 0.0}
     checkpoint = RunCheckpoint.read(f"{path}.partial.jsonl") if path is not None else None
     if checkpoint is None:
-        left = items * assume["accuracy_s_per_item"] / 3600 + timing_hours
+        left = (items * assume["accuracy_s_per_item"] + timed * rounds * sides * assume["batch1_s_per_question"]) / 3600
         return {"state": piece.get("when", "to do"), "rate": None, "cpus": "-", "spent": 0.0, "left": left}
     done = sum(len(v) for (phase, _), v in checkpoint.entries.items() if phase == "batch")
     timed_entries = [v for (phase, _), v in checkpoint.entries.items() if phase.startswith(timed_phase(rounds))]
-    cost = accuracy_cost(checkpoint)
-    rate, cpus = _rate(cost)
+    rate, cpus, seconds = _rate(accuracy_cost(checkpoint))
     # a timed question's entry: each pipeline's item, its latency the mean over the rounds
     latencies = [it.latency_s for entry in timed_entries for it in entry if it.latency_s == it.latency_s]
     per_question = sum(latencies) / len(latencies) if latencies else None
-    spent = (sum(c["seconds"] for c in cost["per_cpu"].values()) + sum(latencies) * rounds) / 3600
+    spent = (seconds + sum(latencies) * rounds) / 3600
     left = ((items - done) * (rate or assume["accuracy_s_per_item"]) / 3600
             + max(timed - len(timed_entries), 0) * rounds * sides
             * (per_question or assume["batch1_s_per_question"]) / 3600)
