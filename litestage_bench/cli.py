@@ -200,6 +200,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         n_items = len(load_split(args.bench, args.split, limit=args.limit, data_dir=args.data_dir, seed=args.seed))
         check_chunks((batch, args.chunks, args.chunk_rounds), n_items)
     method = method_from_args(args)
+    if args.accuracy_only and args.answers_from:
+        raise UserError("--accuracy-only with --answers-from would time nothing and answer nothing",
+                        "drop one of them")
     if args.answers_from and not args.dense_record and method.name != "dense":
         raise UserError("--answers-from needs --dense-record",
                         "name the dense record the answers were compared with (its `extra.dense_record`)")
@@ -222,7 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, timed=args.timed or None, dense_record=args.dense_record,
                            rounds=args.rounds, answers_from=args.answers_from,
                            checkpoint_path=str(out) + ".partial.jsonl",
-                           throughput=(batch, args.chunks, args.chunk_rounds) if batch > 1 else None)
+                           throughput=(batch, args.chunks, args.chunk_rounds) if batch > 1 else None,
+                           accuracy_only=args.accuracy_only)
     write_record(out, record)
     Path(str(out) + ".partial.jsonl").unlink(missing_ok=True)  # the record holds everything now
     from .records.report import results_table
@@ -265,29 +269,40 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_retime_throughput(args: argparse.Namespace) -> int:
-    import shlex
-
+def _run_entries(paths: list[str]) -> list[tuple]:
+    """(path, record, its `run` command's args, its method) per record written by `litestage-bench run`;
+    the records' file names must differ (their copies in an --out-dir are named by them)."""
     from .records.results import load_record
-    from .records.throughput import parse_timing
-    from .studies.throughput_retime import groups_of, retime
-    batch = parse_timing(args.timing)
-    if batch < 2:
-        raise UserError("retime-throughput needs --timing batch=B with B >= 2", "e.g. --timing batch=8")
-    command = _command_line()
-    names = [Path(p).name for p in args.records]
-    if len(set(names)) < len(names):  # the copies are named by the records' file names
+    names = [Path(p).name for p in paths]
+    if len(set(names)) < len(names):
         twice = next(n for n in names if names.count(n) > 1)
         raise UserError(f"two records are named {twice}: their copies in --out-dir would overwrite each other",
                         "re-time them in separate commands with separate --out-dir")
     entries = []
-    for path in args.records:
+    for path in paths:
         rec = load_record(path)
         words = shlex.split(rec.command or "")
         if words[:2] != ["litestage-bench", "run"]:
             raise UserError(f"{path} was not made by `litestage-bench run`", "give records written by `run --out`")
         run_args = build_parser().parse_args(words[1:])
         entries.append((path, rec, run_args, method_from_args(run_args)))
+    return entries
+
+
+def cmd_retime_latency(args: argparse.Namespace) -> int:
+    from .studies.latency_retime import retime_together
+    retime_together(_run_entries(args.records), args.timed or None, args.rounds, Path(args.out_dir), _command_line())
+    return 0
+
+
+def cmd_retime_throughput(args: argparse.Namespace) -> int:
+    from .records.throughput import parse_timing
+    from .studies.throughput_retime import groups_of, retime
+    batch = parse_timing(args.timing)
+    if batch < 2:
+        raise UserError("retime-throughput needs --timing batch=B with B >= 2", "e.g. --timing batch=8")
+    command = _command_line()
+    entries = _run_entries(args.records)
     sessions: dict = {}
     for group in groups_of(entries, args.group):
         retime(group, (batch, args.chunks, args.chunk_rounds), Path(args.out_dir), sessions, command)
@@ -401,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--answers-from", help="re-time an earlier record of this method and items: read its answers "
                                             "(and dense's from --dense-record), time only; the timed items must "
                                             "reproduce both exactly")
+    run.add_argument("--accuracy-only", action="store_true",
+                     help="no batch-1 timing (no latency or speedup in the record): `retime-latency` times several "
+                          "such records later against one dense")
     run.add_argument("--no-early-exit", action="store_true", help="ignore the policy's early-exit rules (ablation)")
     run.add_argument("--data-dir")
     run.add_argument("--out", help="result JSON (default results/MODEL_BENCH_METHOD.json)")
@@ -499,6 +517,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "chunk rounds against one dense (default 1: each record with its own dense)")
     retime.add_argument("--out-dir", required=True, help="where the re-timed copies go (the records stay as they are)")
     retime.set_defaults(func=cmd_retime_throughput)
+
+    together = sub.add_parser("retime-latency", help="batch-1 latency of several `run` records (e.g. --accuracy-only "
+                                                     "ones) against one dense, interleaved; answers read and checked")
+    together.add_argument("records", nargs="+", metavar="RECORD",
+                          help="non-dense records of one model, benchmark, items, settings and --dense-record")
+    together.add_argument("--timed", type=_non_negative, default=DEFAULT_TIMED,
+                          help=f"seeded items timed at batch 1 (default {DEFAULT_TIMED}; 0 = all)")
+    together.add_argument("--rounds", type=_positive, default=DEFAULT_ROUNDS,
+                          help=f"interleaved rounds per timed item: dense and every method back to back, the order "
+                               f"alternating (default {DEFAULT_ROUNDS})")
+    together.add_argument("--out-dir", required=True, help="where the timed records go (named as the given ones)")
+    together.set_defaults(func=cmd_retime_latency)
 
     report = sub.add_parser("report", help="comparative table (and Pareto plot) of result records")
     report.add_argument("results", nargs="*")

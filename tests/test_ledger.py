@@ -55,6 +55,22 @@ def test_states_rates_and_hours_left_come_from_what_the_repository_holds(tmp_pat
     assert rows_of["table"][0] == "landed"
 
 
+def test_a_group_timed_together_reads_its_own_checkpoint(tmp_path, capsys):
+    """A retime-latency piece: no accuracy items, k + 1 sides, its timed questions in the group's
+    checkpoint (not beside its record)."""
+    group = tmp_path / "first.json.together.partial.jsonl"
+    cp = RunCheckpoint(str(group), {"group": 1})
+    cp.put("timed x2 rounds on cpu", "a", [_item("a", 100.0), _item("a", 100.0), _item("a", 100.0)])
+    pieces = [{"piece": "group", "record": str(tmp_path / "last.json"), "checkpoint": str(group), "items": 0,
+               "timed": 3, "rounds": 2, "sides": 3}]
+    assert ledger.main([_campaign(tmp_path, pieces)]) == 0
+    row = next([c.strip() for c in line.split("|")[2:-1]] for line in capsys.readouterr().out.splitlines()
+               if line.startswith("| group"))
+    assert row[0].startswith("partial: 0/0 accuracy items, 1/3 timed questions, 100 s per batch-1 question")
+    assert float(row[3]) == round(3 * 100 * 2 / 3600, 2)  # 3 sides x 2 rounds at 100 s
+    assert float(row[4]) == round(2 * 2 * 3 * 100 / 3600, 1)  # 2 questions left x 2 rounds x 3 sides
+
+
 def test_the_marked_block_is_replaced_and_a_ledger_without_markers_is_refused(tmp_path, capsys):
     campaign = _campaign(tmp_path, [{"piece": "table", "done_when": str(tmp_path / "x"), "estimate_hours": 1}])
     ledger_md = tmp_path / "ledger.md"

@@ -336,7 +336,7 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
                   one_step: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, timed: int | None = DEFAULT_TIMED,
                   dense_record: str | None = None, checkpoint_path: str | None = None,
                   rounds: int = DEFAULT_ROUNDS, answers_from: str | None = None,
-                  throughput: tuple[int, int, int] | None = None) -> ResultRecord:
+                  throughput: tuple[int, int, int] | None = None, accuracy_only: bool = False) -> ResultRecord:
     """The whole `litestage-bench run`: one record for model x benchmark x method.
 
     Accuracy (and, for a non-dense method, dense's on the same items) is computed `batch_size`
@@ -350,7 +350,10 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
 
     `throughput` = (B, chunks, rounds): also the throughput at batch B of a non-dense method
     (`timing["throughput"]`, records/throughput.py): seeded chunks of B of the items, dense and the
-    method solving each as one batch, interleaved; its answers must equal the accuracy pass's."""
+    method solving each as one batch, interleaved; its answers must equal the accuracy pass's.
+
+    `accuracy_only`: no timed items (no latency, no speedup); `time_together` times such records
+    later, several against one dense."""
     seed_everything(seed)
     items = check_items(load_split(bench, split, limit=limit, data_dir=data_dir, seed=seed), bench, split, data_dir)
     if throughput and method.name != "dense":
@@ -385,7 +388,7 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
         dense_items = evaluate_items(reasoner, DENSE, {}, items, batch_size, f"{label}: dense reference",
                                      checkpoint=checkpoint, phase="dense batch")
 
-    timed_items = subset(items, timed, seed)
+    timed_items = [] if accuracy_only else subset(items, timed, seed)
     if reused is not None and timed_items:  # before the timing, so that a refused record fails fast
         _check_batch_rerun(reasoner, plan, callbacks, items, timed_items, batch_size, answers_from, results)
     pipelines = {"method": (plan, callbacks)}
@@ -396,16 +399,93 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
     clock = time_items(reasoner, pipelines, timed_items, label, checkpoint=checkpoint, rounds=rounds, phase=phase)
     if reused is not None:
         _check_reproduced({"method": (answers_from, results), "dense": (dense_record, dense_items)}, clock)
-    results = with_latencies(results, clock["method"])
-    if dense_items is not None:
-        dense_items = with_latencies(dense_items, clock["dense"])
-    timing = {"timed_ids": [q.id for q in timed_items], "n_timed": len(timed_items), "batch_size_timed": 1,
-              "accuracy_batch_size": batch_size, "warmup_questions": 1, "rounds": rounds,
-              # how often the batch-1 (timed) run reproduced the batched one on the timed items
-              "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clock["method"]]),
-              "resumed_timed": resumed_timed}
+    timing = _timing_fields(timed_items, rounds, batch_size, results, clock["method"], resumed_timed)
     if checkpoint is not None and reused is None:
         timing["accuracy_cost"] = accuracy_cost(checkpoint)
+    elif reused is not None:
+        _carry_accuracy_cost(timing, answers_from)
+    extra = _extra(session, reasoner, seed, limit, dense_record, answers_from)
+    if one_step:
+        extra["one_step_accuracy"] = one_step_accuracy(reasoner, items, label)
+    if throughput and not is_dense:
+        timing["throughput"] = throughput_timing(reasoner, pipelines, items, results, throughput, seed, label,
+                                                 checkpoint, clock_label(session))
+    return _record(session, bench, split, method, config, with_latencies(results, clock["method"]),
+                   None if dense_items is None else with_latencies(dense_items, clock.get("dense", [])),
+                   command=command, extra=extra, timing=timing, data_dir=data_dir)
+
+
+
+def time_together(session: Session, bench: str, entries: list[tuple[str, Method, str]], *, split: str,
+                  limit: int | None, config: ReasonerConfig, data_dir, seed: int, timed: int | None, rounds: int,
+                  batch_size: int, dense_record: str, checkpoint_path: str,
+                  commands: dict[str, str]) -> dict[str, ResultRecord]:
+    """Batch-1 latency of several methods at once against one dense: entries (name, method, its
+    accuracy-only record) of one model, benchmark, items and settings. Per timed question and round
+    dense and every method solve it back to back (time_items: the order alternating), so k methods
+    cost k + 1 solves instead of 2k; each method's speedup pairs its solves with dense's of the same
+    round. As `run --answers-from`: answers are read from the records (dense's from `dense_record`) and
+    must be reproduced, on the timed items and one re-run batch each. Per name, the record that
+    `commands[name]` (that method's own `run --answers-from`) would write, timed here; timed
+    questions are checkpointed per machine (clock_label), so an interrupted group continues."""
+    seed_everything(seed)
+    items = check_items(load_split(bench, split, limit=limit, data_dir=data_dir, seed=seed), bench, split, data_dir)
+    reasoner = session.reasoner(bench, config, data_dir)
+    facts = model_facts(session.executor, session.loaded.name)
+    loaded = session.loaded
+    dense_items = load_reference(dense_record, model=loaded.name, bench=bench, split=split, dtype=loaded.dtype,
+                                 config=config, items=items, numerics=loaded.numerics)
+    timed_items = subset(items, timed, seed)
+    pipelines: dict[str, tuple[SkipPlan, Callbacks]] = {"dense": (DENSE, {})}
+    reused: dict[str, tuple[str, list[ItemResult]]] = {}
+    for name, method, path in entries:
+        pipelines[name] = (checked_plan(method, facts), method_callbacks(method))  # the policy as planned (layers)
+        reused[name] = (path, load_reference(path, model=loaded.name, bench=bench, split=split, dtype=loaded.dtype,
+                                             config=config, items=items, numerics=loaded.numerics,
+                                             method=method.name, policy=method.describe()))
+    for name, _, path in entries:  # before the timing, so that a refused group fails fast
+        _check_batch_rerun(reasoner, *pipelines[name], items, timed_items, batch_size, path, reused[name][1])
+    label = f"{loaded.name} {bench} " + " + ".join(m.name for _, m, _ in entries)
+    checkpoint = RunCheckpoint(checkpoint_path, checkpoint_config(
+        session, bench=bench, split=split, items=items, method=entries[0][1], config=config, batch_size=batch_size,
+        timed=timed, seed=seed, dense_record=dense_record, answers_from=[p for _, _, p in entries],
+        together=[m.describe() for _, m, _ in entries]))
+    if checkpoint.resumed:
+        log(f"[{label}] resuming: {checkpoint.resumed} timed questions in {checkpoint_path}")
+    phase = f"{timed_phase(rounds)} on {clock_label(session)}"
+    resumed_timed = checkpoint.count(phase)
+    clock = time_items(reasoner, pipelines, timed_items, label, checkpoint=checkpoint, rounds=rounds, phase=phase)
+    _check_reproduced({"dense": (dense_record, dense_items), **reused}, clock)
+    records = {}
+    for name, method, path in entries:
+        results = reused[name][1]
+        timing = {**_timing_fields(timed_items, rounds, batch_size, results, clock[name], resumed_timed),
+                  "timed_with": [other for other, _, _ in entries if other != name]}
+        _carry_accuracy_cost(timing, path)
+        records[name] = _record(session, bench, split, method, config, with_latencies(results, clock[name]),
+                                with_latencies(dense_items, clock["dense"]), command=commands[name],
+                                extra=_extra(session, reasoner, seed, limit, dense_record, path), timing=timing,
+                                data_dir=data_dir)
+    return records  # the caller removes the checkpoint once the records are written
+
+def _timing_fields(timed_items: list[Question], rounds: int, batch_size: int, results: list[ItemResult],
+                   clocked: list[ItemResult], resumed_timed: int) -> dict:
+    return {"timed_ids": [q.id for q in timed_items], "n_timed": len(timed_items), "batch_size_timed": 1,
+            "accuracy_batch_size": batch_size, "warmup_questions": 1, "rounds": rounds,
+            # how often the batch-1 (timed) run reproduced the batched one on the timed items
+            "batch1_vs_batched": compare([compact(r) for r in results], [compact(r) for r in clocked]),
+            "resumed_timed": resumed_timed}
+
+
+def _carry_accuracy_cost(timing: dict, answers_from: str) -> None:
+    """A record whose answers were read from an earlier one keeps what that one's accuracy pass cost."""
+    cost = (load_record(answers_from).timing or {}).get("accuracy_cost")
+    if cost:
+        timing["accuracy_cost"] = cost
+
+
+def _extra(session: Session, reasoner: Reasoner, seed: int, limit: int | None, dense_record: str | None,
+           answers_from: str | None) -> dict:
     extra: dict = {"load_seconds": session.loaded.load_seconds, "load_from_cache": session.loaded.from_cache,
                    "dtype": session.loaded.dtype, "numerics": session.loaded.numerics, "seed": seed, "limit": limit,
                    "demos": [d.question.id for d in reasoner.prompts.demos]}
@@ -413,16 +493,17 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
         extra["dense_record"] = dense_record
     if answers_from:
         extra["answers_from"] = {"record": answers_from, "command": load_record(answers_from).command}
-    if one_step:
-        extra["one_step_accuracy"] = one_step_accuracy(reasoner, items, label)
-    if throughput and not is_dense:
-        timing["throughput"] = throughput_timing(reasoner, pipelines, items, results, throughput, seed, label,
-                                                 checkpoint, clock_label(session))
+    return extra
+
+
+def _record(session: Session, bench: str, split: str, method: Method, config: ReasonerConfig,
+            results: list[ItemResult], dense_items: list[ItemResult] | None, *, command: str, extra: dict,
+            timing: dict, data_dir) -> ResultRecord:
     device = str(session.executor.device)
     return build_record(model=session.loaded.name, benchmark=bench, split=split, method=method.name,
                         policy=method.describe(), answer_rule=config.answer_rule, items=results,
-                        command=command, config=config.to_dict(), speedup=1.0 if is_dense else None, extra=extra,
-                        dense_items=dense_items, chance=chance_rate(bench, split, data_dir),
+                        command=command, config=config.to_dict(), speedup=1.0 if method.name == "dense" else None,
+                        extra=extra, dense_items=dense_items, chance=chance_rate(bench, split, data_dir),
                         noise_floor=noise_floor_for(session.loaded.name, session.loaded.numerics, device),
                         timing=timing, dtype=session.loaded.dtype, numerics=session.loaded.numerics,
                         threads=torch.get_num_threads(), device=device)

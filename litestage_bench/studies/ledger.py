@@ -6,9 +6,11 @@ the markers `<!-- ledger:begin -->` and `<!-- ledger:end -->` of LEDGER.md (the 
 kept) with the table and its totals. CAMPAIGN.json lists the pieces:
 
 - a record (`record`: its path; `items`, `timed`, `rounds`, `sides` (1: dense, 2: dense beside the
-  method)): landed when the record is there; partial while its `run` checkpoint (`PATH.partial.jsonl`)
-  holds finished batches and timed questions; measured seconds per item from the record's
-  `timing.accuracy_cost` or the checkpoint's batches, and per batch-1 question from its timed ones;
+  method, k + 1: k methods timed together against one dense by `retime-latency`, whose piece names the
+  last record it writes and its `checkpoint`)): landed when the record is there; partial while its
+  checkpoint (`checkpoint`, else the `run` checkpoint `PATH.partial.jsonl`) holds finished batches and
+  timed questions; measured seconds per item from the record's `timing.accuracy_cost` or the
+  checkpoint's batches, and per batch-1 question from its timed ones;
 - a search (`rows`: its row folder, `policy`: the policy it writes, `estimate_hours`): landed when
   the policy is there; its measured hours are what its rows hold (search_report.rows_cost);
 - anything else (`done_when`: a path that exists once it is done, `estimate_hours`).
@@ -57,7 +59,9 @@ def record_row(piece: dict, assume: dict) -> dict:
         cost = (json.loads(path.read_text(encoding="utf-8")).get("timing") or {}).get("accuracy_cost") or {}
         rate, cpus, seconds = _rate(cost)
         return {"state": "landed", "rate": rate, "cpus": cpus, "spent": seconds / 3600, "left": 0.0}
-    checkpoint = RunCheckpoint.read(f"{path}.partial.jsonl") if path is not None else None
+    # a group timed together (retime-latency) keeps its timed questions under its own name
+    where = piece.get("checkpoint") or (f"{path}.partial.jsonl" if path is not None else None)
+    checkpoint = RunCheckpoint.read(where) if where else None
     if checkpoint is None:
         left = (items * assume["accuracy_s_per_item"] + timed * rounds * sides * assume["batch1_s_per_question"]) / 3600
         return {"state": piece.get("when", "to do"), "rate": None, "cpus": "-", "spent": 0.0, "left": left}
