@@ -216,3 +216,31 @@ def test_code_version_follows_the_sources_that_shape_results(tmp_path, monkeypat
         shaping.write_text("# v2\n")
         assert version() != before, shaping
     grid_cache.code_version.cache_clear()
+
+
+def test_the_timing_version_follows_only_what_runs_while_a_solve_is_timed(tmp_path, monkeypatch):
+    """A search's timing rows are keyed on the executor, reasoner and timing loop (and the baselines):
+    an edit to the search's sweeps or a study keeps them, one to the executor re-times."""
+    from litestage_bench.core import code_version as versions
+
+    pkg, base = tmp_path / "litestage_bench", tmp_path / "baselines"
+    for path in (pkg / "engine" / "executor.py", pkg / "evaluation" / "runner.py", pkg / "core" / "errors.py",
+                 pkg / "methods" / "search_sweep.py", pkg / "studies" / "ledger.py", base / "unified.py"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# v1\n")
+    monkeypatch.setattr(versions, "PACKAGE", pkg)
+
+    def version() -> str:
+        versions.timing_code_version.cache_clear()
+        return versions.timing_code_version()
+
+    v1 = version()
+    for elsewhere in (pkg / "methods" / "search_sweep.py", pkg / "studies" / "ledger.py"):
+        elsewhere.write_text("# v2\n")
+        assert version() == v1, elsewhere
+    for timed in (pkg / "engine" / "executor.py", pkg / "evaluation" / "runner.py", pkg / "core" / "errors.py",
+                  base / "unified.py"):
+        before = version()
+        timed.write_text("# v2\n")
+        assert version() != before, timed
+    versions.timing_code_version.cache_clear()

@@ -453,8 +453,12 @@ def test_search_reads_only_calibration_items_and_writes_a_usable_policy(model, t
     assert seen == {q.id for q in calib[:3]}
     assert again["stages"] == policy["stages"] and again["importance"] == policy["importance"]
     assert again["exit_thresholds_swept"] == policy["exit_thresholds_swept"]
-    # a code change that leaves dense's outputs (the canary) as they were keeps the answers, re-times
+    # a code change outside what runs while a solve is timed keeps the answers and the timings
     monkeypatch.setattr(litestage, "code_version", lambda: "another version of the sources")
+    kept = litestage.search(session, "obqa", opts, r.cfg, store_dir=tmp_path, log=lambda m: None)
+    assert kept["search_cost"]["candidates_retimed"] == 0 and kept["search_cost"]["candidates_measured"] == 0
+    # one to the code that runs while timing (executor, reasoner, timing loop) keeps the answers, re-times
+    monkeypatch.setattr(litestage, "timing_code_version", lambda: "another version of the executor")
     changed = litestage.search(session, "obqa", opts, r.cfg, store_dir=tmp_path, log=lambda m: None)
     assert changed["search_cost"]["candidates_retimed"] > 0
     assert all(c["answers_cpu"] == policy["candidates"][0]["answers_cpu"] for c in changed["candidates"])

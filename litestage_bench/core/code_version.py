@@ -20,10 +20,14 @@ NOT_IN_CODE_VERSION = {"records/report.py", "cli.py", "__main__.py", "studies/sp
                        "grid/workers.py"}
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """sha256 of the package, baselines and plugin sources that shape results, with the torch and
-    transformers versions (kernels change numerics): any edit there invalidates the cache."""
+# What runs while a solve is timed (the executor, the reasoner, the timing loop): a search's timing rows
+# are keyed on these alone, so an edit elsewhere (the search's sweeps, records, studies) keeps them.
+TIMING_FOLDERS = ("core", "engine", "evaluation")
+
+
+def _digest(include) -> str:
+    """sha256 of the torch and transformers versions, the package and baselines sources that
+    `include(root name, relative path)` keeps, and the external plugins' sources."""
     import torch
     import transformers
 
@@ -32,10 +36,24 @@ def code_version() -> str:
     for root in roots:
         for path in sorted(root.rglob("*.py")):
             rel = path.relative_to(root)
-            if rel.as_posix() in NOT_IN_CODE_VERSION:
+            if not include(root.name, rel.as_posix()):
                 continue
             digest.update(f"{root.name}/{rel.as_posix()}\0".encode())
             digest.update(path.read_bytes())
     for plugin in external_plugins():
         digest.update(f"plugin {plugin['group']} {plugin['name']}={plugin['value']} {plugin['sha256']}\0".encode())
     return digest.hexdigest()[:20]
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """sha256 of the package, baselines and plugin sources that shape results, with the torch and
+    transformers versions (kernels change numerics): any edit there invalidates the cache."""
+    return _digest(lambda root, rel: rel not in NOT_IN_CODE_VERSION)
+
+
+@lru_cache(maxsize=1)
+def timing_code_version() -> str:
+    """The same hash over the sources that run while a solve is timed (TIMING_FOLDERS of the package,
+    the baselines, the plugins): what a stored timing depends on besides the machine."""
+    return _digest(lambda root, rel: root != PACKAGE.name or rel.split("/")[0] in TIMING_FOLDERS)

@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from ..core.code_version import code_version
+from ..core.code_version import code_version, timing_code_version
 from ..core.errors import UserError
 from ..core.schema import Checker
 from ..engine.early_exit import CONFIDENCES, ConfidenceExit, ConfidenceRecorder, ExitRule
@@ -446,11 +446,13 @@ class CandidateMeter:
 def cache_keys(base_key: dict, exact: bool, opts: "SearchOptions") -> tuple[dict, dict]:
     """The row keys (search_rows.py): answers without the code version (the canary stands for it),
     and without the CPU and threads where the numerics are exact, with them and the batch size where
-    they are not; timing with the CPU, threads, code version and rounds."""
+    they are not; timing with the CPU, threads and rounds, and the version of the code that runs while a
+    solve is timed (timing_code_version: an edit to the search's own logic keeps the timings)."""
     answers = {k: v for k, v in base_key.items() if k not in ("cpu", "threads", "code")}
     if not exact:  # bf16 or a GPU: answers may change with the CPU, the threads and the batching
         answers = {**answers, "cpu": base_key["cpu"], "threads": base_key["threads"], "batch_size": opts.batch_size}
-    return answers, {**base_key, "rounds": opts.rounds}
+    timing = {k: v for k, v in base_key.items() if k != "code"}
+    return answers, {**timing, "timing_code": timing_code_version(), "rounds": opts.rounds}
 
 
 @dataclass
