@@ -253,13 +253,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.latency_fit.lower() not in ("auto", "none"):
         from .records.latency_model import load_fit
         load_fit(args.latency_fit)  # likewise
-    if args.answer_rule:
+    if args.answer_rule == "auto" and args.method != "litestage":
+        raise UserError(f"--answer-rule auto is chosen on a LiteStage search's dense pass, not a {args.method} search",
+                        "name the rule (studies.answer_rule chooses it on a dense calibration record)")
+    if args.answer_rule and args.answer_rule != "auto":
         from .records.fidelity import check_rule
         check_rule(args.answer_rule)
     out = Path(args.out)
     _clean_stale(out)
     session = Session.open(args.model, dtype=args.dtype, device=args.device, numerics=args.numerics)
-    config = default_config(session.loaded, shots=args.shots, answer_rule=args.answer_rule)
+    config = default_config(session.loaded, shots=args.shots,
+                            answer_rule=None if args.answer_rule == "auto" else args.answer_rule)
     policy = SEARCHES[args.method](session, args.bench, args, config, _command_line(), log)
     atomic_write(out, lambda fh: json.dump(policy, fh, indent=1))
     cost = policy.get("search_cost", {})
@@ -492,8 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--shots", type=_non_negative)
     search.add_argument("--importance-items", type=_positive,
                         help="LiteStage: the importance from the first N calibration items' prefills (default: all)")
-    search.add_argument("--answer-rule", help="regex, letter, cloze, regex+letter, regex+cloze (default: per model); "
-                                              "the records of its policy take the same `run --answer-rule`")
+    search.add_argument("--answer-rule", help="regex, letter, cloze, regex+letter, regex+cloze (default: per model), or "
+                                              "auto (litestage: the most accurate on its dense pass's calibration answers, "
+                                              "before any candidate); the records of its policy take the same "
+                                              "`run --answer-rule` (its reasoner_config)")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--dtype")
     search.add_argument("--numerics", help=NUMERICS_HELP)

@@ -33,13 +33,13 @@ def searcher(model, tokenizer, monkeypatch):
     monkeypatch.setattr(litestage, "load_split", split_loader(calibration_splits()))
     monkeypatch.setattr(CandidateMeter, "_timing", _fake_timing)
     r = reasoner(model, tokenizer)
-    def run(store, cpu: str, home=None, log=lambda m: None) -> dict:
+    def run(store, cpu: str, home=None, log=lambda m: None, **options) -> dict:
         # the model's folder as each machine has it: under its own home, named by the weights' hash
         source = str((home or store.parent / "home1") / "models" / "tiny-0123abcd")
         session = SimpleNamespace(reasoner=lambda bench, cfg, data_dir=None: r, executor=r.ex,
                                   loaded=SimpleNamespace(name="tiny", source=source, dtype="float32", numerics="float32"))
         monkeypatch.setattr(litestage, "machine_info", lambda: {"cpu": cpu})
-        return litestage.search(session, "obqa", SearchOptions(**OPTS), r.cfg, store_dir=store, log=log)
+        return litestage.search(session, "obqa", SearchOptions(**{**OPTS, **options}), r.cfg, store_dir=store, log=log)
     run.reasoner = r
     return run
 
@@ -73,6 +73,33 @@ def test_the_dense_row_serves_every_answer_rule_and_is_answered_by_the_searchs_o
     assert other["calibration"]["dense_accuracy"] == pytest.approx(letter)
     assert first["calibration"]["dense_accuracy"] == pytest.approx(
         sum(it["predictions_by_rule"]["cloze"] == it["answer"] for it in items) / len(items))
+
+
+def test_answer_rule_auto_is_chosen_on_the_dense_pass_and_every_candidate_answers_by_it(searcher, tmp_path,
+                                                                                        monkeypatch):
+    """`--answer-rule auto`: the rule is chosen on the dense row's every-rule answers before any
+    candidate; dense's calibration accuracy, the candidates' rows and the policy's reasoner settings
+    (what its records run with) all take it. The choice is forced to letter here (the tiny model's
+    rules may tie); most_accurate_rule itself is tested in test_answer_rule.py."""
+    monkeypatch.setattr(litestage, "most_accurate_rule", lambda items, own: "letter")
+    lines = []
+    policy = searcher(tmp_path / "rows", "CPU one", log=lines.append, choose_rule=True)
+    dense = next(p for p in (tmp_path / "rows").iterdir() if p.name.startswith("dense-"))
+    items = json.loads(dense.read_text())["value"]["items"]
+    by_rule = {rule: sum(it["predictions_by_rule"][rule] == it["answer"] for it in items) / len(items)
+               for rule in items[0]["predictions_by_rule"]}
+    choice = policy["answer_rule_choice"]
+    assert (choice["rule"], choice["default"]) == ("letter", "cloze") and choice["accuracy_by_rule"] == by_rule
+    assert policy["reasoner_config"]["answer_rule"] == "letter"
+    assert policy["calibration"]["dense_accuracy"] == pytest.approx(by_rule["letter"])
+    assert any(line.startswith("[search] answer rule letter") for line in lines)
+    rows = [json.loads(p.read_text()) for p in (tmp_path / "rows").glob("answers-*.json")]
+    assert rows and {r["key"]["config"]["answer_rule"] for r in rows} == {"letter"}
+    # the same search with the rule named reads those rows: nothing is measured again
+    searcher.reasoner.cfg = replace(searcher.reasoner.cfg, answer_rule="letter")
+    named = searcher(tmp_path / "rows", "CPU one")
+    assert named["search_cost"]["candidates_measured"] == 0 and named["answer_rule_choice"] is None
+    assert named["stages"] == policy["stages"]
 
 
 def _cut_off_in_the_second_dense_batch(searcher, store, monkeypatch) -> None:

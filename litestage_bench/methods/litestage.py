@@ -50,7 +50,7 @@ from ..evaluation.benchmarks import Question, check_disjoint, check_items, load_
 from ..evaluation.header_cache import HeaderCache
 from ..evaluation.reasoner import Callbacks, Reasoner, StageMemo
 from ..evaluation.runner import evaluate_items, model_facts, seed_everything, time_items
-from ..records.fidelity import aggregate_fidelity
+from ..records.fidelity import aggregate_fidelity, answered_by, most_accurate_rule, rule_hits
 from ..records.noise import exact_numerics
 from ..records.results import ItemResult, item_to_dict, machine_info
 from ..records.timing import paired_speedup
@@ -194,6 +194,7 @@ class SearchOptions:
     exit_quantiles: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
     harm_items: int = 8  # calibration questions whose stage prompts measure KL harm
     importance_items: int | None = None  # the first N calibration items' prefills give the importance (None: all)
+    choose_rule: bool = False  # the answer rule: the most accurate on the dense pass's answers (`--answer-rule auto`)
     harm_profile: bool = False  # every unit skipped alone, with its rank correlation to the cosine ranking
     iterative_pool: int | None = 16  # candidates per iterative round (None: all)
     seed: int = 0
@@ -685,6 +686,13 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                                                  canary_trace, recorders, memo, log)
     if not texts.header:
         raise UserError("the search needs the shared-header cache", "do not disable header_cache for a search")
+    rule_choice = None
+    if opts.choose_rule:  # before any candidate: their rows are keyed on the rule (the dense row is not)
+        rule_choice, dense = choose_answer_rule(reasoner.cfg, dense, log)
+        config = reasoner.cfg
+        # the canary hashes the rule's answers: as a search run with the chosen rule named computes it
+        base_key = {**base_key, "config": config.to_dict(), "canary": canary(dense[:_canary_size(opts)])}
+        keys = cache_keys(base_key, exact, opts)
     meter = CandidateMeter(reasoner, items, timed_items, dense, keys, store, opts, log, memo, speed)
     for q in items[:1]:  # warm-up (allocator, header cache), not timed
         reasoner.solve(q, SkipPlan())
@@ -730,7 +738,7 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
         "importance": per_stage, "accumulated": scores, "ranking": [list(u) for u in ranking],
         "stages": {s: {"n_skip": state.n_skip[s], "skip": state.sets[s].to_dict()} for s in STAGES},
         "early_exit": {s: (state.rules[s].to_dict() if state.rules[s] else None) for s in STAGES},
-        "exit_thresholds_swept": thresholds,
+        "exit_thresholds_swept": thresholds, "answer_rule_choice": rule_choice,
         "chosen": {**final, "speedup_vs_dense": final["speedup"]},
         "power": target_power(opts, len(items)), "looks": meter.looks.to_dict(),
         "speed_ranking": speed.describe() if speed else {"fit": None, "timed": "every candidate that does not "
@@ -746,6 +754,22 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                                  "written": len(store.written)}},
         "machine": machine_info(), "code_version": base_key["code"], "command": command,
     }
+
+
+def choose_answer_rule(config, dense: list[ItemResult], log: Callable[[str], None]) -> tuple[dict, list[ItemResult]]:
+    """`--answer-rule auto`: the rule most accurate on the dense pass's answers of the calibration
+    items (every rule's prediction is kept per item; a tie keeps the model's default, as
+    studies.answer_rule chooses), set on `config` (the reasoner's, so every candidate answers by it);
+    the choice with each rule's accuracy, and dense's items answered by it."""
+    default = config.answer_rule
+    chosen = most_accurate_rule(dense, default)
+    accuracy = {rule: sum(hits) / len(hits) for rule, hits in rule_hits(dense).items()}
+    config.answer_rule = chosen
+    log(f"[search] answer rule {chosen} (dense on {len(dense)} calibration items: "
+        + ", ".join(f"{rule} {acc:.3f}" for rule, acc in accuracy.items()) + f"; default {default})")
+    choice = {"rule": chosen, "default": default, "accuracy_by_rule": accuracy, "n": len(dense),
+              "how": "the most accurate rule on the dense answers of the calibration items; a tie keeps the default"}
+    return choice, [answered_by(item, chosen) for item in dense]
 
 
 def _threads() -> int:
@@ -784,4 +808,4 @@ def options_from_args(args) -> SearchOptions:
         latency_fit=None if args.latency_fit.lower() == "none" else args.latency_fit,
         patience=args.patience, looks=args.looks, confidence=args.confidence, iterative_pool=args.iterative_pool,
         early_exit=not args.no_early_exit, harm_profile=args.harm_profile, seed=args.seed,
-        importance_items=args.importance_items)
+        importance_items=args.importance_items, choose_rule=getattr(args, "answer_rule", None) == "auto")

@@ -47,6 +47,21 @@ def answered_by(item: "ItemResult", rule: str) -> "ItemResult":
     return replace(item, prediction=prediction, rule=used, correct=prediction == item.answer)
 
 
+def rule_hits(items: Sequence["ItemResult"]) -> dict[str, list[bool]]:
+    """Per rule found among the items' every-rule predictions, whether each item's prediction under
+    it is its gold answer."""
+    rules = sorted({rule for it in items for rule in (it.predictions_by_rule or {})})
+    return {rule: [(it.predictions_by_rule or {}).get(rule) == it.answer for it in items] for rule in rules}
+
+
+def most_accurate_rule(items: Sequence["ItemResult"], own: str) -> str:
+    """The rule with the most correct items; a tie keeps `own` (else the first tied by name)."""
+    hits = rule_hits(items)
+    best = max(sum(v) for v in hits.values())
+    tied = sorted(rule for rule, v in hits.items() if sum(v) == best)
+    return own if own in tied else tied[0]
+
+
 def score_rule(answer_rule: str) -> str:
     """``"cloze"`` or ``"letter"``: whose ``option_scores`` stand for ``answer_rule``'s answer.
 

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from tabulate import tabulate
 
 from ..core.errors import UserError
-from ..records import stats
+from ..records import fidelity, stats
 from ..engine.models import MODELS
 from ..methods.search_rows import load_row
 from ..records.results import ResultRecord, emit_markdown, item_from_dict, load_record
@@ -33,16 +33,12 @@ COLUMNS = ["model", "benchmark", "n", "rule", "accuracy [95% CI]", "vs the recor
 
 def rule_hits(r: ResultRecord) -> dict[str, list[bool]]:
     """Per rule, whether each item's prediction under that rule is its gold answer."""
-    rules = sorted({rule for it in r.items for rule in (it.predictions_by_rule or {})})
-    return {rule: [(it.predictions_by_rule or {}).get(rule) == it.answer for it in r.items] for rule in rules}
+    return fidelity.rule_hits(r.items)
 
 
 def choose(r: ResultRecord) -> str:
     """The most accurate rule; a tie keeps the record's own rule."""
-    hits = rule_hits(r)
-    best = max(sum(v) for v in hits.values())
-    tied = sorted(rule for rule, v in hits.items() if sum(v) == best)
-    return r.answer_rule if r.answer_rule in tied else tied[0]
+    return fidelity.most_accurate_rule(r.items, r.answer_rule)
 
 
 def load_calibration(path: str):
