@@ -76,7 +76,8 @@ def retime_together(entries: list[tuple], timed: int | None, rounds: int, out_di
     for name, record in records.items():
         record.extra["timing_command"] = command
         write_record(outs[name], record)
-        speed = "no speedup" if record.speedup is None else f"speedup {record.speedup:.2f}x {record.speedup_ci95}"
+        ci = "" if not record.speedup_ci95 else " [{:.2f}, {:.2f}]".format(*record.speedup_ci95)
+        speed = "no speedup" if record.speedup is None else f"speedup {record.speedup:.2f}x{ci}"
         log(f"[{name}] batch 1: {speed} -> {outs[name]}")
     checkpoint.unlink(missing_ok=True)  # every record holds its timing now
     return list(outs.values())
