@@ -20,8 +20,11 @@ def _campaign(tmp_path, pieces):
 
 def test_states_rates_and_hours_left_come_from_what_the_repository_holds(tmp_path, capsys):
     landed = tmp_path / "landed.json"
+    rounds = [{"stage_s": {"recall": 100.0, "analyze": 200.0}}, {"stage_s": {"recall": 300.0}}]
     landed.write_text(json.dumps({"timing": {"accuracy_cost": {"per_cpu": {"CPU one": {"items": 4, "seconds": 40.0}},
-                                                               "items_without_cost": 0}}}))
+                                                               "items_without_cost": 0},
+                                             "dense_rounds": {"a": rounds}},
+                                  "items": [{"id": "a", "timing_rounds": rounds}, {"id": "b"}]}))
     partial = tmp_path / "partial.json"
     cp = RunCheckpoint(f"{partial}.partial.jsonl", {"run": 1})
     cp.put("batch", "a,b", [_item("a"), _item("b")], {"seconds": 5000.0, "cpu": "CPU two"})
@@ -43,6 +46,7 @@ def test_states_rates_and_hours_left_come_from_what_the_repository_holds(tmp_pat
     rows_of = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
                for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert rows_of["landed"][0] == "landed" and rows_of["landed"][2] == "10.0 (CPU one)" and float(rows_of["landed"][4]) == 0
+    assert float(rows_of["landed"][3]) == round((40 + 2 * 600) / 3600, 2)  # accuracy, then both sides' timed rounds
     # 2 of 4 items left at 2500 s per item, 1 of 2 timed questions at its measured 3000 s (not the assumed 60):
     # 2 x 2500 + 1 x 2 rounds x 2 sides x 3000
     assert rows_of["partial"][0].startswith("partial: 2/4 accuracy items, 1/2 timed questions, 3000 s per batch-1")

@@ -10,7 +10,8 @@ kept) with the table and its totals. CAMPAIGN.json lists the pieces:
   last record it writes and its `checkpoint`)): landed when the record is there; partial while its
   checkpoint (`checkpoint`, else the `run` checkpoint `PATH.partial.jsonl`) holds finished batches and
   timed questions; measured seconds per item from the record's `timing.accuracy_cost` or the
-  checkpoint's batches, and per batch-1 question from its timed ones;
+  checkpoint's batches, and per batch-1 question from its timed ones; its measured hours: those
+  batches and every timed round, the method's and dense's;
 - a search (`rows`: its row folder, `policy`: the policy it writes, `estimate_hours`): landed when
   the policy is there; its measured hours are what its rows hold (search_report.rows_cost);
 - anything else (`done_when`: a path that exists once it is done, `estimate_hours`).
@@ -56,9 +57,10 @@ def record_row(piece: dict, assume: dict) -> dict:
     items, timed = piece.get("items", 200), piece.get("timed", 20)
     rounds, sides = piece.get("rounds", 2), piece.get("sides", 2)
     if path is not None and path.is_file():
-        cost = (json.loads(path.read_text(encoding="utf-8")).get("timing") or {}).get("accuracy_cost") or {}
-        rate, cpus, seconds = _rate(cost)
-        return {"state": "landed", "rate": rate, "cpus": cpus, "spent": seconds / 3600, "left": 0.0}
+        record = json.loads(path.read_text(encoding="utf-8"))
+        rate, cpus, seconds = _rate((record.get("timing") or {}).get("accuracy_cost") or {})
+        return {"state": "landed", "rate": rate, "cpus": cpus, "spent": (seconds + timed_seconds(record)) / 3600,
+                "left": 0.0}
     # a group timed together (retime-latency) keeps its timed questions under its own name
     where = piece.get("checkpoint") or (f"{path}.partial.jsonl" if path is not None else None)
     checkpoint = RunCheckpoint.read(where) if where else None
@@ -78,6 +80,14 @@ def record_row(piece: dict, assume: dict) -> dict:
     timed_rate = "" if per_question is None else f", {per_question:.0f} s per batch-1 question and side"
     return {"state": f"partial: {done}/{items} accuracy items, {len(timed_entries)}/{timed} timed questions"
                      f"{timed_rate} (`{checkpoint.path.name}`)", "rate": rate, "cpus": cpus, "spent": spent, "left": left}
+
+
+def timed_seconds(record: dict) -> float:
+    """The seconds a record's batch-1 timing took: every round of its method and of dense's beside it."""
+    def total(rounds) -> float:
+        return sum(sum(r.get("stage_s", {}).values()) for r in rounds or [])
+    dense = ((record.get("timing") or {}).get("dense_rounds") or {}).values()
+    return sum(total(it.get("timing_rounds")) for it in record.get("items", [])) + sum(total(r) for r in dense)
 
 
 def search_row(piece: dict, first_in_folder: bool) -> dict:
