@@ -229,3 +229,33 @@ def test_two_records_of_one_name_are_refused_before_any_is_read(tmp_path, capsys
     code, _, err = run_cli(["retime-throughput", "a/x.json", "b/x.json", "--out-dir", str(tmp_path)], capsys)
     assert_one_line_error(code, err, "two records are named x.json")
     assert not list(tmp_path.iterdir())
+
+
+def test_drafted_records_are_retimed_at_batch_b_with_their_answers_checked(tiny_folder, tmp_path, capsys,
+                                                                          monkeypatch):
+    """The lossless methods' records (selfspec, litestage-spec: drafted stages) go through
+    retime-throughput like any other, in one group against one dense: the batch-8 lane's last groups."""
+    from test_cli import run_cli
+    monkeypatch.chdir(tmp_path)
+    draft = {"skip": {"attn": [1], "ffn": [2]}, "k": 3, "min_confidence": None}
+    policies = {"selfspec": {"schema_version": 1, "method": "selfspec", "model": str(tiny_folder), "num_layers": 4,
+                             "draft": draft},
+                "litestage-spec": {"schema_version": 1, "method": "litestage-spec", "model": str(tiny_folder),
+                                   "num_layers": 4, "stages": {"recall": {"draft": draft}, "analyze": {"draft": None},
+                                                               "summarize": {"draft": {**draft, "k": 2}}}}}
+    for method, policy in policies.items():
+        (tmp_path / f"{method}-policy.json").write_text(json.dumps(policy))
+        args = ["run", "--model", str(tiny_folder), "--bench", "obqa", "--limit", "4", "--batch-size", "2",
+                "--timed", "1", "--rounds", "1", "--max-new-tokens", "3,3,3", "--method", method,
+                "--policy", f"{method}-policy.json", "--out", f"{method}.json"]
+        monkeypatch.setattr(sys, "argv", ["litestage-bench", *args])
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+    code, _, err = run_cli(["retime-throughput", "selfspec.json", "litestage-spec.json", "--timing", "batch=2",
+                            "--chunks", "2", "--chunk-rounds", "1", "--group", "2", "--out-dir", "out"], capsys)
+    assert code == 0, err
+    for method in policies:
+        copy = json.loads((tmp_path / "out" / f"{method}.json").read_text())
+        throughput = copy["timing"]["throughput"]
+        assert throughput["batch_size"] == 2 and math.isfinite(throughput["throughput_speedup"])
+        assert copy["items"] == json.loads((tmp_path / f"{method}.json").read_text())["items"]
