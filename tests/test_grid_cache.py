@@ -193,54 +193,42 @@ def test_two_processes_on_one_entry_compute_it_once(tmp_path):
     assert any("waiting for another process" in err for _, err in outs)
 
 
-def test_code_version_follows_the_sources_that_shape_results(tmp_path, monkeypatch):
-    from litestage_bench.core import code_version as grid_cache
+def _assert_version_follows(tmp_path, monkeypatch, name: str, kept: list[str], changed: list[str]) -> None:
+    """core.code_version's `name` over a fake tree (package files `kept` and `changed`, and one
+    baseline): an edit to a `kept` file leaves it, one to a `changed` file or the baseline moves it."""
+    from litestage_bench.core import code_version as versions
 
     pkg, base = tmp_path / "litestage_bench", tmp_path / "baselines"
-    for path in (pkg / "engine" / "executor.py", pkg / "records" / "report.py", pkg / "grid" / "run.py",
-                 pkg / "grid" / "report.py", base / "unified.py"):
+    paths = [pkg / rel for rel in kept + changed] + [base / "unified.py"]
+    for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("# v1\n")
-    monkeypatch.setattr(grid_cache, "PACKAGE", pkg)
+    monkeypatch.setattr(versions, "PACKAGE", pkg)
+    function = getattr(versions, name)
 
     def version() -> str:
-        grid_cache.code_version.cache_clear()
-        return grid_cache.code_version()
+        function.cache_clear()
+        return function()
 
     v1 = version()
-    for rendering_only in (pkg / "records" / "report.py", pkg / "grid" / "report.py"):
-        rendering_only.write_text("# v2\n")
-        assert version() == v1, rendering_only
-    for shaping in (pkg / "engine" / "executor.py", pkg / "grid" / "run.py", base / "unified.py"):
+    for path in paths[:len(kept)]:
+        path.write_text("# v2\n")
+        assert version() == v1, path
+    for path in paths[len(kept):]:
         before = version()
-        shaping.write_text("# v2\n")
-        assert version() != before, shaping
-    grid_cache.code_version.cache_clear()
+        path.write_text("# v2\n")
+        assert version() != before, path
+    function.cache_clear()
+
+
+def test_code_version_follows_the_sources_that_shape_results(tmp_path, monkeypatch):
+    _assert_version_follows(tmp_path, monkeypatch, "code_version", kept=["records/report.py", "grid/report.py"],
+                            changed=["engine/executor.py", "grid/run.py"])
 
 
 def test_the_timing_version_follows_only_what_runs_while_a_solve_is_timed(tmp_path, monkeypatch):
     """A search's timing rows are keyed on the executor, reasoner and timing loop (and the baselines):
     an edit to the search's sweeps or a study keeps them, one to the executor re-times."""
-    from litestage_bench.core import code_version as versions
-
-    pkg, base = tmp_path / "litestage_bench", tmp_path / "baselines"
-    for path in (pkg / "engine" / "executor.py", pkg / "evaluation" / "runner.py", pkg / "core" / "errors.py",
-                 pkg / "methods" / "search_sweep.py", pkg / "studies" / "ledger.py", base / "unified.py"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# v1\n")
-    monkeypatch.setattr(versions, "PACKAGE", pkg)
-
-    def version() -> str:
-        versions.timing_code_version.cache_clear()
-        return versions.timing_code_version()
-
-    v1 = version()
-    for elsewhere in (pkg / "methods" / "search_sweep.py", pkg / "studies" / "ledger.py"):
-        elsewhere.write_text("# v2\n")
-        assert version() == v1, elsewhere
-    for timed in (pkg / "engine" / "executor.py", pkg / "evaluation" / "runner.py", pkg / "core" / "errors.py",
-                  base / "unified.py"):
-        before = version()
-        timed.write_text("# v2\n")
-        assert version() != before, timed
-    versions.timing_code_version.cache_clear()
+    _assert_version_follows(tmp_path, monkeypatch, "timing_code_version",
+                            kept=["methods/search_sweep.py", "studies/ledger.py"],
+                            changed=["engine/executor.py", "evaluation/runner.py", "core/errors.py"])
