@@ -415,7 +415,6 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
                    command=command, extra=extra, timing=timing, data_dir=data_dir)
 
 
-
 def time_together(session: Session, bench: str, entries: list[tuple[str, Method, str]], *, split: str,
                   limit: int | None, config: ReasonerConfig, data_dir, seed: int, timed: int | None, rounds: int,
                   batch_size: int, dense_record: str, checkpoint_path: str,
@@ -467,6 +466,7 @@ def time_together(session: Session, bench: str, entries: list[tuple[str, Method,
                                 extra=_extra(session, reasoner, seed, limit, dense_record, path), timing=timing,
                                 data_dir=data_dir)
     return records  # the caller removes the checkpoint once the records are written
+
 
 def _timing_fields(timed_items: list[Question], rounds: int, batch_size: int, results: list[ItemResult],
                    clocked: list[ItemResult], resumed_timed: int) -> dict:
