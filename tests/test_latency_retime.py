@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 
 import pytest
@@ -13,23 +14,28 @@ COMMON = ["--bench", "obqa", "--limit", "4", "--batch-size", "2", "--max-new-tok
 METHODS = (("unified", "1"), ("early_exit", "1"))
 
 
-def _run(args, capsys, monkeypatch):
-    from test_cli import run_cli
-    monkeypatch.setattr(sys, "argv", ["litestage-bench", *args])  # the record keeps its command line
-    code, _, err = run_cli(args, capsys)
-    assert code == 0, err
+@pytest.fixture(scope="module")
+def made_once(tiny_folder, tmp_path_factory):
+    """A dense record, and two methods' --accuracy-only records compared with it (in acc/), made once."""
+    from litestage_bench.cli import main
+    folder = tmp_path_factory.mktemp("accuracy_only")
+    model = ["--model", str(tiny_folder)]
+    runs = [["run", *model, *COMMON, "--method", "dense", "--timed", "1", "--rounds", "1", "--out", "dense.json"]]
+    runs += [["run", *model, *COMMON, "--method", method, "--k", k, "--accuracy-only", "--dense-record", "dense.json",
+              "--out", f"acc/{method}.json"] for method, k in METHODS]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        for args in runs:
+            mp.setattr(sys, "argv", ["litestage-bench", *args])  # the record keeps its command line
+            assert main(args) == 0
+    return folder
 
 
 @pytest.fixture
-def accuracy_only(tiny_folder, tmp_path, capsys, monkeypatch):
-    """A dense record, and two methods' --accuracy-only records compared with it (in tmp_path/acc)."""
+def accuracy_only(made_once, tmp_path, monkeypatch):
+    """A copy of those records in this test's own folder, the working directory."""
+    shutil.copytree(made_once, tmp_path, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
-    model = ["--model", str(tiny_folder)]
-    _run(["run", *model, *COMMON, "--method", "dense", "--timed", "1", "--rounds", "1", "--out", "dense.json"],
-         capsys, monkeypatch)
-    for method, k in METHODS:
-        _run(["run", *model, *COMMON, "--method", method, "--k", k, "--accuracy-only", "--dense-record", "dense.json",
-              "--out", f"acc/{method}.json"], capsys, monkeypatch)
     return tmp_path
 
 
@@ -107,14 +113,13 @@ def test_what_cannot_be_timed_together_is_a_one_line_error(accuracy_only, record
     assert not (accuracy_only / "out").exists()
 
 
-def test_records_of_other_items_are_refused_before_the_model_loads(accuracy_only, tiny_folder, capsys, monkeypatch):
+def test_records_of_other_items_are_refused_before_the_model_loads(accuracy_only, capsys, monkeypatch):
     from test_cli import assert_one_line_error, run_cli
-    fewer = ["--model", str(tiny_folder), "--bench", "obqa", "--limit", "2", *COMMON[4:]]
-    _run(["run", *fewer, "--method", "dense", "--timed", "1", "--rounds", "1", "--out", "dense2.json"], capsys, monkeypatch)
-    _run(["run", *fewer, "--method", "skipdecode", "--k", "1", "--accuracy-only", "--dense-record", "dense2.json",
-          "--out", "acc/skipdecode.json"], capsys, monkeypatch)
+    rec = json.loads((accuracy_only / "acc" / "early_exit.json").read_text())
+    rec["command"] = rec["command"].replace("--limit 4", "--limit 2")  # as if run on fewer items
+    (accuracy_only / "acc" / "fewer.json").write_text(json.dumps(rec))
     monkeypatch.setattr("litestage_bench.evaluation.runner.Session.open", None)  # a load would fail loudly
-    code, _, err = run_cli(["retime-latency", "acc/unified.json", "acc/skipdecode.json", "--out-dir", "out"], capsys)
+    code, _, err = run_cli(["retime-latency", "acc/unified.json", "acc/fewer.json", "--out-dir", "out"], capsys)
     assert_one_line_error(code, err, "differ in model, benchmark, items, settings or dense record")
 
 
