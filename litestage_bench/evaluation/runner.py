@@ -411,7 +411,7 @@ def run_benchmark(session: Session, bench: str, method: Method, *, split: str = 
         timing["throughput"] = throughput_timing(reasoner, pipelines, items, results, throughput, seed, label,
                                                  checkpoint, clock_label(session))
     return _record(session, bench, split, method, config, with_latencies(results, clock["method"]),
-                   None if dense_items is None else with_latencies(dense_items, clock.get("dense", [])),
+                   None if dense_items is None else with_latencies(dense_items, clock["dense"]),
                    command=command, extra=extra, timing=timing, data_dir=data_dir)
 
 

@@ -94,7 +94,8 @@ def dense_rounds(dense: list[ItemResult], method: list[ItemResult]) -> dict[str,
     return {d.id: rounds_of(d) for d, _, _ in _pairs(dense, method)}
 
 
-def _seconds(entry: dict, stage: str | None) -> float:
+def round_seconds(entry: dict, stage: str | None = None) -> float:
+    """A timed round's seconds: its stage's, or (None) the whole question's."""
     return sum(entry["stage_s"].values()) if stage is None else float(entry["stage_s"].get(stage, NAN))
 
 
@@ -134,7 +135,7 @@ def t_gm_ci95(item_means: list[float]) -> tuple[tuple[float, float], str | None]
 
 def round_pair_logs(round_pairs: list[list[tuple[dict, dict]]], stage: str | None = None) -> list[list[float | None]]:
     """Per item, each round's log(dense seconds / method seconds) (None where a side has no time)."""
-    return [[_log_ratio(_seconds(a, stage), _seconds(b, stage)) for a, b in rounds] for rounds in round_pairs]
+    return [[_log_ratio(round_seconds(a, stage), round_seconds(b, stage)) for a, b in rounds] for rounds in round_pairs]
 
 
 def speedup_of_logs(logs: list[list[float | None]]) -> dict:
@@ -160,7 +161,7 @@ def paired_speedup(dense: list[ItemResult], method: list[ItemResult], stage: str
 def _factors(d: ItemResult, m: ItemResult, a: dict, b: dict, stage: str | None) -> dict[str, float | None]:
     """log factors of one pair (dense round a, method round b), for a stage or the whole question."""
     stages = STAGES if stage is None else (stage,)
-    t_d, t_m = _seconds(a, stage), _seconds(b, stage)
+    t_d, t_m = round_seconds(a, stage), round_seconds(b, stage)
     g_d = max(sum(d.tokens.get(s, 0) for s in stages), 1)
     g_m = max(sum(m.tokens.get(s, 0) for s in stages), 1)
     p_d = sum(a.get("prefill_s", {}).get(s, 0.0) for s in stages)

@@ -98,9 +98,10 @@ def measure(policy_path: str, stage: str, n_items: int, batch_size: int) -> list
         rule = ExitRule(opts["exit_window"], threshold, opts["exit_confidence"])
         with reasoner.tracing() as real:
             evaluate_items(reasoner, plan, {stage: ConfidenceExit(rule)}, items, batch_size, progress=False)
-        derived = [reasoner.prompts.stage_content(*derived_tokens(row, threshold, stop_ids)) for row in rows]
+        cuts = [derived_tokens(row, threshold, stop_ids) for row in rows]
+        derived = [reasoner.prompts.stage_content(*cut) for cut in cuts]
         got = [out for _, _, out in real[stage]]
-        early = sum(derived_tokens(row, threshold, stop_ids)[1] == "callback" for row in rows)
+        early = sum(how == "callback" for _, how in cuts)
         differ = sum(d != list(g) for d, g in zip(derived, got))
         table.append([stage, f"{threshold:.4g}", len(rows), early, differ])
     return table

@@ -39,6 +39,7 @@ from ..evaluation.checkpoint import RunCheckpoint
 from ..evaluation.runner import accuracy_cost, timed_phase
 from ..methods.search_report import rows_cost
 from ..records.results import write_text_atomic
+from ..records.timing import round_seconds
 
 BEGIN, END = "<!-- ledger:begin -->", "<!-- ledger:end -->"
 
@@ -84,10 +85,9 @@ def record_row(piece: dict, assume: dict) -> dict:
 
 def timed_seconds(record: dict) -> float:
     """The seconds a record's batch-1 timing took: every round of its method and of dense's beside it."""
-    def total(rounds) -> float:
-        return sum(sum(r.get("stage_s", {}).values()) for r in rounds or [])
     dense = ((record.get("timing") or {}).get("dense_rounds") or {}).values()
-    return sum(total(it.get("timing_rounds")) for it in record.get("items", [])) + sum(total(r) for r in dense)
+    rounds = [r for it in record.get("items", []) for r in it.get("timing_rounds") or []]
+    return sum(map(round_seconds, rounds + [r for item_rounds in dense for r in item_rounds]))
 
 
 def search_row(piece: dict, first_in_folder: bool) -> dict:
