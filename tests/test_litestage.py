@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import PROMPT, tiny_model
+from test_reasoner import assert_same
 from tiny_reasoner import QUESTIONS, STAGEWISE, calibration_splits, reasoner, split_loader
 
 from litestage_bench.core.errors import UserError
@@ -328,12 +329,6 @@ def test_calibration_overlap_is_refused():
 # ------------------------------------------------------------------------------ the reasoner's stage memo
 
 
-def _same(a, b):
-    assert (a.outputs, a.predictions_by_rule, a.tokens) == (b.outputs, b.predictions_by_rule, b.tokens)
-    for rule in ("letter", "cloze"):
-        assert a.option_scores[rule] == pytest.approx(b.option_scores[rule], abs=1e-4)
-
-
 def test_stage_memo_reuses_unchanged_stages_and_changes_nothing(model, tokenizer):
     r = reasoner(model, tokenizer)
     memo = StageMemo()
@@ -344,7 +339,7 @@ def test_stage_memo_reuses_unchanged_stages_and_changes_nothing(model, tokenizer
     got = r.solve_batch(QUESTIONS, changed, memo=memo)
     assert (memo.hits, memo.misses) == (2, 4)
     for a, b in zip(got, r.solve_batch(QUESTIONS, changed)):
-        _same(a, b)
+        assert_same(a, b)
     # a changed recall invalidates every later stage
     r.solve_batch(QUESTIONS, SkipPlan({**STAGEWISE.stages, "recall": StagePlan()}), memo=memo)
     assert memo.misses == 7

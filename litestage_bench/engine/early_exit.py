@@ -103,3 +103,52 @@ class ConfidenceRecorder(_WindowCallback):
         if means is not None:
             self.means.extend(means.tolist())
         return torch.zeros(len(row_ids), dtype=torch.bool, device=logits.device)
+
+
+class TraceRecorder(_WindowCallback):
+    """A token callback that never stops a row and keeps, per generation and input row, the tokens it
+    generated and the window mean at each step where the window is full: what `exit_cut` needs to
+    give the row's output under any threshold of the same window and confidence."""
+
+    memo_key = None  # outputs are the exit-off run's
+
+    def __init__(self, window: int, kind: str) -> None:
+        super().__init__(window, kind)
+        self.generations: list[dict[int, dict]] = []
+
+    def __call__(self, step: int, logits: torch.Tensor, tokens: torch.Tensor, row_ids: torch.Tensor) -> torch.Tensor:
+        if step == 0:
+            self.generations.append({})
+        rows = self.generations[-1]
+        means = self._push(step, logits, row_ids)
+        for i, (r, t) in enumerate(zip(row_ids.tolist(), tokens.tolist())):
+            row = rows.setdefault(r, {"tokens": [], "means": {}})
+            row["tokens"].append(t)
+            if means is not None:
+                row["means"][step] = float(means[i])
+        return torch.zeros(len(row_ids), dtype=torch.bool, device=logits.device)
+
+    def rows(self, generation: int = -1) -> list[dict]:
+        """One generation's rows in input order."""
+        return [row for _, row in sorted(self.generations[generation].items())]
+
+
+def exit_cut(row: dict, threshold: float, stop_ids: set[int] | frozenset[int]) -> tuple[list[int], str]:
+    """A row's generated ids and how it ended (``Generation.stopped``) under `threshold`, from its
+    exit-off trace (``TraceRecorder``): cut at the first step whose window mean is at or below it, as
+    ``ConfidenceExit`` halts there and the executor drops that step's token, unless that token ends
+    the row anyway."""
+    tokens = row["tokens"]
+    for step in sorted(row["means"]):
+        if row["means"][step] <= threshold:
+            if step == len(tokens) - 1 and tokens[-1] in stop_ids:
+                break
+            return tokens[:step], "callback"
+    return tokens, "stop" if tokens and tokens[-1] in stop_ids else "length"
+
+
+def fed_count(tokens: list[int], stopped: str) -> int:
+    """How many of a row's generated ids were fed back (``Generation.fed_tokens``): the decode steps
+    it was live in."""
+    content = len(tokens) - (stopped == "stop" and bool(tokens))
+    return content - (stopped == "length" and content > 0)

@@ -69,6 +69,9 @@ class Generation:
     # rows x positions of the decode: each row's first token (from the prefill) plus the rows of every
     # decode forward, finished rows still in the batch (fed padding) included; None: not counted
     computed_tokens: int | None = None
+    # the decode forwards' share of `cost` (the prefill's taken off): a static plan's decode costs the
+    # same per live row-step, which an early-exit run derived from an exit-off one relies on
+    decode_cost: CostMeter | None = None
 
     def fed_tokens(self, row: int) -> list[int]:
         """Generated ids that were fed back, i.e. that the cache holds (all but the last sampled)."""
@@ -269,6 +272,7 @@ class SkipExecutor:
         meter = CostMeter()
         cache, logits, prefix_cache = self.start_rows(inputs, plan, max_new_tokens, prefix, cache, pad_id, meter,
                                                       plan_layers)
+        prefill_cost = CostMeter(meter.executed, meter.total)
         dynamic = None
         if plan.dynamic_ffn is not None:
             dynamic = _DynamicState(plan.dynamic_ffn, torch.zeros(rows, self.num_layers, device=self.device))
@@ -331,7 +335,8 @@ class SkipExecutor:
         synchronize(self.device)
         return Generation(tokens=out, stopped=stopped, seconds=time.perf_counter() - start, cost=meter,
                           cache=cache, last_logits=logits, steps=step, prefix_cache=prefix_cache,
-                          computed_tokens=computed)
+                          computed_tokens=computed,
+                          decode_cost=CostMeter(meter.executed - prefill_cost.executed, meter.total - prefill_cost.total))
 
     def start_rows(self, inputs: list[list[int]], plan: StagePlan, max_new_tokens: int, prefix: list[int] | None,
                    cache: SkipKVCache | None, pad_id: int, meter: CostMeter,

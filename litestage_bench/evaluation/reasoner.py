@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..engine.early_exit import ConfidenceExit, ExitRule, TraceRecorder, exit_cut, fed_count
 from ..engine.executor import BlockClock, CostMeter, Generation, SkipExecutor, TokenCallback, synchronize
 from ..engine.kvcache import SkipKVCache
 from ..engine.plan import STAGES, SkipPlan, StagePlan
@@ -83,17 +84,41 @@ class _StageRun:
     speculative: list[dict] | None = None  # drafted stages: per question SpeculativeStats.summary()
     blocks: BlockClock | None = None  # timed runs: the multi-token forwards (prefill, answer scoring)
     computed: int | None = None  # the batch's decode row-steps (Generation.computed_tokens)
+    # a memo-backed exit-off run's generation (StageMemo.exit_trace): per row its tokens and window
+    # means (TraceRecorder) and the decode cost per live row-step, what its early-exit runs derive from
+    trace: list[dict] | None = None
+    step_cost: CostMeter | None = None
 
 
 class StageMemo:
     """Stage results kept across calls (a budget search re-runs the same questions under plans that
     differ in one stage): a stage is reused when its own plan and callback, and every earlier
-    stage's, are unchanged. Callbacks are told apart by their `memo_key` (or identity)."""
+    stage's, are unchanged. Callbacks are told apart by their `memo_key` (or identity).
 
-    def __init__(self) -> None:
+    `exit_trace` (window, confidence), set only where the numerics are exact: an untimed recall or
+    analyze run under a static plan is computed with a ``TraceRecorder`` when it has no exit rule;
+    inside ``deriving(stage)``, that stage's run under an exit rule of the same window and
+    confidence is derived from that exit-off run (``Reasoner._derived_run``) instead of generated:
+    an early-exit threshold sweep then generates its stage once. (Outside it an exit rule's run is
+    computed: deriving it would first generate the longer exit-off run.) `hits`: runs reused;
+    `misses`: runs computed; `derived`: runs derived."""
+
+    def __init__(self, exit_trace: tuple[int, str] | None = None) -> None:
         self._runs: dict[tuple, _StageRun] = {}
         self.hits = 0
         self.misses = 0
+        self.derived = 0
+        self.exit_trace = exit_trace
+        self.derive_stage: str | None = None
+
+    @contextmanager
+    def deriving(self, stage: str) -> Iterator[None]:
+        """Within the block, the stage's exit-rule runs are derived (where `exit_trace` allows)."""
+        self.derive_stage = stage
+        try:
+            yield
+        finally:
+            self.derive_stage = None
 
     @staticmethod
     def stage_key(stage: str, plan: SkipPlan, callbacks: Callbacks) -> tuple:
@@ -102,13 +127,25 @@ class StageMemo:
         return (stage, repr(plan.for_stage(stage).to_dict()), cb_key)
 
     def get(self, stage: str, key: tuple) -> _StageRun | None:
+        """The kept run, counted as a hit (a miss when there is none: it is computed)."""
         run = self._runs.get((stage, key))
         self.hits += run is not None
         self.misses += run is None
         return run
 
+    def peek(self, stage: str, key: tuple) -> _StageRun | None:
+        return self._runs.get((stage, key))
+
     def put(self, stage: str, key: tuple, run: _StageRun) -> None:
         self._runs[(stage, key)] = run
+
+
+def _step_cost(g: Generation) -> CostMeter | None:
+    """The decode cost per live row-step of a generation (None where not counted apart)."""
+    if g.decode_cost is None:
+        return None
+    steps = sum(len(g.fed_tokens(row)) for row in range(len(g.tokens)))
+    return CostMeter(g.decode_cost.executed / steps, g.decode_cost.total / steps) if steps else CostMeter()
 
 
 def _drafting(g: Generation, owner) -> list[dict] | None:
@@ -243,22 +280,98 @@ class Reasoner:
         for stage in STAGES:
             chain += (memo.stage_key(stage, plan, callbacks),) if memo is not None else ()
             key = (tuple(q.id for q in qs), timed, chain)
-            hit = memo.get(stage, key) if memo is not None else None
+            mode = self._exit_trace_mode(stage, plan.for_stage(stage), callbacks.get(stage), timed, memo)
+            if mode == "derive":
+                hit = memo.peek(stage, key)
+                memo.hits += hit is not None
+                if hit is None:
+                    hit = self._derived_run(stage, qs, headers, runs, plan, callbacks, chain[:-1], memo)
+                    memo.put(stage, key, hit)
+            else:
+                hit = memo.get(stage, key) if memo is not None else None
             if hit is not None:
                 runs[stage], held = hit, None
                 continue
-            blocks = self.ex.block_clock = BlockClock() if timed else None
-            begin = time.perf_counter()
-            try:
-                runs[stage], held = self._run_stage(stage, qs, headers, runs, plan.for_stage(stage), callbacks, held)
-                synchronize(self.ex.device)
-            finally:
-                self.ex.block_clock = None
-            runs[stage].seconds = time.perf_counter() - begin
-            runs[stage].blocks = blocks
+            record = memo.exit_trace if mode == "record" else None
+            runs[stage], held = self._computed_run(stage, qs, headers, runs, plan.for_stage(stage), callbacks, held,
+                                                   timed, record)
             if memo is not None:
                 memo.put(stage, key, runs[stage])
         return runs
+
+    def _computed_run(self, stage: str, qs: list[Question], headers: list[list[int]], runs: dict[str, "_StageRun"],
+                      plan: StagePlan, callbacks: Callbacks, held: "_HeldCache | None", timed: bool,
+                      record: tuple[int, str] | None = None) -> tuple["_StageRun", "_HeldCache | None"]:
+        """One stage run, computed; `record` (window, confidence): with a TraceRecorder as the stage's
+        callback, its rows kept in the run's `trace`."""
+        recorder = TraceRecorder(*record) if record is not None else None
+        if recorder is not None:
+            callbacks = {**callbacks, stage: recorder}
+        blocks = self.ex.block_clock = BlockClock() if timed else None
+        begin = time.perf_counter()
+        try:
+            run, held = self._run_stage(stage, qs, headers, runs, plan, callbacks, held)
+            synchronize(self.ex.device)
+        finally:
+            self.ex.block_clock = None
+        run.seconds = time.perf_counter() - begin
+        run.blocks = blocks
+        if recorder is not None:
+            run.trace = recorder.rows(0)
+        return run, held
+
+    def _exit_trace_mode(self, stage: str, plan: StagePlan, callback, timed: bool, memo: "StageMemo | None") -> str | None:
+        """"record" (an exit-off run that keeps its trace), "derive" (an exit rule's run taken from
+        that trace) or None (computed as usual): see StageMemo. Summarize is not derived (its answer
+        scoring continues the generation's cache), nor a stage whose decode steps may differ in
+        cost (a schedule, a per-token FFN rule, drafting) or whose options decode one at a time."""
+        if memo is None or memo.exit_trace is None or timed or stage == "summarize":
+            return None
+        if plan.schedule or plan.dynamic_ffn is not None or plan.draft is not None:
+            return None
+        if stage == "analyze" and not self.cfg.batch_options:
+            return None
+        if callback is None:
+            return "record"
+        if (stage == memo.derive_stage and isinstance(callback, ConfidenceExit)
+                and (callback.rule.window, callback.rule.confidence) == memo.exit_trace):
+            return "derive"
+        return None
+
+    def _derived_run(self, stage: str, qs: list[Question], headers: list[list[int]], runs: dict[str, "_StageRun"],
+                     plan: SkipPlan, callbacks: Callbacks, earlier: tuple, memo: "StageMemo") -> "_StageRun":
+        """The stage's run under its exit rule, derived from the exit-off run of the same plan and
+        earlier stages (`earlier`: their memo keys), which is computed (with its trace) unless kept."""
+        off_key = (tuple(q.id for q in qs), False, earlier + (memo.stage_key(stage, plan, {}),))
+        off = memo.peek(stage, off_key)
+        if off is None or off.trace is None:
+            off, _ = self._computed_run(stage, qs, headers, runs, plan.for_stage(stage), {**callbacks, stage: None},
+                                        None, False, memo.exit_trace)
+            memo.put(stage, off_key, off)
+            memo.misses += 1
+        memo.derived += 1
+        return self._cut_run(stage, qs, off, callbacks[stage].rule)
+
+    def _cut_run(self, stage: str, qs: list[Question], off: "_StageRun", rule: ExitRule) -> "_StageRun":
+        """`off`'s rows cut where `rule` halts them (exit_cut), and its cost less the decode steps they
+        no longer take (each costs `off.step_cost` under a static plan)."""
+        stops = self.stops.for_stage(stage)
+        cuts = [exit_cut(row, rule.threshold, stops) for row in off.trace]
+        whole = [exit_cut(row, -math.inf, stops) for row in off.trace]
+        saved = sum(fed_count(*w) for w in whole) - sum(fed_count(*c) for c in cuts)
+        cost = CostMeter(off.cost.executed - saved * off.step_cost.executed, off.cost.total - saved * off.step_cost.total)
+        P = self.prompts
+        texts = [P.as_sentence(P.stage_content(tokens, how)) for tokens, how in cuts]
+        if stage == "recall":
+            return _StageRun(texts, [len(tokens) for tokens, _ in cuts], cost)
+        owner = [i for i, q in enumerate(qs) for _ in q.labels]
+        labels = [label for q in qs for label in q.labels]
+        analyses: list[dict[str, list[int]]] = [{} for _ in qs]
+        tokens = [0] * len(qs)
+        for row, (o, label) in enumerate(zip(owner, labels)):
+            analyses[o][label] = texts[row]
+            tokens[o] += len(cuts[row][0])
+        return _StageRun(analyses, tokens, cost)
 
     def _run_stage(self, stage: str, qs: list[Question], headers: list[list[int]], runs: dict[str, "_StageRun"],
                    plan: StagePlan, callbacks: Callbacks, held: "_HeldCache | None"):
@@ -280,7 +393,7 @@ class Reasoner:
         self._trace("recall", [q.id for q in qs], prompts, [self._content(g, i) for i in range(len(qs))])
         held = _HeldCache([p + g.fed_tokens(i) for i, p in enumerate(prompts)], g.cache, plan.uniform_signature())
         return _StageRun(recalls, [len(t) for t in g.tokens], cost, speculative=_drafting(g, range(len(qs))),
-                         computed=g.computed_tokens), held
+                         computed=g.computed_tokens, step_cost=_step_cost(g)), held
 
     def _analyze(self, qs, headers, recalls, plan: StagePlan, callbacks: Callbacks,
                  held: "_HeldCache | None") -> tuple["_StageRun", "_HeldCache | None"]:
@@ -307,7 +420,8 @@ class Reasoner:
         self._trace("analyze", [qs[o].id for o in owner], [prefixes[o] + s for o, s in zip(owner, suffixes)],
                     [self._content(g, row) for row in range(len(owner))])
         tokens = [sum(len(g.tokens[r]) for r, o in enumerate(owner) if o == i) for i in range(len(qs))]
-        return _StageRun(analyses, tokens, cost, speculative=_drafting(g, owner), computed=g.computed_tokens), held
+        return _StageRun(analyses, tokens, cost, speculative=_drafting(g, owner), computed=g.computed_tokens,
+                         step_cost=_step_cost(g)), held
 
     def _summarize(self, qs, headers, recalls, analyses, plan: StagePlan, callbacks: Callbacks,
                    held: "_HeldCache | None") -> tuple["_StageRun", None]:

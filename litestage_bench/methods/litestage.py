@@ -20,7 +20,8 @@ recorded in the policy).
 Online (``LiteStage``, `run --method litestage --policy P`): the per-stage skip sets and exit rules.
 
 Cost controls: stage outputs a candidate does not change are reused (``StageMemo``; batched
-accuracy only, timing always re-runs), every stage starts from the shared-header cache, a
+accuracy only, timing always re-runs), an early-exit sweep's recall or analyze runs are derived
+from the stage's one exit-off run where float32 makes that exact (``StageMemo.exit_trace``), every stage starts from the shared-header cache, a
 candidate's answers come in interim looks and it stops at the first look where it clearly misses
 (futility) or already meets at a stricter, alpha-spending confidence (efficacy; search_decisions.py),
 a #skip sweep measures every `coarse_step`-th #skip first and then only the gaps that may hold a
@@ -409,7 +410,8 @@ class CandidateMeter:
 
     def _answer_counts(self, plan: SkipPlan, callbacks: Callbacks, lo: int, hi: int) -> dict:
         """Calibration items lo..hi: counts and sums that add up over chunks (merge_answer_counts)."""
-        start, cpu, misses, items = time.perf_counter(), time.process_time(), self.memo.misses, self.items[lo:hi]
+        start, cpu, items = time.perf_counter(), time.process_time(), self.items[lo:hi]
+        misses, derived = self.memo.misses, self.memo.derived
         # a chunk of the 1.5B runs for half an hour: a line per batch once a minute has passed since the last
         results = evaluate_items(self.reasoner, plan, callbacks, items, self.opts.batch_size,
                                  f"search {self._measuring} items {lo + 1}-{hi}", memo=self.memo,
@@ -421,7 +423,8 @@ class CandidateMeter:
                 "answer_kl_sum": (fid["answer_kl"] or 0.0) * fid["answer_kl_n"],
                 "token_sums": {s: sum(r.tokens[s] for r in results) for s in STAGES},
                 "cost_fraction_sums": {s: sum(r.executed_cost_fraction[s] for r in results) for s in STAGES},
-                "stage_runs": self.memo.misses - misses, "cpu": str(machine_info().get("cpu")),
+                "stage_runs": self.memo.misses - misses, "stage_runs_derived": self.memo.derived - derived,
+                "cpu": str(machine_info().get("cpu")),
                 "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
                 "items": item_columns(results)}
 
@@ -503,8 +506,9 @@ def _exit_sweeps(meter: CandidateMeter, thresholds: dict[str, list[float]], orde
             label = f"{stage} exit " + ("off" if rule is None else f"<= {threshold:.4g}")
             return meter.measure(state.sets, {**state.rules, stage: rule}, label,
                                  {"sweep": f"{stage} early exit", "threshold": threshold})
-        best, measured = threshold_sweep(exit_candidate, [None, *sorted(thresholds[stage], reverse=True)], opts.patience,
-                                         meter.choose)
+        with meter.memo.deriving(stage):  # its threshold runs cut from one exit-off run (exact numerics)
+            best, measured = threshold_sweep(exit_candidate, [None, *sorted(thresholds[stage], reverse=True)],
+                                             opts.patience, meter.choose)
         rows += measured
         threshold = best["threshold"]
         state.rules[stage] = None if threshold is None else ExitRule(opts.exit_window, threshold, opts.exit_confidence)
@@ -679,6 +683,8 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                 "device": str(session.executor.device)}
     exact = exact_numerics(session.loaded.numerics or session.loaded.dtype, str(session.executor.device))
     keys = cache_keys(base_key, exact, opts)
+    if exact:  # exit-rule runs derived from an exit-off run's trace equal the real ones (StageMemo)
+        memo.exit_trace = (opts.exit_window, opts.exit_confidence)
     rule_free = {k: v for k, v in keys[0]["config"].items() if k != "answer_rule"}
     dense_key = {**keys[0], "canary": generations_sha, "config": rule_free, "batch_size": opts.batch_size,
                  "exit_window": opts.exit_window, "exit_confidence": opts.exit_confidence}
@@ -745,7 +751,8 @@ def search(session, bench: str, opts: SearchOptions, config, *, data_dir=None, c
                                                                                  "clearly miss"},
         "candidates": rows, "harm": harm_report,
         "search_cost": {"wall_seconds": time.perf_counter() - started, "stage_runs": meter.memo.misses,
-                        "stage_runs_reused": meter.memo.hits, "candidates_measured": meter.measured,
+                        "stage_runs_reused": meter.memo.hits, "stage_runs_derived": meter.memo.derived,
+                        "candidates_measured": meter.measured,
                         "candidates_from_disk": meter.from_disk, "candidates_retimed": meter.retimed,
                         "candidates_timed": meter.timed,
                         "answers_cache": "without the CPU (exact numerics)" if exact else "per CPU",

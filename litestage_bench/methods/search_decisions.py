@@ -146,6 +146,7 @@ def merge_answer_counts(parts: list[dict]) -> dict:
             "flips": {**{k: total(k) for k in ("correct_to_wrong", "wrong_to_correct", "changed")}, "n": n},
             "tokens": {s: round(v, 2) for s, v in stage_means("token_sums").items()},
             "executed_cost_fraction": stage_means("cost_fraction_sums"), "stage_runs": total("stage_runs"),
+            "stage_runs_derived": sum(p.get("stage_runs_derived", 0) for p in parts),  # rows made before lack it
             "answers_cpu": ", ".join(sorted({p["cpu"] for p in parts})), "answers_seconds": total("seconds"),
             # process CPU time (wall seconds grow with the machine's other load); rows made before lack it
             "answers_cpu_seconds": total("cpu_seconds") if all("cpu_seconds" in p for p in parts) else None}
