@@ -79,11 +79,39 @@ def test_matched_agreement_compares_speedups_with_a_test():
     rows = headline.matched_rows([lite, same_agree])
     agree_row = rows[1]
     assert agree_row[2] == "unified-k4" and agree_row[4] == "speedup ratio 1.60x"
-    ratio, p = headline.speed_ratio_test(lite, same_agree)
-    assert ratio == pytest.approx(1.6)
+    assert agree_row[5] == "<0.001 (paired t)"  # both keep dense's rounds per item
+    del same_agree.timing["dense_rounds"]  # as records made before they did: the z test on the two CIs
+    ratio, p, test = headline.speed_ratio_test(lite, same_agree)
+    assert ratio == pytest.approx(1.6) and test == "z"
     assert p is not None and p < 0.001  # 2% per-item noise around 2.00x and 1.25x
     exact = _record("unified", _flip(DENSE, range(0, 3)), 1.6, "unified-k4")  # every ratio the same: no CI
-    assert headline.speed_ratio_test(lite, exact) == (pytest.approx(1.6), None)
+    del exact.timing["dense_rounds"]
+    assert headline.speed_ratio_test(lite, exact) == (pytest.approx(1.6), None, "z")
+
+
+def _spread_record(method: str, seconds: list[float]):
+    items = _items(DENSE, 1.0)
+    for it, t in zip(items, seconds):
+        it.latency_s, it.stage_latency_s = t, {"recall": t / 2, "analyze": t / 4, "summarize": t / 4}
+    return build_record(model="m", benchmark="obqa", split="eval", method=method, policy={"name": method},
+                        answer_rule="letter", items=items, command=f"run {method}", config={},
+                        dense_items=_items(DENSE, 2.0))
+
+
+def test_two_records_timed_on_the_same_items_are_compared_paired_by_item():
+    """Speedups that vary widely across items (item length) but are 5% apart on every item, up to 1%
+    noise: the paired t test sees the difference, the z test on the two wide CIs does not."""
+    import random
+    rng = random.Random(0)
+    lengths = [math.exp(rng.gauss(0, 0.5)) for _ in range(N)]
+    a = _spread_record("litestage", lengths)
+    b = _spread_record("unified", [t * 1.05 * math.exp(rng.gauss(0, 0.01)) for t in lengths])
+    ratio, p, test = headline.speed_ratio_test(a, b)
+    assert test == "paired t" and ratio == pytest.approx(1.05, rel=0.01) and p < 1e-6
+    for rec in (a, b):
+        del rec.timing["dense_rounds"]
+    ratio_z, p_z, test_z = headline.speed_ratio_test(a, b)
+    assert test_z == "z" and ratio_z == pytest.approx(ratio) and p_z > 0.5
 
 
 def test_markdown_through_the_command_line(tmp_path, capsys):
@@ -139,7 +167,7 @@ def test_records_retimed_at_batch_b_add_the_column_and_a_matched_agreement_row_b
     # at batch 1 shortgpt is the fastest of the matched; at batch 8 among the re-timed ones sleb-k2 is
     assert rows[1][2] == "shortgpt-k4" and rows[2][2] == "sleb-k2"
     assert rows[2][3] == "1.00x (agreement 0.900)" and rows[2][4] == "batch-8 speedup ratio 1.20x"
-    assert rows[2][5] == "<0.001"  # 1.2 [1.1, 1.3] against 1.0 [0.95, 1.05]: z = 3.7
+    assert rows[2][5] == "<0.001 (z)"  # 1.2 [1.1, 1.3] against 1.0 [0.95, 1.05]: z = 3.7
     text = headline.headline_markdown([lite, fast_at_1, slow_at_1, unbatched], "cmd")
     assert "batch-B speedup [95% CI]" in text and "1.20x [1.10, 1.30] b8 (1.50 x 0.90 x 0.89)" in text
     # a table without any batch-B record keeps its columns

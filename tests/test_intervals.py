@@ -97,3 +97,21 @@ def test_simulation_writes_the_coverage_table_with_its_command(tmp_path):
     assert [r.split("|")[4].strip() for r in rows] == ["3", "5", "10", "20"]
     assert all(0.0 <= float(r.split("|")[6]) <= 1.0 for r in rows)
     assert any(line.startswith("| first / second") for line in text.splitlines())
+    assert not any(line.startswith("| record - record") for line in text.splitlines())  # one record: no pair
+    _, other = _pair(n=8)
+    write_record(folder / "y.json", other)
+    assert intervals.main(["--simulate", str(folder), "--draws", "50", "--out", str(out)]) == 0
+    pairs = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| record - record")]
+    assert [(r[2].strip(), r[3].strip()) for r in pairs[:1]] == [("1", "8")]  # one pair of 8 items
+
+
+def test_record_pairs_are_per_item_log_differences_within_a_model_benchmark_and_cpu():
+    _, a = _pair(n=6)
+    b = build_record(model="m", benchmark="obqa", split="eval", answer_rule="letter", command="cmd", config={},
+                     method="y", policy=None, items=[_item(i, [0.5, 0.5]) for i in range(6)], timing={"rounds": 2})
+    (values,) = intervals.record_pairs([a, b])
+    expected = [sum(math.log(0.5) - math.log(1.0 + 0.07 * math.sin(i + r)) for r in range(2)) / 2 for i in range(6)]
+    assert values == pytest.approx(expected)
+    b.machine = {**(b.machine or {}), "cpu": "another CPU"}
+    a.machine = {**(a.machine or {}), "cpu": "this CPU"}
+    assert intervals.record_pairs([a, b]) == []

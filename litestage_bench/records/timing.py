@@ -152,6 +152,40 @@ def speedup_of_logs(logs: list[list[float | None]]) -> dict:
             "rounds": n_rounds, "speedup_rounds": per_round}
 
 
+def item_log_speedups(method_rounds: dict[str, list[dict]], dense_rounds: dict[str, list[dict]]) -> dict[str, float]:
+    """Per timed item, the mean over its rounds of log(dense seconds / method seconds), each round's
+    dense (a record's `timing["dense_rounds"]`) beside the method's of the same round (its item's
+    `timing_rounds`): the values the record's speedup and CI are made of."""
+    out = {}
+    for item_id, rounds in method_rounds.items():
+        means = _item_means(round_pair_logs([list(zip(dense_rounds.get(item_id, []), rounds))]))
+        if means:
+            out[item_id] = means[0]
+    return out
+
+
+def paired_speed_ratio(a: dict[str, float], b: dict[str, float]) -> dict | None:
+    """a's speedup / b's from their per-item log speedups (``item_log_speedups``) on the items both
+    timed: exp(mean of the per-item differences), its 95% Student t interval, the two-sided p of the
+    paired t test and the item count; None below ``MIN_CI_ITEMS`` shared items. Each record's
+    speedup is its own interleaved dense over its method, so machine drift between two runs cancels
+    within each item before the difference is taken, and an item's length, which moves both
+    speedups, cancels in the difference; two records timed against one dense share it exactly."""
+    diffs = [a[i] - b[i] for i in a if i in b]
+    n = len(diffs)
+    if n < MIN_CI_ITEMS:
+        return None
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(n)
+    if se < MIN_LOG_SPREAD:  # every item's difference the same: the ratio is exact
+        return {"ratio": math.exp(mean), "ci95": (math.exp(mean),) * 2, "p": 1.0 if mean == 0 else 0.0, "n": n}
+    from scipy.stats import t
+
+    low, high = t.interval(0.95, n - 1, loc=mean, scale=se)
+    return {"ratio": math.exp(mean), "ci95": (math.exp(float(low)), math.exp(float(high))),
+            "p": float(2 * t.sf(abs(mean / se), n - 1)), "n": n}
+
+
 def paired_speedup(dense: list[ItemResult], method: list[ItemResult], stage: str | None = None) -> dict:
     """The interleaved speedup of `method` over `dense` (same items, same order) with its 95% CI,
     the number of rounds and each round's own speedup; of one stage's seconds when `stage` is given."""

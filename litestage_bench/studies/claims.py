@@ -10,7 +10,7 @@ tests (95%, on the same items):
    lower bound of the difference above -4 points (non-inferiority), and its speedup's 95% CI at or
    above 1.70x. Holds when both are shown; fails when the loss is shown (the difference's upper bound
    below -4 points) or the speedup's CI lies below 1.70x; else undecided.
-2. "stage-wise beats uniform": the speedup ratio stage-wise / uniform (z test on the log ratio) and
+2. "stage-wise beats uniform": the speedup ratio stage-wise / uniform (paired t or z test, as the headline's) and
    the accuracy difference (exact McNemar). Holds when stage-wise is faster (p < 0.05) and not less
    accurate (McNemar p >= 0.05 or more accurate), or more accurate and not slower; fails when uniform
    is so; else undecided.
@@ -71,14 +71,14 @@ def _better(ratio: float, p: float | None, acc_d: float, acc_p: float) -> str:
 
 
 def stagewise_claim(lite: ResultRecord, uniform: ResultRecord) -> list[str]:
-    ratio, p = speed_ratio_test(lite, uniform)
+    ratio, p, test = speed_ratio_test(lite, uniform)
     mine, theirs, _ = _paired(lite, uniform)
     d = (sum(mine) - sum(theirs)) / len(mine)
     acc_p = stats.mcnemar_exact_p(mine, theirs)
     side = _better(ratio, p, d, acc_p)
     return ["stage-wise beats uniform", f"speedup {speedup_ci_cell(lite)} vs {speedup_ci_cell(uniform)}; "
             f"accuracy {sum(mine) / len(mine):.3f} vs {sum(theirs) / len(theirs):.3f}",
-            f"speed ratio {ratio:.2f}x (z test p {fmt_p(p)}); McNemar p {fmt_p(acc_p)}",
+            f"speed ratio {ratio:.2f}x ({test} test p {fmt_p(p)}); McNemar p {fmt_p(acc_p)}",
             {"a": "holds", "b": "fails (uniform is better)"}.get(side, "undecided")]
 
 

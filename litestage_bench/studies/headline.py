@@ -11,16 +11,21 @@ Matching (suite decisions):
   most accurate of them. The difference is LiteStage's accuracy minus the baseline's on the same
   items (paired, 95% t interval) with the exact McNemar p of the two.
 - matched agreement: the baselines whose answer agreement with dense is within +/-0.05 of
-  LiteStage's; the best is the fastest of them. The difference is the ratio of their speedups, with a z test on the log ratio
-  whose standard errors come from each speedup's 95% CI (each speedup was measured against dense
-  in its own interleaved run, so the two are independent estimates).
+  LiteStage's; the best is the fastest of them. The difference is the ratio of their speedups, with
+  the paired t test on the per-item differences of log speedup over the timed items both hold, where
+  both records keep dense's rounds per item (`timing["dense_rounds"]`: each item's speedup is its own
+  interleaved dense over the method, so an item's length, which moves both speedups, cancels, and two
+  records timed against one dense by `retime-latency` share it exactly; coverage of its interval at
+  3-20 items: results/intervals/coverage.md, "record - record"); else a z test on the log ratio whose
+  standard errors come from each speedup's 95% CI (records timed in their own interleaved runs:
+  independent estimates). The p column names the test.
 - without a baseline within the window, the row compares the nearest one, named "none (nearest X)".
 - the predicted speedup beside the measured one: the latency model's prediction for the record made
   without it (`held_out` of the record in the fits under results/latency/, `studies.latency_fit`),
   found by the path its `run` command wrote and its measured speedup; "-" for a record no fit holds.
 - where records were re-timed at batch B (`timing.throughput`, `litestage-bench retime-throughput`),
   the table gains the batch-B column and LiteStage a third row: matched agreement again, the fastest
-  baseline by its batch-B speedup, the same z test on the batch-B CIs (each over its chunks).
+  baseline by its batch-B speedup, the z test on the batch-B CIs (each over its chunks).
 - a baseline that gives one answer on every item is left out of both matchings (named under the
   table): its agreement is only dense's share of that answer, and its accuracy that answer's share
   of the gold labels, so it says nothing about reasoning. The "top answer" column shows each
@@ -45,6 +50,7 @@ from ..records.fidelity import same_answer
 from ..records.report import (DECOMPOSITION_COLUMNS, THROUGHPUT_COLUMN, decomposition_cells, flips_cell, fmt_num,
                               fmt_p, paired_cell, policy_name, speedup_ci_cell, throughput_cell)
 from ..records.results import ResultRecord, emit_markdown, load_record, record_files
+from ..records.timing import item_log_speedups, paired_speed_ratio, rounds_of
 
 SPEED_MATCH = 0.1  # x
 AGREEMENT_MATCH = 0.05
@@ -151,14 +157,24 @@ def _log_se(ci) -> float | None:
     return (math.log(hi) - math.log(lo)) / (2 * 1.959964)
 
 
-def speed_ratio_test(a: ResultRecord, b: ResultRecord, batched: bool = False) -> tuple[float, float | None]:
-    """(a's speedup / b's, two-sided p of the z test on the log ratio; None without CIs); `batched`:
-    their batch-B throughput speedups."""
+def item_logs(r: ResultRecord) -> dict[str, float]:
+    """A record's per-item log speedups (timing.item_log_speedups; empty before records kept dense's rounds)."""
+    return item_log_speedups({it.id: rounds_of(it) for it in r.items}, (r.timing or {}).get("dense_rounds") or {})
+
+
+def speed_ratio_test(a: ResultRecord, b: ResultRecord, batched: bool = False) -> tuple[float, float | None, str]:
+    """(a's speedup / b's, its two-sided p, the test): the paired t test on the per-item log speedups
+    of the timed items both hold, where both records keep dense's rounds (timing.paired_speed_ratio);
+    else the z test on the log ratio from the two CIs (p None without them). `batched`: their batch-B
+    throughput speedups, z test."""
     if batched:
         ta, tb = _throughput(a), _throughput(b)
-        return log_ratio_test(ta["throughput_speedup"], ta.get("throughput_speedup_ci95"),
-                              tb["throughput_speedup"], tb.get("throughput_speedup_ci95"))
-    return log_ratio_test(a.speedup, a.speedup_ci95, b.speedup, b.speedup_ci95)
+        return (*log_ratio_test(ta["throughput_speedup"], ta.get("throughput_speedup_ci95"),
+                                tb["throughput_speedup"], tb.get("throughput_speedup_ci95")), "z")
+    paired = paired_speed_ratio(item_logs(a), item_logs(b))
+    if paired is not None:
+        return a.speedup / b.speedup, paired["p"], "paired t"
+    return (*log_ratio_test(a.speedup, a.speedup_ci95, b.speedup, b.speedup_ci95), "z")
 
 
 def log_ratio_test(a: float, ci_a, b: float, ci_b) -> tuple[float, float | None]:
@@ -200,10 +216,11 @@ def _agreement_row(L: ResultRecord, base: list[ResultRecord]) -> list[str]:
         return [_label(L), f"agreement {fmt_num(mine, '.3f')} +/-{AGREEMENT_MATCH}", "none", "-", "-", "-", "-"]
     near = [b for b in base if abs(_agreement(b) - mine) <= AGREEMENT_MATCH]
     best = max(near, key=lambda b: b.speedup) if near else min(base, key=lambda b: abs(_agreement(b) - mine))
-    ratio, p = speed_ratio_test(L, best)
+    ratio, p, test = speed_ratio_test(L, best)
     return [_label(L), f"agreement {mine:.3f} +/-{AGREEMENT_MATCH}",
             _label(best) if near else f"none (nearest {_label(best)})",
-            f"{_speed(best)} (agreement {_agreement(best):.3f})", f"speedup ratio {ratio:.2f}x", fmt_p(p), "-"]
+            f"{_speed(best)} (agreement {_agreement(best):.3f})", f"speedup ratio {ratio:.2f}x", f"{fmt_p(p)} ({test})",
+            "-"]
 
 
 def _batched_agreement_row(L: ResultRecord, base: list[ResultRecord]) -> list[str]:
@@ -218,10 +235,10 @@ def _batched_agreement_row(L: ResultRecord, base: list[ResultRecord]) -> list[st
     def speed(b: ResultRecord) -> float:
         return _throughput(b)["throughput_speedup"]
     best = max(near, key=speed) if near else min(base, key=lambda b: abs(_agreement(b) - mine))
-    ratio, p = speed_ratio_test(L, best, batched=True)
+    ratio, p, test = speed_ratio_test(L, best, batched=True)
     return [_label(L), matched, _label(best) if near else f"none (nearest {_label(best)})",
             f"{speed(best):.2f}x (agreement {_agreement(best):.3f})", f"batch-{batch} speedup ratio {ratio:.2f}x",
-            fmt_p(p), "-"]
+            f"{fmt_p(p)} ({test})", "-"]
 
 
 def matched_rows(records: list[ResultRecord]) -> list[list[str]]:

@@ -13,14 +13,17 @@ changes; exit status 1 when any record was left as it was for want of its pairs.
 --simulate measures how often each interval covers a true speedup of 1.00 (an A/A null) when n items
 are drawn from recorded per-item log ratios, centred per record so that their mean is 0: the
 percentile bootstrap that records used before (`percentile_bootstrap_gm_ci95`, 2000 resamples,
-seed 0 as the suite ran it) and the t interval. Two populations of per-item values, both from
+seed 0 as the suite ran it) and the t interval. Three populations of per-item values, all from
 stored timings (records made before `timing["dense_rounds"]` keep only the method's side of their
 interleaved pairs, so neither is a record's own pairs):
 - "method / dense record": per timed item, mean over rounds of log(dense seconds) in the record's
   dense record minus the same for the method: the spread of real speedups across items;
 - "first / second": per timed item, log(seconds of the round one pipeline ran first / of the round
   it ran second) in one record: timing noise only, as for a method that runs dense's own computation.
-Each draw picks a record at random, then n of its centred values with replacement.
+- "record - record": per pair of records of one model, benchmark and CPU, per item both timed, mean
+  log seconds of one minus the other's: the per-item differences of the paired test that compares two
+  speedups on the same timed items (`timing.paired_speed_ratio`).
+Each draw picks a record (or pair) at random, then n of its centred values with replacement.
 """
 from __future__ import annotations
 
@@ -171,10 +174,25 @@ def round_to_round(rec: ResultRecord) -> list[float]:
     return out
 
 
+def record_pairs(records: list[ResultRecord]) -> list[list[float]]:
+    """Per pair of records of one model, benchmark and CPU, per item both timed, mean log seconds of
+    one minus the other's (rounds averaged per item): the per-item differences the headline's paired
+    test takes (`timing.paired_speed_ratio`), without each record's own dense, which cancels when two
+    records were timed against one dense and adds a second run's noise when not."""
+    groups: dict[tuple, list[ResultRecord]] = {}
+    for rec in records:
+        if rec.method != "dense":
+            groups.setdefault((rec.model, rec.benchmark, (rec.machine or {}).get("cpu")), []).append(rec)
+    return [method_vs_dense(a, b) for group in groups.values()
+            for i, a in enumerate(group) for b in group[i + 1:]]
+
+
 def populations(records: list[tuple[str, ResultRecord]]) -> dict[str, list[list[float]]]:
-    """{population: [one record's centred per-item values]} over the records timed in rounds."""
+    """{population: [one record's (or pair's) centred per-item values]} over the records timed in rounds."""
     dense_cache: dict[str, ResultRecord | None] = {}
-    out: dict[str, list[list[float]]] = {"method / dense record": [], "first / second": []}
+    out: dict[str, list[list[float]]] = {"method / dense record": [], "first / second": [],
+                                         "record - record": record_pairs([r for _, r in records
+                                                                          if r.timing.get("rounds")])}
     for _, rec in records:
         if not rec.timing.get("rounds"):
             continue
@@ -243,7 +261,11 @@ def coverage_markdown(records: list[tuple[str, ResultRecord]], draws: int, seed:
         "so dense's side comes from its own record.",
         "- first / second: per timed item, log of one pipeline's seconds in the round it ran first over its "
         "seconds in the round it ran second, in the same record; timing noise alone, as for a method that runs "
-        "dense's own computation.", "",
+        "dense's own computation.",
+        "- record - record: per pair of records of one model, benchmark and CPU, per item both timed, mean log "
+        "seconds of one minus the other's; the values of the paired t test that compares two speedups on the "
+        "same timed items (`timing.paired_speed_ratio`; the headline's matched agreement), each record's own "
+        "dense left out (exact for two records timed against one dense). \"records\" counts the pairs.", "",
         tabulate(rows, headers=COLUMNS, tablefmt="github", disable_numparse=True), "",
         "Records: " + ", ".join(f"`{p}`" for p, r in records if r.timing.get("rounds")) + ".", ""])
 

@@ -16,8 +16,8 @@ acceptance rate, the draft's share of decode time, and the costs that decide its
   batch 1): a verify block costs one dense step and a draft step its executed fraction of the
   sub-layer FLOPs (embedding and head not counted), so the decode speedup is tokens per verify
   step / (drafts per verify step x that fraction + 1).
-Then each lossy record against the fastest lossless one: the speed ratio (z test on the log
-ratio, as in the headline table) and the answers that the extra speed cost.
+Then each lossy record against the fastest lossless one: the speed ratio (paired t or z test,
+as in the headline table) and the answers that the extra speed cost.
 """
 from __future__ import annotations
 
@@ -138,9 +138,10 @@ def lossy_rows(records: list[ResultRecord]) -> list[list[str]]:
     best = max(lossless, key=lambda r: r.speedup)
     rows = []
     for r in sorted((r for r in records if r.method not in (*LOSSLESS, "dense") and r.speedup), key=lambda r: -r.speedup):
-        ratio, p = speed_ratio_test(r, best)
+        ratio, p, test = speed_ratio_test(r, best)
         fid = r.fidelity or {}
-        rows.append([_label(r), speedup_ci_cell(r), _label(best), speedup_ci_cell(best), f"{ratio:.2f}x", fmt_p(p),
+        rows.append([_label(r), speedup_ci_cell(r), _label(best), speedup_ci_cell(best), f"{ratio:.2f}x",
+                     f"{fmt_p(p)} ({test})",
                      f"{fid.get('changed', '-')}/{fid.get('n', '-')}", fmt_num(fid.get("agreement"), ".3f"),
                      f"-{fid.get('correct_to_wrong', '-')}/+{fid.get('wrong_to_correct', '-')}"])
     return rows

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -31,6 +29,7 @@ from tabulate import tabulate
 
 from ..core.errors import UserError
 from ..records.results import emit_markdown
+from ..records.timing import item_log_speedups, paired_speed_ratio
 
 COLUMNS = ["search", "policy", "CPU", "candidates (distinct plans)", "items measured", "stage runs", "answers s",
            "timing s", "total s (every row)", "new / earlier: s", "new / earlier: stage runs", "stopped (why)",
@@ -114,39 +113,6 @@ RECORD_COLUMNS = ["search", "record", "speedup [95% CI]", "target on the evaluat
                   "new / earlier speedup [95% CI], p"]
 
 
-def item_log_speedups(record: dict) -> dict[str, float]:
-    """Per timed item of a record, the mean over its rounds of log(dense seconds / method seconds),
-    each round's dense beside the method's of the same round (`timing.dense_rounds`)."""
-    dense = (record.get("timing") or {}).get("dense_rounds") or {}
-    out = {}
-    for item in record["items"]:
-        rounds = [(d, m) for d, m in zip(dense.get(item["id"], []), item.get("timing_rounds") or [])]
-        logs = [math.log(sum(d["stage_s"].values()) / sum(m["stage_s"].values())) for d, m in rounds
-                if sum(d["stage_s"].values()) > 0 and sum(m["stage_s"].values()) > 0]
-        if logs:
-            out[item["id"]] = sum(logs) / len(logs)
-    return out
-
-
-def paired_speed_ratio(earlier: dict, new: dict) -> tuple[float, tuple[float, float], float, int]:
-    """new's speedup / earlier's on their shared timed items: exp(mean of the per-item differences of
-    log speedup), its 95% t interval, the two-sided p of the paired t test, and the item count. Each
-    record's speedup is its own interleaved dense over its method, so machine drift between the two
-    runs cancels within each item before the difference is taken."""
-    from scipy.stats import t as student
-
-    a, b = item_log_speedups(earlier), item_log_speedups(new)
-    diffs = [b[i] - a[i] for i in a if i in b]
-    if len(diffs) < 3:
-        raise UserError(f"the two records share {len(diffs)} timed items", "time both on the same --timed items")
-    n, mean = len(diffs), statistics.fmean(diffs)
-    se = statistics.stdev(diffs) / math.sqrt(n)
-    if se == 0:
-        return math.exp(mean), (math.exp(mean), math.exp(mean)), 1.0 if mean == 0 else 0.0, n
-    low, high = student.interval(0.95, n - 1, loc=mean, scale=se)
-    return math.exp(mean), (math.exp(float(low)), math.exp(float(high))), float(2 * student.sf(abs(mean / se), n - 1)), n
-
-
 def _eval_test(record: dict, policy: dict) -> str:
     """The policy's target test (decide) on the record's evaluation items against dense."""
     from ..methods.search_decisions import decide
@@ -170,9 +136,14 @@ def record_rows(earlier_path: str, new_path: str) -> list[list[str]]:
     policies = [load_policy((r.get("policy") or {}).get("policy") or "") for r in records]
     if [it["id"] for it in records[0]["items"]] != [it["id"] for it in records[1]["items"]]:
         raise UserError(f"{earlier_path} and {new_path} hold other evaluation items", "run both on the same items")
-    if all(item_log_speedups(r) for r in records):
-        ratio, ci, p, n = paired_speed_ratio(*records)
-        compared = f"{ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], p {p:.3f} (paired t, {n} items)"
+    logs = [item_log_speedups({it["id"]: it.get("timing_rounds") or [] for it in r["items"]},
+                              (r.get("timing") or {}).get("dense_rounds") or {}) for r in records]
+    paired = paired_speed_ratio(logs[1], logs[0]) if all(logs) else None
+    if all(logs) and paired is None:
+        raise UserError(f"{earlier_path} and {new_path} share fewer than 3 timed items", "time both on the same --timed items")
+    if paired is not None:
+        ci = paired["ci95"]
+        compared = f"{paired['ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], p {paired['p']:.3f} (paired t, {paired['n']} items)"
     else:  # a record from before records kept dense's rounds per item: its speedup's CI only
         from .headline import log_ratio_test
 
