@@ -95,3 +95,12 @@ def test_two_chosen_policies_records_are_compared_paired_by_item(tmp_path):
     other.write_text(json.dumps({**json.loads(Path(faster).read_text()), "items": [{"id": "x"}]}))
     with pytest.raises(UserError, match="other evaluation items"):
         record_rows(earlier, str(other))
+
+
+def test_derived_stage_runs_are_named_apart_from_the_executed_ones():
+    from litestage_bench.studies.search_cost import cost
+    policy = {"calibration": {"n": 8}, "candidates": [
+        {"sweep": "analyze early exit", "sets": {}, "exits": {"analyze": {"threshold": t}}, "flips": {"n": 8},
+         "stage_runs": 1, "stage_runs_derived": 1} for t in (0.3, 0.2)]}
+    c = cost(policy)
+    assert (c["stage_runs"], c["stage_runs_derived"]) == (2, 2)

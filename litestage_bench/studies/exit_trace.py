@@ -12,18 +12,22 @@ of one per threshold. The search relies on it where the numerics are exact (Stag
 `exit_trace`, evaluation/reasoner.py).
 
 This study runs the policy's skip plan (its `stages`) on the first N calibration items of its
-search as the search does: once exit-off through a memo that keeps the swept stage's trace, then,
-per threshold of the policy's `exit_thresholds_swept`, through the memo with that stage derived,
-and for real without the memo. It reports per threshold the items compared, the items whose stage
-ended sooner than exit-off, and the items whose derived result differs from the real one in any
-of: the stage's output, tokens per stage, every rule's answer, the executed cost per stage (to
-1e-9, relative). 0 everywhere: the derivation is exact on these items, this machine and these numerics.
+search as the search does: once exit-off through a memo that keeps the swept stage's trace and
+through one that does not (as the search ran before), then, per threshold of the policy's
+`exit_thresholds_swept`, through the first with that stage derived and through the second, which
+computes it (and reuses the earlier stages, as the search did: a memo's runs equal runs without it,
+tests/test_litestage.py). It reports per threshold the items compared, the items whose stage ended
+sooner than exit-off, the items whose derived result differs from the computed one in any of: the
+stage's output, tokens per stage, every rule's answer, the executed cost per stage (to 1e-9,
+relative), and the CPU seconds of each (process time, one thread): what a threshold of the sweep
+costs the search now and what it cost before.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+import time
 
 import torch
 from tabulate import tabulate
@@ -54,21 +58,32 @@ def measure(policy_path: str, stage: str, n_items: int, batch_size: int) -> list
     items = items[:n_items]
     reasoner = session.reasoner(policy["bench"], config)
     plan = plan_from_sets({s: SkipSet.from_dict(policy["stages"][s]["skip"]) for s in STAGES})
-    memo = StageMemo(exit_trace=(opts["exit_window"], opts["exit_confidence"]))
+    # the search now (derived) and as it computed these runs before: a memo without exit_trace
+    memo, before = StageMemo(exit_trace=(opts["exit_window"], opts["exit_confidence"])), StageMemo()
     off = evaluate_items(reasoner, plan, {}, items, batch_size, progress=False, memo=memo)
+    evaluate_items(reasoner, plan, {}, items, batch_size, progress=False, memo=before)
     table = []
     for threshold in sorted(thresholds, reverse=True):
         callbacks = {stage: ConfidenceExit(ExitRule(opts["exit_window"], threshold, opts["exit_confidence"]))}
         derived_before = memo.derived
         with memo.deriving(stage):
-            derived = evaluate_items(reasoner, plan, callbacks, items, batch_size, progress=False, memo=memo)
+            derived, derived_s = _timed(lambda: evaluate_items(reasoner, plan, callbacks, items, batch_size,
+                                                               progress=False, memo=memo))
         if memo.derived == derived_before:
             raise UserError(f"no {stage} run was derived", "the plan or numerics do not allow it (StageMemo)")
-        real = evaluate_items(reasoner, plan, callbacks, items, batch_size, progress=False)
+        real, real_s = _timed(lambda: evaluate_items(reasoner, plan, callbacks, items, batch_size, progress=False,
+                                                     memo=before))
         sooner = sum(d.tokens[stage] < o.tokens[stage] for d, o in zip(derived, off))
         differ = sum(not _same(d, r, stage) for d, r in zip(derived, real))
-        table.append([stage, f"{threshold:.4g}", len(items), sooner, differ])
+        table.append([stage, f"{threshold:.4g}", len(items), sooner, differ, f"{derived_s:.1f}", f"{real_s:.1f}",
+                      f"{derived_s / real_s:.2f}"])
     return table
+
+
+def _timed(run):
+    start = time.process_time()
+    out = run()
+    return out, time.process_time() - start
 
 
 def _same(derived, real, stage: str) -> bool:
@@ -91,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> str:
         table = [row for stage in args.stage for row in measure(args.policy, stage, args.items, args.batch_size)]
-        head = ["stage", "threshold", "items", "items whose stage ended sooner", "derived items that differ"]
+        head = ["stage", "threshold", "items", "items whose stage ended sooner", "derived items that differ",
+                "CPU s, derived", "CPU s, computed", "derived / computed"]
         return (f"# Early-exit runs derived from one exit-off trace, against the real runs\n\nCommand: `{command}` "
                 f"({machine_info().get('cpu')}, {torch.get_num_threads()} threads).\n\n"
                 + tabulate(table, head, tablefmt="github") + "\n")

@@ -15,7 +15,9 @@ in an earlier period, perhaps on another CPU: the table names the CPUs). Each di
 once (a sweep's accepted setting repeats the previous sweep's choice); "every row" counts the rows
 as listed, as the earlier comparison did. The dense calibration pass is in neither. Seconds are
 wall seconds, which grow with whatever else the machine ran; *stage runs* (one stage of one batch of
-8 calibration items executed, not reused) count the answers' work on any machine and load.
+8 calibration items executed, not reused) count the answers' work on any machine and load; a
+search's early-exit runs derived from an exit-off run (StageMemo.exit_trace) are not executed and
+are named apart ("+N derived").
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def cost(policy: dict) -> dict:
     cpus = sorted({str(r.get(k)) for r in distinct.values() for k in ("answers_cpu", "timing_cpu") if r.get(k)})
     return {"candidates": len(distinct), "items": sum(r["flips"].get("n", n) for r in distinct.values()),
             "stage_runs": sum(r.get("stage_runs") or 0 for r in distinct.values()),
+            "stage_runs_derived": sum(r.get("stage_runs_derived") or 0 for r in distinct.values()),
             "answers": seconds(distinct.values(), "answers_seconds"),
             "timing": seconds(distinct.values(), "timing_seconds"),
             "every_row": seconds(rows, "answers_seconds") + seconds(rows, "timing_seconds"),
@@ -101,7 +104,9 @@ def pair_rows(earlier_path: str, new_path: str) -> list[list[str]]:
         total = c["answers"] + c["timing"]
         plan, test, speed = _chosen(load_policy(policy))
         out.append([search if name == "earlier" else "", f"{name}: `{policy}`", ", ".join(c["cpus"]),
-                    str(c["candidates"]), str(c["items"]), str(c["stage_runs"]), f"{c['answers']:.0f}",
+                    str(c["candidates"]), str(c["items"]),
+                    str(c["stage_runs"]) + (f" (+{c['stage_runs_derived']} derived)" if c["stage_runs_derived"] else ""),
+                    f"{c['answers']:.0f}",
                     f"{c['timing']:.0f}", f"{total:.0f} ({c['every_row']:.0f})",
                     "-" if name == "earlier" else f"{total / base:.2f}",
                     "-" if name == "earlier" or not base_runs else f"{c['stage_runs'] / base_runs:.2f}",
