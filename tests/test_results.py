@@ -15,7 +15,8 @@ from litestage_bench.records import metrics, results, timing
 from litestage_bench.records.report import (STAGES, compare_records, pareto_plot, policy_name, results_table,
                                             versus_table)
 from litestage_bench.records.results import (SCHEMA_VERSION, ItemResult, ResultRecord, build_record, load_record,
-                                             record_from_dict, record_to_dict, write_record, write_text_atomic)
+                                             load_records, record_from_dict, record_to_dict, write_record,
+                                             write_text_atomic)
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -228,6 +229,13 @@ def test_write_text_atomic(tmp_path: Path):
     write_text_atomic(path, "new\n")
     assert path.read_text() == "new\n"
     assert [p.name for p in path.parent.iterdir()] == ["table.md"]
+
+
+def test_a_folder_of_records_leaves_out_the_campaign_file_beside_them(tmp_path: Path):
+    """results/headline and results/batch8 hold a campaign (studies.ledger) beside their records."""
+    write_record(tmp_path / "m_obqa_unified-k4.json", make_record())
+    (tmp_path / "campaign_m.json").write_text(json.dumps({"pieces": []}))
+    assert [r.method for r in load_records(tmp_path)] == [make_record().method]
 
 
 def test_load_record_missing_file(tmp_path: Path):

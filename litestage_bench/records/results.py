@@ -525,12 +525,13 @@ def write_record(path: str | os.PathLike, record: ResultRecord) -> Path:
 
 
 def record_files(path: str | os.PathLike) -> list[Path]:
-    """One record file, or every ``*.json`` in a folder (a grid folder: its ``records/``)."""
+    """One record file, or every ``*.json`` in a folder (a grid folder: its ``records/``) but the
+    campaign files that plan its records (``campaign*.json``, studies.ledger)."""
     path = Path(path)
     if not path.is_dir():
         return [path]
     folder = path / "records" if (path / "records").is_dir() else path
-    files = sorted(folder.glob("*.json"))
+    files = sorted(f for f in folder.glob("*.json") if not f.name.startswith("campaign"))
     if not files:
         raise UserError(f"{folder} holds no result records (*.json)", "pass a record file or a folder of records")
     return files

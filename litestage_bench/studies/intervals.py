@@ -39,7 +39,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ..core.errors import UserError, print_error
-from ..records.results import ResultRecord, atomic_write, json_safe, load_record, record_from_dict, write_json
+from ..records.results import (ResultRecord, atomic_write, json_safe, load_record, record_files, record_from_dict,
+                               write_json)
 from ..records.timing import SPEEDUP_INTERVAL, round_pair_logs, rounds_of, speedup_of_logs, t_gm_ci95
 
 NAN = float("nan")
@@ -275,8 +276,8 @@ def coverage_markdown(records: list[tuple[str, ResultRecord]], draws: int, seed:
 
 
 def _records(paths: list[str]) -> list[tuple[str, ResultRecord]]:
-    """(path, record) of each file named and of each *.json in each folder named."""
-    files = [f for p in map(Path, paths) for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
+    """(path, record) of each file named and of each record in each folder named (record_files)."""
+    files = [f for p in paths for f in record_files(p)]
     return [(str(f), load_record(f)) for f in files]
 
 
