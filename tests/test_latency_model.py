@@ -229,6 +229,38 @@ def test_plan_of_policy_reads_every_method():
         plan_of_policy({"name": "mystery"})
 
 
+def test_a_grid_records_policy_gives_the_plan_of_its_stages_only(tmp_path, monkeypatch):
+    """The grid runs a method in its selected stages (`grid_stages`); a grid record made before that
+    key held the selection in "stages", over LiteStage's sets, which its policy file keeps."""
+    stagewise = POLICIES["stagewise"]
+    restricted, exits = plan_of_policy({**stagewise, "grid_stages": ["analyze", "summarize"]})
+    assert set(restricted.stages) == {"analyze", "summarize"} and exits == {"summarize"}
+    assert restricted.for_stage("analyze") == plan_of_policy(stagewise)[0].for_stage("analyze")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.json").write_text(json.dumps({"stages": {s: {"skip": k} for s, k in stagewise["stages"].items()}}))
+    old = {**stagewise, "name": "litestage", "policy": "p.json", "stages": list(STAGES)}
+    assert plan_of_policy(old) == plan_of_policy(stagewise)
+    layers = plan_of_policy({**POLICIES["layers4"], "stages": ["recall"]})[0]
+    assert set(layers.stages) == {"recall"}
+    with pytest.raises(UserError):
+        plan_of_policy({**old, "policy": "missing.json"})
+
+
+def test_a_timing_kept_by_copies_of_its_record_counts_once(tmp_path):
+    """A record re-scored by another answer rule (studies.rescore) or re-timed at batch B beside its
+    batch-1 timing (retime-throughput) keeps that timing: the fit reads it once, from the source."""
+    from litestage_bench.records.latency_data import timed_records
+    path, rec = synthetic_records(n=4)[1]
+    write_record(tmp_path / "results" / path, rec)
+    write_record(tmp_path / "results" / "letter" / path, replace(rec, extra={**rec.extra, "rescored": {"from_rule": "x"}}))
+    batch = replace(rec, timing={**rec.timing, "throughput": {"batch_size": 8}})
+    write_record(tmp_path / "results" / "batch8" / path, batch)
+    assert [p for p, _ in timed_records(tmp_path / "results")] == [f"results/{path}"]
+    other = replace(rec, timing={**rec.timing, "speedup_rounds": [9.0, 9.0]})  # another measurement
+    write_record(tmp_path / "results" / "again" / path, other)
+    assert len(timed_records(tmp_path / "results")) == 2
+
+
 def test_the_cli_writes_fits_and_a_table(tmp_path, capsys, monkeypatch):
     records = synthetic_records(noise=True, n=6, seed=5)
     for path, rec in records:

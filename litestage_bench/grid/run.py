@@ -56,7 +56,7 @@ class StageRestricted(Method):
         return self.inner.token_callback(stage) if stage in self.stages else None
 
     def describe(self):
-        return {**self.inner.describe(), "stages": list(self.stages)}
+        return {**self.inner.describe(), "grid_stages": list(self.stages)}  # LiteStage's own "stages" kept
 
     def check_model(self, model: str) -> None:
         self.inner.check_model(model)

@@ -51,9 +51,11 @@ def group_key(rec: ResultRecord) -> tuple[str, str, str, str]:
 
 
 def timed_records(root: str | Path) -> list[tuple[str, ResultRecord]]:
-    """Every non-dense record under `root` timed in interleaved rounds (path relative to `root`'s parent)."""
+    """Every non-dense record under `root` timed in interleaved rounds (path relative to `root`'s
+    parent), each batch-1 timing once: a copy that keeps another record's (re-scored by another
+    answer rule, or re-timed at batch B beside it) is left out for its source."""
     root = Path(root)
-    out = []
+    found = []
     for path in sorted(root.rglob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -61,10 +63,21 @@ def timed_records(root: str | Path) -> list[tuple[str, ResultRecord]]:
             continue
         if not (isinstance(data, dict) and "schema_version" in data and isinstance(data.get("items"), list)):
             continue
-        if not (data.get("timing") or {}).get("rounds") or data.get("method") == "dense":
+        timing = data.get("timing") or {}
+        if not timing.get("rounds") or data.get("method") == "dense":
             continue
+        copy = bool((data.get("extra") or {}).get("rescored") or timing.get("throughput"))
+        found.append((copy, path, data))
+    out, seen = [], set()
+    for copy, path, data in sorted(found, key=lambda f: f[:2]):  # sources first, then copies
+        timing = data["timing"]
+        measured = (data.get("model"), data.get("benchmark"), data.get("method"), data.get("speedup"),
+                    json.dumps(timing.get("speedup_rounds")), json.dumps(timing.get("timed_ids")))
+        if measured in seen:
+            continue
+        seen.add(measured)
         out.append((path.relative_to(root.parent).as_posix(), record_from_dict(data, str(path))))
-    return out
+    return sorted(out)
 
 
 def _static(sp: StagePlan) -> bool:

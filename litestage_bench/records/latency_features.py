@@ -60,9 +60,34 @@ def _fail(policy: Any) -> UserError:
 
 
 def plan_of_policy(policy: Any) -> tuple[SkipPlan, frozenset[str]]:
-    """The skip plan and the early-exit stages of a record's `policy` (its method's describe())."""
+    """The skip plan and the early-exit stages of a record's `policy` (its method's describe()); a
+    grid record's method runs only in its `grid_stages` (the others dense)."""
     if not isinstance(policy, dict):
         raise _fail(policy)
+    restricted = policy.get("grid_stages")
+    if isinstance(policy.get("stages"), list):
+        # a grid record made before `grid_stages`: the list was the grid's restriction, written over
+        # LiteStage's sets, which the policy file it names still holds
+        restricted = policy["stages"]
+        policy = {**policy, "stages": _sets_from_policy_file(policy) if policy.get("name") == "litestage" else None}
+    plan, exits = _whole_plan(policy)
+    if restricted is None:
+        return plan, exits
+    return SkipPlan({s: p for s, p in plan.stages.items() if s in restricted}, plan.name), exits & frozenset(restricted)
+
+
+def _sets_from_policy_file(policy: dict) -> dict:
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(policy.get("policy") or "").read_text(encoding="utf-8"))
+        return {s: data["stages"][s]["skip"] for s in STAGES}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise _fail(policy) from None
+
+
+def _whole_plan(policy: dict) -> tuple[SkipPlan, frozenset[str]]:
     if isinstance(policy.get("plan"), dict):  # `--method plan`
         return SkipPlan.from_dict(policy["plan"]), frozenset()
     if isinstance(policy.get("stages"), dict):  # LiteStage: a static set per stage, exit rules per stage
