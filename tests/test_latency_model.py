@@ -252,7 +252,8 @@ def test_a_timing_kept_by_copies_of_its_record_counts_once(tmp_path):
     from litestage_bench.records.latency_data import timed_records
     path, rec = synthetic_records(n=4)[1]
     write_record(tmp_path / "results" / path, rec)
-    write_record(tmp_path / "results" / "letter" / path, replace(rec, extra={**rec.extra, "rescored": {"from_rule": "x"}}))
+    rescored = replace(rec, extra={**rec.extra, "rescored": {"from_rule": "x"}})
+    write_record(tmp_path / "results" / "letter" / path, rescored)
     batch = replace(rec, timing={**rec.timing, "throughput": {"batch_size": 8}})
     write_record(tmp_path / "results" / "batch8" / path, batch)
     assert [p for p, _ in timed_records(tmp_path / "results")] == [f"results/{path}"]

@@ -335,8 +335,8 @@ class SkipExecutor:
         synchronize(self.device)
         return Generation(tokens=out, stopped=stopped, seconds=time.perf_counter() - start, cost=meter,
                           cache=cache, last_logits=logits, steps=step, prefix_cache=prefix_cache,
-                          computed_tokens=computed,
-                          decode_cost=CostMeter(meter.executed - prefill_cost.executed, meter.total - prefill_cost.total))
+                          computed_tokens=computed, decode_cost=CostMeter(meter.executed - prefill_cost.executed,
+                                                                          meter.total - prefill_cost.total))
 
     def start_rows(self, inputs: list[list[int]], plan: StagePlan, max_new_tokens: int, prefix: list[int] | None,
                    cache: SkipKVCache | None, pad_id: int, meter: CostMeter,

@@ -320,7 +320,8 @@ class Reasoner:
             run.trace = recorder.rows(0)
         return run, held
 
-    def _exit_trace_mode(self, stage: str, plan: StagePlan, callback, timed: bool, memo: "StageMemo | None") -> str | None:
+    def _exit_trace_mode(self, stage: str, plan: StagePlan, callback, timed: bool,
+                         memo: "StageMemo | None") -> str | None:
         """"record" (an exit-off run that keeps its trace), "derive" (an exit rule's run taken from
         that trace) or None (computed as usual): see StageMemo. Summarize is not derived (its answer
         scoring continues the generation's cache), nor a stage whose decode steps may differ in
@@ -359,7 +360,8 @@ class Reasoner:
         cuts = [exit_cut(row, rule.threshold, stops) for row in off.trace]
         whole = [exit_cut(row, -math.inf, stops) for row in off.trace]
         saved = sum(fed_count(*w) for w in whole) - sum(fed_count(*c) for c in cuts)
-        cost = CostMeter(off.cost.executed - saved * off.step_cost.executed, off.cost.total - saved * off.step_cost.total)
+        cost = CostMeter(off.cost.executed - saved * off.step_cost.executed,
+                         off.cost.total - saved * off.step_cost.total)
         P = self.prompts
         texts = [P.as_sentence(P.stage_content(tokens, how)) for tokens, how in cuts]
         if stage == "recall":

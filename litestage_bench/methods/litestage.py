@@ -19,18 +19,19 @@ above the minimum). The default calibration size gives the tests a stated power 
 recorded in the policy).
 Online (``LiteStage``, `run --method litestage --policy P`): the per-stage skip sets and exit rules.
 
-Cost controls: stage outputs a candidate does not change are reused (``StageMemo``; batched
-accuracy only, timing always re-runs), an early-exit sweep's recall or analyze runs are derived
-from the stage's one exit-off run where float32 makes that exact (``StageMemo.exit_trace``), every stage starts from the shared-header cache, a
-candidate's answers come in interim looks and it stops at the first look where it clearly misses
-(futility) or already meets at a stricter, alpha-spending confidence (efficacy; search_decisions.py),
-a #skip sweep measures every `coarse_step`-th #skip first and then only the gaps that may hold a
-meeting one, a sweep stops only after `patience` candidates in a row clearly miss the target by
-their upper bounds (search_sweep.py), with a latency fit of the model x numerics x device x CPU only
-the finalists by predicted speedup are timed (search_speed.py), and the dense pass and each measured
-chunk of a candidate are JSON rows in the repository (``search_rows.py``), so a search interrupted
-on one machine resumes on another from the rows that landed (on another CPU too, where float32
-answers are exact: it re-times only), and a code change that alters dense's outputs measures afresh.
+Cost controls: stage outputs a candidate does not change are reused (``StageMemo``; batched accuracy
+only, timing always re-runs), an early-exit sweep's recall or analyze runs are derived from the
+stage's one exit-off run where float32 makes that exact (``StageMemo.exit_trace``), every stage
+starts from the shared-header cache, a candidate's answers come in interim looks and it stops at the
+first look where it clearly misses (futility) or already meets at a stricter, alpha-spending
+confidence (efficacy; search_decisions.py), a #skip sweep measures every `coarse_step`-th #skip
+first and then only the gaps that may hold a meeting one, a sweep stops only after `patience`
+candidates in a row clearly miss the target by their upper bounds (search_sweep.py), with a latency
+fit of the model x numerics x device x CPU only the finalists by predicted speedup are timed
+(search_speed.py), and the dense pass and each measured chunk of a candidate are JSON rows in the
+repository (``search_rows.py``), so a search interrupted on one machine resumes on another from the
+rows that landed (on another CPU too, where float32 answers are exact: it re-times only), and a code
+change that alters dense's outputs measures afresh.
 """
 from __future__ import annotations
 

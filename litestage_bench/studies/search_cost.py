@@ -105,7 +105,8 @@ def pair_rows(earlier_path: str, new_path: str) -> list[list[str]]:
         plan, test, speed = _chosen(load_policy(policy))
         out.append([search if name == "earlier" else "", f"{name}: `{policy}`", ", ".join(c["cpus"]),
                     str(c["candidates"]), str(c["items"]),
-                    str(c["stage_runs"]) + (f" (+{c['stage_runs_derived']} derived)" if c["stage_runs_derived"] else ""),
+                    str(c["stage_runs"]) + (f" (+{c['stage_runs_derived']} derived)"
+                                            if c["stage_runs_derived"] else ""),
                     f"{c['answers']:.0f}",
                     f"{c['timing']:.0f}", f"{total:.0f} ({c['every_row']:.0f})",
                     "-" if name == "earlier" else f"{total / base:.2f}",
@@ -145,10 +146,12 @@ def record_rows(earlier_path: str, new_path: str) -> list[list[str]]:
                               (r.get("timing") or {}).get("dense_rounds") or {}) for r in records]
     paired = paired_speed_ratio(logs[1], logs[0]) if all(logs) else None
     if all(logs) and paired is None:
-        raise UserError(f"{earlier_path} and {new_path} share fewer than 3 timed items", "time both on the same --timed items")
+        raise UserError(f"{earlier_path} and {new_path} share fewer than 3 timed items",
+                        "time both on the same --timed items")
     if paired is not None:
         ci = paired["ci95"]
-        compared = f"{paired['ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], p {paired['p']:.3f} (paired t, {paired['n']} items)"
+        compared = (f"{paired['ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], p {paired['p']:.3f} "
+                    f"(paired t, {paired['n']} items)")
     else:  # a record from before records kept dense's rounds per item: its speedup's CI only
         from .headline import log_ratio_test
 
