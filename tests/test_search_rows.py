@@ -130,6 +130,33 @@ def test_a_dense_pass_cut_off_after_a_batch_continues_from_its_batch_row(searche
     assert not [p for p in (tmp_path / "cut").iterdir() if p.name.startswith("dense-batch-")]  # in the dense row now
 
 
+def test_a_search_resumed_after_its_dense_pass_takes_dense_from_the_dense_row(searcher, tmp_path, monkeypatch):
+    """The machine is taken away once the dense row landed: the next process has no stage memo, and
+    dense's own answer rows (the reference) come from the dense row, equal to a dense run, not from
+    running the dense pass again."""
+    whole = searcher(tmp_path / "whole", "CPU one")
+    real = CandidateMeter.measure
+
+    def cut_off(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(CandidateMeter, "measure", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        searcher(tmp_path / "cut", "CPU one")
+    monkeypatch.setattr(CandidateMeter, "measure", real)
+    assert [p.name.split("-")[0] for p in (tmp_path / "cut").iterdir() if p.suffix == ".json"].count("answers") == 0
+    again = searcher(tmp_path / "cut", "CPU one")
+    dense_path = next(p for p in (tmp_path / "cut").iterdir() if p.name.startswith("dense-"))
+    dense_items = search_rows.dense_row_items(search_rows.load_row(dense_path, "dense")["value"], dense_path, "cloze")
+    reference = [search_rows.load_row(p, "answers") for p in (tmp_path / "cut").glob("answers-*.json")]
+    reference = [r for r in reference if r["label"] == "dense"]
+    assert reference and all(r["value"]["stage_runs"] == 0 for r in reference)
+    for r in reference:
+        lo, hi = r["key"]["chunk"]
+        assert r["value"]["items"] == search_rows.item_columns(dense_items[lo:hi])
+    assert (again["stages"], again["early_exit"]) == (whole["stages"], whole["early_exit"])
+    assert [c["accuracy"] for c in again["candidates"]] == [c["accuracy"] for c in whole["candidates"]]
+
+
 def test_the_importance_from_the_first_items_shares_the_dense_row(searcher, tmp_path, monkeypatch):
     whole = searcher(tmp_path / "rows", "CPU one")
     monkeypatch.setitem(OPTS, "importance_items", 3)  # the first batch of 3
