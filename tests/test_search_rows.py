@@ -253,6 +253,34 @@ def test_a_search_with_a_latency_fit_times_dense_the_finalists_and_the_chosen_se
     assert policy["search_cost"]["candidates_timed"] == len(timed) + 2  # and dense, and the chosen setting
 
 
+def test_a_sweeps_finalists_are_timed_together_against_one_dense(searcher, tmp_path, monkeypatch):
+    """Finalists of a sweep with no timing row yet share the dense solves of each timed question
+    (k + 1 pipelines per call, not k calls of 2), and each one's speedup is its pairing with them."""
+    predictor = _RankingPredictor()
+    predictor.half_width = 0.5  # every meeting candidate is a finalist
+    monkeypatch.setattr(litestage, "find_predictor", lambda option, group, bench, log: predictor)
+    monkeypatch.setattr(CandidateMeter, "_timing", REAL_TIMING)
+    real, calls = litestage.time_items, []
+
+    def spy(reasoner, pipelines, items, *args, **kwargs):
+        out = real(reasoner, pipelines, items, *args, **kwargs)
+        calls.append((list(pipelines), out))
+        return out
+    monkeypatch.setattr(litestage, "time_items", spy)
+    policy = searcher(tmp_path, "CPU one", min_agreement=0.0)
+    groups = [(names, out) for names, out in calls if len(names) > 2]
+    assert groups, [names for names, _ in calls]
+    grouped = [c for c in policy["candidates"] if c.get("timed_with")]  # a kept one also heads the next sweep
+    plans = {json.dumps([c["sets"], c["exits"]]) for c in grouped}
+    assert len(plans) == sum(len(names) - 1 for names, _ in groups)
+    for names, out in groups:
+        assert names[0] == "dense"
+        speedups = {round(litestage.paired_speedup(out["dense"], out[n])["speedup"], 12) for n in names[1:]}
+        assert speedups <= {round(c["speedup"], 12) for c in grouped}
+    timing_rows = [search_rows.load_row(p, "timing") for p in tmp_path.glob("timing-*.json")]
+    assert sum(bool(r["value"].get("timed_with")) for r in timing_rows) == len(plans)
+
+
 def test_a_candidates_chunk_prints_progress_once_a_quiet_interval_has_passed(searcher, tmp_path, monkeypatch, capsys):
     """A candidate's chunk runs silent for less than CHUNK_QUIET_SECONDS (each line waits that long
     after the last), and prints its batches once they take longer (a 1.5B chunk: half an hour)."""

@@ -265,6 +265,7 @@ class CandidateMeter:
         self.retimed = 0  # candidates whose answers came from disk and whose timing was measured
         self.timed = 0  # candidates timed (measured or read)
         self._answers_read: dict[int, bool] = {}  # id(row) of an untimed row -> whether it was read whole
+        self._pretimed: dict[int, dict] = {}  # id(row) -> its timing, measured in its sweep's finalist group
         # per sweep, the highest speedup predicted on the first chunk's items among its qualifying rows
         # (the accepted setting, measured first, and every meeting one): the bar of the speed stop
         self._qualifying: dict[str, float] = {}
@@ -315,6 +316,7 @@ class CandidateMeter:
         if self.speed is None:
             return fastest_meeting(rows)
         picked = finalists(rows, self.speed.half_width)
+        self._time_together([row for row in picked if row["speedup"] is None])
         for row in picked:
             if row["speedup"] is None:
                 self._time(row, self._answers_read.pop(id(row), False), counted=True)
@@ -330,7 +332,8 @@ class CandidateMeter:
         callbacks = exit_callbacks({s: ExitRule.from_dict(row["exits"][s]) for s in STAGES})
         self._measuring = row["label"]
         timing, stored, name = self.store.stored("timing", {**self.timing_key, **config},
-                                                 lambda: self._timing(plan, callbacks), {"label": row["label"]})
+                                                 lambda: self._pretimed.pop(id(row), None) or self._timing(plan, callbacks),
+                                                 {"label": row["label"]})
         row.pop("timing", None)
         row.update(timing)
         row["rows"].append(name)
@@ -441,17 +444,39 @@ class CandidateMeter:
         pipelines = {"candidate": (plan, callbacks)}
         if plan.stages or callbacks:
             pipelines["dense"] = (SkipPlan(), {})
+        timed = self._time_items(pipelines, self._measuring)
+        return _timing_value(timed.get("dense"), timed["candidate"], time.perf_counter() - start,
+                             time.process_time() - cpu)
+
+    def _time_items(self, pipelines: dict[str, tuple[SkipPlan, Callbacks]], label: str) -> dict[str, list[ItemResult]]:
         # a 1.5B finalist is timed for 20 min: a line per question once a minute has passed since the last
-        timed = time_items(self.reasoner, pipelines, self.timed_items, f"search {self._measuring}", warmup=0,
-                           rounds=self.opts.rounds, progress_every=1, quiet_for=CHUNK_QUIET_SECONDS)
-        paired = (paired_speedup(timed["dense"], timed["candidate"]) if "dense" in timed
-                  else {"speedup": 1.0, "ci95": (1.0, 1.0), "speedup_rounds": []})
-        cand = timed["candidate"]
-        return {"speedup": paired["speedup"], "speedup_ci95": paired["ci95"], "speedup_rounds": paired["speedup_rounds"],
-                "latency_s": statistics.fmean(r.latency_s for r in cand),
-                "stage_latency_s": {s: statistics.fmean(r.stage_latency_s[s] for r in cand) for s in STAGES},
-                "timing_cpu": machine_info().get("cpu"), "timing_seconds": time.perf_counter() - start,
-                "timing_cpu_seconds": time.process_time() - cpu}
+        return time_items(self.reasoner, pipelines, self.timed_items, f"search {label}", warmup=0,
+                          rounds=self.opts.rounds, progress_every=1, quiet_for=CHUNK_QUIET_SECONDS)
+
+    def _time_together(self, rows: list[dict]) -> None:
+        """A sweep's finalists that are not dense and have no timing row yet, timed as one group: per
+        timed question, dense and each of them back to back, the order alternating (k + 1 solves,
+        not the 2k of timing them one by one), each one's speedup paired with the dense solves of its
+        own rounds, as `retime-latency` times a group of records. Each keeps its own timing row (the
+        group's seconds shared evenly) naming the others (`timed_with`)."""
+        todo = []
+        for row in rows:
+            config = {"sets": row["sets"], "exits": row["exits"]}
+            callbacks = exit_callbacks({s: ExitRule.from_dict(row["exits"][s]) for s in STAGES})
+            plan = plan_from_sets({s: SkipSet.from_dict(row["sets"][s]) for s in STAGES})
+            if (plan.stages or callbacks) and not self.store.path("timing", {**self.timing_key, **config}).is_file():
+                todo.append((row, (plan, callbacks)))
+        if len(todo) < 2:
+            return
+        start, cpu = time.perf_counter(), time.process_time()
+        labels = [row["label"] for row, _ in todo]
+        timed = self._time_items({"dense": (SkipPlan(), {}), **{str(i): p for i, (_, p) in enumerate(todo)}},
+                                 f"{labels[0]} and {len(todo) - 1} more finalists")
+        share = 1 / len(todo)
+        for i, (row, _) in enumerate(todo):
+            value = _timing_value(timed["dense"], timed[str(i)], (time.perf_counter() - start) * share,
+                                  (time.process_time() - cpu) * share)
+            self._pretimed[id(row)] = {**value, "timed_with": [label for label in labels if label != row["label"]]}
 
 
 def cache_keys(base_key: dict, exact: bool, opts: "SearchOptions") -> tuple[dict, dict]:
@@ -643,6 +668,16 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
     for batch_key in batch_keys:  # the dense row holds them now
         store.remove("dense-batch", batch_key)
     return answered(value), texts, means, importance
+
+
+def _timing_value(dense: list[ItemResult] | None, cand: list[ItemResult], seconds: float, cpu_seconds: float) -> dict:
+    """A timing row's value: the candidate's interleaved speedup over dense (1 for dense itself, None)."""
+    paired = (paired_speedup(dense, cand) if dense is not None
+              else {"speedup": 1.0, "ci95": (1.0, 1.0), "speedup_rounds": []})
+    return {"speedup": paired["speedup"], "speedup_ci95": paired["ci95"], "speedup_rounds": paired["speedup_rounds"],
+            "latency_s": statistics.fmean(r.latency_s for r in cand),
+            "stage_latency_s": {s: statistics.fmean(r.stage_latency_s[s] for r in cand) for s in STAGES},
+            "timing_cpu": machine_info().get("cpu"), "timing_seconds": seconds, "timing_cpu_seconds": cpu_seconds}
 
 
 def dense_pass_cost(parts: list[dict]) -> dict:
