@@ -26,6 +26,18 @@ def test_a_dense_record_is_answered_by_the_new_rule_and_keeps_its_timing_and_com
                                                                     dense.created)
 
 
+def test_a_rescored_record_carries_the_noise_floor_measured_today(tmp_path, monkeypatch):
+    summary = {"by_config": {"m|float32": {"answer_flip_rate": 0.0, "identical_output_rate": 1.0, "n_items": 8,
+                                           "answer_flips": 0, "comparisons": 8, "threads": 1, "variants": ["batched"]}}}
+    (tmp_path / "floor.json").write_text(json.dumps(summary))
+    monkeypatch.setenv("LITESTAGE_NOISE_FLOOR", str(tmp_path / "floor.json"))
+    dense = _with_cloze(make_record("dense", [True, False, True, True], speedup=1.0), ["A", "A", "B", "B"])
+    dense = rescore.dataclasses.replace(dense, model="m", numerics="float32", dtype="float32",
+                                        noise_floor={"measured": False, "note": "not measured"})
+    new = rescore.rescored(dense, "cloze", None, "cmd")
+    assert new.noise_floor["measured"] and new.noise_floor["comparisons"] == 8
+
+
 def test_a_methods_agreement_with_dense_is_recomputed_under_the_new_rule(tmp_path, capsys):
     dense = _with_cloze(make_record("dense", [True, False, True, True], speedup=1.0), ["A", "A", "B", "B"])
     method = _with_cloze(make_record("litestage", [True, False, True, True]), ["B", "B", "A", "A"])

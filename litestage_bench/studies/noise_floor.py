@@ -157,6 +157,12 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def current_command(command: str) -> str:
+    """A stored command under the study's module path of today (runs measured before the package was
+    laid out in folders name `litestage_bench.noise_floor`)."""
+    return command.replace("python -m litestage_bench.noise_floor ", "python -m litestage_bench.studies.noise_floor ")
+
+
 def write_summary(out_dir: Path, command: str) -> None:
     """Rebuild the summary files from every saved run; a lock serialises concurrent measuring processes."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +182,7 @@ def _merge_summary(out_dir: Path, command: str) -> None:
     rows.sort(key=lambda r: (r["model"], r["dtype"], r["bench"], r["variant"]))
     # the commands that measured the runs (each run file keeps its own), then this one
     measured = [run.get("command") for run in runs.values()]
-    commands = list(dict.fromkeys([*old.get("commands", []), *filter(None, measured), command]))
+    commands = list(dict.fromkeys(current_command(c) for c in [*old.get("commands", []), *filter(None, measured), command]))
     versus = vs_float32_rows(runs)
     doc = {"commands": commands, "machine": machine_info(), "variants": VARIANTS, "rows": rows,
            "by_config": summarise(rows), "vs_float32": versus}

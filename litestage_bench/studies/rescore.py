@@ -7,7 +7,7 @@ calibration items: `studies.answer_rule`) re-scores a record exactly: each item'
 accuracy and its CI, the answer-rule counts and, for a method's record, its comparison with dense
 (agreement, flips, answer KL, McNemar, retention), against dense's record re-scored by the same rule
 (`--dense-record`, required for a method's record). Timing, speedups and the rest are kept as they
-are. Writes DIR/NAME.json with `extra.rescored` = {from_rule, command}; the record's own command is
+are, and the noise floor is the one measured today for the model and numerics. Writes DIR/NAME.json with `extra.rescored` = {from_rule, command}; the record's own command is
 kept (it made the generations).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..records.fidelity import answered_by, check_rule
+from ..records.noise import noise_floor_for
 from ..records.results import ResultRecord, build_record, emit_markdown, load_record, write_record
 
 KEPT = ("speedup", "speedup_ci95", "speedup_decomposition", "timing", "speculative", "machine", "created",
@@ -35,7 +36,9 @@ def rescored(rec: ResultRecord, rule: str, dense: ResultRecord | None, command: 
                          policy=rec.policy, answer_rule=rule, items=[answered_by(it, rule) for it in rec.items],
                          command=rec.command, config={**rec.config, "answer_rule": rule},
                          extra={**rec.extra, "rescored": {"from_rule": rec.answer_rule, "command": command}},
-                         dense_items=dense_items, chance=rec.chance, noise_floor=rec.noise_floor, speedup=rec.speedup,
+                         # today's measured floor of the model and numerics: one measured since the record was made counts
+                         dense_items=dense_items, chance=rec.chance, speedup=rec.speedup,
+                         noise_floor=noise_floor_for(rec.model, rec.numerics or rec.dtype, rec.device or "cpu"),
                          dtype=rec.dtype, threads=rec.threads, device=rec.device, numerics=rec.numerics)
     return dataclasses.replace(built, **{k: getattr(rec, k) for k in KEPT})
 
