@@ -43,3 +43,19 @@ def test_sizes_that_leave_a_part_filled_batch_are_refused(capsys, tmp_path):
     assert batch_size.main(["--items", "10", "--batch-sizes", "8,16", "--out", str(tmp_path / "t.md")]) == 2
     assert "full batches" in capsys.readouterr().err and not (tmp_path / "t.md").exists()
     assert batch_size.main(["--batch-sizes", "8,x"]) == 2
+
+
+def test_a_static_plans_outputs_and_per_item_costs_do_not_move_with_the_batch(model, tokenizer):
+    """What lets a timing group re-run a batch-16 record's batch at batch 8 (runner._check_batch_rerun)."""
+    from tiny_reasoner import STAGEWISE, STATIC
+
+    from litestage_bench.evaluation.runner import evaluate_items
+
+    r = reasoner(model, tokenizer)
+    items = QUESTIONS * 2
+    for plan in (STATIC, STAGEWISE):
+        one, three = (evaluate_items(r, plan, {}, items, b, progress=False) for b in (1, 3))
+        assert [(x.outputs, x.prediction) for x in one] == [(y.outputs, y.prediction) for y in three]
+        assert all(x.executed_cost_fraction == pytest.approx(y.executed_cost_fraction, abs=1e-12)
+                   for x, y in zip(one, three))
+        assert any(v < 1 for x in one for v in x.executed_cost_fraction.values())  # the plan skips something
