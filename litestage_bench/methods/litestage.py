@@ -327,9 +327,7 @@ class CandidateMeter:
     def _time(self, row: dict, answers_stored: bool, counted: bool) -> None:
         """Time a row's candidate (or read its timing row) into the row. `counted`: the row was
         already counted as read (answers_stored) or measured."""
-        config = {"sets": row["sets"], "exits": row["exits"]}
-        plan = plan_from_sets({s: SkipSet.from_dict(row["sets"][s]) for s in STAGES})
-        callbacks = exit_callbacks({s: ExitRule.from_dict(row["exits"][s]) for s in STAGES})
+        config, plan, callbacks = _row_pipeline(row)
         self._measuring = row["label"]
         timing, stored, name = self.store.stored("timing", {**self.timing_key, **config},
                                                  lambda: self._pretimed.pop(id(row), None) or self._timing(plan, callbacks),
@@ -461,9 +459,7 @@ class CandidateMeter:
         group's seconds shared evenly) naming the others (`timed_with`)."""
         todo = []
         for row in rows:
-            config = {"sets": row["sets"], "exits": row["exits"]}
-            callbacks = exit_callbacks({s: ExitRule.from_dict(row["exits"][s]) for s in STAGES})
-            plan = plan_from_sets({s: SkipSet.from_dict(row["sets"][s]) for s in STAGES})
+            config, plan, callbacks = _row_pipeline(row)
             if (plan.stages or callbacks) and not self.store.path("timing", {**self.timing_key, **config}).is_file():
                 todo.append((row, (plan, callbacks)))
         if len(todo) < 2:
@@ -670,8 +666,16 @@ def _dense_pass(session, reasoner: Reasoner, items: list[Question], opts: Search
     return answered(value), texts, means, importance
 
 
+def _row_pipeline(row: dict) -> tuple[dict, SkipPlan, Callbacks]:
+    """A candidate row's plan config (its rows' key part), skip plan and exit callbacks."""
+    return ({"sets": row["sets"], "exits": row["exits"]},
+            plan_from_sets({s: SkipSet.from_dict(row["sets"][s]) for s in STAGES}),
+            exit_callbacks({s: ExitRule.from_dict(row["exits"][s]) for s in STAGES}))
+
+
 def _timing_value(dense: list[ItemResult] | None, cand: list[ItemResult], seconds: float, cpu_seconds: float) -> dict:
-    """A timing row's value: the candidate's interleaved speedup over dense (1 for dense itself, None)."""
+    """A timing row's value: the candidate's interleaved speedup over dense's solves (dense None: the
+    candidate is dense itself, speedup 1)."""
     paired = (paired_speedup(dense, cand) if dense is not None
               else {"speedup": 1.0, "ci95": (1.0, 1.0), "speedup_rounds": []})
     return {"speedup": paired["speedup"], "speedup_ci95": paired["ci95"], "speedup_rounds": paired["speedup_rounds"],

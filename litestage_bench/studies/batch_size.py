@@ -24,6 +24,7 @@ from tabulate import tabulate
 
 from ..core.errors import UserError
 from ..engine.plan import DENSE
+from ..evaluation.runner import evaluate_items
 from ..records.results import emit_markdown, machine_info
 
 
@@ -38,8 +39,6 @@ def check_sizes(sizes: list[int], n_items: int) -> None:
 def measure(reasoner: Any, items: list, sizes: list[int], rounds: int, log=lambda m: None) -> list[dict]:
     """Per batch size: CPU and wall seconds over every round, and the items whose answer or outputs
     differ from the first size's (each size's first round)."""
-    from ..evaluation.runner import evaluate_items
-
     check_sizes(sizes, len(items))
     reasoner.solve_batch(items[:min(2, len(items))], DENSE)  # warm-up: allocator, header cache
     seconds = {b: [0.0, 0.0] for b in sizes}
