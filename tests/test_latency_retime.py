@@ -127,3 +127,29 @@ def test_in_place_is_refused(accuracy_only, capsys):
     from test_cli import assert_one_line_error, run_cli
     code, _, err = run_cli(["retime-latency", "acc/unified.json", "--out-dir", "acc"], capsys)
     assert_one_line_error(code, err, "would be overwritten by its own timed copy")
+
+
+def test_a_record_whose_costs_depend_on_its_batch_must_share_the_groups_batch_size():
+    """AdaSkip's per-token FFN rule counts its batch's rows: at another batch size than the group's
+    (its first record's) the re-run batch could not reproduce its costs, so the group stops first."""
+    from types import SimpleNamespace
+
+    from litestage_bench.core.errors import UserError
+    from litestage_bench.engine.plan import SkipPlan, SkipSet, StagePlan
+    from litestage_bench.studies.latency_retime import check_batch_sizes
+
+    class _Fixed:
+        def __init__(self, name, plan):
+            self.name, self._plan = name, plan
+
+        def plan(self, facts):
+            return self._plan
+    static = _Fixed("sleb", SkipPlan.uniform(StagePlan.static(SkipSet.of(attn=[1])), ("recall", "analyze", "summarize"),
+                                           "static"))
+    dynamic = _Fixed("adaskip", SkipPlan({"analyze": StagePlan(dynamic_ffn=object())}))
+
+    def entry(name, batch, method):
+        return (f"{name}.json", None, SimpleNamespace(batch_size=batch), method)
+    check_batch_sizes([entry("a", 8, static), entry("b", 16, static), entry("c", 8, dynamic)], facts=None)
+    with pytest.raises(UserError, match="c.json ran at batch 16, its group at batch 8"):
+        check_batch_sizes([entry("a", 8, static), entry("b", 8, static), entry("c", 16, dynamic)], facts=None)

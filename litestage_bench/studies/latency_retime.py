@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..evaluation.reasoner import ReasonerConfig
-from ..evaluation.runner import Session, log, time_together
+from ..evaluation.runner import Session, log, model_facts, time_together
 from ..records.results import write_record
 from .throughput_retime import group_key
 
@@ -58,6 +58,21 @@ def check_group(entries: list[tuple], out_dir: Path) -> None:
                             "time records of one model, benchmark and dense record together")
 
 
+def check_batch_sizes(entries: list[tuple], facts) -> None:
+    """The group re-runs one batch of each record at its first record's batch size and must find the
+    record's outputs and executed costs: float32's outputs and a static plan's per-item costs do not
+    move with the batch, but a per-token FFN rule's (AdaSkip) cost counts its batch's rows, so such a
+    record must share that batch size (checked once the model's layers are known, before any batch)."""
+    batch = entries[0][2].batch_size
+    for path, _, args, method in entries[1:]:
+        plan = method.plan(facts)
+        if args.batch_size != batch and any(stage.dynamic_ffn for stage in plan.stages.values()):
+            raise UserError(f"{path} ran at batch {args.batch_size}, its group at batch {batch} (its first record's), "
+                            f"and {method.name}'s executed costs depend on its batch's rows",
+                            f"re-run it with --batch-size {batch}, or time it in a group whose first record ran at "
+                            f"{args.batch_size}")
+
+
 def retime_together(entries: list[tuple], timed: int | None, rounds: int, out_dir: Path, command: str) -> list[Path]:
     """Time the records of `entries` (path, record, its `run` args, its method) together; write the copies."""
     check_group(entries, out_dir)
@@ -65,6 +80,7 @@ def retime_together(entries: list[tuple], timed: int | None, rounds: int, out_di
     names = [Path(path).stem for path, _, _, _ in entries]
     outs = {name: out_dir / Path(path).name for name, (path, _, _, _) in zip(names, entries)}
     session = Session.open(args.model, dtype=args.dtype, device=args.device, numerics=args.numerics)
+    check_batch_sizes(entries, model_facts(session.executor, session.loaded.name))
     checkpoint = out_dir / f"{Path(entries[0][0]).name}.together.partial.jsonl"
     records = time_together(
         session, args.bench, [(name, method, path) for name, (path, _, _, method) in zip(names, entries)],
