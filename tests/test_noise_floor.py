@@ -68,3 +68,26 @@ def test_summary_compares_every_saved_run_afresh(tmp_path):
     (row,) = json.loads((tmp_path / "noise_floor.json").read_text())["rows"]
     assert (row["cpu"], row["answer_flips"]) == (f"{noise_floor.LEGACY_RUN_CPU} / Intel Xeon", 1)
     assert f"{noise_floor.LEGACY_RUN_CPU} / Intel Xeon" in (tmp_path / "noise_floor.md").read_text()
+
+
+def test_a_saved_run_on_more_items_serves_and_one_on_other_items_is_never_replaced(tmp_path, monkeypatch, capsys):
+    """One run per variant: a run on a superset of the items is read (compared on these items); a run
+    on other items stops the study with a one-line error before the model loads, the file untouched."""
+    questions = [Question(f"q{i}", "stem", ("x", "y"), ("A", "B"), "A") for i in range(2)]
+    (tmp_path / "runs").mkdir()
+    batched = tmp_path / "runs" / "m_float32_obqa_batched.json"
+    batched.write_text(json.dumps(_run("batched", [_item(0, "A"), _item(1, "B"), _item(2, "B")], cpu="Intel Xeon")))
+    calls = []
+    monkeypatch.setattr(runner.Session, "open", classmethod(lambda cls, model, numerics: calls.append("load")))
+    monkeypatch.setattr(noise_floor, "load_split", lambda bench, split, limit: questions[:limit])
+    monkeypatch.setattr(noise_floor, "machine_info", lambda: {"cpu": "AMD EPYC"})
+    monkeypatch.setattr(noise_floor, "_run_variant",
+                        lambda session, bench, variant, items: calls.append(variant) or [_item(0, "A"), _item(1, "A")])
+    (row,) = noise_floor.measure("m", "float32", ["obqa"], 2, ["batched"], tmp_path, "cmd")
+    assert calls == ["load", "reference"] and (row["n"], row["answer_flips"]) == (2, 1)
+    before = batched.read_text()
+    questions[:] = [Question(f"p{i}", "stem", ("x", "y"), ("A", "B"), "A") for i in range(2)]
+    calls.clear()
+    assert noise_floor.main(["--model", "m", "--numerics", "float32", "--benches", "obqa", "--limit", "2",
+                             "--variants", "batched", "--no-reference", "--out-dir", str(tmp_path)]) == 2
+    assert "other items" in capsys.readouterr().err and calls == [] and batched.read_text() == before

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
+from ..core.errors import UserError
 from ..engine.numerics import NUMERICS
 from ..engine.plan import DENSE
 from ..evaluation.benchmarks import load_split
@@ -74,6 +75,10 @@ def measure(model: str, dtype: str, benches: list[str], limit: int, variants: li
             command: str, reference: bool = True) -> list[dict]:
     from ..evaluation.runner import Session, log
 
+    for bench in benches:  # before the model loads: a run that would replace another stops here
+        ids = [q.id for q in load_split(bench, "eval", limit=limit)]
+        for variant in (["reference"] if reference else []) + variants:
+            kept_run(out_dir / "runs" / f"{model}_{dtype}_{bench}_{variant}.json", ids)
     session = Session.open(model, numerics=dtype)
     cpu = machine_info()["cpu"]
     runs = out_dir / "runs"
@@ -84,8 +89,9 @@ def measure(model: str, dtype: str, benches: list[str], limit: int, variants: li
         saved: dict[str, dict] = {}
         for variant in (["reference"] if reference else []) + variants:
             path = runs / f"{model}_{dtype}_{bench}_{variant}.json"
-            if path.exists() and json.loads(path.read_text()).get("ids") == ids:
-                saved[variant] = json.loads(path.read_text())  # resumed
+            kept = kept_run(path, ids)
+            if kept is not None:
+                saved[variant] = kept  # resumed, or a run on more items: compared on these
                 log(f"[noise] {path.name}: already measured")
                 continue
             if variant == "other_cpu" and "reference" in saved and _run_cpu(saved["reference"]) == cpu:
@@ -98,6 +104,19 @@ def measure(model: str, dtype: str, benches: list[str], limit: int, variants: li
         if "reference" in saved:
             rows += [comparison_row(saved["reference"], saved[v]) for v in variants if v in saved]
     return rows
+
+
+def kept_run(path: Path, ids: list[str]) -> dict | None:
+    """The saved run at `path` if it covers these items (the same, or more: compared on these), None
+    if there is none; a run on other items is not replaced (one run per variant: a committed run)."""
+    if not path.exists():
+        return None
+    kept = json.loads(path.read_text())
+    if not set(ids) <= set(kept.get("ids", [])):
+        raise UserError(f"{path} holds a run on {len(kept.get('ids', []))} other items, which this run on "
+                        f"{len(ids)} would replace",
+                        "pass the --limit it was made with (or a smaller one), or move the file away")
+    return kept
 
 
 def comparison_row(reference: dict, run: dict) -> dict:
@@ -241,8 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (args.model and args.numerics):
         ap.error("--model and --numerics are required unless --summary-only")
-    rows = measure(args.model, args.numerics, args.benches.split(","), args.limit, variants, out_dir, command,
-                   reference=not args.no_reference)
+    try:
+        rows = measure(args.model, args.numerics, args.benches.split(","), args.limit, variants, out_dir, command,
+                       reference=not args.no_reference)
+    except UserError as err:
+        print(f"noise_floor: error: {err}", file=sys.stderr)
+        return 2
     write_summary(out_dir, command)
     print(tabulate(rows, headers="keys", floatfmt=".3f"))
     return 0
