@@ -7,8 +7,8 @@ calibration items: `studies.answer_rule`) re-scores a record exactly: each item'
 accuracy and its CI, the answer-rule counts and, for a method's record, its comparison with dense
 (agreement, flips, answer KL, McNemar, retention), against dense's record re-scored by the same rule
 (`--dense-record`, required for a method's record). Timing, speedups and the rest are kept as they
-are, and the noise floor is the one measured today for the model and numerics. Writes DIR/NAME.json with `extra.rescored` = {from_rule, command}; the record's own command is
-kept (it made the generations).
+are; the noise floor is the one measured today for the model and numerics. Writes DIR/NAME.json with
+`extra.rescored` = {from_rule, command}; the record's own command is kept (it made the generations).
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def rescored(rec: ResultRecord, rule: str, dense: ResultRecord | None, command: 
                          policy=rec.policy, answer_rule=rule, items=[answered_by(it, rule) for it in rec.items],
                          command=rec.command, config={**rec.config, "answer_rule": rule},
                          extra={**rec.extra, "rescored": {"from_rule": rec.answer_rule, "command": command}},
-                         # today's measured floor of the model and numerics: one measured since the record was made counts
                          dense_items=dense_items, chance=rec.chance, speedup=rec.speedup,
+                         # today's floor of the model and numerics: one measured since the record was made counts
                          noise_floor=noise_floor_for(rec.model, rec.numerics or rec.dtype, rec.device or "cpu"),
                          dtype=rec.dtype, threads=rec.threads, device=rec.device, numerics=rec.numerics)
     return dataclasses.replace(built, **{k: getattr(rec, k) for k in KEPT})
