@@ -415,17 +415,18 @@ class CandidateMeter:
         start, cpu, items = time.perf_counter(), time.process_time(), self.items[lo:hi]
         misses, derived = self.memo.misses, self.memo.derived
         ids = {q.id for q in items}
+        dense = [d for d in self.dense if d.id in ids]
         if not plan.stages and not callbacks:
             # dense itself (the reference): the dense pass's items on these ids, which a dense run
             # reproduces exactly (the canary); a search resumed from the dense row has no stage memo,
             # and would otherwise run a whole dense pass again (40 core-minutes on the 1.5B)
-            results = [d for d in self.dense if d.id in ids]
+            results = dense
         else:
             # a chunk of the 1.5B runs for half an hour: a line per batch once a minute has passed since the last
             results = evaluate_items(self.reasoner, plan, callbacks, items, self.opts.batch_size,
                                      f"search {self._measuring} items {lo + 1}-{hi}", memo=self.memo,
                                      quiet_for=CHUNK_QUIET_SECONDS)
-        fid = aggregate_fidelity([d for d in self.dense if d.id in ids], results, self.reasoner.cfg.answer_rule)
+        fid = aggregate_fidelity(dense, results, self.reasoner.cfg.answer_rule)
         return {"n": len(results), "correct": sum(bool(r.correct) for r in results),
                 **{k: fid[k] for k in ("correct_to_wrong", "wrong_to_correct", "changed", "answer_kl_n")},
                 "answer_kl_sum": (fid["answer_kl"] or 0.0) * fid["answer_kl_n"],

@@ -75,19 +75,20 @@ def measure(model: str, dtype: str, benches: list[str], limit: int, variants: li
             command: str, reference: bool = True) -> list[dict]:
     from ..evaluation.runner import Session, log
 
-    for bench in benches:  # before the model loads: a run that would replace another stops here
-        ids = [q.id for q in load_split(bench, "eval", limit=limit)]
-        for variant in (["reference"] if reference else []) + variants:
-            kept_run(out_dir / "runs" / f"{model}_{dtype}_{bench}_{variant}.json", ids)
+    wanted = (["reference"] if reference else []) + variants
+    items_by_bench = {bench: load_split(bench, "eval", limit=limit) for bench in benches}
+    for bench, items in items_by_bench.items():  # before the model loads: a run that would replace another stops here
+        for variant in wanted:
+            kept_run(out_dir / "runs" / f"{model}_{dtype}_{bench}_{variant}.json", [q.id for q in items])
     session = Session.open(model, numerics=dtype)
     cpu = machine_info()["cpu"]
     runs = out_dir / "runs"
     rows = []
     for bench in benches:
-        items = load_split(bench, "eval", limit=limit)
+        items = items_by_bench[bench]
         ids = [q.id for q in items]
         saved: dict[str, dict] = {}
-        for variant in (["reference"] if reference else []) + variants:
+        for variant in wanted:
             path = runs / f"{model}_{dtype}_{bench}_{variant}.json"
             kept = kept_run(path, ids)
             if kept is not None:
